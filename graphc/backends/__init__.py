@@ -1,0 +1,1 @@
+"""Backends: each lowers a Graph to something that runs. ``reference`` is the NumPy oracle."""

@@ -1,0 +1,30 @@
+"""graphc's exceptions. Every message names the op, the shapes or dtypes involved and the user's line."""
+from __future__ import annotations
+
+from .source import SourceLoc
+
+
+class GraphcError(Exception):
+    """Base class of every error graphc raises on purpose."""
+
+
+class ShapeError(GraphcError, ValueError):
+    """Shapes that cannot go together (matmul inner dimensions, broadcasting, conv channels...)."""
+
+
+class DTypeError(GraphcError, TypeError):
+    """A dtype an op does not accept (float labels for a classification loss, ...)."""
+
+
+class InputError(GraphcError, ValueError):
+    """A runtime input (a NumPy array handed to an executable) that does not match the graph."""
+
+
+def at_op(err: GraphcError, op: str, operands: str, loc: SourceLoc | None) -> GraphcError:
+    """Re-create ``err`` with the op name, its operand types and the user's line in the message."""
+    where = f"\n  at {loc}" if loc is not None else ""
+    operand_text = f" (operands: {operands})" if operands else ""
+    new = type(err)(f"{op}: {err}{operand_text}{where}")
+    new.op = op
+    new.loc = loc
+    return new

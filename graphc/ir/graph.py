@@ -1,0 +1,153 @@
+"""Graph: nodes in topological order, with inputs, parameters, constants and outputs."""
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Iterable, Sequence
+
+from .node import Node
+
+_context = threading.local()
+
+
+def current_graph() -> "Graph | None":
+    """The innermost graph opened with ``with Graph() as g:`` (or by tracing), if any."""
+    stack = getattr(_context, "stack", [])
+    return stack[-1] if stack else None
+
+
+class Graph:
+    """A static computational graph.
+
+    Nodes are appended as they are built, which keeps them in topological order
+    (a node's inputs always exist before it).
+
+    >>> import graphc
+    >>> with graphc.Graph("affine") as g:
+    ...     x = graphc.input("x", (2, 3))
+    ...     y = g.output(graphc.relu(x * 2.0 + 1.0))
+    >>> len(g.nodes), g.outputs[0].op
+    (6, 'relu')
+    """
+
+    def __init__(self, name: str = "graph"):
+        self.name = name
+        self.nodes: list[Node] = []
+        self.outputs: list[Node] = []
+        self._members: set[int] = set()
+
+    # -- building -----------------------------------------------------------------------------
+    def __enter__(self) -> "Graph":
+        if not hasattr(_context, "stack"):
+            _context.stack = []
+        _context.stack.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _context.stack.pop()
+
+    def add(self, node: Node) -> Node:
+        """Append a node whose inputs are already in this graph."""
+        for i in node.inputs:
+            if id(i) not in self._members:
+                raise ValueError(f"{node.op}: input {i!r} belongs to another graph")
+        self.nodes.append(node)
+        self._members.add(id(node))
+        return node
+
+    def __contains__(self, node: Node) -> bool:
+        return id(node) in self._members
+
+    def output(self, *tensors):
+        """Mark tensors (DSL Tensors or Nodes) as outputs of the graph; returns its argument(s)."""
+        for t in tensors:
+            node = getattr(t, "node", t)
+            if node not in self:
+                raise ValueError(f"output {node!r} is not a node of graph {self.name!r}")
+            self.outputs.append(node)
+        return tensors[0] if len(tensors) == 1 else tensors
+
+    # -- views ----------------------------------------------------------------------------------
+    @property
+    def inputs(self) -> list[Node]:
+        return [n for n in self.nodes if n.op == "input"]
+
+    @property
+    def params(self) -> list[Node]:
+        return [n for n in self.nodes if n.op == "param"]
+
+    @property
+    def constants(self) -> list[Node]:
+        return [n for n in self.nodes if n.op == "constant"]
+
+    def parameter_count(self) -> int:
+        """Total number of scalar parameters (weights and biases)."""
+        return sum(p.size for p in self.params)
+
+    def find(self, name: str) -> Node:
+        """The input or parameter called ``name``."""
+        for n in self.nodes:
+            if n.name == name and n.op in ("input", "param"):
+                return n
+        raise KeyError(f"graph {self.name!r} has no input or parameter named {name!r}")
+
+    def consumers(self) -> dict[int, list[Node]]:
+        """id(node) -> the nodes that read it."""
+        users: dict[int, list[Node]] = {id(n): [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                users[id(i)].append(n)
+        return users
+
+    def ancestors(self, roots: Iterable[Node]) -> list[Node]:
+        """The nodes ``roots`` depend on (themselves included), in topological order."""
+        needed: set[int] = set()
+        stack = list(roots)
+        while stack:
+            n = stack.pop()
+            if id(n) not in needed:
+                needed.add(id(n))
+                stack.extend(n.inputs)
+        return [n for n in self.nodes if id(n) in needed]
+
+    # -- identity -------------------------------------------------------------------------------
+    def structural_hash(self) -> str:
+        """A hash of ops, attributes, shapes, dtypes, constant values and topology; not names.
+
+        Two graphs built the same way (by a ``with`` block or by tracing) hash equal; it is the
+        compile-cache key.
+        """
+        index = {id(n): k for k, n in enumerate(self.nodes)}
+        h = hashlib.sha256()
+        for n in self.nodes:
+            parts = [n.op, repr(n.attrs), n.dtype.name, repr(n.shape), repr([index[id(i)] for i in n.inputs])]
+            if n.op == "constant":
+                parts.append(hashlib.sha256(n.value.tobytes()).hexdigest())
+            h.update("|".join(parts).encode())
+            h.update(b"\n")
+        h.update(repr([index[id(o)] for o in self.outputs]).encode())
+        return h.hexdigest()
+
+    def text(self, nodes: Sequence[Node] | None = None, provenance: bool = True) -> str:
+        """The stable one-node-per-line text form (see :mod:`graphc.ir.printer`)."""
+        from .printer import graph_text
+
+        return graph_text(self, nodes, provenance=provenance)
+
+    def __str__(self) -> str:
+        return self.text()
+
+    def __repr__(self) -> str:
+        return f"<Graph {self.name!r}: {len(self.nodes)} nodes, {len(self.outputs)} outputs>"
+
+    def to_dot(self) -> str:
+        """The graph in Graphviz DOT syntax."""
+        from .dot import graph_dot
+
+        return graph_dot(self)
+
+    def save_dot(self, path: str, format: str = "svg") -> str:
+        """Write ``path`` (.dot) and, when Graphviz ``dot`` is installed, render ``format`` beside it."""
+        from .dot import save_dot
+
+        return save_dot(self, path, format)

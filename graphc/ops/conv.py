@@ -1,0 +1,209 @@
+"""Convolution and pooling on NCHW tensors.
+
+conv2d weights are [out_channels, in_channels, kh, kw]; conv_transpose2d weights are
+[in_channels, out_channels, kh, kw] (PyTorch's layouts). Pooling pads max with -inf and
+average with zeros that count in the mean (PyTorch's count_include_pad=True).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..dsl import Tensor, apply
+from ..ir import Attrs, DTypeError, Node, ShapeError, promote
+from .registry import OpDef, register
+
+
+def pair(value, what: str) -> tuple[int, int]:
+    """An int or a pair of ints, as (height, width)."""
+    pair_ = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair_) != 2:
+        raise ShapeError(f"{what} must be an int or a pair of ints, got {value!r}")
+    return int(pair_[0]), int(pair_[1])
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _check_nchw(x: Node, what: str = "input") -> None:
+    if x.ndim != 4:
+        raise ShapeError(f"{what} must be 4-D NCHW, got {x.type_str}")
+
+
+def _check_geometry(attrs: Attrs, names=("stride", "padding", "dilation")) -> None:
+    for name in names:
+        if name in attrs:
+            low = 0 if name in ("padding", "output_padding") else 1
+            if any(v < low for v in attrs[name]):
+                raise ShapeError(f"{name} must be >= {low}, got {attrs[name]}")
+
+
+def _float(inputs: Sequence[Node]):
+    dtype = promote(*(i.dtype for i in inputs))
+    if not dtype.is_float:
+        raise DTypeError(f"needs float operands, got {', '.join(i.dtype.name for i in inputs)}")
+    return dtype
+
+
+# -- conv2d --------------------------------------------------------------------------------------------------
+
+def _conv2d_rule(inputs: Sequence[Node], attrs: Attrs):
+    x, w = inputs
+    _check_nchw(x)
+    _check_nchw(w, "weight")
+    _check_geometry(attrs)
+    if x.shape[1] != w.shape[1]:
+        raise ShapeError(f"channel mismatch: the input has {x.shape[1]} channels but the weight "
+                         f"[out, in, kh, kw] = {list(w.shape)} expects {w.shape[1]}")
+    out_hw = []
+    for axis, name in ((2, "height"), (3, "width")):
+        k = axis - 2
+        size = conv_output_size(x.shape[axis], w.shape[axis], attrs["stride"][k], attrs["padding"][k], attrs["dilation"][k])
+        if size < 1:
+            raise ShapeError(f"the kernel's {name} {w.shape[axis]} (dilation {attrs['dilation'][k]}) is larger than "
+                             f"the padded input's {x.shape[axis] + 2 * attrs['padding'][k]}")
+        out_hw.append(size)
+    return (x.shape[0], w.shape[0], *out_hw), _float(inputs)
+
+
+def _pad_hw(x: np.ndarray, padding, value=0.0) -> np.ndarray:
+    (ph, pw) = padding
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+def _window(xp: np.ndarray, i: int, j: int, out_hw, stride, dilation) -> np.ndarray:
+    """The [N, C, Ho, Wo] view of padded input ``xp`` that kernel tap (i, j) multiplies."""
+    (ho, wo), (sh, sw), (dh, dw) = out_hw, stride, dilation
+    return xp[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
+
+
+def conv2d_reference(arrays, attrs):
+    x, w = arrays
+    kh, kw = w.shape[2:]
+    ho = conv_output_size(x.shape[2], kh, attrs["stride"][0], attrs["padding"][0], attrs["dilation"][0])
+    wo = conv_output_size(x.shape[3], kw, attrs["stride"][1], attrs["padding"][1], attrs["dilation"][1])
+    xp = _pad_hw(x, attrs["padding"])
+    out = np.zeros((x.shape[0], w.shape[0], ho, wo), np.result_type(x, w))
+    for i in range(kh):
+        for j in range(kw):
+            patch = _window(xp, i, j, (ho, wo), attrs["stride"], attrs["dilation"])
+            out += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
+    return out
+
+
+register(OpDef("conv2d", "conv", "2-D cross-correlation, NCHW input, [O, C, kh, kw] weight", _conv2d_rule,
+               conv2d_reference))
+
+
+def conv2d(x: Tensor, w: Tensor, stride=1, padding=0, dilation=1) -> Tensor:
+    """2-D convolution (cross-correlation, as in PyTorch) of NCHW ``x`` with ``w`` [O, C, kh, kw]."""
+    attrs = {"stride": pair(stride, "stride"), "padding": pair(padding, "padding"),
+             "dilation": pair(dilation, "dilation")}
+    return apply("conv2d", [x, w], attrs)
+
+
+# -- conv_transpose2d -------------------------------------------------------------------------------------------
+
+def _conv_t_rule(inputs: Sequence[Node], attrs: Attrs):
+    x, w = inputs
+    _check_nchw(x)
+    _check_nchw(w, "weight")
+    _check_geometry(attrs, ("stride", "padding", "dilation", "output_padding"))
+    if x.shape[1] != w.shape[0]:
+        raise ShapeError(f"channel mismatch: the input has {x.shape[1]} channels but the weight "
+                         f"[in, out, kh, kw] = {list(w.shape)} expects {w.shape[0]}")
+    out_hw = []
+    for k in range(2):
+        s, p, d, op = attrs["stride"][k], attrs["padding"][k], attrs["dilation"][k], attrs["output_padding"][k]
+        if op >= max(s, d):
+            raise ShapeError(f"output_padding {attrs['output_padding']} must be smaller than stride or dilation")
+        size = (x.shape[2 + k] - 1) * s - 2 * p + d * (w.shape[2 + k] - 1) + op + 1
+        if size < 1:
+            raise ShapeError(f"padding {attrs['padding']} leaves an empty output")
+        out_hw.append(size)
+    return (x.shape[0], w.shape[1], *out_hw), _float(inputs)
+
+
+def conv_transpose2d_reference(arrays, attrs):
+    x, w = arrays
+    (sh, sw), (ph, pw), (dh, dw), (oph, opw) = attrs["stride"], attrs["padding"], attrs["dilation"], attrs["output_padding"]
+    n, _, h, wd = x.shape
+    kh, kw = w.shape[2:]
+    full_h = (h - 1) * sh + dh * (kh - 1) + 1 + oph
+    full_w = (wd - 1) * sw + dw * (kw - 1) + 1 + opw
+    full = np.zeros((n, w.shape[1], full_h, full_w), np.result_type(x, w))
+    for i in range(kh):
+        for j in range(kw):
+            full[:, :, i * dh: i * dh + sh * (h - 1) + 1: sh, j * dw: j * dw + sw * (wd - 1) + 1: sw] += np.einsum(
+                "nchw,co->nohw", x, w[:, :, i, j])
+    return full[:, :, ph: full_h - ph, pw: full_w - pw]
+
+
+register(OpDef("conv_transpose2d", "conv",
+               "transposed 2-D convolution (the adjoint of conv2d; upsampling), [C, O, kh, kw] weight",
+               _conv_t_rule, conv_transpose2d_reference))
+
+
+def conv_transpose2d(x: Tensor, w: Tensor, stride=1, padding=0, output_padding=0, dilation=1) -> Tensor:
+    """Transposed convolution (PyTorch's ConvTranspose2d) of NCHW ``x`` with ``w`` [C, O, kh, kw]."""
+    attrs = {"stride": pair(stride, "stride"), "padding": pair(padding, "padding"),
+             "output_padding": pair(output_padding, "output_padding"), "dilation": pair(dilation, "dilation")}
+    return apply("conv_transpose2d", [x, w], attrs)
+
+
+# -- pooling -------------------------------------------------------------------------------------------------------
+
+def _pool_rule(inputs: Sequence[Node], attrs: Attrs):
+    (x,) = inputs
+    _check_nchw(x)
+    _check_geometry(attrs, ("kernel", "stride", "padding"))
+    out_hw = []
+    for k, name in enumerate(("height", "width")):
+        kernel, s, p = attrs["kernel"][k], attrs["stride"][k], attrs["padding"][k]
+        if 2 * p > kernel:
+            raise ShapeError(f"padding {attrs['padding']} must be at most half the window {attrs['kernel']}")
+        if kernel > x.shape[2 + k] + 2 * p:
+            raise ShapeError(f"the pooling window's {name} {kernel} is larger than the input's "
+                             f"{x.shape[2 + k]} (padding {p})")
+        out_hw.append(conv_output_size(x.shape[2 + k], kernel, s, p))
+    return (x.shape[0], x.shape[1], *out_hw), _float(inputs)
+
+
+def _pool_windows(x: np.ndarray, attrs: Attrs, pad_value: float):
+    (kh, kw) = attrs["kernel"]
+    ho = conv_output_size(x.shape[2], kh, attrs["stride"][0], attrs["padding"][0])
+    wo = conv_output_size(x.shape[3], kw, attrs["stride"][1], attrs["padding"][1])
+    xp = _pad_hw(x, attrs["padding"], pad_value)
+    return [_window(xp, i, j, (ho, wo), attrs["stride"], (1, 1)) for i in range(kh) for j in range(kw)]
+
+
+def max_pool2d_reference(arrays, attrs):
+    return np.max(np.stack(_pool_windows(arrays[0], attrs, -np.inf)), axis=0)
+
+
+def avg_pool2d_reference(arrays, attrs):
+    return np.mean(np.stack(_pool_windows(arrays[0], attrs, 0.0)), axis=0)
+
+
+register(OpDef("max_pool2d", "conv", "max over kh x kw windows (padding with -inf)", _pool_rule,
+               max_pool2d_reference, notes="the gradient goes to the first maximum of each window"))
+register(OpDef("avg_pool2d", "conv", "mean over kh x kw windows (zero padding counts in the mean)", _pool_rule,
+               avg_pool2d_reference))
+
+
+def _pool_attrs(kernel, stride, padding):
+    kernel = pair(kernel, "kernel")
+    return {"kernel": kernel, "stride": pair(stride if stride is not None else kernel, "stride"),
+            "padding": pair(padding, "padding")}
+
+
+def max_pool2d(x: Tensor, kernel=2, stride=None, padding=0) -> Tensor:
+    """Max pooling over NCHW ``x``; ``stride`` defaults to the kernel size."""
+    return apply("max_pool2d", [x], _pool_attrs(kernel, stride, padding))
+
+
+def avg_pool2d(x: Tensor, kernel=2, stride=None, padding=0) -> Tensor:
+    """Average pooling over NCHW ``x``; ``stride`` defaults to the kernel size."""
+    return apply("avg_pool2d", [x], _pool_attrs(kernel, stride, padding))

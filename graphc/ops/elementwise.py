@@ -1,0 +1,313 @@
+"""Elementwise ops. Each is one SymPy expression of its scalar inputs; from it graphc derives
+
+* the reference implementation (``sympy.lambdify`` to NumPy),
+* the derivative (``sympy.diff``, simplified, cached per op) used by autodiff,
+* and, in the backends, the scalar code inside fused kernels.
+
+A user activation defined by an expression (:func:`elementwise`) is exactly like a built-in.
+Non-differentiable points: the Piecewise conditions decide; relu'(0) = 0, step' = 0, |x|'(0) = 0.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import sympy as sp
+
+from ..dsl import Tensor, apply
+from ..ir import Attrs, DType, Node, ShapeError, as_dtype, bool_, promote, to_float
+from .registry import OpDef, get, is_registered, register
+
+# -- shapes ---------------------------------------------------------------------------------------------
+
+
+def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """NumPy broadcasting, with a ShapeError that shows the shapes instead of NumPy's message."""
+    ndim = max((len(s) for s in shapes), default=0)
+    out = []
+    for axis in range(-ndim, 0):
+        dims = {s[axis] for s in shapes if len(s) >= -axis} - {1}
+        if len(dims) > 1:
+            shown = " and ".join(str(list(s)) for s in shapes)
+            raise ShapeError(f"cannot broadcast shapes {shown}: dimension {axis} has sizes {sorted(dims)}")
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+# -- dtype rules ---------------------------------------------------------------------------------------
+
+def dtype_float(dtypes: Sequence[DType], attrs: Attrs) -> DType:
+    return to_float(promote(*dtypes))
+
+
+def dtype_promote(dtypes: Sequence[DType], attrs: Attrs) -> DType:
+    return promote(*dtypes)
+
+
+def dtype_bool(dtypes: Sequence[DType], attrs: Attrs) -> DType:
+    return bool_
+
+
+def dtype_where(dtypes: Sequence[DType], attrs: Attrs) -> DType:
+    return promote(*dtypes[1:])
+
+
+def dtype_cast(dtypes: Sequence[DType], attrs: Attrs) -> DType:
+    return as_dtype(attrs["dtype"])
+
+
+# -- definition ---------------------------------------------------------------------------------------
+
+_INPUT_NAMES = {1: ("x",), 2: ("x", "y"), 3: ("x", "y", "z")}
+
+
+def _symbols(arity: int) -> tuple[sp.Symbol, ...]:
+    return tuple(sp.Symbol(n, real=True) for n in _INPUT_NAMES[arity])
+
+
+def _make_shape_rule(dtype_rule: Callable):
+    def shape_rule(inputs: Sequence[Node], attrs: Attrs):
+        return broadcast_shapes(*(i.shape for i in inputs)), dtype_rule([i.dtype for i in inputs], attrs)
+    return shape_rule
+
+
+def _make_reference(op_name: str):
+    def reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
+        op = get(op_name)
+        fn = _lambdified(op_name)
+        args = list(arrays) + [attrs[p] for p in op.params]
+        with np.errstate(all="ignore"):  # Piecewise evaluates every branch; the unused ones may overflow
+            result = np.asarray(fn(*args))
+        shape = np.broadcast_shapes(*(np.shape(a) for a in arrays))
+        # numpy.select (Piecewise) turns 0-d inputs into shape (1,); constants come back as scalars.
+        return result.reshape(shape) if result.size == int(np.prod(shape)) else np.broadcast_to(result, shape)
+    return reference
+
+
+@functools.lru_cache(maxsize=None)
+def _lambdified(op_name: str):
+    op = get(op_name)
+    param_syms = [sp.Symbol(p, real=True) for p in op.params]
+    return sp.lambdify(list(op.symbols) + param_syms, op.expr, modules="numpy")
+
+
+def define(name: str, expr_fn: Callable[..., sp.Expr], arity: int = 1, params: dict[str, Any] | None = None,
+           dtype_rule: Callable = dtype_float, doc: str = "", notes: str = "") -> OpDef:
+    """Register an elementwise op from a function of SymPy symbols (inputs, then parameters)."""
+    params = dict(params or {})
+    syms = _symbols(arity)
+    param_syms = [sp.Symbol(p, real=True) for p in params]
+    expr = sp.sympify(expr_fn(*syms, *param_syms))
+    op = OpDef(
+        name=name, family="elementwise", doc=doc or f"{name}: {expr}", shape_rule=_make_shape_rule(dtype_rule),
+        reference=_make_reference(name), vjp=elementwise_vjp, expr=expr, symbols=syms, params=params, notes=notes,
+    )
+    op.dtype_rule = dtype_rule
+    return register(op)
+
+
+def _builder(name: str):
+    op = get(name)
+
+    def build(*args: Any, name_: str | None = None, **kwargs: Any) -> Tensor:
+        if len(args) != len(op.symbols):
+            raise TypeError(f"{name} takes {len(op.symbols)} tensor argument(s), got {len(args)}")
+        unknown = set(kwargs) - set(op.params)
+        if unknown:
+            raise TypeError(f"{name} has no parameter(s) {', '.join(sorted(unknown))}; it takes {list(op.params)}")
+        attrs = {p: float(kwargs.get(p, default)) for p, default in op.params.items()}
+        return apply(name, args, attrs, name=name_)
+
+    build.__name__ = name
+    build.__doc__ = f"Elementwise ``{op.expr}`` (over {', '.join(map(str, op.symbols))})." + (
+        f" Parameters: {op.params}." if op.params else ""
+    )
+    return build
+
+
+def elementwise(name: str, expr_fn: Callable[..., sp.Expr], arity: int = 1, params: dict[str, Any] | None = None,
+                doc: str = "") -> Callable[..., Tensor]:
+    """Define an activation from a SymPy expression; it gets its reference, gradient and codegen for free.
+
+    >>> import graphc, sympy
+    >>> swish = graphc.elementwise("swish_doc", lambda x: x * graphc.sympy_sigmoid(x))
+    >>> with graphc.Graph():
+    ...     swish(graphc.input("x", (3,))).op
+    'swish_doc'
+    """
+    if is_registered(name):
+        existing = get(name)
+        syms = _symbols(arity)
+        psyms = [sp.Symbol(p, real=True) for p in (params or {})]
+        if existing.expr is None or sp.simplify(existing.expr - sp.sympify(expr_fn(*syms, *psyms))) != 0:
+            raise ValueError(f"op {name!r} is already registered with a different definition")
+        return _builder(name)
+    define(name, expr_fn, arity, params, doc=doc)
+    return _builder(name)
+
+
+# -- derivatives ----------------------------------------------------------------------------------------
+
+def derivative_name(op_name: str, i: int) -> str:
+    return f"d{op_name}_d{get(op_name).symbols[i]}"
+
+
+def derivative_op(op_name: str, i: int) -> str | None:
+    """The elementwise op computing d(op)/d(input i), registered on first use; None when it is 0."""
+    op = get(op_name)
+    d = _derivative_expr(op_name, i)
+    if d == 0:
+        return None
+    name = derivative_name(op_name, i)
+    if not is_registered(name):
+        # define() rebuilds the same symbols (same names and assumptions), so `d` is used as it is.
+        define(name, lambda *_: d, arity=len(op.symbols), params=op.params, dtype_rule=dtype_float,
+               doc=f"d{op_name}/d{syms[i]} = {d}", notes=f"derivative of {op_name}, derived by SymPy")
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def _derivative_expr(op_name: str, i: int) -> sp.Expr:
+    op = get(op_name)
+    d = sp.diff(op.expr, op.symbols[i])
+    d = sp.piecewise_fold(d)
+    simplified = sp.simplify(d)
+    # Keep the simplified form only when it is not longer: simplify sometimes expands.
+    return simplified if sp.count_ops(simplified) <= sp.count_ops(d) else d
+
+
+def elementwise_vjp(node: Node, g: Tensor, inputs: Sequence[Tensor]) -> list[Tensor | None]:
+    """g * d(op)/d(input_i), summed back over broadcast axes to each input's shape."""
+    from .reduce import sum_to_shape
+
+    out: list[Tensor | None] = []
+    attrs = dict(node.attrs)
+    for i, x in enumerate(inputs):
+        if not x.dtype.is_float:
+            out.append(None)
+            continue
+        dname = derivative_op(node.op, i)
+        if dname is None:
+            out.append(None)
+            continue
+        local = apply(dname, inputs, attrs)
+        out.append(sum_to_shape(cast(g * local, x.dtype), x.shape))
+    return out
+
+
+# -- the built-in ops -----------------------------------------------------------------------------------
+
+def sympy_sigmoid(x: sp.Expr) -> sp.Expr:
+    """The logistic sigmoid as a SymPy expression, in its overflow-free two-branch form."""
+    return sp.Piecewise((1 / (1 + sp.exp(-x)), x >= 0), (sp.exp(x) / (1 + sp.exp(x)), True))
+
+
+def sympy_softplus(x: sp.Expr) -> sp.Expr:
+    """log(1 + e^x) as a SymPy expression that does not overflow for large |x|."""
+    return sp.Piecewise((x + sp.log(1 + sp.exp(-x)), x > 0), (sp.log(1 + sp.exp(x)), True))
+
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+P = sp.Piecewise
+define("neg", lambda x: -x, dtype_rule=dtype_promote)
+define("add", lambda x, y: x + y, 2, dtype_rule=dtype_promote)
+define("sub", lambda x, y: x - y, 2, dtype_rule=dtype_promote)
+define("mul", lambda x, y: x * y, 2, dtype_rule=dtype_promote)
+define("div", lambda x, y: x / y, 2)
+define("pow", lambda x, y: x ** y, 2)
+define("exp", sp.exp)
+define("log", sp.log)
+define("sqrt", sp.sqrt)
+define("abs", sp.Abs, dtype_rule=dtype_promote, notes="abs'(0) = 0")
+define("sign", sp.sign, dtype_rule=dtype_promote, notes="derivative 0 everywhere")
+define("maximum", lambda x, y: P((x, x >= y), (y, True)), 2, dtype_rule=dtype_promote,
+       notes="ties pass the gradient to the first input")
+define("minimum", lambda x, y: P((x, x <= y), (y, True)), 2, dtype_rule=dtype_promote,
+       notes="ties pass the gradient to the first input")
+define("clip", lambda x, lo, hi: P((lo, x < lo), (hi, x > hi), (x, True)), params={"lo": 0.0, "hi": 1.0},
+       notes="gradient 1 inside [lo, hi], 0 outside")
+define("square", lambda x: x ** 2, dtype_rule=dtype_promote)
+define("cast", lambda x: x, dtype_rule=dtype_cast, doc="cast: x converted to the dtype attribute")
+define("where", lambda c, x, y: P((x, sp.Ne(c, 0)), (y, True)), 3, dtype_rule=dtype_where,
+       doc="where: x where c is true (nonzero), y elsewhere")
+for _name, _rel in [("less", sp.StrictLessThan), ("less_equal", sp.LessThan), ("greater", sp.StrictGreaterThan),
+                    ("greater_equal", sp.GreaterThan), ("equal", sp.Eq), ("not_equal", sp.Ne)]:
+    define(_name, (lambda rel: lambda x, y: P((1, rel(x, y)), (0, True)))(_rel), 2, dtype_rule=dtype_bool)
+
+# Activations from the course material.
+define("identity", lambda x: x, dtype_rule=dtype_promote)
+define("sigmoid", sympy_sigmoid, doc="sigmoid: 1/(1 + exp(-x)) (two overflow-free branches)")
+define("tanh", sp.tanh)
+define("relu", lambda x: P((x, x > 0), (0, True)), dtype_rule=dtype_promote, notes="relu'(0) = 0")
+define("leaky_relu", lambda x, alpha: P((x, x > 0), (alpha * x, True)), params={"alpha": 0.01},
+       notes="the course's max(0.1x, x) is leaky_relu(x, alpha=0.1); default alpha 0.01 as in PyTorch")
+define("elu", lambda x, alpha: P((x, x >= 0), (alpha * (sp.exp(x) - 1), True)), params={"alpha": 1.0})
+define("selu", lambda x: _SELU_SCALE * P((x, x > 0), (_SELU_ALPHA * (sp.exp(x) - 1), True)))
+define("softplus", sympy_softplus, doc="softplus: log(1 + exp(x)) (two overflow-free branches)")
+define("softsign", lambda x: x / (1 + sp.Abs(x)))
+define("step", lambda x, a, b, c: P((b, x > c), (a, True)), params={"a": 0.0, "b": 1.0, "c": 0.0},
+       doc="step: a if x <= c, b if x > c (the course's neuron model)", notes="derivative 0 everywhere")
+define("ramp", lambda x, a, b, c, d: P((a, x < c), (b, x > d), (a + (x - c) * (b - a) / (d - c), True)),
+       params={"a": 0.0, "b": 1.0, "c": 0.0, "d": 1.0},
+       doc="ramp: a below c, b above d, linear from (c, a) to (d, b) between (the course's neuron model)")
+define("gaussian", lambda x, mu, sigma: sp.exp(-((x - mu) / sigma) ** 2 / 2) / (sp.sqrt(2 * sp.pi) * sigma),
+       params={"mu": 0.0, "sigma": 1.0}, doc="gaussian: exp(-((x - mu)/sigma)^2 / 2) / (sqrt(2 pi) sigma)")
+del P
+
+# -- builders: the functions users call ------------------------------------------------------------------
+
+neg = _builder("neg")
+add = _builder("add")
+sub = _builder("sub")
+mul = _builder("mul")
+div = _builder("div")
+pow = _builder("pow")  # noqa: A001  (graphc.pow mirrors numpy.power)
+exp = _builder("exp")
+log = _builder("log")
+sqrt = _builder("sqrt")
+abs = _builder("abs")  # noqa: A001
+sign = _builder("sign")
+maximum = _builder("maximum")
+minimum = _builder("minimum")
+square = _builder("square")
+less = _builder("less")
+less_equal = _builder("less_equal")
+greater = _builder("greater")
+greater_equal = _builder("greater_equal")
+equal = _builder("equal")
+not_equal = _builder("not_equal")
+identity = _builder("identity")
+sigmoid = _builder("sigmoid")
+tanh = _builder("tanh")
+relu = _builder("relu")
+leaky_relu = _builder("leaky_relu")
+elu = _builder("elu")
+selu = _builder("selu")
+softplus = _builder("softplus")
+softsign = _builder("softsign")
+step = _builder("step")
+ramp = _builder("ramp")
+gaussian = _builder("gaussian")
+_clip = _builder("clip")
+_where = _builder("where")
+
+
+def clip(x: Any, lo: float, hi: float) -> Tensor:
+    """Elementwise clamp of ``x`` to [lo, hi]."""
+    return _clip(x, lo=lo, hi=hi)
+
+
+def where(cond: Any, x: Any, y: Any) -> Tensor:
+    """``x`` where ``cond`` is true, ``y`` elsewhere, with broadcasting (numpy.where)."""
+    return _where(cond, x, y)
+
+
+def cast(x: Any, dtype: Any) -> Tensor:
+    """``x`` converted to ``dtype`` (a no-op, returning ``x``, when it already has it)."""
+    dtype = as_dtype(dtype)
+    if isinstance(x, Tensor) and x.dtype == dtype:
+        return x
+    return apply("cast", [x], {"dtype": dtype.name})
