@@ -311,3 +311,60 @@ def cast(x: Any, dtype: Any) -> Tensor:
     if isinstance(x, Tensor) and x.dtype == dtype:
         return x
     return apply("cast", [x], {"dtype": dtype.name})
+
+
+# -- fused elementwise nodes ---------------------------------------------------------------------------------
+# A fused node carries one SymPy expression over symbols x0..x{n-1} (its inputs, broadcast together),
+# with every parameter already a number. The fusion pass builds them; the backends print their scalar code.
+
+def fused_symbols(n: int) -> tuple[sp.Symbol, ...]:
+    return tuple(sp.Symbol(f"x{k}", real=True) for k in range(n))
+
+
+def _fused_rule(inputs: Sequence[Node], attrs: Attrs):
+    expr = attrs["expr"]
+    extra = expr.free_symbols - set(fused_symbols(len(inputs)))
+    if extra:
+        raise ShapeError(f"expression {expr} uses symbols {sorted(map(str, extra))} that are not inputs")
+    return broadcast_shapes(*(i.shape for i in inputs)), as_dtype(attrs["dtype"])
+
+
+@functools.lru_cache(maxsize=4096)
+def _lambdified_fused(expr: sp.Expr, n: int):
+    return sp.lambdify(list(fused_symbols(n)), expr, modules="numpy")
+
+
+def _fused_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
+    fn = _lambdified_fused(attrs["expr"], len(arrays))
+    with np.errstate(all="ignore"):
+        result = np.asarray(fn(*arrays))
+    shape = np.broadcast_shapes(*(np.shape(a) for a in arrays))
+    return result.reshape(shape) if result.size == int(np.prod(shape)) else np.broadcast_to(result, shape)
+
+
+@functools.lru_cache(maxsize=4096)
+def fused_derivative(expr: sp.Expr, n: int, i: int) -> sp.Expr:
+    return sp.piecewise_fold(sp.diff(expr, fused_symbols(n)[i]))
+
+
+def _fused_vjp(node: Node, g: Tensor, inputs: Sequence[Tensor]) -> list[Tensor | None]:
+    from .reduce import sum_to_shape
+
+    out: list[Tensor | None] = []
+    for i, x in enumerate(inputs):
+        d = fused_derivative(node.attrs["expr"], len(inputs), i)
+        if d == 0 or not x.dtype.is_float:
+            out.append(None)
+            continue
+        local = fused(d, inputs, node.dtype)
+        out.append(sum_to_shape(cast(g * local, x.dtype), x.shape))
+    return out
+
+
+register(OpDef("fused", "elementwise", "one SymPy expression over inputs x0..x{n-1}, evaluated elementwise "
+               "with broadcasting (built by the fusion pass)", _fused_rule, _fused_reference, _fused_vjp))
+
+
+def fused(expr: sp.Expr, inputs: Sequence[Any], dtype: Any) -> Tensor:
+    """A fused elementwise node computing ``expr`` (over symbols x0, x1, ...) of ``inputs``."""
+    return apply("fused", list(inputs), {"expr": sp.sympify(expr), "dtype": as_dtype(dtype).name})
