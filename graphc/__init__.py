@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .backends import Executable, compile
 from .dsl import Tensor, TensorSpec, apply, constant, input, param, trace
 from .ir import (
     DType, DTypeError, Graph, GraphcError, InputError, Node, ShapeError, bool_, float32, float64, int32, int64,

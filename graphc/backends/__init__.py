@@ -1,1 +1,54 @@
-"""Backends: each lowers a Graph to something that runs. ``reference`` is the NumPy oracle."""
+"""Backends: each lowers a Graph to something that runs. ``reference`` is the NumPy oracle.
+
+:func:`compile` is the one entry point: it cuts the graph down to what the outputs and
+updates need, optimizes it (when the passes are available), and hands it to a backend.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from ..ir import Graph, GraphcError, Node
+from ..ir.rewrite import clone
+from .executable import Executable
+
+BACKENDS = ("reference",)
+
+
+def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "reference",
+            name: str | None = None, optimize: int | None = None) -> Executable:
+    """Compile ``outputs`` (a Tensor or a list) of their graph into an :class:`Executable`.
+
+    ``inputs`` fixes the positional call order (default: the graph's inputs that are needed,
+    in creation order). Parameter updates registered with ``Graph.update`` run in place on
+    every call.
+    """
+    single = not isinstance(outputs, (list, tuple))
+    tensors = [outputs] if single else list(outputs)
+    if not tensors:
+        raise GraphcError("compile: nothing to compile (no outputs)")
+    source: Graph = tensors[0].graph
+    if backend not in BACKENDS:
+        raise GraphcError(f"compile: unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+    t0 = time.perf_counter()
+    graph, mapping = clone(source, [t.node for t in tensors], name=name)
+    if inputs is None:
+        call_inputs = graph.inputs
+    else:
+        call_inputs = []
+        for t in inputs:
+            node = source.find(t) if isinstance(t, str) else getattr(t, "node", t)
+            if id(node) not in mapping:
+                raise GraphcError(f"compile: input {node.name!r} is not used by the outputs")
+            call_inputs.append(mapping[id(node)])
+        unlisted = [n.name for n in graph.inputs if all(n is not c for c in call_inputs)]
+        if unlisted:
+            raise GraphcError(f"compile: the outputs need input(s) {unlisted} that are not in `inputs`")
+    from . import reference
+
+    exe = reference.build(graph, call_inputs)
+    exe.stats["trace_to_build_s"] = time.perf_counter() - t0
+    return exe
+
+
+__all__ = ["BACKENDS", "Executable", "Node", "compile"]

@@ -34,6 +34,9 @@ class Graph:
         self.name = name
         self.nodes: list[Node] = []
         self.outputs: list[Node] = []
+        #: In-place state updates run after the outputs are computed: (parameter, its new value).
+        #: A training step's optimizer writes these; backends apply them in place.
+        self.updates: list[tuple[Node, Node]] = []
         self._members: set[int] = set()
 
     # -- building -----------------------------------------------------------------------------
@@ -66,6 +69,17 @@ class Graph:
                 raise ValueError(f"output {node!r} is not a node of graph {self.name!r}")
             self.outputs.append(node)
         return tensors[0] if len(tensors) == 1 else tensors
+
+    def update(self, param, new_value) -> None:
+        """After each run, set parameter ``param`` to ``new_value`` (same shape and dtype), in place."""
+        p, v = getattr(param, "node", param), getattr(new_value, "node", new_value)
+        if p.op != "param" or p not in self or v not in self:
+            raise ValueError(f"update: {p!r} must be a parameter of graph {self.name!r} and {v!r} one of its nodes")
+        if (p.shape, p.dtype) != (v.shape, v.dtype):
+            raise ValueError(f"update of {p.name!r}: new value is {v.type_str}, the parameter is {p.type_str}")
+        if any(q is p for q, _ in self.updates):
+            raise ValueError(f"parameter {p.name!r} already has an update")
+        self.updates.append((p, v))
 
     # -- views ----------------------------------------------------------------------------------
     @property
@@ -126,6 +140,7 @@ class Graph:
             h.update("|".join(parts).encode())
             h.update(b"\n")
         h.update(repr([index[id(o)] for o in self.outputs]).encode())
+        h.update(repr([(index[id(p)], index[id(v)]) for p, v in self.updates]).encode())
         return h.hexdigest()
 
     def text(self, nodes: Sequence[Node] | None = None, provenance: bool = True) -> str:

@@ -22,7 +22,7 @@ def format_attr(value: object) -> str:
 def _constant_text(node: Node) -> str:
     value = node.value
     if value is not None and value.size == 1:
-        return " " + repr(value.reshape(()).item())
+        return " " + str(value.reshape(())[()])  # NumPy's shortest repr: 0.1, not 0.10000000149011612
     return ""
 
 
@@ -60,4 +60,6 @@ def graph_text(graph, nodes: Sequence[Node] | None = None, provenance: bool = Tr
     lines += [node_text(n, number, provenance) for n in shown]
     if graph.outputs:
         lines.append("return " + ", ".join(f"%{number[id(o)]}" for o in graph.outputs))
+    for p, v in graph.updates:
+        lines.append(f"update %{number[id(p)]} <- %{number[id(v)]}".ljust(COMMENT_COLUMN - 1) + f" # {p.name or ''}".rstrip())
     return "\n".join(lines) + "\n"

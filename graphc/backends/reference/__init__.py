@@ -12,6 +12,7 @@ import numpy as np
 from ...ir import Graph, GraphcError, InputError, Node
 from ...ir.errors import at_op
 from ...ops import registry
+from ..executable import Executable, validate
 
 
 def _key_node(graph: Graph, key: Any) -> Node:
@@ -23,18 +24,6 @@ def _key_node(graph: Graph, key: Any) -> Node:
     raise TypeError(f"feeds and params are keyed by name or tensor, got {key!r}")
 
 
-def check_input(node: Node, value: Any, role: str = "input") -> np.ndarray:
-    """Convert a fed value to the node's dtype, refusing what would change its meaning."""
-    arr = np.asarray(value)
-    label = f"{role} {node.name!r}" if node.name else role
-    if arr.shape != node.shape:
-        raise InputError(f"{label}: expected shape {list(node.shape)} ({node.type_str}), got {list(arr.shape)}")
-    kind_ok = arr.dtype.kind in "fiub" and (node.dtype.kind == "f" or arr.dtype.kind in "iub")
-    if not kind_ok or (node.dtype.kind == "b" and arr.dtype.kind != "b"):
-        raise InputError(f"{label}: expected dtype {node.dtype.name}, got {arr.dtype.name}")
-    return arr.astype(node.dtype.np, copy=False)
-
-
 def evaluate(graph: Graph, feeds: Mapping[Any, Any] | None = None, outputs: Sequence[Node] | None = None,
              params: Mapping[Any, Any] | None = None) -> list[np.ndarray]:
     """Evaluate ``outputs`` (default: the graph's outputs) with NumPy; returns one array per output.
@@ -43,21 +32,28 @@ def evaluate(graph: Graph, feeds: Mapping[Any, Any] | None = None, outputs: Sequ
     overrides parameter values (otherwise their initial values are used).
     """
     outputs = list(graph.outputs if outputs is None else [getattr(o, "node", o) for o in outputs])
+    values = run_nodes(graph, outputs, feeds, params)
+    return [values[id(o)] for o in outputs]
+
+
+def run_nodes(graph: Graph, roots: Sequence[Node], feeds: Mapping[Any, Any] | None,
+              params: Mapping[Any, Any] | None) -> dict[int, np.ndarray]:
+    """The value of every node ``roots`` depend on, keyed by id(node)."""
     fed = {id(_key_node(graph, k)): v for k, v in (feeds or {}).items()}
     overrides = {id(_key_node(graph, k)): v for k, v in (params or {}).items()}
     values: dict[int, np.ndarray] = {}
-    for node in graph.ancestors(outputs):
+    for node in graph.ancestors(roots):
         values[id(node)] = _evaluate_node(node, values, fed, overrides)
-    return [values[id(o)] for o in outputs]
+    return values
 
 
 def _evaluate_node(node: Node, values, fed, overrides) -> np.ndarray:
     if node.op == "input":
         if id(node) not in fed:
             raise InputError(f"input {node.name!r} ({node.type_str}) was not fed")
-        return check_input(node, fed[id(node)])
+        return validate(node, fed[id(node)])
     if node.op == "param":
-        return check_input(node, overrides[id(node)], "param") if id(node) in overrides else node.value
+        return validate(node, overrides[id(node)], "param") if id(node) in overrides else node.value
     if node.op == "constant":
         return node.value
     args = [values[id(i)] for i in node.inputs]
@@ -66,3 +62,24 @@ def _evaluate_node(node: Node, values, fed, overrides) -> np.ndarray:
     except GraphcError as err:
         raise at_op(err, node.op, ", ".join(i.type_str for i in node.inputs), node.loc) from None
     return np.array(np.broadcast_to(result, node.shape), dtype=node.dtype.np, order="C")
+
+
+class ReferenceExecutable(Executable):
+    """The reference backend behind :func:`graphc.compile`: NumPy, one node at a time."""
+
+    backend = "reference"
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        feeds = {id(n): a for n, a in zip(self.inputs, arrays)}
+        state = {id(p): self.params[k] for k, p in zip(self.params, self.graph.params)}
+        roots = self.outputs + [v for _, v in self.graph.updates]
+        values = run_nodes(self.graph, roots, {n: feeds[id(n)] for n in self.inputs},
+                           {p: state[id(p)] for p in self.graph.params})
+        outs = [values[id(o)].copy() for o in self.outputs]
+        for p, v in self.graph.updates:  # all updates read the old values: apply them after evaluating
+            state[id(p)][...] = values[id(v)]
+        return outs
+
+
+def build(graph: Graph, inputs: list[Node]) -> ReferenceExecutable:
+    return ReferenceExecutable(graph, inputs)
