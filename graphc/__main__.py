@@ -1,0 +1,4 @@
+"""``python -m graphc`` runs the ``graphc`` command."""
+from graphc.cli import main
+
+raise SystemExit(main())
