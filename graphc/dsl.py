@@ -201,7 +201,9 @@ def apply(op: str, inputs: Sequence[Any], attrs: Mapping[str, Any] | None = None
 
     opdef = registry.get(op)
     graph = _graph_of(inputs)
-    like = next((v.dtype for v in inputs if isinstance(v, Tensor)), None)
+    # Python scalars take the dtype of the data operands, not of a boolean mask (where(mask, 0.0, x)).
+    dtypes = [v.dtype for v in inputs if isinstance(v, Tensor)]
+    like = next((d for d in dtypes if d.kind != "b"), dtypes[0] if dtypes else None)
     nodes = tuple(_as_node(v, graph, like) for v in inputs)
     frozen = Attrs(attrs)
     prov = _provenance.get()

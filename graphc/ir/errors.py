@@ -24,7 +24,10 @@ def at_op(err: GraphcError, op: str, operands: str, loc: SourceLoc | None) -> Gr
     """Re-create ``err`` with the op name, its operand types and the user's line in the message."""
     where = f"\n  at {loc}" if loc is not None else ""
     operand_text = f" (operands: {operands})" if operands else ""
-    new = type(err)(f"{op}: {err}{operand_text}{where}")
+    text = str(err)
+    # Errors raised by an op's own checks may already start with its name.
+    head = text if text.startswith(f"{op}: ") else f"{op}: {text}"
+    new = type(err)(f"{head}{operand_text}{where}")
     new.op = op
     new.loc = loc
     return new

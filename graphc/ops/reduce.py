@@ -90,8 +90,12 @@ register(OpDef("argmax", "reduce", "index of the maximum along one axis (int64)"
 
 
 def _argmax(x: np.ndarray, attrs: Attrs) -> np.ndarray:
-    (axis,) = attrs["axes"]
-    return np.argmax(x, axis=axis, keepdims=attrs["keepdims"])
+    axes = attrs["axes"]
+    if len(axes) == 1:
+        return np.argmax(x, axis=axes[0], keepdims=attrs["keepdims"])
+    # Every axis (axis=None): the index into the flattened tensor, as numpy.argmax.
+    flat = np.argmax(x.reshape(-1)) if x.size else 0
+    return np.reshape(flat, reduced_shape(x.shape, axes, attrs["keepdims"]))
 
 
 def broadcast_shape_rule(inputs: Sequence[Node], attrs: Attrs):
@@ -145,8 +149,13 @@ def min(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa:
     return _reduce("min", x, axis, keepdims)
 
 
-def argmax(x: Tensor, axis: int = -1, keepdims: bool = False) -> Tensor:
-    """Index (int64) of the maximum along one axis."""
+def argmax(x: Tensor, axis: int | None = -1, keepdims: bool = False) -> Tensor:
+    """Index (int64) of the maximum along one axis; with ``axis=None``, into the flattened tensor."""
+    if axis is not None and not isinstance(axis, (int, np.integer)):
+        from ..ir import user_location
+        from ..ir.errors import at_op
+        raise at_op(ShapeError(f"takes one axis or None, got {axis!r}"), "argmax", x.node.type_str,
+                    user_location())
     return _reduce("argmax", x, axis, keepdims)
 
 

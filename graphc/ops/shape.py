@@ -6,8 +6,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..dsl import Tensor, apply
-from ..ir import Attrs, Node, ShapeError
+from ..ir import Attrs, GraphcError, Node, ShapeError, user_location
+from ..ir.errors import at_op
 from .registry import OpDef, register
+
+
+def _located(err: GraphcError, x: Tensor, op: str = "slice") -> GraphcError:
+    """``err`` naming the op, the operand's type and the user's line (for checks done before apply())."""
+    return at_op(err, op, x.node.type_str, user_location())
 
 
 # -- reshape -----------------------------------------------------------------------------------------------
@@ -42,7 +48,10 @@ def _resolve_shape(size: int, shape: Sequence[int], type_str: str) -> tuple[int,
 
 def reshape(x: Tensor, shape: Sequence[int]) -> Tensor:
     """``x`` with a new shape of the same size; one dimension may be -1 (inferred)."""
-    shape = _resolve_shape(x.size, shape, x.node.type_str)
+    try:
+        shape = _resolve_shape(x.size, shape, x.node.type_str)
+    except ShapeError as err:
+        raise _located(err, x, "reshape") from None
     if shape == x.shape:
         return x
     return apply("reshape", [x], {"shape": shape})
@@ -68,7 +77,12 @@ register(OpDef("transpose", "shape", "permute axes (numpy.transpose)", _transpos
 
 def transpose(x: Tensor, perm: Sequence[int] | None = None) -> Tensor:
     """Permute axes; with no ``perm``, reverse them (``x.T``)."""
-    perm = tuple(range(x.ndim))[::-1] if perm is None else tuple(int(p) % max(x.ndim, 1) for p in perm)
+    if perm is None:
+        perm = tuple(range(x.ndim))[::-1]
+    elif any(not -x.ndim <= int(p) < x.ndim for p in perm):
+        raise _located(ShapeError(f"axes {list(perm)} are out of range for rank {x.ndim}"), x, "transpose")
+    else:
+        perm = tuple(int(p) % x.ndim for p in perm)
     return apply("transpose", [x], {"perm": perm})
 
 
@@ -116,18 +130,21 @@ register(OpDef("unslice", "shape", "the adjoint of slice: g placed at the sliced
 def getitem(x: Tensor, index: Any) -> Tensor:
     """Basic NumPy indexing: integers, slices with positive steps, ``...`` and ``None``."""
     index = index if isinstance(index, tuple) else (index,)
-    if any(isinstance(i, (Tensor, list, np.ndarray)) for i in index):
-        raise ShapeError(f"indexing {x.node.type_str}: only integers, slices, ... and None are supported "
-                         f"(advanced indexing is not); got {index!r}")
+    def basic(i: Any) -> bool:
+        integer = isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_))
+        return i is None or i is Ellipsis or isinstance(i, slice) or integer
+
+    if not all(basic(i) for i in index):
+        raise _located(ShapeError(f"indexing {x.node.type_str}: only integers, slices, ... and None are supported "
+                                  f"(advanced indexing is not); got {index!r}"), x)
     n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
     if index.count(Ellipsis) > 1:
-        raise ShapeError(f"indexing {x.node.type_str}: only one ... is allowed")
-    if Ellipsis in index:
-        k = index.index(Ellipsis)
-        index = index[:k] + (slice(None),) * (x.ndim - n_real) + index[k + 1:]
+        raise _located(ShapeError(f"indexing {x.node.type_str}: only one ... is allowed"), x)
     if n_real > x.ndim:
-        raise ShapeError(f"too many indices ({n_real}) for {x.node.type_str}")
-    index = index + (slice(None),) * (x.ndim - n_real)
+        raise _located(ShapeError(f"too many indices ({n_real}) for {x.node.type_str}"), x)
+    # `...` stands for the axes not indexed explicitly; without one, they are at the end.
+    k = index.index(Ellipsis) if Ellipsis in index else len(index)
+    index = index[:k] + (slice(None),) * (x.ndim - n_real) + index[k + 1:]
     starts, stops, steps, out_shape = [], [], [], []
     axis = 0
     for i in index:
@@ -137,13 +154,13 @@ def getitem(x: Tensor, index: Any) -> Tensor:
         dim = x.shape[axis]
         if isinstance(i, (int, np.integer)):
             if not -dim <= i < dim:
-                raise ShapeError(f"index {i} is out of bounds for axis {axis} of {x.node.type_str}")
+                raise _located(ShapeError(f"index {i} is out of bounds for axis {axis} of {x.node.type_str}"), x)
             i = int(i) % dim
             starts.append(i), stops.append(i + 1), steps.append(1)
         else:
             b, e, s = i.indices(dim)
             if s <= 0:
-                raise ShapeError(f"indexing {x.node.type_str}: negative slice steps are not supported")
+                raise _located(ShapeError(f"indexing {x.node.type_str}: negative slice steps are not supported"), x)
             starts.append(b), stops.append(max(e, b)), steps.append(s)
             out_shape.append(len(range(b, e, s)))
         axis += 1
@@ -189,5 +206,5 @@ def concatenate(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
         raise ShapeError("concatenate needs at least one tensor")
     ndim = tensors[0].ndim
     if not -ndim <= axis < ndim:
-        raise ShapeError(f"concatenate: axis {axis} is out of range for rank {ndim}")
+        raise _located(ShapeError(f"axis {axis} is out of range for rank {ndim}"), tensors[0], "concatenate")
     return apply("concatenate", tensors, {"axis": int(axis) % ndim})

@@ -20,7 +20,12 @@ def _key_node(graph: Graph, key: Any) -> Node:
     if isinstance(node, Node):
         return node
     if isinstance(key, str):
-        return graph.find(key)
+        try:
+            return graph.find(key)
+        except KeyError:
+            known = ", ".join(repr(n.name) for n in graph.inputs + graph.params)
+            raise InputError(f"graph {graph.name!r} has no input or parameter named {key!r} "
+                             f"(it has {known or 'none'})") from None
     raise TypeError(f"feeds and params are keyed by name or tensor, got {key!r}")
 
 
