@@ -1,0 +1,44 @@
+"""Shared test fixtures: golden files.
+
+Golden files live in tests/golden/. Regenerate them after an intended change with::
+
+    GRAPHC_UPDATE_GOLDEN=1 python -m pytest tests/...
+
+and review the diff (``git diff tests/golden``) before committing.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+UPDATE_GOLDEN = os.environ.get("GRAPHC_UPDATE_GOLDEN") == "1"
+
+
+@pytest.fixture
+def golden() -> Callable[[str, str], None]:
+    """``golden(name, text)``: assert ``text`` equals tests/golden/<name>.
+
+    With GRAPHC_UPDATE_GOLDEN=1 the file is (re)written instead, and the test passes.
+    """
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN_DIR / name
+        if UPDATE_GOLDEN:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            return
+        if not path.exists():
+            pytest.fail(f"golden file {path} does not exist; create it with GRAPHC_UPDATE_GOLDEN=1")
+        expected = path.read_text()
+        if text != expected:
+            diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True),
+                                                f"golden/{name}", "actual"))
+            pytest.fail(f"text differs from golden file {path} "
+                        f"(GRAPHC_UPDATE_GOLDEN=1 rewrites it if the change is intended):\n{diff}")
+
+    return check
