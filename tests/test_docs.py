@@ -140,8 +140,8 @@ def test_ci_script_extracts_the_readme_commands():
     assert "set -euo pipefail" in ci
     # run the script's own extraction function against the README
     out = subprocess.run(
-        ["bash", "-c", f'source <(sed -n "/^readme_command()/,/^}}/p" .ci/run); readme=README.md; '
-                       f'readme_command main; echo ---; readme_command test'],
+        ["bash", "-c", 'source <(sed -n "/^readme_command()/,/^}/p" .ci/run); readme=README.md; '
+                       'readme_command main; echo ---; readme_command test'],
         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     main, test = out.stdout.split("---\n")
