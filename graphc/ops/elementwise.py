@@ -163,18 +163,80 @@ def derivative_op(op_name: str, i: int) -> str | None:
     if not is_registered(name):
         # define() rebuilds the same symbols (same names and assumptions), so `d` is used as it is.
         define(name, lambda *_: d, arity=len(op.symbols), params=op.params, dtype_rule=dtype_float,
-               doc=f"d{op_name}/d{syms[i]} = {d}", notes=f"derivative of {op_name}, derived by SymPy")
+               doc=f"d{op_name}/d{op.symbols[i]} = {d}", notes=f"derivative of {op_name}, derived by SymPy")
     return name
 
 
 @functools.lru_cache(maxsize=None)
 def _derivative_expr(op_name: str, i: int) -> sp.Expr:
     op = get(op_name)
-    d = sp.diff(op.expr, op.symbols[i])
+    param_values = {sp.Symbol(p, real=True): v for p, v in op.params.items()}
+    return simplify_derivative(sp.diff(op.expr, op.symbols[i]), op.symbols, param_values)
+
+
+def simplify_derivative(d: sp.Expr, symbols: Sequence[sp.Symbol], param_values: dict | None = None) -> sp.Expr:
+    """A derivative in a short form that is as stable in float64 as the raw one.
+
+    Conventions at non-differentiable points: DiracDelta (from sign, step) is 0 and Heaviside(u)
+    (from Max/Min) is 1 where u > 0 else 0, so relu'(0) = 0. Each Piecewise branch is simplified on
+    its own (never merged: sigmoid's and softplus's two branches exist to avoid overflow), and a
+    shorter candidate is kept only when it stays finite and equal on a grid of test points,
+    +-1000 included, wherever the raw form is finite.
+    """
+    d = d.replace(sp.DiracDelta, lambda *a: sp.S.Zero)
+    d = d.replace(sp.Heaviside, lambda u, *a: sp.Piecewise((1, u > 0), (0, True)))
     d = sp.piecewise_fold(d)
-    simplified = sp.simplify(d)
-    # Keep the simplified form only when it is not longer: simplify sometimes expands.
-    return simplified if sp.count_ops(simplified) <= sp.count_ops(d) else d
+    if d.is_number or not isinstance(d, sp.Piecewise):
+        return _shortest_stable(d, d, d, symbols, param_values or {})
+    branches = list(d.args)
+    for k, (expr, cond) in enumerate(branches):
+        def whole(e, k=k):
+            return sp.Piecewise(*(branches[:k] + [(e, cond)] + branches[k + 1:]))
+        best = _shortest_stable(expr, d, whole, symbols, param_values or {})
+        branches[k] = (best, cond)
+    return sp.piecewise_fold(sp.Piecewise(*branches))
+
+
+_TEST_POINTS = (-1000.0, -30.0, -2.0, -0.7, 0.0, 0.3, 1.5, 30.0, 1000.0)
+
+
+def _shortest_stable(expr, raw, whole, symbols, param_values):
+    """The best of a few simplifications of ``expr``: finite wherever ``raw`` is and equal to it there;
+    then finite at the most test points (x**(y-1)*y beats x**y*y/x at x = 0); then the shortest."""
+    def abs_of_sign(e):
+        for s in symbols:
+            e = e.subs(s * sp.sign(s), sp.Abs(s))
+        return e
+    candidates = [expr]
+    for transform in (sp.simplify, sp.factor, sp.cancel, sp.powsimp, lambda e: sp.simplify(abs_of_sign(e))):
+        try:
+            candidates.append(transform(expr))
+        except Exception:  # a failed rewrite only means one candidate fewer
+            pass
+    build = whole if callable(whole) else (lambda e: e)
+    grid = np.array(np.meshgrid(*[_TEST_POINTS] * len(symbols))).reshape(len(symbols), -1)
+    raw_values = _evaluate_on(raw, symbols, grid, param_values)
+    if raw_values is None:
+        return min(candidates, key=sp.count_ops)
+    finite = np.isfinite(raw_values)
+    ranked = []
+    for k, c in enumerate(candidates):
+        values = _evaluate_on(build(c), symbols, grid, param_values)
+        if values is None or not np.all(np.isfinite(values[finite])):
+            continue
+        if not np.allclose(values[finite], raw_values[finite], rtol=1e-9, atol=1e-300):
+            continue
+        ranked.append((int(np.sum(~np.isfinite(values))), sp.count_ops(c), k, c))
+    return min(ranked)[3] if ranked else expr
+
+
+def _evaluate_on(expr, symbols, grid, param_values):
+    try:
+        fn = sp.lambdify(list(symbols), expr.subs(param_values), modules="numpy")
+        with np.errstate(all="ignore"):
+            return np.broadcast_to(np.asarray(fn(*grid), dtype=np.float64), grid.shape[1:]).copy()
+    except Exception:  # not numerically evaluable (unknown functions): no check possible
+        return None
 
 
 def elementwise_vjp(node: Node, g: Tensor, inputs: Sequence[Tensor]) -> list[Tensor | None]:
@@ -191,8 +253,19 @@ def elementwise_vjp(node: Node, g: Tensor, inputs: Sequence[Tensor]) -> list[Ten
         if dname is None:
             out.append(None)
             continue
-        local = apply(dname, inputs, attrs)
-        out.append(sum_to_shape(cast(g * local, x.dtype), x.shape))
+        # Trivial derivatives (add: 1, sub: -1, mul: the other input) need no derivative node.
+        d, symbols = _derivative_expr(node.op, i), get(node.op).symbols
+        if d == 1:
+            contribution = g
+        elif d == -1:
+            contribution = -g
+        elif d.is_number:
+            contribution = g * float(d)
+        elif d in symbols:
+            contribution = g * inputs[symbols.index(d)]
+        else:
+            contribution = g * apply(dname, inputs, attrs)
+        out.append(sum_to_shape(cast(contribution, x.dtype), x.shape))
     return out
 
 
