@@ -93,8 +93,35 @@ def conv2d_reference(arrays, attrs):
     return out
 
 
+def conv2d_weight_grad(x: Tensor, gy: Tensor, kernel: tuple[int, int], stride, padding, dilation) -> Tensor:
+    """sum over n, ho, wo of gy[n, o, ho, wo] * x_padded[n, c, ho*s + i*d, wo*s + j*d]: [O, C, kh, kw].
+
+    It is itself a conv2d, with batch and channels swapped and stride and dilation exchanged; the
+    output can have extra rows (the input rows the strided conv never reached), sliced away.
+    """
+    from .shape import transpose
+
+    swapped = conv2d(transpose(x, (1, 0, 2, 3)), transpose(gy, (1, 0, 2, 3)), stride=dilation, padding=padding,
+                     dilation=stride)
+    if swapped.shape[2:] != tuple(kernel):
+        swapped = swapped[:, :, :kernel[0], :kernel[1]]
+    return transpose(swapped, (1, 0, 2, 3))
+
+
+def _conv2d_vjp(node, g, inputs):
+    x, w = inputs
+    stride, padding, dilation = node.attrs["stride"], node.attrs["padding"], node.attrs["dilation"]
+    # conv_transpose2d is conv2d's adjoint in x; output_padding restores the rows a strided conv skipped.
+    extra = tuple((x.shape[2 + k] + 2 * padding[k] - dilation[k] * (w.shape[2 + k] - 1) - 1) % stride[k]
+                  for k in range(2))
+    dx = conv_transpose2d(g, w, stride=stride, padding=padding, output_padding=extra, dilation=dilation)
+    return [dx, conv2d_weight_grad(x, g, w.shape[2:], stride, padding, dilation)]
+
+
 register(OpDef("conv2d", "conv", "2-D cross-correlation, NCHW input, [O, C, kh, kw] weight", _conv2d_rule,
-               conv2d_reference))
+               conv2d_reference, _conv2d_vjp,
+               notes="gradient: conv_transpose2d of the cotangent for the input; for the weight, a conv2d of the "
+                     "input with the cotangent (batch and channels swapped, stride and dilation exchanged)"))
 
 
 def conv2d(x: Tensor, w: Tensor, stride=1, padding=0, dilation=1) -> Tensor:
@@ -141,9 +168,20 @@ def conv_transpose2d_reference(arrays, attrs):
     return full[:, :, ph: full_h - ph, pw: full_w - pw]
 
 
+def _conv_transpose2d_vjp(node, g, inputs):
+    x, w = inputs
+    stride, padding, dilation = node.attrs["stride"], node.attrs["padding"], node.attrs["dilation"]
+    # The adjoint of the adjoint: conv2d; it may produce extra rows where output_padding >= stride.
+    dx = conv2d(g, w, stride=stride, padding=padding, dilation=dilation)
+    if dx.shape != x.shape:
+        dx = dx[:, :, :x.shape[2], :x.shape[3]]
+    return [dx, conv2d_weight_grad(g, x, w.shape[2:], stride, padding, dilation)]
+
+
 register(OpDef("conv_transpose2d", "conv",
                "transposed 2-D convolution (the adjoint of conv2d; upsampling), [C, O, kh, kw] weight",
-               _conv_t_rule, conv_transpose2d_reference))
+               _conv_t_rule, conv_transpose2d_reference, _conv_transpose2d_vjp,
+               notes="gradient: conv2d of the cotangent for the input, a weight-gradient conv2d for the weight"))
 
 
 def conv_transpose2d(x: Tensor, w: Tensor, stride=1, padding=0, output_padding=0, dilation=1) -> Tensor:
@@ -187,10 +225,93 @@ def avg_pool2d_reference(arrays, attrs):
     return np.mean(np.stack(_pool_windows(arrays[0], attrs, 0.0)), axis=0)
 
 
+def _first_max(x: np.ndarray, attrs: Attrs) -> np.ndarray:
+    """For each window, the tap (i * kw + j) of its first maximum: [N, C, Ho, Wo] integers."""
+    return np.argmax(np.stack(_pool_windows(x, attrs, -np.inf)), axis=0)
+
+
+def max_pool2d_gather_reference(arrays, attrs):
+    x, v = arrays
+    taps = _first_max(x, attrs)
+    windows = np.stack(_pool_windows(v, attrs, 0.0))
+    return np.take_along_axis(windows, taps[None], axis=0)[0]
+
+
+def max_pool2d_backward_reference(arrays, attrs):
+    x, g = arrays
+    taps = _first_max(x, attrs)
+    (kh, kw), (ph, pw) = attrs["kernel"], attrs["padding"]
+    padded = np.zeros((x.shape[0], x.shape[1], x.shape[2] + 2 * ph, x.shape[3] + 2 * pw), np.result_type(x, g))
+    for i in range(kh):
+        for j in range(kw):
+            _window(padded, i, j, g.shape[2:], attrs["stride"], (1, 1))[...] += np.where(taps == i * kw + j, g, 0)
+    return padded[:, :, ph: ph + x.shape[2], pw: pw + x.shape[3]]
+
+
+def _pool_backward_rule(inputs: Sequence[Node], attrs: Attrs):
+    x, g = inputs
+    pooled, dtype = _pool_rule([x], attrs)
+    if g.shape != pooled:
+        raise ShapeError(f"the cotangent must have the pooled shape {list(pooled)} of {x.type_str}, got {g.type_str}")
+    return x.shape, _float([x, g])
+
+
+def _pool_gather_rule(inputs: Sequence[Node], attrs: Attrs):
+    x, v = inputs
+    if v.shape != x.shape:
+        raise ShapeError(f"the gathered tensor must be shaped like the pooled input {x.type_str}, got {v.type_str}")
+    pooled, _ = _pool_rule([x], attrs)
+    return pooled, _float([x, v])
+
+
+def _max_pool2d_vjp(node, g, inputs):
+    (x,) = inputs
+    return [apply("max_pool2d_backward", [x, g], dict(node.attrs))]
+
+
+def _max_pool2d_backward_vjp(node, g, inputs):
+    # Linear in the cotangent; in x only through the argmax, which is piecewise constant.
+    x, _ = inputs
+    return [None, apply("max_pool2d_gather", [x, g], dict(node.attrs))]
+
+
+def _max_pool2d_gather_vjp(node, g, inputs):
+    x, _ = inputs
+    return [None, apply("max_pool2d_backward", [x, g], dict(node.attrs))]
+
+
+_ARGMAX_NOTE = "the first maximum of each window (row-major within the window) takes the gradient; the argmax " \
+               "is piecewise constant, so the derivative through x is 0"
 register(OpDef("max_pool2d", "conv", "max over kh x kw windows (padding with -inf)", _pool_rule,
-               max_pool2d_reference, notes="the gradient goes to the first maximum of each window"))
+               max_pool2d_reference, _max_pool2d_vjp, notes="the gradient goes to the first maximum of each window "
+               "(max_pool2d_backward)"))
+register(OpDef("max_pool2d_backward", "conv",
+               "max_pool2d's gradient: g[n, c, ho, wo] added at the first maximum of window (ho, wo) of x",
+               _pool_backward_rule, max_pool2d_backward_reference, _max_pool2d_backward_vjp, notes=_ARGMAX_NOTE))
+register(OpDef("max_pool2d_gather", "conv",
+               "v read at the first maximum of each max_pool2d window of x (max_pool2d(x) is gather(x, x))",
+               _pool_gather_rule, max_pool2d_gather_reference, _max_pool2d_gather_vjp, notes=_ARGMAX_NOTE))
+
+
+def _avg_pool2d_vjp(node, g, inputs):
+    # Average pooling is a conv2d of each channel with a uniform kh x kw kernel: its input gradient is the
+    # conv_transpose2d of that kernel, applied to every (n, c) plane as a batch of one-channel images.
+    from ..dsl import constant
+    from .shape import reshape
+
+    (x,) = inputs
+    (kh, kw), stride, padding = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
+    n, c = x.shape[:2]
+    uniform = constant(np.full((1, 1, kh, kw), 1.0 / (kh * kw), g.dtype.np), graph=g.graph)
+    extra = tuple((x.shape[2 + k] + 2 * padding[k] - (kh, kw)[k]) % stride[k] for k in range(2))
+    planes = reshape(g, (n * c, 1) + g.shape[2:])
+    dx = conv_transpose2d(planes, uniform, stride=stride, padding=padding, output_padding=extra)
+    return [reshape(dx, x.shape)]
+
+
 register(OpDef("avg_pool2d", "conv", "mean over kh x kw windows (zero padding counts in the mean)", _pool_rule,
-               avg_pool2d_reference))
+               avg_pool2d_reference, _avg_pool2d_vjp,
+               notes="gradient: every input of a window gets g / (kh kw) (a conv_transpose2d with a uniform kernel)"))
 
 
 def _pool_attrs(kernel, stride, padding):

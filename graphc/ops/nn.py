@@ -182,10 +182,24 @@ def batch_norm_reference(arrays, attrs):
     return (x - mu) / np.sqrt(var + attrs["eps"]) * gamma.reshape(shape) + beta.reshape(shape)
 
 
+def _batch_norm_vjp(node, g, inputs):
+    # With xhat = (x - mean) / sqrt(var + eps), the batch statistics make dx the projection
+    # inv_std * (gx - mean(gx) - xhat * mean(gx * xhat)), where gx = g * gamma (means per channel).
+    x, gamma, beta = inputs
+    axes = (0,) + tuple(range(2, x.ndim))
+    centered = x - mean(x, axes, keepdims=True)
+    inv_std = 1.0 / ew.sqrt(mean(ew.square(centered), axes, keepdims=True) + node.attrs["eps"])
+    xhat = centered * inv_std
+    gx = g * reshape(gamma, _channel_shape(x.ndim, x.shape[1]))
+    dx = inv_std * (gx - mean(gx, axes, keepdims=True) - xhat * mean(gx * xhat, axes, keepdims=True))
+    return [dx, sum(g * xhat, axes), sum(g, axes)]
+
+
 register(OpDef("batch_norm", "nn",
                "training-form batch norm: normalize with the batch's per-channel mean and (biased) variance, "
                "then scale by gamma and shift by beta; channels on axis 1",
-               _bn_rule, batch_norm_reference))
+               _bn_rule, batch_norm_reference, _batch_norm_vjp,
+               notes="the gradient flows through the batch mean and variance too (training form)"))
 
 
 def batch_norm(x: Tensor, gamma: Tensor, beta: Tensor, running_mean: Tensor | None = None,
