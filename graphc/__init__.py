@@ -14,6 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from . import autodiff
+from .autodiff import check_grad, grad, hvp, jvp
 from .backends import Executable, compile
 from .dsl import Tensor, TensorSpec, apply, constant, input, param, trace
 from .ir import (
