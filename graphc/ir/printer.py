@@ -15,7 +15,8 @@ def format_attr(value: object) -> str:
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, tuple):
-        return "(" + ",".join(format_attr(v) for v in value) + ")"
+        # (1,) keeps its comma: "(1)" would read as a plain number
+        return "(" + ",".join(format_attr(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     return str(value)
 
 
