@@ -236,8 +236,12 @@ def input(name: str, shape: Sequence[int], dtype: Any = "float32") -> Tensor:
     return _source("input", shape, as_dtype(dtype), name, None, None)
 
 
-def param(name: str, value: Any, dtype: Any = None) -> Tensor:
-    """A named trainable parameter with its initial value (its shape and dtype come from the value).
+def param(name: str, value: Any, dtype: Any = None, trainable: bool = True) -> Tensor:
+    """A named parameter with its initial value (its shape and dtype come from the value).
+
+    ``trainable=False`` marks state that is not learned by gradient descent (optimizer moments,
+    batch-norm running statistics): it is updated with ``Graph.update`` and not counted by
+    ``Graph.parameter_count``.
 
     >>> import graphc, numpy as np
     >>> with graphc.Graph():
@@ -247,7 +251,10 @@ def param(name: str, value: Any, dtype: Any = None) -> Tensor:
     arr = np.array(value, dtype=as_dtype(dtype).np if dtype is not None else None, copy=True)
     dt = as_dtype(arr.dtype)
     arr.setflags(write=False)
-    return _source("param", arr.shape, dt, name, arr, None)
+    t = _source("param", arr.shape, dt, name, arr, None)
+    if not trainable:
+        t.node.attrs = Attrs({"trainable": False})
+    return t
 
 
 def constant(value: Any, dtype: Any = None, name: str | None = None, graph: Graph | None = None) -> Tensor:

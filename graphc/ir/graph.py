@@ -94,9 +94,14 @@ class Graph:
     def constants(self) -> list[Node]:
         return [n for n in self.nodes if n.op == "constant"]
 
+    @property
+    def trainable_params(self) -> list[Node]:
+        """Parameters learned by gradient descent (not optimizer or normalization state)."""
+        return [n for n in self.params if n.attrs.get("trainable", True)]
+
     def parameter_count(self) -> int:
-        """Total number of scalar parameters (weights and biases)."""
-        return sum(p.size for p in self.params)
+        """Total number of scalar trainable parameters (weights and biases)."""
+        return sum(p.size for p in self.trainable_params)
 
     def find(self, name: str) -> Node:
         """The input or parameter called ``name``."""

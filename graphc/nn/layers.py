@@ -1,0 +1,406 @@
+"""Layers: each owns its parameter values (NumPy arrays) and declares its part of the graph.
+
+A layer is built once for an input shape (which creates its initial parameter values, seeded);
+calling it on a symbolic tensor adds its nodes to the tensor's graph, with graph parameters
+named ``<layer>.<param>`` (e.g. ``dense_1.W``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .. import dsl
+from ..dsl import Tensor
+from ..ir import ShapeError
+from ..ops import conv, elementwise as ew, linalg, nn as nn_ops, random as random_ops, reduce, shape as shape_ops
+from . import init as initializers
+
+
+@dataclass
+class Context:
+    """What a forward pass needs besides its input: the mode and where state updates go."""
+
+    training: bool = False
+    #: int64 scalar graph input that seeds random ops (dropout); required when training with dropout.
+    key: Tensor | None = None
+    #: (state parameter, new value) pairs, e.g. batch-norm running statistics; applied with Graph.update.
+    updates: list = field(default_factory=list)
+    _params: dict = field(default_factory=dict)
+
+
+class Module:
+    """Base class of layers and models."""
+
+    kind = "module"
+
+    def __init__(self, name: str | None = None):
+        self.name = name
+        self.values: dict[str, np.ndarray] = {}
+        self.trainable: dict[str, bool] = {}
+        self.in_shape: tuple[int, ...] | None = None
+        self.out_shape: tuple[int, ...] | None = None
+
+    # -- building ------------------------------------------------------------------------------------------
+    def build(self, in_shape: tuple[int, ...], rng: np.random.Generator, dtype=np.float32) -> tuple[int, ...]:
+        """Create initial parameter values for inputs of shape ``in_shape`` (no batch axis)."""
+        self.in_shape = tuple(in_shape)
+        self.out_shape = tuple(self._build(self.in_shape, rng, np.dtype(dtype)))
+        return self.out_shape
+
+    def _build(self, in_shape, rng, dtype) -> tuple[int, ...]:
+        return in_shape
+
+    def add_param(self, name: str, value: np.ndarray, dtype, trainable: bool = True) -> None:
+        self.values[name] = np.asarray(value, dtype=dtype)
+        self.trainable[name] = trainable
+
+    # -- declaring the graph ----------------------------------------------------------------------------------
+    def __call__(self, x: Tensor, ctx: Context | None = None) -> Tensor:
+        if self.out_shape is None:
+            raise ShapeError(f"{self.name or type(self).__name__}: build() the model before calling it")
+        return self.forward(x, ctx if ctx is not None else Context())
+
+    def forward(self, x: Tensor, ctx: Context) -> Tensor:
+        raise NotImplementedError
+
+    def param(self, ctx: Context, name: str) -> Tensor:
+        """The graph parameter for ``name`` in this forward pass (created once per context)."""
+        key = f"{self.name}.{name}"
+        if key not in ctx._params:
+            ctx._params[key] = dsl.param(key, self.values[name], trainable=self.trainable[name])
+        return ctx._params[key]
+
+    # -- introspection ----------------------------------------------------------------------------------------
+    def modules(self) -> list["Module"]:
+        """This module and every module inside it, depth first."""
+        return [self]
+
+    def named_values(self) -> dict[str, np.ndarray]:
+        """Every parameter value (trainable and state), keyed like the graph parameters."""
+        return {f"{m.name}.{k}": v for m in self.modules() for k, v in m.values.items()}
+
+    def load_values(self, values: dict[str, np.ndarray]) -> None:
+        """Copy values (e.g. an executable's ``params``) back into the layers."""
+        for m in self.modules():
+            for k in m.values:
+                full = f"{m.name}.{k}"
+                if full in values:
+                    m.values[k] = np.array(values[full], dtype=m.values[k].dtype)
+
+    def parameter_count(self) -> int:
+        return sum(int(v.size) for m in self.modules() for k, v in m.values.items() if m.trainable[k])
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+def _activation(act: str | Callable | None) -> Callable[[Tensor], Tensor] | None:
+    if act is None or callable(act):
+        return act
+    table = {name: getattr(ew, name) for name in (
+        "relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu", "softplus", "softsign", "gaussian", "step", "ramp",
+        "identity")}
+    table["softmax"] = nn_ops.softmax
+    try:
+        return table[act]
+    except KeyError:
+        raise ValueError(f"unknown activation {act!r}; known: {sorted(table)} (or pass a function)") from None
+
+
+class Dense(Module):
+    """Fully connected layer: act(x @ W + b), W [in, units]."""
+
+    kind = "dense"
+
+    def __init__(self, units: int, activation=None, init="glorot_uniform", bias_init="zeros", name=None):
+        super().__init__(name)
+        self.units, self.activation = int(units), _activation(activation)
+        self.init, self.bias_init = initializers.get(init), initializers.get(bias_init)
+
+    def _build(self, in_shape, rng, dtype):
+        if len(in_shape) != 1:
+            raise ShapeError(f"{self.name}: Dense expects flat inputs [features], got {list(in_shape)}; add Flatten()")
+        fan_in = in_shape[0]
+        self.add_param("W", self.init((fan_in, self.units), fan_in, self.units, rng), dtype)
+        self.add_param("b", self.bias_init((self.units,), fan_in, self.units, rng), dtype)
+        return (self.units,)
+
+    def forward(self, x, ctx):
+        y = linalg.dense(x, self.param(ctx, "W"), self.param(ctx, "b"))
+        return self.activation(y) if self.activation else y
+
+    def describe(self):
+        return f"Dense({self.units}" + (f", {self.activation.__name__}" if self.activation else "") + ")"
+
+
+class Conv2D(Module):
+    """2-D convolution over NCHW input with a per-channel bias: act(conv2d(x, W) + b)."""
+
+    kind = "conv2d"
+
+    def __init__(self, filters: int, kernel, stride=1, padding=0, dilation=1, activation=None, init="he_normal",
+                 name=None):
+        super().__init__(name)
+        self.filters, self.kernel = int(filters), conv.pair(kernel, "kernel")
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.activation, self.init = _activation(activation), initializers.get(init)
+
+    def _build(self, in_shape, rng, dtype):
+        if len(in_shape) != 3:
+            raise ShapeError(f"{self.name}: Conv2D expects [channels, height, width] inputs, got {list(in_shape)}")
+        c, kh, kw = in_shape[0], *self.kernel
+        fan_in, fan_out = c * kh * kw, self.filters * kh * kw
+        self.add_param("W", self.init((self.filters, c, kh, kw), fan_in, fan_out, rng), dtype)
+        self.add_param("b", np.zeros(self.filters), dtype)
+        (sh, sw), (ph, pw), (dh, dw) = (conv.pair(v, n) for v, n in (
+            (self.stride, "stride"), (self.padding, "padding"), (self.dilation, "dilation")))
+        h = conv.conv_output_size(in_shape[1], kh, sh, ph, dh)
+        w = conv.conv_output_size(in_shape[2], kw, sw, pw, dw)
+        if h < 1 or w < 1:
+            raise ShapeError(f"{self.name}: kernel {self.kernel} does not fit input {list(in_shape)}")
+        return (self.filters, h, w)
+
+    def forward(self, x, ctx):
+        y = conv.conv2d(x, self.param(ctx, "W"), self.stride, self.padding, self.dilation)
+        y = y + shape_ops.reshape(self.param(ctx, "b"), (1, self.filters, 1, 1))
+        return self.activation(y) if self.activation else y
+
+    def describe(self):
+        return f"Conv2D({self.filters}, {self.kernel[0]}x{self.kernel[1]}, stride={self.stride}, padding={self.padding})"
+
+
+class _Pool(Module):
+    def __init__(self, kernel=2, stride=None, padding=0, name=None):
+        super().__init__(name)
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+
+    def _build(self, in_shape, rng, dtype):
+        (kh, kw) = conv.pair(self.kernel, "kernel")
+        (sh, sw) = conv.pair(self.stride if self.stride is not None else self.kernel, "stride")
+        (ph, pw) = conv.pair(self.padding, "padding")
+        return (in_shape[0], conv.conv_output_size(in_shape[1], kh, sh, ph), conv.conv_output_size(in_shape[2], kw, sw, pw))
+
+    def describe(self):
+        return f"{type(self).__name__}({self.kernel})"
+
+
+class MaxPool2D(_Pool):
+    kind = "maxpool"
+
+    def forward(self, x, ctx):
+        return conv.max_pool2d(x, self.kernel, self.stride, self.padding)
+
+
+class AvgPool2D(_Pool):
+    kind = "avgpool"
+
+    def forward(self, x, ctx):
+        return conv.avg_pool2d(x, self.kernel, self.stride, self.padding)
+
+
+class Flatten(Module):
+    kind = "flatten"
+
+    def _build(self, in_shape, rng, dtype):
+        return (int(np.prod(in_shape)),)
+
+    def forward(self, x, ctx):
+        return shape_ops.reshape(x, (x.shape[0], -1))
+
+
+class Activation(Module):
+    kind = "activation"
+
+    def __init__(self, fn, name=None):
+        super().__init__(name)
+        self.fn = _activation(fn)
+
+    def forward(self, x, ctx):
+        return self.fn(x)
+
+    def describe(self):
+        return f"Activation({self.fn.__name__})"
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zero each unit with probability ``rate`` and scale the rest by
+    1/(1 - rate); in evaluation, the identity."""
+
+    kind = "dropout"
+    _salts = iter(range(1, 1 << 30))
+
+    def __init__(self, rate: float, name=None):
+        super().__init__(name)
+        if not 0 <= rate < 1:
+            raise ValueError(f"Dropout rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+        self.salt = next(Dropout._salts)
+
+    def forward(self, x, ctx):
+        if not ctx.training or self.rate == 0:
+            return x
+        if ctx.key is None:
+            raise ShapeError(f"{self.name}: training with dropout needs a random key input in the Context")
+        u = random_ops.random_uniform(ctx.key, x.shape, self.salt, x.dtype)
+        return ew.where(ew.greater_equal(u, self.rate), x * (1.0 / (1.0 - self.rate)), 0.0)
+
+    def describe(self):
+        return f"Dropout({self.rate})"
+
+
+class BatchNorm(Module):
+    """Batch normalization over channels (axis 1). Training uses batch statistics and updates the running
+    ones (running = momentum * running + (1 - momentum) * batch, unbiased variance as in PyTorch);
+    evaluation uses the running statistics."""
+
+    kind = "batchnorm"
+
+    def __init__(self, momentum: float = 0.9, eps: float = 1e-5, name=None):
+        super().__init__(name)
+        self.momentum, self.eps = float(momentum), float(eps)
+
+    def _build(self, in_shape, rng, dtype):
+        c = in_shape[0]
+        self.add_param("gamma", np.ones(c), dtype)
+        self.add_param("beta", np.zeros(c), dtype)
+        self.add_param("running_mean", np.zeros(c), dtype, trainable=False)
+        self.add_param("running_var", np.ones(c), dtype, trainable=False)
+        return in_shape
+
+    def forward(self, x, ctx):
+        gamma, beta = self.param(ctx, "gamma"), self.param(ctx, "beta")
+        rm, rv = self.param(ctx, "running_mean"), self.param(ctx, "running_var")
+        if not ctx.training:
+            return nn_ops.batch_norm(x, gamma, beta, rm, rv, self.eps, training=False)
+        axes = (0,) + tuple(range(2, x.ndim))
+        n = int(np.prod([x.shape[a] for a in axes]))
+        mu = reduce.mean(x, axes)
+        var = reduce.mean(ew.square(x - reduce.mean(x, axes, keepdims=True)), axes) * (n / max(n - 1, 1))
+        m = self.momentum
+        ctx.updates.append((rm, rm * m + mu * (1.0 - m)))
+        ctx.updates.append((rv, rv * m + var * (1.0 - m)))
+        return nn_ops.batch_norm(x, gamma, beta, eps=self.eps, training=True)
+
+    def describe(self):
+        return "BatchNorm()"
+
+
+class Sequential(Module):
+    """Layers applied in order.
+
+    >>> import graphc
+    >>> from graphc.nn import Sequential, Dense
+    >>> model = Sequential([Dense(512, "relu"), Dense(256, "relu"), Dense(10)], input_shape=(784,))
+    >>> model.parameter_count()
+    535818
+    """
+
+    kind = "sequential"
+
+    def __init__(self, layers: Sequence[Module], input_shape: Sequence[int] | None = None, seed: int = 0,
+                 dtype=np.float32, name: str | None = None):
+        super().__init__(name or "model")
+        self.layers = list(layers)
+        self.seed = seed
+        self.dtype = np.dtype(dtype)
+        if input_shape is not None:
+            self.build(tuple(input_shape), np.random.default_rng(seed), dtype)
+
+    def _build(self, in_shape, rng, dtype):
+        counts: dict[str, int] = {}
+        for layer in self.modules()[1:]:
+            if layer.name is None:
+                counts[layer.kind] = counts.get(layer.kind, 0) + 1
+                layer.name = f"{layer.kind}_{counts[layer.kind]}"
+        shape = in_shape
+        for layer in self.layers:
+            shape = layer.build(shape, rng, dtype)
+        return shape
+
+    def forward(self, x, ctx):
+        for layer in self.layers:
+            x = layer.forward(x, ctx)
+        return x
+
+    def modules(self):
+        return [self] + [m for layer in self.layers for m in layer.modules()]
+
+    def summary(self) -> str:
+        """Each layer's output shape and parameter count, like Keras' model.summary()."""
+        rows = [("layer", "output shape", "params")]
+        for layer in self.layers:
+            rows.append((f"{layer.name} {layer.describe()}", str(list(layer.out_shape)), f"{layer.parameter_count():,}"))
+        widths = [max(len(r[k]) for r in rows) for k in range(3)]
+        lines = ["  ".join(c.ljust(w) if k < 2 else c.rjust(w) for k, (c, w) in enumerate(zip(r, widths))) for r in rows]
+        rule = "-" * len(lines[0])
+        return "\n".join([lines[0], rule, *lines[1:], rule, f"total trainable parameters: {self.parameter_count():,}"])
+
+
+class Residual(Module):
+    """A skip connection: act(body(x) + shortcut(x)); the shortcut is the identity unless given
+    (e.g. a 1x1 strided Conv2D when the body changes the shape)."""
+
+    kind = "residual"
+
+    def __init__(self, body: Sequence[Module], shortcut: Sequence[Module] | None = None, activation=None, name=None):
+        super().__init__(name)
+        self.body = list(body)
+        self.shortcut = list(shortcut or [])
+        self.activation = _activation(activation)
+
+    def modules(self):
+        return [self] + [m for layer in self.body + self.shortcut for m in layer.modules()]
+
+    def _build(self, in_shape, rng, dtype):
+        counts: dict[str, int] = {}
+        for layer in self.modules()[1:]:
+            if layer.name is None:
+                counts[layer.kind] = counts.get(layer.kind, 0) + 1
+                layer.name = f"{self.name}.{layer.kind}_{counts[layer.kind]}"
+        shape = in_shape
+        for layer in self.body:
+            shape = layer.build(shape, rng, dtype)
+        skip = in_shape
+        for layer in self.shortcut:
+            skip = layer.build(skip, rng, dtype)
+        if shape != skip:
+            raise ShapeError(f"{self.name}: the body gives {list(shape)} but the shortcut {list(skip)}; "
+                             f"give a shortcut that matches (e.g. a 1x1 Conv2D with the body's stride)")
+        return shape
+
+    def forward(self, x, ctx):
+        y, skip = x, x
+        for layer in self.body:
+            y = layer.forward(y, ctx)
+        for layer in self.shortcut:
+            skip = layer.forward(skip, ctx)
+        out = y + skip
+        return self.activation(out) if self.activation else out
+
+    def describe(self):
+        return f"Residual({len(self.body)} layers" + (", projection" if self.shortcut else "") + ")"
+
+
+class Maxout(Module):
+    """Maxout unit: max over ``pieces`` affine maps, max_k (x @ W[k] + b[k])."""
+
+    kind = "maxout"
+
+    def __init__(self, units: int, pieces: int = 2, init="glorot_uniform", name=None):
+        super().__init__(name)
+        self.units, self.pieces, self.init = int(units), int(pieces), initializers.get(init)
+
+    def _build(self, in_shape, rng, dtype):
+        fan_in = in_shape[0]
+        self.add_param("W", self.init((self.pieces, fan_in, self.units), fan_in, self.units, rng), dtype)
+        self.add_param("b", np.zeros((self.pieces, self.units)), dtype)
+        return (self.units,)
+
+    def forward(self, x, ctx):
+        return nn_ops.maxout(x, self.param(ctx, "W"), self.param(ctx, "b"))
+
+    def describe(self):
+        return f"Maxout({self.units}, pieces={self.pieces})"
+

@@ -1,0 +1,10 @@
+"""Training: fit, evaluate, predict, early stopping, checkpoints, learning-rate schedules."""
+from . import schedules
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .loop import (
+    EarlyStopping, History, Trainer, build_eval, build_train_step, evaluate, fit, initial_loss_check, overfit_check,
+    predict,
+)
+
+__all__ = ["CheckpointError", "EarlyStopping", "History", "Trainer", "build_eval", "build_train_step", "evaluate",
+           "fit", "initial_loss_check", "load_checkpoint", "overfit_check", "predict", "save_checkpoint", "schedules"]

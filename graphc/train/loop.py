@@ -1,0 +1,402 @@
+"""fit / evaluate / predict: compile the model's training step once, then run epochs.
+
+The training step (forward, loss, gradients, optimizer update) is one compiled graph; on the CPU
+backend a whole epoch (shuffled minibatches, the partial last batch included) is one native call
+when the executable offers ``run_epoch``. The learning rate and the dropout key are graph inputs,
+so schedules and fresh dropout masks never recompile anything.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import dsl
+from ..backends import compile as compile_graph
+from ..ir import Graph
+from ..nn.layers import Context, Dropout, Module
+from ..ops import elementwise as ew, nn as nn_ops, reduce
+from ..optim import SGD, Optimizer
+from .checkpoint import load_checkpoint, save_checkpoint
+from .schedules import ReduceOnPlateau, Schedule, constant
+
+LOSSES: dict[str, Callable] = {
+    "softmax_cross_entropy": nn_ops.softmax_cross_entropy,
+    "mse": lambda logits, y: nn_ops.mse(logits, y),
+}
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when ``monitor`` (val_loss) has not improved by ``min_delta`` for ``patience`` epochs;
+    with ``restore_best``, the model ends with the best epoch's weights."""
+
+    patience: int = 5
+    min_delta: float = 0.0
+    monitor: str = "val_loss"
+    restore_best: bool = True
+
+
+@dataclass
+class History:
+    """Per-epoch metrics: loss, acc, val_loss, val_acc, lr, seconds."""
+
+    epochs: list[int] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+    def append(self, epoch: int, **values: float) -> None:
+        self.epochs.append(epoch)
+        for k, v in values.items():
+            self.metrics.setdefault(k, []).append(float(v))
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.metrics[key]
+
+    def plot(self, path: str) -> str:
+        """Save the training and validation loss and accuracy curves as a PNG (needs matplotlib)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError("History.plot needs matplotlib: pip install 'graphc[plot]'") from None
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, metric in zip(axes, ("loss", "acc")):
+            for prefix, style in (("", "-"), ("val_", "--")):
+                if prefix + metric in self.metrics:
+                    ax.plot(self.epochs, self.metrics[prefix + metric], style, label=prefix + metric)
+            ax.set_xlabel("epoch")
+            ax.set_title(metric)
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+    def to_dict(self) -> dict:
+        return {"epochs": self.epochs, "metrics": self.metrics, "best_epoch": self.best_epoch,
+                "stopped_early": self.stopped_early}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(list(d["epochs"]), {k: list(v) for k, v in d["metrics"].items()}, d.get("best_epoch"),
+                   d.get("stopped_early", False))
+
+
+def _has_dropout(model: Module) -> bool:
+    return any(isinstance(m, Dropout) and m.rate > 0 for m in model.modules())
+
+
+def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss: str = "softmax_cross_entropy",
+                     l2: float = 0.0, name: str = "train_step") -> Graph:
+    """The training-step graph: inputs x, y, lr (and key with dropout); outputs loss and the number
+    of correct predictions; updates every parameter and optimizer/normalization state in place."""
+    dtype = model.dtype if hasattr(model, "dtype") else np.float32
+    with Graph(name) as g:
+        x = dsl.input("x", (batch_size,) + model.in_shape, dtype)
+        y = dsl.input("y", (batch_size,), "int64")
+        lr = dsl.input("lr", (), dtype)
+        key = dsl.input("key", (), "int64") if _has_dropout(model) else None
+        ctx = Context(training=True, key=key)
+        logits = model(x, ctx)
+        objective = LOSSES[loss](logits, y)
+        params = [t for t in ctx._params.values() if t.node.attrs.get("trainable", True)]
+        if l2:
+            weights = [p for p in params if p.name.endswith(".W")]
+            objective = objective + nn_ops.l2_penalty(weights, l2)
+        correct = reduce.sum(ew.cast(ew.equal(reduce.argmax(logits, -1), y), "float32"))
+        optimizer.minimize(objective, params, lr)
+        for state, new_value in ctx.updates:
+            g.update(state, ew.cast(new_value, state.dtype))
+        g.output(objective, correct)
+    return g
+
+
+def build_eval(model: Module, batch_size: int, name: str = "predict") -> Graph:
+    """The inference graph: input x, output the logits (evaluation-mode layers)."""
+    with Graph(name) as g:
+        x = dsl.input("x", (batch_size,) + model.in_shape, model.dtype)
+        g.output(model(x, Context(training=False)))
+    return g
+
+
+def _default_backend() -> str:
+    from .. import backends
+
+    return "cpu" if "cpu" in backends.BACKENDS else "reference"
+
+
+class Trainer:
+    """Owns the compiled executables of one model: the step for a batch size (and its remainder),
+    and inference. ``fit`` creates one; keep it to resume or continue training."""
+
+    def __init__(self, model: Module, optimizer: Optimizer | None = None, loss: str = "softmax_cross_entropy",
+                 l2: float = 0.0, backend: str | None = None, optimize: int | None = None):
+        self.model, self.optimizer, self.loss, self.l2 = model, optimizer or SGD(0.01), loss, l2
+        self.backend = backend or _default_backend()
+        self.optimize = optimize
+        self._steps: dict[int, Any] = {}
+        self._eval: dict[int, Any] = {}
+        self.state: dict[str, np.ndarray] | None = None  # parameters + optimizer state, by name
+        self.step_count = 0
+
+    def _compile(self, graph: Graph):
+        outs = [dsl.Tensor(o, graph) for o in graph.outputs]
+        return compile_graph(outs, backend=self.backend, optimize=self.optimize)
+
+    def step_executable(self, batch_size: int):
+        if batch_size not in self._steps:
+            exe = self._compile(build_train_step(self.model, batch_size, self.optimizer, self.loss, self.l2,
+                                                 name=f"train_step_b{batch_size}"))
+            if self.state is None:
+                self.state = {k: v.copy() for k, v in exe.params.items()}
+            self._steps[batch_size] = exe
+        exe = self._steps[batch_size]
+        exe.params = self.state  # every step executable shares one set of state arrays
+        return exe
+
+    def eval_executable(self, batch_size: int):
+        if batch_size not in self._eval:
+            self._eval[batch_size] = self._compile(build_eval(self.model, batch_size, name=f"predict_b{batch_size}"))
+        exe = self._eval[batch_size]
+        if self.state is not None:
+            exe.set_params({k: self.state[k] for k in exe.params})
+        else:
+            exe.set_params(self.model.named_values())
+        return exe
+
+    def sync_model(self) -> None:
+        """Copy the trained values back into the model's layers."""
+        if self.state is not None:
+            self.model.load_values(self.state)
+
+    # -- one epoch -------------------------------------------------------------------------------------------
+    def train_epoch(self, x: np.ndarray, y: np.ndarray, batch_size: int, lr_of_step: Callable[[int], float],
+                    rng: np.random.Generator, seed: int) -> tuple[float, float]:
+        n = len(x)
+        perm = rng.permutation(n)
+        steps = math.ceil(n / batch_size)
+        lrs = np.array([lr_of_step(self.step_count + s) for s in range(steps)], np.float64)
+        keys = (seed * 1_000_000_007 + self.step_count + np.arange(steps)).astype(np.int64)
+        full = self.step_executable(batch_size)
+        if hasattr(full, "run_epoch"):
+            rest = n % batch_size
+            tail = self.step_executable(rest) if rest else None
+            losses, correct = full.run_epoch(x, y, perm, lrs, keys, batch_size, tail)
+            self.step_count += steps
+            return float(np.sum(losses)) / n, float(np.sum(correct)) / n
+        total_loss, total_correct = 0.0, 0.0
+        for s in range(steps):
+            idx = perm[s * batch_size:(s + 1) * batch_size]
+            exe = self.step_executable(len(idx))
+            feeds = {"x": x[idx], "y": y[idx], "lr": lrs[s], "key": keys[s]}
+            loss, correct = exe(**{k: feeds[k] for k in exe.input_names})
+            total_loss += float(loss) * len(idx)
+            total_correct += float(correct)
+        self.step_count += steps
+        return total_loss / n, total_correct / n
+
+    def predict_logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        batch_size = min(batch_size, len(x))
+        exe = self.eval_executable(batch_size)
+        outs = []
+        for start in range(0, len(x), batch_size):
+            chunk = x[start:start + batch_size]
+            if len(chunk) < batch_size:  # pad the last chunk: rows are independent in inference
+                chunk = np.concatenate([chunk, np.zeros((batch_size - len(chunk),) + chunk.shape[1:], chunk.dtype)])
+            outs.append(exe(chunk)[: min(batch_size, len(x) - start)])
+        return np.concatenate(outs)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
+        """(mean softmax cross-entropy, accuracy) on (x, y)."""
+        logits = self.predict_logits(x, batch_size).astype(np.float64)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return float(-logp[np.arange(len(y)), y].mean()), float((logits.argmax(axis=1) == y).mean())
+
+
+def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int, batch_size: int = 128,
+        optimizer: Optimizer | None = None, schedule: Schedule | None = None,
+        validation_data: tuple[np.ndarray, np.ndarray] | None = None, early_stopping: EarlyStopping | None = None,
+        loss: str = "softmax_cross_entropy", l2: float = 0.0, seed: int = 0, backend: str | None = None,
+        checkpoint: str | None = None, resume: bool = False, verbose: bool = True,
+        trainer: Trainer | None = None) -> History:
+    """Train ``model`` on ``train_data`` = (x, y) and return its :class:`History`.
+
+    >>> import graphc, numpy as np
+    >>> from graphc.nn import Sequential, Dense
+    >>> x = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32); y = (x[:, 0] > 0).astype(np.int64)
+    >>> model = Sequential([Dense(8, "tanh"), Dense(2)], input_shape=(2,))
+    >>> h = graphc.fit(model, (x, y), epochs=30, batch_size=16, optimizer=graphc.optim.SGD(0.5),
+    ...                backend="reference", verbose=False)
+    >>> h["acc"][-1] > 0.9
+    True
+    """
+    trainer = trainer or Trainer(model, optimizer, loss, l2, backend)
+    optimizer = trainer.optimizer
+    schedule = schedule or constant(optimizer.lr)
+    x, y = train_data
+    steps_per_epoch = math.ceil(len(x) / batch_size)
+    rng = np.random.default_rng(seed)
+    history, start_epoch = History(), 0
+    best: tuple[float, dict[str, np.ndarray]] | None = None
+    bad_epochs = 0
+    trainer.step_executable(batch_size)
+    if resume and checkpoint:
+        start_epoch, history, best_loss = _restore(trainer, schedule, rng, checkpoint)
+        if best_loss is not None:
+            best = (best_loss, {k: v.copy() for k, v in trainer.state.items()})
+    bar = _progress(epochs, verbose)
+    bar.update(start_epoch)
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        if schedule.per == "step":
+            lr_of_step = schedule
+        else:
+            lr_of_step = (lambda e: lambda s: schedule(e))(epoch)
+        train_loss, train_acc = trainer.train_epoch(x, y, batch_size, lr_of_step, rng, seed)
+        seconds = time.perf_counter() - t0
+        metrics = {"loss": train_loss, "acc": train_acc, "lr": lr_of_step(trainer.step_count - steps_per_epoch),
+                   "seconds": seconds}
+        if validation_data is not None:
+            metrics["val_loss"], metrics["val_acc"] = trainer.evaluate(*validation_data)
+            if isinstance(schedule, ReduceOnPlateau):
+                schedule.observe(metrics["val_loss"])
+        history.append(epoch + 1, **metrics)
+        bar.report(epoch + 1, metrics)
+        if early_stopping is not None:
+            value = metrics[early_stopping.monitor]
+            if best is None or value < best[0] - early_stopping.min_delta:
+                best, bad_epochs = (value, {k: v.copy() for k, v in trainer.state.items()}), 0
+                history.best_epoch = epoch + 1
+            else:
+                bad_epochs += 1
+        if checkpoint:
+            meta = {"epoch": epoch + 1, "step_count": trainer.step_count, "schedule": schedule.state(),
+                    "rng": rng.bit_generator.state, "history": history.to_dict(),
+                    "best_loss": None if best is None else best[0]}
+            save_checkpoint(checkpoint, trainer.state, meta)
+        if early_stopping is not None and bad_epochs >= early_stopping.patience:
+            history.stopped_early = True
+            break
+    bar.close()
+    if early_stopping is not None and early_stopping.restore_best and best is not None:
+        for k, v in best[1].items():
+            trainer.state[k][...] = v
+    trainer.sync_model()
+    model._trainer = trainer
+    return history
+
+
+def _restore(trainer: Trainer, schedule: Schedule, rng: np.random.Generator, path: str):
+    params, meta = load_checkpoint(path)
+    missing = set(trainer.state) - set(params)
+    if missing:
+        from .checkpoint import CheckpointError
+        raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}: it was written for another model")
+    for k in trainer.state:
+        trainer.state[k][...] = params[k]
+    schedule.load_state(meta["schedule"])
+    rng.bit_generator.state = meta["rng"]
+    trainer.step_count = int(meta["step_count"])
+    return int(meta["epoch"]), History.from_dict(meta["history"]), meta.get("best_loss")
+
+
+def evaluate(model: Module, data: tuple[np.ndarray, np.ndarray], batch_size: int = 1000,
+             backend: str | None = None) -> tuple[float, float]:
+    """(loss, accuracy) of ``model`` on ``data`` = (x, y)."""
+    return _trainer_of(model, backend).evaluate(*data, batch_size=batch_size)
+
+
+def predict(model: Module, x: np.ndarray, batch_size: int = 1000, backend: str | None = None) -> np.ndarray:
+    """The model's class predictions (argmax of its outputs) for ``x``."""
+    return _trainer_of(model, backend).predict_logits(x, batch_size).argmax(axis=1)
+
+
+def _trainer_of(model: Module, backend: str | None) -> Trainer:
+    trainer = getattr(model, "_trainer", None)
+    if trainer is None or (backend is not None and trainer.backend != backend):
+        trainer = Trainer(model, backend=backend)
+        model._trainer = trainer
+    return trainer
+
+
+# -- the course's sanity checks ----------------------------------------------------------------------------------
+
+def initial_loss_check(model: Module, x: np.ndarray, y: np.ndarray, classes: int, tolerance: float = 0.25,
+                       backend: str | None = None) -> float:
+    """With regularization off, a fresh classifier's loss should be about log(C). Returns the loss;
+    raises AssertionError when it is further than ``tolerance`` from log(C)."""
+    loss, _ = Trainer(model, backend=backend).evaluate(x, y)
+    expected = math.log(classes)
+    if abs(loss - expected) > tolerance:
+        raise AssertionError(f"initial loss {loss:.4f} is not near log({classes}) = {expected:.4f}: "
+                             f"check the initialization scale and the loss")
+    return loss
+
+
+def overfit_check(model: Module, x: np.ndarray, y: np.ndarray, epochs: int = 200, optimizer: Optimizer | None = None,
+                  backend: str | None = None) -> float:
+    """Train on a tiny dataset until it is memorized: the course's check that the model can learn.
+    Returns the final training accuracy; raises AssertionError if it is not 100%."""
+    history = fit(model, (x, y), epochs=epochs, batch_size=len(x), optimizer=optimizer, backend=backend, verbose=False)
+    acc = Trainer(model, backend=backend).evaluate(x, y)[1]
+    if acc < 1.0:
+        raise AssertionError(f"could not overfit {len(x)} samples: accuracy {acc:.3f} after {epochs} epochs "
+                             f"(final training loss {history['loss'][-1]:.4f})")
+    return acc
+
+
+# -- progress -------------------------------------------------------------------------------------------------------
+
+class _Plain:
+    def __init__(self, total, verbose):
+        self.total, self.verbose = total, verbose
+
+    def update(self, n):
+        pass
+
+    def report(self, epoch, m):
+        if self.verbose:
+            val = f"  val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}" if "val_loss" in m else ""
+            print(f"epoch {epoch}/{self.total}  loss {m['loss']:.4f}  acc {m['acc']:.4f}{val}  "
+                  f"lr {m['lr']:.3g}  {m['seconds']:.2f}s", file=sys.stderr, flush=True)
+
+    def close(self):
+        pass
+
+
+class _Tqdm(_Plain):
+    def __init__(self, total, verbose):
+        super().__init__(total, verbose)
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="epoch", file=sys.stderr)
+
+    def update(self, n):
+        self.bar.update(n)
+
+    def report(self, epoch, m):
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in m.items() if k in ("loss", "acc", "val_loss", "val_acc")})
+        self.bar.update(1)
+
+    def close(self):
+        self.bar.close()
+
+
+def _progress(total: int, verbose: bool):
+    if verbose:
+        try:
+            import tqdm  # noqa: F401
+
+            return _Tqdm(total, verbose)
+        except ImportError:
+            pass
+    return _Plain(total, verbose)

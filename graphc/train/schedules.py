@@ -1,0 +1,109 @@
+"""Learning-rate schedules: functions of the step (or epoch) count t = 0, 1, 2, ...
+
+Each schedule is ``lr = schedule(t)``; ``per`` says whether t counts optimizer steps or epochs.
+The learning rate is a graph input, so changing it never recompiles the step.
+
+>>> linear(0.1, T=100)(50)
+0.05
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class Schedule:
+    """A learning-rate schedule; call it with t (steps or epochs, see ``per``)."""
+
+    name: str
+    lr0: float
+    per: str = "epoch"
+
+    def __call__(self, t: int) -> float:
+        raise NotImplementedError
+
+    def state(self) -> dict:
+        """What a checkpoint must save to resume the schedule exactly (stateless ones: nothing)."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        pass
+
+
+class _Formula(Schedule):
+    def __init__(self, name, lr0, fn, per):
+        super().__init__(name, float(lr0), per)
+        self._fn = fn
+
+    def __call__(self, t: int) -> float:
+        return float(self._fn(t))
+
+    def __repr__(self):
+        return f"{self.name}(lr0={self.lr0}, per={self.per!r})"
+
+
+def constant(lr: float, per: str = "epoch") -> Schedule:
+    """lr"""
+    return _Formula("constant", lr, lambda t: lr, per)
+
+
+def step(lr0: float, drop: float = 0.1, every: int = 10, per: str = "epoch") -> Schedule:
+    """lr0 * drop ** floor(t / every)"""
+    return _Formula("step", lr0, lambda t: lr0 * drop ** (t // every), per)
+
+
+def linear(lr0: float, T: int, final: float = 0.0, per: str = "epoch") -> Schedule:
+    """The course's linear decay alpha = alpha0 (1 - t/T) (+ final * t/T), held at ``final`` after T."""
+    return _Formula("linear", lr0, lambda t: lr0 * (1 - min(t, T) / T) + final * min(t, T) / T, per)
+
+
+def exponential(lr0: float, k: float, per: str = "epoch") -> Schedule:
+    """lr0 * exp(-k t)"""
+    return _Formula("exponential", lr0, lambda t: lr0 * math.exp(-k * t), per)
+
+
+def cosine(lr0: float, T: int, final: float = 0.0, per: str = "epoch") -> Schedule:
+    """final + (lr0 - final) (1 + cos(pi min(t, T) / T)) / 2"""
+    return _Formula("cosine", lr0, lambda t: final + (lr0 - final) * (1 + math.cos(math.pi * min(t, T) / T)) / 2, per)
+
+
+def inverse_sqrt(lr0: float, warmup: int = 1, per: str = "step") -> Schedule:
+    """lr0 * sqrt(warmup / max(t + 1, warmup)): constant for ``warmup`` steps, then ~ 1/sqrt(t)."""
+    return _Formula("inverse_sqrt", lr0, lambda t: lr0 * math.sqrt(warmup / max(t + 1, warmup)), per)
+
+
+class ReduceOnPlateau(Schedule):
+    """Divide the learning rate by ``factor`` (10, as in the course) when the validation loss has not
+    improved by more than ``min_delta`` for ``patience`` epochs. Call :meth:`observe` after each epoch."""
+
+    def __init__(self, lr0: float, factor: float = 10.0, patience: int = 3, min_delta: float = 0.0,
+                 min_lr: float = 0.0):
+        super().__init__("reduce_on_plateau", float(lr0), "epoch")
+        self.factor, self.patience, self.min_delta, self.min_lr = float(factor), int(patience), min_delta, min_lr
+        self.lr, self.best, self.bad_epochs = float(lr0), math.inf, 0
+
+    def __call__(self, t: int) -> float:
+        return self.lr
+
+    def observe(self, val_loss: float) -> None:
+        if val_loss < self.best - self.min_delta:
+            self.best, self.bad_epochs = val_loss, 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs >= self.patience:
+            self.lr, self.bad_epochs = max(self.lr / self.factor, self.min_lr), 0
+
+    def state(self) -> dict:
+        return {"lr": self.lr, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state(self, state: dict) -> None:
+        self.lr, self.best, self.bad_epochs = float(state["lr"]), float(state["best"]), int(state["bad_epochs"])
+
+    def __repr__(self):
+        return f"ReduceOnPlateau(lr={self.lr}, factor={self.factor}, patience={self.patience})"
+
+
+def reduce_on_plateau(lr0: float, factor: float = 10.0, patience: int = 3, min_delta: float = 0.0,
+                      min_lr: float = 0.0) -> ReduceOnPlateau:
+    return ReduceOnPlateau(lr0, factor, patience, min_delta, min_lr)
