@@ -34,7 +34,10 @@ from .ops.nn import (
     one_hot, softmax, softmax_cross_entropy,
 )
 from .ops.reduce import argmax, broadcast_to, max, mean, min, sum
+from .ops.random import random_uniform
 from .ops.shape import concatenate, reshape, transpose
+from . import datasets, nn, optim, train  # noqa: E402  (layers and training sit on top of the ops)
+from .train import fit
 
 __version__ = "0.1.0"
 
