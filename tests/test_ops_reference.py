@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -17,6 +17,7 @@ FLOATS = [np.float32, np.float64]
 # float32 results against float64 oracles: a few ulps of float32.
 TOL = {np.float32: dict(rtol=2e-6, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-12)}
 SETTINGS = settings(max_examples=20, deadline=None)
+GEOMETRY_SETTINGS = settings(max_examples=50, deadline=None)   # conv/pool geometry: cheap, and easy to get wrong
 
 
 def run(fn, *arrays):
@@ -387,6 +388,21 @@ def test_conv2d_against_loops(x_shape, w_shape, stride, padding, dilation):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+geometry = st.tuples(st.integers(1, 3), st.integers(1, 3))     # a (height, width) pair
+
+
+@GEOMETRY_SETTINGS
+@given(hw=st.tuples(st.integers(1, 7), st.integers(1, 7)), kernel=geometry, stride=geometry,
+       padding=st.tuples(st.integers(0, 2), st.integers(0, 2)), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       seed=st.integers(0, 2**31 - 1))
+def test_conv2d_random_geometry(hw, kernel, stride, padding, dilation, seed):
+    assume(all(h + 2 * p >= d * (k - 1) + 1 for h, p, d, k in zip(hw, padding, dilation, kernel)))
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((1, 2) + hw), rng.standard_normal((2, 2) + kernel)
+    got = run(lambda a, b: graphc.conv2d(a, b, stride=stride, padding=padding, dilation=dilation), x, w)
+    np.testing.assert_allclose(got, conv2d_loops(x, w, stride, padding, dilation), rtol=1e-12, atol=1e-12)
+
+
 def test_conv2d_float32_and_known_shape():
     # PyTorch: Conv2d(3, 4, 3, stride=2, padding=1, dilation=2) on 7x7 -> 3x3
     rng = np.random.default_rng(4)
@@ -417,6 +433,23 @@ CONV_T_CASES = [
 def test_conv_transpose2d_against_scatter_loops(x_shape, w_shape, stride, padding, output_padding, dilation):
     rng = np.random.default_rng(5)
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    got = run(lambda a, b: graphc.conv_transpose2d(a, b, stride=stride, padding=padding,
+                                                   output_padding=output_padding, dilation=dilation), x, w)
+    want = conv_transpose2d_loops(x, w, stride, padding, output_padding, dilation)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@GEOMETRY_SETTINGS
+@given(hw=st.tuples(st.integers(1, 4), st.integers(1, 4)), kernel=geometry, stride=geometry,
+       padding=st.tuples(st.integers(0, 2), st.integers(0, 2)), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       output_padding=st.tuples(st.integers(0, 2), st.integers(0, 2)), seed=st.integers(0, 2**31 - 1))
+def test_conv_transpose2d_random_geometry(hw, kernel, stride, padding, dilation, output_padding, seed):
+    assume(all(op < max(s, d) for op, s, d in zip(output_padding, stride, dilation)))
+    assume(all((h - 1) * s - 2 * p + d * (k - 1) + op + 1 >= 1
+               for h, s, p, d, k, op in zip(hw, stride, padding, dilation, kernel, output_padding)))
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((1, 2) + hw), rng.standard_normal((2, 3) + kernel)
     got = run(lambda a, b: graphc.conv_transpose2d(a, b, stride=stride, padding=padding,
                                                    output_padding=output_padding, dilation=dilation), x, w)
     want = conv_transpose2d_loops(x, w, stride, padding, output_padding, dilation)
@@ -474,6 +507,18 @@ def test_pooling_against_loops(x_shape, kernel, stride, padding, kind):
     want = pool_loops(x, kernel, stride or kernel, padding, kind)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@GEOMETRY_SETTINGS
+@given(hw=st.tuples(st.integers(1, 7), st.integers(1, 7)), kernel=geometry, stride=geometry,
+       padding=st.tuples(st.integers(0, 1), st.integers(0, 1)), kind=st.sampled_from(["max", "avg"]),
+       seed=st.integers(0, 2**31 - 1))
+def test_pooling_random_geometry(hw, kernel, stride, padding, kind, seed):
+    assume(all(2 * p <= k <= h + 2 * p for h, k, p in zip(hw, kernel, padding)))
+    x = np.random.default_rng(seed).standard_normal((2, 1) + hw) - 3.0
+    fn = graphc.max_pool2d if kind == "max" else graphc.avg_pool2d
+    got = run(lambda a: fn(a, kernel, stride, padding), x)
+    np.testing.assert_allclose(got, pool_loops(x, kernel, stride, padding, kind), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
