@@ -177,11 +177,13 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
     def shared_state(self, loss):
-        t = dsl.param("adam.t", np.zeros((), np.float32), trainable=False)
+        # float64: 1 - beta2**t in float32 is off by ~1e-5 relative (0.999 is not a float32), which
+        # would skew every step of a float64 model and the first steps of a float32 one.
+        t = dsl.param("adam.t", np.zeros((), np.float64), trainable=False)
         t_new = t + 1.0
         self.set_state(t, t_new)
-        return {"correction1": 1.0 - ew.pow(np.float32(self.beta1), t_new),
-                "correction2": 1.0 - ew.pow(np.float32(self.beta2), t_new)}
+        return {"correction1": 1.0 - ew.pow(np.float64(self.beta1), t_new),
+                "correction2": 1.0 - ew.pow(np.float64(self.beta2), t_new)}
 
     def update(self, p, g, lr, shared):
         m, v = self.slot(p, "m"), self.slot(p, "v")
