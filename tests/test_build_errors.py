@@ -216,3 +216,18 @@ def test_param_override_is_checked(classifier):
     # a correct override is used
     w = np.zeros((3, 5), np.float32)
     assert float(graphc.evaluate(loss, {"x": np.ones((4, 3)), "y": GOOD_Y}, params={"w": w})) == pytest.approx(np.log(5))
+
+
+def test_ragged_feed(classifier):
+    _, loss = classifier
+    with pytest.raises(InputError, match=r"input 'x': expected an array f32\[4,3\], got list"):
+        graphc.evaluate(loss, {"x": [[1.0, 2.0, 3.0], [4.0]], "y": GOOD_Y})
+
+
+def test_integer_feed_that_does_not_fit_is_refused():
+    with graphc.Graph() as g:
+        y = graphc.input("y", (2,), "int32")
+        out = g.output(y + 0)
+    with pytest.raises(InputError, match=r"input 'y': values in \[3, 1099511627776\] do not fit in int32"):
+        graphc.evaluate(out, {"y": np.array([2**40, 3])})
+    np.testing.assert_array_equal(graphc.evaluate(out, {"y": np.array([-(2**31), 2**31 - 1])}), [-(2**31), 2**31 - 1])
