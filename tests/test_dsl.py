@@ -269,7 +269,7 @@ def test_python_scalars_are_weakly_typed(dtype, expr, result):
     value = np.array([1, 0, 2], dtype)
     with graphc.Graph():
         x = graphc.input("x", (3,), dtype)
-        y = eval(expr)
+        y = eval(expr, globals(), {"x": x})
     got = graphc.evaluate(y, {"x": value})
     if result is None:
         assert y.dtype.is_float

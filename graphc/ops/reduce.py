@@ -117,7 +117,7 @@ register(OpDef("broadcast_to", "reduce", "broadcast to a larger shape (numpy.bro
 # -- builders ---------------------------------------------------------------------------------------------
 
 def _reduce(op: str, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
-    from ..dsl import _graph_of, _as_node
+    from ..dsl import _as_node, _graph_of
 
     node = _as_node(x, _graph_of([x]), None)
     try:
