@@ -19,12 +19,38 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .ir import (
-    Attrs, DType, DTypeError, Graph, GraphcError, Node, Provenance, ShapeError, as_dtype, current_graph,
-    float32, to_float, user_location,
+    Attrs,
+    DType,
+    Graph,
+    GraphcError,
+    Node,
+    Provenance,
+    ShapeError,
+    SourceLoc,
+    as_dtype,
+    current_graph,
+    float32,
+    to_float,
+    user_location,
 )
 from .ir.errors import at_op
 
 _provenance: contextvars.ContextVar[Provenance | None] = contextvars.ContextVar("graphc_provenance", default=None)
+_location: contextvars.ContextVar[SourceLoc | None] = contextvars.ContextVar("graphc_location", default=None)
+
+
+@contextlib.contextmanager
+def located_at(loc: SourceLoc | None):
+    """Nodes built inside this block are attributed to ``loc`` (e.g. the line that created a layer)."""
+    token = _location.set(loc)
+    try:
+        yield
+    finally:
+        _location.reset(token)
+
+
+def _current_location() -> SourceLoc | None:
+    return _location.get() or user_location()
 
 
 @contextlib.contextmanager
@@ -207,7 +233,7 @@ def apply(op: str, inputs: Sequence[Any], attrs: Mapping[str, Any] | None = None
     nodes = tuple(_as_node(v, graph, like) for v in inputs)
     frozen = Attrs(attrs)
     prov = _provenance.get()
-    loc = prov.forward.loc if prov is not None else user_location()
+    loc = prov.forward.loc if prov is not None else _current_location()
     try:
         shape, dtype = opdef.shape_rule(nodes, frozen)
     except GraphcError as err:
@@ -220,8 +246,9 @@ def _source(op: str, shape, dtype: DType, name: str | None, value: np.ndarray | 
     graph = graph if graph is not None else _graph_of([])
     shape = tuple(int(d) for d in shape)
     if any(d < 0 for d in shape):
-        raise ShapeError(f"{op} {name!r}: negative dimension in shape {shape}\n  at {user_location()}")
-    node = Node(op, (), Attrs(), shape, dtype, name=name, loc=user_location(), value=value, provenance=_provenance.get())
+        raise ShapeError(f"{op} {name!r}: negative dimension in shape {shape}\n  at {_current_location()}")
+    node = Node(op, (), Attrs(), shape, dtype, name=name, loc=_current_location(), value=value,
+                provenance=_provenance.get())
     return Tensor(graph.add(node), graph)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import dsl
 from ..dsl import Tensor
-from ..ir import ShapeError
+from ..ir import ShapeError, user_location
 from ..ops import conv, elementwise as ew, linalg, nn as nn_ops, random as random_ops, reduce, shape as shape_ops
 from . import init as initializers
 
@@ -37,6 +37,8 @@ class Module:
 
     def __init__(self, name: str | None = None):
         self.name = name
+        #: The user's line that created the layer: its graph nodes point there.
+        self.loc = user_location()
         self.values: dict[str, np.ndarray] = {}
         self.trainable: dict[str, bool] = {}
         self.in_shape: tuple[int, ...] | None = None
@@ -60,7 +62,8 @@ class Module:
     def __call__(self, x: Tensor, ctx: Context | None = None) -> Tensor:
         if self.out_shape is None:
             raise ShapeError(f"{self.name or type(self).__name__}: build() the model before calling it")
-        return self.forward(x, ctx if ctx is not None else Context())
+        with dsl.located_at(self.loc):
+            return self.forward(x, ctx if ctx is not None else Context())
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
         raise NotImplementedError
@@ -321,7 +324,7 @@ class Sequential(Module):
 
     def forward(self, x, ctx):
         for layer in self.layers:
-            x = layer.forward(x, ctx)
+            x = layer(x, ctx)
         return x
 
     def modules(self):
@@ -373,9 +376,9 @@ class Residual(Module):
     def forward(self, x, ctx):
         y, skip = x, x
         for layer in self.body:
-            y = layer.forward(y, ctx)
+            y = layer(y, ctx)
         for layer in self.shortcut:
-            skip = layer.forward(skip, ctx)
+            skip = layer(skip, ctx)
         out = y + skip
         return self.activation(out) if self.activation else out
 
