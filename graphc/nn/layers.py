@@ -6,6 +6,7 @@ named ``<layer>.<param>`` (e.g. ``dense_1.W``).
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -232,14 +233,18 @@ class Dropout(Module):
     1/(1 - rate); in evaluation, the identity."""
 
     kind = "dropout"
-    _salts = iter(range(1, 1 << 30))
 
     def __init__(self, rate: float, name=None):
         super().__init__(name)
         if not 0 <= rate < 1:
             raise ValueError(f"Dropout rate must be in [0, 1), got {rate}")
         self.rate = float(rate)
-        self.salt = next(Dropout._salts)
+
+    @property
+    def salt(self) -> int:
+        # From the layer's name (unique in its model), not a process-wide counter: the same model built
+        # in another process, or rebuilt to resume from a checkpoint, draws the same masks for a key.
+        return zlib.crc32((self.name or "dropout").encode()) & 0x3FFFFFFF
 
     def forward(self, x, ctx):
         if not ctx.training or self.rate == 0:
