@@ -1,0 +1,20 @@
+"""Shared by the examples: argument parsing and a results line."""
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def parser(description: str, epochs: int, batch_size: int = 128) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--backend", default=None, help="cpu (Numba, the default when available) or reference (NumPy)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def report(name: str, history, test_loss: float, test_acc: float, started: float) -> None:
+    per_epoch = sum(history["seconds"]) / len(history["seconds"])
+    print(f"\n{name}: test accuracy {test_acc * 100:.2f}%  (test loss {test_loss:.4f})")
+    print(f"  {len(history.epochs)} epochs, {per_epoch:.2f} s per epoch, {time.perf_counter() - started:.1f} s in all")
