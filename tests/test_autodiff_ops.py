@@ -43,7 +43,7 @@ def numeric_gradient(loss_of, x: np.ndarray) -> np.ndarray:
     """d loss / dx by fourth-order central differences (error O(STEP^4))."""
     out = np.zeros_like(x)
     for index in np.ndindex(*x.shape):
-        def f(step):
+        def f(step, index=index):
             moved = x.copy()
             moved[index] += step
             return loss_of(moved)
@@ -81,7 +81,7 @@ def assert_gradients_match(arrays: list[np.ndarray], build, seed: int = 0) -> No
     symbolic = graphc.evaluate(grads)
     for p, sym in zip(params, symbolic):
         value = np.asarray(p.node.value, np.float64)
-        numeric = numeric_gradient(lambda v: float(graphc.evaluate(loss, params={p: v})), value)
+        numeric = numeric_gradient(lambda v, p=p: float(graphc.evaluate(loss, params={p: v})), value)
         err = relative_error(sym, numeric)
         assert err < REL_TOL, (f"{out.op}: gradient of {p.name} {p.shape} differs from finite differences "
                                f"(relative error {err:.3g})\nsymbolic\n{sym}\nnumeric\n{numeric}\n{g}")
@@ -104,7 +104,7 @@ def assert_second_order_matches(arrays: list[np.ndarray], build, seed: int = 0) 
     symbolic = graphc.evaluate(second)
     for p, sym in zip(params, symbolic):
         value = np.asarray(p.node.value, np.float64)
-        numeric = numeric_gradient(lambda v: float(graphc.evaluate(inner, params={p: v})), value)
+        numeric = numeric_gradient(lambda v, p=p: float(graphc.evaluate(inner, params={p: v})), value)
         err = relative_error(sym, numeric)
         assert err < REL_TOL, (f"{out.op}: second derivative for {p.name} {p.shape} differs from finite differences "
                                f"(relative error {err:.3g})\nsymbolic\n{sym}\nnumeric\n{numeric}\n{g}")
@@ -351,6 +351,29 @@ def fused_case(draw, op_name):
     return arrays, lambda a, b: fused(expr, [a, b], "float64")
 
 
+@st.composite
+def matmul_epilogue_case(draw, op_name):
+    m, k, n = (draw(st.integers(1, 3)) for _ in range(3))
+    ta, tb = draw(st.booleans()), draw(st.booleans())
+    a = lattice(draw, (k, m) if ta else (m, k))
+    b = lattice(draw, (n, k) if tb else (k, n))
+    x0, x1, x2 = sp.symbols("x0 x1 x2", real=True)
+    attrs = {"transpose_a": ta, "transpose_b": tb, "expr": sp.tanh(x0 + x1) + x0 * x2, "dtype": "float64"}
+    return [a, b, lattice(draw, (n,)), lattice(draw, (m, n))], lambda *ts: graphc.apply(op_name, list(ts), attrs)
+
+
+@st.composite
+def conv2d_epilogue_case(draw, op_name):
+    arrays, _ = draw(conv2d_case("conv2d"))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    x0, x1 = sp.symbols("x0 x1", real=True)
+    attrs = {"stride": stride, "padding": (1, 0), "dilation": (1, 1), "expr": sp.tanh(x0 + x1), "dtype": "float64"}
+    x, w = arrays
+    x = lattice(draw, x.shape[:2] + (max(x.shape[2], w.shape[2]), max(x.shape[3], w.shape[3])))
+    bias = lattice(draw, (1, w.shape[0], 1, 1))
+    return [x, w, bias], lambda *ts: graphc.apply(op_name, list(ts), attrs)
+
+
 CASES = {
     "sum": reduce_case, "mean": reduce_case, "max": reduce_case, "min": reduce_case,
     "broadcast_to": broadcast_to_case, "reshape": reshape_case, "transpose": transpose_case,
@@ -360,7 +383,7 @@ CASES = {
     "batch_norm": batch_norm_case,
     "conv2d": conv2d_case, "conv_transpose2d": conv_transpose2d_case,
     "max_pool2d": pool_case, "avg_pool2d": pool_case, "max_pool2d_backward": pool_case, "max_pool2d_gather": pool_case,
-    "fused": fused_case,
+    "fused": fused_case, "matmul_epilogue": matmul_epilogue_case, "conv2d_epilogue": conv2d_epilogue_case,
 }
 DEFAULT_EXAMPLES = 15
 SECOND_ORDER_EXAMPLES = 5

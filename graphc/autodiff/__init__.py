@@ -8,7 +8,7 @@
 """
 from .check import GradCheck, check_grad, float64_copy
 from .forward import jvp
-from .reverse import backward, gradient_nodes, gradient_text, grad, hvp
+from .reverse import backward, grad, gradient_nodes, gradient_text, hvp
 
 __all__ = ["GradCheck", "backward", "check_grad", "float64_copy", "grad", "gradient_nodes", "gradient_text", "hvp",
            "jvp"]

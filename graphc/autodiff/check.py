@@ -177,7 +177,7 @@ def check_grad(loss: Tensor, wrt: Sequence[Tensor], feeds: Mapping[Any, Any] | N
             indices = [indices[k] for k in sorted(rng.choice(len(indices), max_entries, replace=False))]
         entries = []
         for index in indices:
-            def loss_at(step: float) -> float:
+            def loss_at(step: float, base=base, index=index, node=node) -> float:
                 x = base.copy()
                 x[index] += step
                 return float(run([new(loss)], {id(node): x})[0])

@@ -190,7 +190,7 @@ def simplify_derivative(d: sp.Expr, symbols: Sequence[sp.Symbol], param_values: 
         return _shortest_stable(d, d, d, symbols, param_values or {})
     branches = list(d.args)
     for k, (expr, cond) in enumerate(branches):
-        def whole(e, k=k):
+        def whole(e, k=k, cond=cond):
             return sp.Piecewise(*(branches[:k] + [(e, cond)] + branches[k + 1:]))
         best = _shortest_stable(expr, d, whole, symbols, param_values or {})
         branches[k] = (best, cond)
