@@ -14,7 +14,7 @@ import numpy as np
 
 from ..dsl import Tensor, constant, provenance
 from ..ir import GraphcError
-from .reverse import _as_tensor_list, backward, grad
+from .reverse import _as_tensor_list, _drop_unused, backward, grad
 
 
 def jvp(output: Tensor, wrt: Tensor | Sequence[Tensor], tangents: Any) -> Tensor:
@@ -42,6 +42,7 @@ def jvp(output: Tensor, wrt: Tensor | Sequence[Tensor], tangents: Any) -> Tensor
     if not output.dtype.is_float:
         raise GraphcError(f"jvp: the output must be a float tensor, got {output.node.type_str}")
     graph = output.graph
+    first_new = len(graph.nodes)
     with provenance(output.node, "jvp-placeholder"):
         u = constant(np.zeros(output.shape, output.dtype.np), graph=graph)
     vjps = grad(output, wrt_list, cotangent=u)
@@ -60,4 +61,5 @@ def jvp(output: Tensor, wrt: Tensor | Sequence[Tensor], tangents: Any) -> Tensor
     if result is None:  # the output does not depend on wrt at all
         with provenance(output.node, "jvp"):
             result = constant(np.zeros(output.shape, output.dtype.np), graph=graph)
+    _drop_unused(graph, first_new, [result.node])
     return result

@@ -213,13 +213,11 @@ def hvp(loss: Tensor, wrt: Tensor | Sequence[Tensor], v: Any) -> Any:
     return result[0] if single else result
 
 
-def gradient_nodes(gradient: Tensor | Node) -> list[Node]:
+def gradient_nodes(gradient: Tensor) -> list[Node]:
     """The backward nodes (those with provenance) that ``gradient`` depends on, in graph order."""
-    node = getattr(gradient, "node", gradient)
-    graph = gradient.graph if isinstance(gradient, Tensor) else None
-    if graph is None:
-        raise TypeError("gradient_nodes needs a Tensor (it must know its graph)")
-    return [n for n in graph.ancestors([node]) if n.provenance is not None]
+    if not isinstance(gradient, Tensor):
+        raise TypeError(f"gradient_nodes needs a Tensor, got {gradient!r}")
+    return [n for n in gradient.graph.ancestors([gradient.node]) if n.provenance is not None]
 
 
 def gradient_text(gradient: Tensor, forward: bool = False) -> str:
@@ -233,14 +231,15 @@ def gradient_text(gradient: Tensor, forward: bool = False) -> str:
     >>> with graphc.Graph("tiny") as g:
     ...     w = graphc.param("w", np.array([1.0, 2.0]))
     ...     dw = graphc.grad(graphc.sum(graphc.exp(w)), w)
-    >>> print(graphc.autodiff.gradient_text(dw))  # doctest: +ELLIPSIS
-    graph tiny  # ...
-    %3:f64[] = constant 1.0 ...# via grad-seed of %2 ...
-    ...
+    >>> print(graphc.autodiff.gradient_text(dw))  # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
+    graph tiny  # 7 nodes, 2 parameters
+    %3:f64[] = constant 1.0                         # via grad-seed of %2 (...)
+    %4:f64[1] = reshape[shape=(1,)] %3              # via sum-vjp of %2 (...)
+    %5:f64[2] = broadcast_to[shape=(2,)] %4         # via sum-vjp of %2 (...)
+    %6:f64[2] = mul %5, %1                          # dL/dw via exp-vjp of %1 (...)
     """
     if not isinstance(gradient, Tensor):
         raise TypeError(f"gradient_text needs a Tensor, got {gradient!r}")
     graph = gradient.graph
-    nodes = graph.ancestors([gradient.node])
-    shown = nodes if forward else [n for n in nodes if n.provenance is not None]
+    shown = graph.ancestors([gradient.node]) if forward else gradient_nodes(gradient)
     return graph.text(nodes=shown)

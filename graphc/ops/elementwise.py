@@ -263,6 +263,8 @@ def elementwise_vjp(node: Node, g: Tensor, inputs: Sequence[Tensor]) -> list[Ten
             contribution = g * float(d)
         elif d in symbols:
             contribution = g * inputs[symbols.index(d)]
+        elif d == get(node.op).expr:  # exp' = exp: reuse the forward node
+            contribution = g * Tensor(node, g.graph)
         else:
             contribution = g * apply(dname, inputs, attrs)
         out.append(sum_to_shape(cast(contribution, x.dtype), x.shape))
