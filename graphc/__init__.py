@@ -36,6 +36,7 @@ from .ops.nn import (
 from .ops.reduce import argmax, broadcast_to, max, mean, min, sum
 from .ops.random import random_uniform
 from .ops.shape import concatenate, reshape, transpose
+from .passes import OptimizeResult, optimize
 from . import datasets, nn, optim, train  # noqa: E402  (layers and training sit on top of the ops)
 from .train import fit
 
