@@ -24,6 +24,8 @@ from ..optim import SGD, Optimizer
 from .checkpoint import load_checkpoint, save_checkpoint
 from .schedules import ReduceOnPlateau, Schedule, constant
 
+BEST_PREFIX = "__best__."  # checkpoint arrays holding early stopping's best weights
+
 LOSSES: dict[str, Callable] = {
     "softmax_cross_entropy": nn_ops.softmax_cross_entropy,
     "mse": lambda logits, y: nn_ops.mse(logits, y),
@@ -250,9 +252,7 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int, b
     bad_epochs = 0
     trainer.step_executable(batch_size)
     if resume and checkpoint:
-        start_epoch, history, best_loss = _restore(trainer, schedule, rng, checkpoint)
-        if best_loss is not None:
-            best = (best_loss, {k: v.copy() for k, v in trainer.state.items()})
+        start_epoch, history, best, bad_epochs = _restore(trainer, schedule, rng, checkpoint)
     bar = _progress(epochs, verbose)
     bar.update(start_epoch)
     for epoch in range(start_epoch, epochs):
@@ -281,8 +281,10 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int, b
         if checkpoint:
             meta = {"epoch": epoch + 1, "step_count": trainer.step_count, "schedule": schedule.state(),
                     "rng": rng.bit_generator.state, "history": history.to_dict(),
-                    "best_loss": None if best is None else best[0]}
-            save_checkpoint(checkpoint, trainer.state, meta)
+                    "best_loss": None if best is None else best[0], "bad_epochs": bad_epochs}
+            # early stopping's best weights travel too, so a resumed run restores the same ones
+            best_arrays = {} if best is None else {BEST_PREFIX + k: v for k, v in best[1].items()}
+            save_checkpoint(checkpoint, {**trainer.state, **best_arrays}, meta)
         if early_stopping is not None and bad_epochs >= early_stopping.patience:
             history.stopped_early = True
             break
@@ -301,12 +303,21 @@ def _restore(trainer: Trainer, schedule: Schedule, rng: np.random.Generator, pat
     if missing:
         from .checkpoint import CheckpointError
         raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}: it was written for another model")
+    wrong = [f"{k} {list(params[k].shape)} (model: {list(v.shape)})" for k, v in trainer.state.items()
+             if params[k].shape != v.shape]
+    if wrong:
+        from .checkpoint import CheckpointError
+        raise CheckpointError(f"checkpoint {path}: {', '.join(wrong)}: it was written for another model")
     for k in trainer.state:
         trainer.state[k][...] = params[k]
     schedule.load_state(meta["schedule"])
     rng.bit_generator.state = meta["rng"]
     trainer.step_count = int(meta["step_count"])
-    return int(meta["epoch"]), History.from_dict(meta["history"]), meta.get("best_loss")
+    best = None
+    if meta.get("best_loss") is not None:
+        best_values = {k: params.get(BEST_PREFIX + k, trainer.state[k]).copy() for k in trainer.state}
+        best = (meta["best_loss"], best_values)
+    return int(meta["epoch"]), History.from_dict(meta["history"]), best, int(meta.get("bad_epochs", 0))
 
 
 def evaluate(model: Module, data: tuple[np.ndarray, np.ndarray], batch_size: int = 1000,
