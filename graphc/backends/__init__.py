@@ -44,10 +44,19 @@ def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "r
         unlisted = [n.name for n in graph.inputs if all(n is not c for c in call_inputs)]
         if unlisted:
             raise GraphcError(f"compile: the outputs need input(s) {unlisted} that are not in `inputs`")
+    optimized = None
+    if optimize is not None:  # graphc.passes: level 0..3; inputs are matched to their copies by name
+        from ..passes import optimize as run_passes
+
+        optimized = run_passes(graph, optimize)
+        copies = {n.name: n for n in optimized.graph.inputs}
+        graph, call_inputs = optimized.graph, [copies.get(n.name, n) for n in call_inputs]
     from . import reference
 
     exe = reference.build(graph, call_inputs)
     exe.stats["trace_to_build_s"] = time.perf_counter() - t0
+    if optimized is not None:
+        exe.stats["optimize"] = optimized  # the OptimizeResult: per-pass statistics and the buffer plan
     return exe
 
 
