@@ -8,7 +8,18 @@ import pytest
 
 import graphc
 from graphc.nn import (
-    AvgPool2D, BatchNorm, Context, Conv2D, Dense, Dropout, Flatten, Maxout, MaxPool2D, Residual, Sequential, init,
+    AvgPool2D,
+    BatchNorm,
+    Context,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    Maxout,
+    MaxPool2D,
+    Residual,
+    Sequential,
+    init,
 )
 
 
