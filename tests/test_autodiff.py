@@ -425,6 +425,14 @@ def test_derivative_conventions_at_kinks():
     np.testing.assert_array_equal(dy, [1.0, 0.0, 0.0])
 
 
+def test_user_expression_with_max_and_sign_follows_the_conventions():
+    relu_max = graphc.elementwise("relu_by_max_autodiff_test", lambda v: sp.Max(v, 0) + sp.sign(v))
+    with graphc.Graph():
+        x = graphc.param("x", np.array([-1.0, 0.0, 2.0]))
+        (dx,) = graphc.grad(graphc.sum(relu_max(x)), [x])
+    np.testing.assert_array_equal(graphc.evaluate(dx), [0.0, 0.0, 1.0])  # Heaviside(0) -> 0, sign' -> 0
+
+
 def test_max_pool_routes_the_gradient_to_the_first_maximum_of_each_window():
     image = np.array([[[[1.0, 3.0, 2.0, 2.0],
                         [3.0, 0.0, 1.0, 0.0],

@@ -346,7 +346,9 @@ def pool_case(draw, op_name):
 def fused_case(draw, op_name):
     shapes = draw(broadcast_shapes(2))
     x0, x1 = sp.symbols("x0 x1", real=True)
-    expr = x0 * sp.exp(x1 / 4) + sp.Piecewise((x0, x0 > 0), (0.1 * x0, True)) * x1
+    # sign and Max differentiate to DiracDelta and Heaviside, which must become numbers (0, a step)
+    expr = x0 * sp.exp(x1 / 4) + sp.Piecewise((x0, x0 > 0), (0.1 * x0, True)) * x1 + sp.sign(x0) * x1 \
+        + sp.Max(x1, 0) * x0
     arrays = [lattice(draw, shapes[0], 0.03), lattice(draw, shapes[1], 0.08)]
     return arrays, lambda a, b: fused(expr, [a, b], "float64")
 

@@ -76,7 +76,9 @@ def _make_reference(op_name: str):
     def reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
         op = get(op_name)
         fn = _lambdified(op_name)
-        args = list(arrays) + [attrs[p] for p in op.params]
+        # Broadcast first: a compound Piecewise condition (x > 0) & (y > 0) is built with
+        # logical_and.reduce over a tuple, which needs equal shapes.
+        args = list(np.broadcast_arrays(*arrays)) + [attrs[p] for p in op.params]
         with np.errstate(all="ignore"):  # Piecewise evaluates every branch; the unused ones may overflow
             result = np.asarray(fn(*args))
         shape = np.broadcast_shapes(*(np.shape(a) for a in arrays))
@@ -183,9 +185,7 @@ def simplify_derivative(d: sp.Expr, symbols: Sequence[sp.Symbol], param_values: 
     shorter candidate is kept only when it stays finite and equal on a grid of test points,
     +-1000 included, wherever the raw form is finite.
     """
-    d = d.replace(sp.DiracDelta, lambda *a: sp.S.Zero)
-    d = d.replace(sp.Heaviside, lambda u, *a: sp.Piecewise((1, u > 0), (0, True)))
-    d = sp.piecewise_fold(d)
+    d = derivative_conventions(d)
     if d.is_number or not isinstance(d, sp.Piecewise):
         return _shortest_stable(d, d, d, symbols, param_values or {})
     branches = list(d.args)
@@ -195,6 +195,13 @@ def simplify_derivative(d: sp.Expr, symbols: Sequence[sp.Symbol], param_values: 
         best = _shortest_stable(expr, d, whole, symbols, param_values or {})
         branches[k] = (best, cond)
     return sp.piecewise_fold(sp.Piecewise(*branches))
+
+
+def derivative_conventions(d: sp.Expr) -> sp.Expr:
+    """DiracDelta -> 0, Heaviside(u) -> (1 if u > 0 else 0), Piecewise folded: NumPy can evaluate the result."""
+    d = d.replace(sp.DiracDelta, lambda *a: sp.S.Zero)
+    d = d.replace(sp.Heaviside, lambda u, *a: sp.Piecewise((1, u > 0), (0, True)))
+    return sp.piecewise_fold(d)
 
 
 _TEST_POINTS = (-1000.0, -30.0, -2.0, -0.7, 0.0, 0.3, 1.5, 30.0, 1000.0)
@@ -412,14 +419,14 @@ def _lambdified_fused(expr: sp.Expr, n: int):
 def _fused_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
     fn = _lambdified_fused(attrs["expr"], len(arrays))
     with np.errstate(all="ignore"):
-        result = np.asarray(fn(*arrays))
+        result = np.asarray(fn(*np.broadcast_arrays(*arrays)))  # see _make_reference
     shape = np.broadcast_shapes(*(np.shape(a) for a in arrays))
     return result.reshape(shape) if result.size == int(np.prod(shape)) else np.broadcast_to(result, shape)
 
 
 @functools.lru_cache(maxsize=4096)
 def fused_derivative(expr: sp.Expr, n: int, i: int) -> sp.Expr:
-    return sp.piecewise_fold(sp.diff(expr, fused_symbols(n)[i]))
+    return derivative_conventions(sp.diff(expr, fused_symbols(n)[i]))
 
 
 def _fused_vjp(node: Node, g: Tensor, inputs: Sequence[Tensor]) -> list[Tensor | None]:
