@@ -14,7 +14,7 @@ import numpy as np
 
 from ..dsl import Tensor, constant, provenance
 from ..ir import GraphcError
-from .reverse import _as_tensor_list, _drop_unused, backward, grad
+from .reverse import _as_tensor_list, backward, grad
 
 
 def jvp(output: Tensor, wrt: Tensor | Sequence[Tensor], tangents: Any) -> Tensor:
@@ -61,5 +61,5 @@ def jvp(output: Tensor, wrt: Tensor | Sequence[Tensor], tangents: Any) -> Tensor
     if result is None:  # the output does not depend on wrt at all
         with provenance(output.node, "jvp"):
             result = constant(np.zeros(output.shape, output.dtype.np), graph=graph)
-    _drop_unused(graph, first_new, [result.node])
+    graph.discard_unused_since(first_new, [result.node])
     return result

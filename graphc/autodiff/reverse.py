@@ -71,23 +71,10 @@ def grad(loss: Tensor, wrt: Tensor | Sequence[Tensor], cotangent: Any = None) ->
                     if t.shape else constant(np.zeros((), t.dtype.np), graph=graph)
         _label(g.node, t.node)
         results.append(g)
-    _drop_unused(graph, first_new, [r.node for r in results])
+    # VJP rules build a gradient for every float operand, constants included (the 2 of x ** 2);
+    # nothing can refer to those fresh nodes yet, so they are dropped.
+    graph.discard_unused_since(first_new, [r.node for r in results])
     return results[0] if single else results
-
-
-def _drop_unused(graph: Graph, first_new: int, keep: Sequence[Node]) -> None:
-    """Remove the nodes built since position ``first_new`` that no result needs.
-
-    VJP rules build a gradient for every float operand, including constants (the 2 of
-    ``x ** 2``); nothing else can refer to those fresh nodes, so the gradient graph is printed
-    without them.
-    """
-    needed = {id(n) for n in graph.ancestors(keep)}
-    fresh = graph.nodes[first_new:]
-    unused = [n for n in fresh if id(n) not in needed]
-    if unused:
-        graph.nodes[first_new:] = [n for n in fresh if id(n) in needed]
-        graph._members.difference_update(id(n) for n in unused)  # Graph has no public removal
 
 
 def _seed(loss: Tensor, cotangent: Any) -> Tensor:

@@ -58,6 +58,17 @@ class Graph:
         self._members.add(id(node))
         return node
 
+    def discard_unused_since(self, start: int, keep: Iterable[Node]) -> None:
+        """Remove the nodes added since position ``start`` that ``keep`` does not depend on.
+
+        Only for a graph still being built (autodiff drops the gradients its rules built for
+        constants); nodes added earlier are never touched, so no existing node loses an input.
+        """
+        needed = {id(n) for n in self.ancestors(keep)}
+        fresh = self.nodes[start:]
+        self.nodes[start:] = [n for n in fresh if id(n) in needed]
+        self._members.difference_update(id(n) for n in fresh if id(n) not in needed)
+
     def __contains__(self, node: Node) -> bool:
         return id(node) in self._members
 
