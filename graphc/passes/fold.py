@@ -1,21 +1,67 @@
 """Constant folding: a node whose inputs are all constants becomes a constant, computed by the
 NumPy reference backend (the same code that defines what the node means).
+
+Uniform tensors (every element equal: ``broadcast_to(c, S)``) are folded whatever their size:
+an elementwise op, a reshape, a transpose or a broadcast of uniform inputs is computed once on
+the one-element values and broadcast to its shape. Any other result with more than ``limit``
+elements is left as it is, so large constants are not baked into the graph. A folded result
+whose elements are all equal is written as a one-element constant broadcast to the shape.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..ir import Graph, GraphcError, Node
-from .core import Rewriter, copy_node, make_constant, rewrite
+from .core import Rewriter, copy_node, is_elementwise_op, make, make_constant, rewrite
 
 #: Results with more elements than this are not baked into the graph: a broadcast of a scalar to
 #: [128, 784] is cheaper to compute than to store (and would bloat dumps and the compile-cache key).
 FOLD_LIMIT = 1024
 
-#: Ops never folded: sources, and ops whose value depends on more than their inputs.
+#: Ops never folded: sources.
 _NEVER = frozenset({"input", "param", "constant"})
+#: Ops whose result is uniform when their inputs are, with the same value (elementwise ops aside).
+_SAME_VALUE = frozenset({"reshape", "transpose", "broadcast_to", "max", "min", "mean"})
+
+
+def _uniform_constant(node: Node) -> Node | None:
+    """The one-element constant behind a uniform ``node`` (a constant, or broadcasts/reshapes of one)."""
+    while node.op in ("broadcast_to", "reshape"):
+        node = node.inputs[0]
+    if node.op != "constant" or node.value.size == 0:
+        return None
+    flat = node.value.reshape(-1)
+    if flat.size == 1:
+        return node
+    if np.all(flat == flat[0]):
+        return make_constant(flat[0], node.dtype, like=node)
+    return None
+
+
+def _evaluate(op_node: Node) -> np.ndarray | None:
+    """Evaluate one node over constant inputs with the reference backend (None if it raises)."""
+    from ..backends import reference
+
+    single = Graph("fold")
+    args = [single.add(copy_node(i, ())) for i in op_node.inputs]
+    node = single.add(copy_node(op_node, tuple(args), provenance=None, absorbed=()))
+    try:
+        (value,) = reference.evaluate(single, {}, [node])
+    except (GraphcError, ArithmeticError, ValueError):
+        return None  # e.g. an out-of-range label: leave it to fail at run time, where it is reported
+    return value
+
+
+def _as_constant(value: np.ndarray, old: Node) -> Node:
+    flat = value.reshape(-1)
+    if flat.size > 1 and np.all(flat == flat[0]):
+        scalar = make_constant(flat[0], old.dtype, like=old)
+        return make("broadcast_to", [scalar], {"shape": old.shape}, like=old)
+    return make_constant(value, old.dtype, like=old)
 
 
 def fold_constants(graph: Graph, limit: int = FOLD_LIMIT) -> Graph:
-    """Replace each node computed only from constants, with at most ``limit`` elements, by a constant.
+    """Replace each node computed only from constants by a constant (see the module docstring).
 
     >>> import graphc, numpy as np
     >>> with graphc.Graph() as g:
@@ -24,20 +70,24 @@ def fold_constants(graph: Graph, limit: int = FOLD_LIMIT) -> Graph:
     >>> [n.op for n in fold_constants(g).nodes]
     ['input', 'constant', 'mul']
     """
-    from ..backends import reference
 
     def visit(rw: Rewriter, old: Node, inputs: tuple) -> Node | None:
-        if old.op in _NEVER or not inputs or old.size > limit:
+        if old.op in _NEVER or not inputs:
             return None
-        if not all(i.op == "constant" for i in inputs):
+        if old.op == "broadcast_to" and inputs[0].op == "constant" and inputs[0].size == 1:
+            return None  # already the canonical form of a uniform tensor
+        uniform = [_uniform_constant(i) for i in inputs]
+        if all(u is not None for u in uniform) and (is_elementwise_op(old) or old.op in _SAME_VALUE):
+            if old.op in _SAME_VALUE:
+                value = uniform[0].value.reshape(())
+            else:
+                value = _evaluate(make(old.op, uniform, old.attrs, like=old))
+            if value is not None:
+                scalar = make_constant(value, old.dtype, like=old)
+                return scalar if not old.shape else make("broadcast_to", [scalar], {"shape": old.shape}, like=old)
+        if old.size > limit or not all(i.op == "constant" for i in inputs):
             return None
-        single = Graph("fold")
-        args = [single.add(copy_node(i, ())) for i in inputs]
-        node = single.add(copy_node(old, tuple(args), provenance=None, absorbed=()))
-        try:
-            (value,) = reference.evaluate(single, {}, [node])
-        except (GraphcError, ArithmeticError, ValueError):
-            return None  # e.g. an out-of-range label: leave it to fail at run time, where it is reported
-        return make_constant(value, old.dtype, like=old)
+        value = _evaluate(copy_node(old, inputs))
+        return None if value is None else _as_constant(value, old)
 
     return rewrite(graph, visit)

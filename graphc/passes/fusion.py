@@ -26,7 +26,7 @@ import sympy as sp
 from ..ir import Attrs, Graph, Node
 from ..ops import registry
 from ..ops.elementwise import fused_symbols
-from .core import Rewriter, absorbed_of, copy_node, make, rewrite
+from .core import Rewriter, absorbed_of, copy_node, make, make_constant, rewrite
 
 #: Ops inlined into every fused node that reads them, never materialized on their own account.
 _FREE = frozenset({"broadcast_to", "cast"})
@@ -178,6 +178,9 @@ def fuse_elementwise(graph: Graph) -> Graph:
         expr = build(group, old)
         if group.real_ops == 0:
             return None  # only broadcasts/casts: nothing to fuse
+        if not group.leaves and expr.is_number and expr.is_real:
+            value = make_constant(float(expr), old.dtype, like=old)  # nothing left to compute at run time
+            return value if not old.shape else make("broadcast_to", [value], {"shape": old.shape}, like=old)
         leaves = [rw.new(leaf) for leaf in group.leaves]
         node = make("fused", leaves, {"expr": expr, "dtype": old.dtype.name}, like=old,
                     absorbed=absorbed_of(group.members))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from ..ir import Graph, Node
 from ..ops.elementwise import derivative_name
-from .core import Rewriter, conform, make, rewrite, uniform_value
+from .core import Rewriter, conform, make, make_constant, rewrite, uniform_value
 
 #: Relative tolerance when matching a scale factor (float32 constants like 1/128).
 _FACTOR_RTOL = 1e-6
@@ -196,17 +196,27 @@ def _log_softmax_backward(rw: Rewriter, old: Node):
         return None
     if s.inputs[0].op != "mul" or _pair(s.inputs[0], lambda a: a is u, lambda b: b is p) is None:
         return None
-    if u.op != "mul":
+    g_old, dlog = _times_dlog(u)
+    if dlog is None or dlog.inputs[0] is not p:
         return None
-    gm = _pair(u, lambda a: True, lambda b: _is_deriv(b, "log") and b.inputs[0] is p)
-    if gm is None:
-        return None
-    g = rw.new(gm[0])
+    g = rw.new(g_old) if g_old is not None else make_constant(1, p.dtype, like=old)
     if g.shape != p.shape:
         g = make("broadcast_to", [g], {"shape": p.shape}, like=old)
     p_new = rw.new(p)
     total = make("sum", [g], {"axes": (axis,), "keepdims": True}, like=old)
     return make("sub", [g, make("mul", [p_new, total], like=old)], like=old)
+
+
+def _times_dlog(term: Node) -> tuple[Node | None, Node | None]:
+    """(g, dlog_dx(q)) when ``term`` is g * dlog_dx(q), (None, dlog_dx(q)) when it is dlog_dx(q) alone
+    (the cotangent 1 was simplified away); else (None, None)."""
+    if _is_deriv(term, "log"):
+        return None, term
+    if term.op == "mul":
+        gm = _pair(term, lambda a: True, lambda b: _is_deriv(b, "log"))
+        if gm is not None:
+            return gm
+    return None, None
 
 
 def _signed_terms(node: Node, shape, sign: int = 1, depth: int = 0) -> list[tuple[int, Node]]:
@@ -232,24 +242,21 @@ def _sigmoid_log_backward(rw: Rewriter, old: Node):
     x = dsig.inputs[0]
     terms, matched = [], False
     for sign, term in _signed_terms(cot, cot.shape):
-        if term.op == "mul":
-            gm = _pair(term, lambda a: True, lambda b: _is_deriv(b, "log"))
-            if gm is not None:
-                g, dlog = gm
-                q = dlog.inputs[0]
-                if q.op == "sigmoid" and q.inputs[0] is x:
-                    # g/s * s(1-s) = g (1-s) = g sigmoid(-x)
-                    factor = make("sigmoid", [make("neg", [rw.new(x)], like=old)], like=old)
-                    terms.append((sign, make("mul", [rw.new(g), factor], like=old)))
-                    matched = True
-                    continue
-                inner = _one_minus(q)
-                if inner is not None and inner.op == "sigmoid" and inner.inputs[0] is x:
-                    # g/(1-s) * s(1-s) = g s; the sign from the 1 - s subtraction is already in `sign`
-                    factor = make("sigmoid", [rw.new(x)], like=old)
-                    terms.append((sign, make("mul", [rw.new(g), factor], like=old)))
-                    matched = True
-                    continue
+        g, dlog = _times_dlog(term)
+        if dlog is not None:
+            q = dlog.inputs[0]
+            inner = _one_minus(q)
+            factor = None
+            if q.op == "sigmoid" and q.inputs[0] is x:
+                # g/s * s(1-s) = g (1-s) = g sigmoid(-x)
+                factor = make("sigmoid", [make("neg", [rw.new(x)], like=old)], like=old)
+            elif inner is not None and inner.op == "sigmoid" and inner.inputs[0] is x:
+                # g/(1-s) * s(1-s) = g s; the sign from the 1 - s subtraction is already in `sign`
+                factor = make("sigmoid", [rw.new(x)], like=old)
+            if factor is not None:
+                terms.append((sign, factor if g is None else make("mul", [rw.new(g), factor], like=old)))
+                matched = True
+                continue
         terms.append((sign, make("mul", [rw.new(term), rw.new(dsig)], like=old)))
     if not matched:
         return None
