@@ -222,3 +222,32 @@ def test_history_round_trips_through_a_dict():
     h.best_epoch = 3
     back = History.from_dict(h.to_dict())
     assert back.epochs == [1, 2, 3] and back["val_loss"] == [1.1, 0.8, 0.7] and back.best_epoch == 3
+
+
+def test_evaluate_and_predict_follow_values_changed_after_fit():
+    x, y = blobs(20, seed=5)
+    model = Sequential([Dense(8, "relu"), Dense(3)], input_shape=(2,), seed=1)
+    graphc.fit(model, (x, y), epochs=3, batch_size=20, optimizer=optim.SGD(0.1), backend=BACKEND, verbose=False)
+    layer = model.layers[-1]
+    layer.values["W"] = layer.values["W"] * np.float32(-2.0)  # the user edits the trained model
+    np.testing.assert_array_equal(predict(model, x, backend=BACKEND), numpy_mlp(model, x).argmax(axis=1))
+    assert evaluate(model, (x, y), backend=BACKEND)[0] == pytest.approx(numpy_cross_entropy(numpy_mlp(model, x), y),
+                                                                       rel=1e-5)
+
+
+def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path):
+    x, y = blobs(10, seed=6)
+    path = str(tmp_path / "never_written.npz")
+    make = lambda: Sequential([Dense(4, "tanh"), Dense(3)], input_shape=(2,), seed=2)  # noqa: E731
+    a, b = make(), make()
+    ha = graphc.fit(a, (x, y), epochs=2, batch_size=10, backend=BACKEND, verbose=False, checkpoint=path, resume=True)
+    hb = graphc.fit(b, (x, y), epochs=2, batch_size=10, backend=BACKEND, verbose=False)
+    assert ha["loss"] == hb["loss"]
+    for k, v in a.named_values().items():
+        np.testing.assert_array_equal(v, b.named_values()[k])
+
+
+def test_fit_refuses_a_loss_it_cannot_train_with():
+    model = Sequential([Dense(3)], input_shape=(2,))
+    with pytest.raises(ValueError, match="softmax_cross_entropy"):
+        graphc.fit(model, blobs(4, 0), epochs=1, loss="mse", backend=BACKEND, verbose=False)

@@ -8,6 +8,7 @@ so schedules and fresh dropout masks never recompile anything.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,16 +20,18 @@ from .. import dsl
 from ..backends import compile as compile_graph
 from ..ir import Graph
 from ..nn.layers import Context, Dropout, Module
-from ..ops import elementwise as ew, nn as nn_ops, reduce
+from ..ops import elementwise as ew
+from ..ops import nn as nn_ops
+from ..ops import reduce
 from ..optim import SGD, Optimizer
 from .checkpoint import load_checkpoint, save_checkpoint
 from .schedules import ReduceOnPlateau, Schedule, constant
 
 BEST_PREFIX = "__best__."  # checkpoint arrays holding early stopping's best weights
 
+#: Classification losses ``fit`` trains with, on (logits [N, C], integer labels [N]).
 LOSSES: dict[str, Callable] = {
     "softmax_cross_entropy": nn_ops.softmax_cross_entropy,
-    "mse": lambda logits, y: nn_ops.mse(logits, y),
 }
 
 
@@ -141,6 +144,8 @@ class Trainer:
 
     def __init__(self, model: Module, optimizer: Optimizer | None = None, loss: str = "softmax_cross_entropy",
                  l2: float = 0.0, backend: str | None = None, optimize: int | None = None):
+        if loss not in LOSSES:
+            raise ValueError(f"fit trains classifiers with {sorted(LOSSES)}; got loss={loss!r}")
         self.model, self.optimizer, self.loss, self.l2 = model, optimizer or SGD(0.01), loss, l2
         self.backend = backend or _default_backend()
         self.optimize = optimize
@@ -251,7 +256,7 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int, b
     best: tuple[float, dict[str, np.ndarray]] | None = None
     bad_epochs = 0
     trainer.step_executable(batch_size)
-    if resume and checkpoint:
+    if resume and checkpoint and os.path.exists(checkpoint):  # nothing saved yet: start from the beginning
         start_epoch, history, best, bad_epochs = _restore(trainer, schedule, rng, checkpoint)
     bar = _progress(epochs, verbose)
     bar.update(start_epoch)
@@ -332,10 +337,14 @@ def predict(model: Module, x: np.ndarray, batch_size: int = 1000, backend: str |
 
 
 def _trainer_of(model: Module, backend: str | None) -> Trainer:
+    """The model's trainer (compiled executables kept from fit), holding the model's current values."""
     trainer = getattr(model, "_trainer", None)
     if trainer is None or (backend is not None and trainer.backend != backend):
         trainer = Trainer(model, backend=backend)
         model._trainer = trainer
+    if trainer.state is not None:  # the layers' values win: the user may have changed them since fit
+        for k, v in model.named_values().items():
+            trainer.state[k][...] = v
     return trainer
 
 
