@@ -1,7 +1,18 @@
 """Layers and models: ``graphc.nn.Sequential([Dense(512, "relu"), ...], input_shape=(784,))``."""
 from . import init
 from .layers import (
-    Activation, AvgPool2D, BatchNorm, Context, Conv2D, Dense, Dropout, Flatten, Maxout, MaxPool2D, Module, Residual,
+    Activation,
+    AvgPool2D,
+    BatchNorm,
+    Context,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    Maxout,
+    MaxPool2D,
+    Module,
+    Residual,
     Sequential,
 )
 

@@ -15,7 +15,11 @@ import numpy as np
 from .. import dsl
 from ..dsl import Tensor
 from ..ir import ShapeError, user_location
-from ..ops import conv, elementwise as ew, linalg, nn as nn_ops, random as random_ops, reduce, shape as shape_ops
+from ..ops import conv, linalg, reduce
+from ..ops import elementwise as ew
+from ..ops import nn as nn_ops
+from ..ops import random as random_ops
+from ..ops import shape as shape_ops
 from . import init as initializers
 
 

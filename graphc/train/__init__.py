@@ -2,7 +2,15 @@
 from . import schedules
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .loop import (
-    EarlyStopping, History, Trainer, build_eval, build_train_step, evaluate, fit, initial_loss_check, overfit_check,
+    EarlyStopping,
+    History,
+    Trainer,
+    build_eval,
+    build_train_step,
+    evaluate,
+    fit,
+    initial_loss_check,
+    overfit_check,
     predict,
 )
 
