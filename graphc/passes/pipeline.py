@@ -83,12 +83,12 @@ class OptimizeResult:
 
     def table(self) -> str:
         """The per-pass statistics as an aligned text table."""
-        rows = [f"{'pass':<26} {'nodes':>13} {'kernels':>13} {'ms':>8}"]
+        rows = [f"{'pass':<28} {'nodes':>13} {'kernels':>13} {'ms':>8}"]
         for k, p in enumerate(self.passes, start=1):
-            rows.append(f"{k:02d} {p.name:<23} {p.nodes_before:>5} -> {p.nodes_after:<5} "
+            rows.append(f"{k:02d} {p.name:<25} {p.nodes_before:>5} -> {p.nodes_after:<5} "
                         f"{p.kernels_before:>5} -> {p.kernels_after:<5} {p.seconds * 1e3:>8.2f}")
         if self.buffer_plan is not None:
-            rows.append(f"{'buffer_plan':<26} {'':>13} {'':>13} {self.plan_seconds * 1e3:>8.2f}")
+            rows.append(f"{'   buffer_plan':<28} {'':>13} {'':>13} {self.plan_seconds * 1e3:>8.2f}")
             rows.append(f"intermediate bytes: {self.input_intermediate_bytes} (input graph, one buffer each) -> "
                         f"{self.buffer_plan.arena_bytes} (optimized graph, planned; "
                         f"{self.buffer_plan.naive_bytes} unplanned, peak live {self.buffer_plan.peak_live_bytes})")
