@@ -12,9 +12,12 @@ from .layers import (
     Maxout,
     MaxPool2D,
     Module,
+    RandomFlip,
+    RandomLayer,
+    RandomShift,
     Residual,
     Sequential,
 )
 
 __all__ = ["Activation", "AvgPool2D", "BatchNorm", "Context", "Conv2D", "Dense", "Dropout", "Flatten", "MaxPool2D",
-           "Maxout", "Module", "Residual", "Sequential", "init"]
+           "Maxout", "Module", "RandomFlip", "RandomLayer", "RandomShift", "Residual", "Sequential", "init"]

@@ -232,7 +232,27 @@ class Activation(Module):
         return f"Activation({self.fn.__name__})"
 
 
-class Dropout(Module):
+class RandomLayer(Module):
+    """A layer that draws random numbers in training (dropout, augmentation) from the step's key."""
+
+    @property
+    def salt(self) -> int:
+        # From the layer's name (unique in its model), not a process-wide counter: the same model built
+        # in another process, or rebuilt to resume from a checkpoint, draws the same numbers for a key.
+        return zlib.crc32((self.name or self.kind).encode()) & 0x3FFFFFFF
+
+    @property
+    def active(self) -> bool:
+        """Whether the layer draws anything in training (Dropout(0) does not)."""
+        return True
+
+    def key(self, ctx: Context) -> Tensor:
+        if ctx.key is None:
+            raise ShapeError(f"{self.name}: training with {type(self).__name__} needs a random key input in the Context")
+        return ctx.key
+
+
+class Dropout(RandomLayer):
     """Inverted dropout: in training, zero each unit with probability ``rate`` and scale the rest by
     1/(1 - rate); in evaluation, the identity."""
 
@@ -245,21 +265,47 @@ class Dropout(Module):
         self.rate = float(rate)
 
     @property
-    def salt(self) -> int:
-        # From the layer's name (unique in its model), not a process-wide counter: the same model built
-        # in another process, or rebuilt to resume from a checkpoint, draws the same masks for a key.
-        return zlib.crc32((self.name or "dropout").encode()) & 0x3FFFFFFF
+    def active(self) -> bool:
+        return self.rate > 0
 
     def forward(self, x, ctx):
-        if not ctx.training or self.rate == 0:
+        if not ctx.training or not self.active:
             return x
-        if ctx.key is None:
-            raise ShapeError(f"{self.name}: training with dropout needs a random key input in the Context")
-        u = random_ops.random_uniform(ctx.key, x.shape, self.salt, x.dtype)
+        u = random_ops.random_uniform(self.key(ctx), x.shape, self.salt, x.dtype)
         return ew.where(ew.greater_equal(u, self.rate), x * (1.0 / (1.0 - self.rate)), 0.0)
 
     def describe(self):
         return f"Dropout({self.rate})"
+
+
+class RandomShift(RandomLayer):
+    """Augmentation: in training, shift each image by up to ``max_shift`` pixels (zero filled);
+    in evaluation, the identity. It runs inside the compiled training step."""
+
+    kind = "random_shift"
+
+    def __init__(self, max_shift: int = 2, name=None):
+        super().__init__(name)
+        self.max_shift = int(max_shift)
+
+    def forward(self, x, ctx):
+        return random_ops.random_shift2d(x, self.key(ctx), self.max_shift, self.salt) if ctx.training else x
+
+    def describe(self):
+        return f"RandomShift({self.max_shift})"
+
+
+class RandomFlip(RandomLayer):
+    """Augmentation: in training, flip each image left-right with probability 1/2; in evaluation,
+    the identity (for data with left-right symmetry, such as Fashion-MNIST; not for digits)."""
+
+    kind = "random_flip"
+
+    def forward(self, x, ctx):
+        return random_ops.random_flip2d(x, self.key(ctx), self.salt) if ctx.training else x
+
+    def describe(self):
+        return "RandomFlip()"
 
 
 class BatchNorm(Module):

@@ -43,3 +43,56 @@ def random_uniform(key: Tensor, shape: Sequence[int], salt: int = 0, dtype="floa
     """Uniform [0, 1) samples drawn from ``key`` (an int64 scalar tensor) and a per-use ``salt``."""
     return apply("random_uniform", [key], {"shape": tuple(int(d) for d in shape), "salt": int(salt),
                                            "dtype": as_dtype(dtype).name})
+
+
+# -- data augmentation: random per-sample shifts and horizontal flips of NCHW images -----------------------------
+# Both draw from the same keyed generator, so they run inside a compiled training step (and so inside
+# a native epoch) and give the same images in every backend.
+
+def _augment_rule(inputs: Sequence[Node], attrs: Attrs):
+    x, key = inputs
+    if x.ndim != 4:
+        raise ShapeError(f"needs NCHW images, got {x.type_str}")
+    if key.shape != () or not key.dtype.is_int:
+        raise DTypeError(f"the key must be an integer scalar, got {key.type_str}")
+    return x.shape, x.dtype
+
+
+def shift_offsets(key: int, salt: int, n: int, max_shift: int) -> np.ndarray:
+    """[n, 2] integer (dy, dx) offsets in [-max_shift, max_shift], from U[0, 1) draws."""
+    u = np.random.RandomState(seed_of(key, salt)).random_sample((n, 2))
+    return np.floor(u * (2 * max_shift + 1)).astype(np.int64) - max_shift
+
+
+def _shift_reference(arrays, attrs):
+    x, key = arrays
+    n, _, h, w = x.shape
+    out = np.zeros_like(x)
+    for i, (dy, dx) in enumerate(shift_offsets(key, attrs["salt"], n, attrs["max_shift"])):
+        # out[i, :, r, c] = x[i, :, r - dy, c - dx] where that pixel exists, 0 elsewhere
+        out[i, :, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            x[i, :, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def _flip_reference(arrays, attrs):
+    x, key = arrays
+    flip = np.random.RandomState(seed_of(key, attrs["salt"])).random_sample(x.shape[0]) < 0.5
+    return np.where(flip[:, None, None, None], x[..., ::-1], x)
+
+
+register(OpDef("random_shift2d", "random", "each image shifted by its own random (dy, dx) in "
+               "[-max_shift, max_shift], zero filled (augmentation)", _augment_rule, _shift_reference, no_gradient,
+               notes="applied to data; not differentiable"))
+register(OpDef("random_flip2d", "random", "each image flipped left-right with probability 1/2 (augmentation)",
+               _augment_rule, _flip_reference, no_gradient, notes="applied to data; not differentiable"))
+
+
+def random_shift2d(x: Tensor, key: Tensor, max_shift: int = 2, salt: int = 0) -> Tensor:
+    """Shift each NCHW image by a random whole number of pixels (at most ``max_shift``), zero filled."""
+    return apply("random_shift2d", [x, key], {"max_shift": int(max_shift), "salt": int(salt)})
+
+
+def random_flip2d(x: Tensor, key: Tensor, salt: int = 0) -> Tensor:
+    """Flip each NCHW image left-right with probability 1/2."""
+    return apply("random_flip2d", [x, key], {"salt": int(salt)})

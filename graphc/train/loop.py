@@ -19,7 +19,7 @@ import numpy as np
 from .. import dsl
 from ..backends import compile as compile_graph
 from ..ir import Graph
-from ..nn.layers import Context, Dropout, Module
+from ..nn.layers import Context, Module, RandomLayer
 from ..ops import elementwise as ew
 from ..ops import nn as nn_ops
 from ..ops import reduce
@@ -95,8 +95,9 @@ class History:
                    d.get("stopped_early", False))
 
 
-def _has_dropout(model: Module) -> bool:
-    return any(isinstance(m, Dropout) and m.rate > 0 for m in model.modules())
+def _needs_key(model: Module) -> bool:
+    """Whether the training step draws random numbers (dropout, augmentation): then it takes a key."""
+    return any(isinstance(m, RandomLayer) and m.active for m in model.modules())
 
 
 def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss: str = "softmax_cross_entropy",
@@ -108,7 +109,7 @@ def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss:
         x = dsl.input("x", (batch_size,) + model.in_shape, dtype)
         y = dsl.input("y", (batch_size,), "int64")
         lr = dsl.input("lr", (), dtype)
-        key = dsl.input("key", (), "int64") if _has_dropout(model) else None
+        key = dsl.input("key", (), "int64") if _needs_key(model) else None
         ctx = Context(training=True, key=key)
         logits = model(x, ctx)
         objective = LOSSES[loss](logits, y)
