@@ -9,11 +9,11 @@ import os
 
 import numpy as np
 import pytest
+from test_passes_support import assert_close, load_bench, run_with_plan, values
 
 import graphc
 from graphc import passes
 from graphc.passes.core import NON_KERNEL_OPS
-from test_passes_support import assert_close, load_bench, run_with_plan, values
 
 
 # tests/golden/mlp_step_fused.txt holds this function's line numbers: it comes first in the file so that
@@ -224,3 +224,26 @@ def test_optimized_training_steps_run_in_their_planned_memory(which):
     assert_close(outputs, want[:1], rtol=2e-4, atol=1e-6)
     for (p, _), new in zip(g.updates, want[1:]):
         np.testing.assert_allclose(params[p.name], new, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("make_optimizer", [lambda: graphc.optim.Momentum(0.1, 0.9), lambda: graphc.optim.Adam(1e-2),
+                                            lambda: graphc.optim.RMSProp(1e-2)], ids=["momentum", "adam", "rmsprop"])
+def test_optimizer_state_updates_run_in_place_and_match(make_optimizer):
+    rng = np.random.default_rng(0)
+    with graphc.Graph("opt_step") as g:
+        x = graphc.input("x", (8, 5))
+        y = graphc.input("y", (8,), "int64")
+        W1 = graphc.param("W1", rng.standard_normal((5, 6)).astype(np.float32))
+        b1 = graphc.param("b1", np.zeros(6, np.float32))
+        W2 = graphc.param("W2", rng.standard_normal((6, 3)).astype(np.float32))
+        b2 = graphc.param("b2", np.zeros(3, np.float32))
+        loss = g.output(graphc.softmax_cross_entropy(graphc.dense(graphc.tanh(graphc.dense(x, W1, b1)), W2, b2), y))
+        make_optimizer().minimize(loss, [W1, b1, W2, b2])
+    feeds = {"x": rng.random((8, 5), dtype=np.float32), "y": rng.integers(0, 3, 8)}
+    want = values(g, feeds)
+    result = graphc.optimize(g, level=3)
+    assert len(result.buffer_plan.inplace_updates) == len(g.updates)   # weights and optimizer state
+    outputs, params = run_with_plan(result.graph, result.buffer_plan, feeds)
+    assert_close(outputs, want[:1], rtol=1e-6, atol=1e-7)
+    for (p, _), new in zip(g.updates, want[1:]):
+        np.testing.assert_allclose(params[p.name], new, rtol=1e-6, atol=1e-7)

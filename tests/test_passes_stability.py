@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_passes_support import values
 
 import graphc
-from test_passes_support import values
 
 N, C = 6, 5
 BIG = 1e4

@@ -23,6 +23,8 @@ from .core import Rewriter, copy_node, rewrite
 MAX_OPS = 40
 #: ``sympy.simplify`` itself only below this size.
 FULL_SIMPLIFY_OPS = 12
+#: The cheap rewrites tried on every expression (``sympy.simplify`` is added for small ones).
+TRANSFORMS = (sp.factor_terms, sp.powsimp, sp.cancel, sp.expand)
 #: Default time budget for one call of the pass, in seconds.
 BUDGET_S = 0.3
 
@@ -55,7 +57,7 @@ def simplest_equivalent(expr: sp.Expr) -> sp.Expr:
     ops = sp.count_ops(expr)
     if ops > MAX_OPS or expr.is_number:
         return expr
-    transforms = [sp.factor_terms, sp.powsimp, sp.cancel, sp.expand]
+    transforms = list(TRANSFORMS)
     if ops <= FULL_SIMPLIFY_OPS:
         transforms.append(sp.simplify)
     symbols = sorted(expr.free_symbols, key=lambda s: s.name)
