@@ -257,6 +257,28 @@ def test_fuse_elementwise_cuts_at_values_other_kernels_read_and_computes_nothing
     np.testing.assert_allclose(values(out, {"x": xv})[0], hv @ xv * 2 + np.exp(hv), rtol=1e-13)
 
 
+def test_fuse_elementwise_bounds_expressions_that_reuse_values():
+    """x <- tanh(x*x + x), 25 times: inlined as a tree it would have ~2^25 nodes; values get materialized."""
+    from graphc.passes.fusion import MAX_TREE
+
+    with graphc.Graph() as g:
+        x = graphc.input("x", (5,), "float64")
+        t = x
+        for _ in range(25):
+            t = graphc.tanh(t * t + t)
+        g.output(t)
+    out = passes.fuse_elementwise(g)
+    fused_nodes = [n for n in out.nodes if n.op == "fused"]
+    assert 2 <= len(fused_nodes) <= 25
+    assert all(len(n.absorbed) <= MAX_TREE for n in fused_nodes)
+    assert sum(len(n.absorbed) for n in fused_nodes) == 75        # every op absorbed exactly once
+    xv = np.linspace(-1.0, 1.0, 5)
+    want = xv.copy()
+    for _ in range(25):
+        want = np.tanh(want * want + want)
+    np.testing.assert_allclose(values(out, {"x": xv})[0], want, rtol=1e-12)
+
+
 def test_fuse_elementwise_absorbs_derivative_ops_and_earlier_fused_nodes():
     x0, x1 = fused_symbols(2)
     with graphc.Graph() as g:

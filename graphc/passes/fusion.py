@@ -28,6 +28,8 @@ from ..ops import registry
 from ..ops.elementwise import fused_symbols
 from .core import Rewriter, absorbed_of, copy_node, make, make_constant, rewrite
 
+#: Largest expression tree (in graph nodes, a value read twice counted twice) one fused node builds.
+MAX_TREE = 256
 #: Ops inlined into every fused node that reads them, never materialized on their own account.
 _FREE = frozenset({"broadcast_to", "cast"})
 
@@ -112,9 +114,36 @@ class _Group:
 
 
 def _assign_roots(graph: Graph) -> dict[int, Node]:
-    """id(fusible node) -> the node whose fused node computes it (itself when materialized)."""
+    """id(fusible node) -> the node whose fused node computes it (itself when materialized).
+
+    An expression is a tree over the graph's DAG: a value read twice inside one fused node appears
+    twice in it. Where that would make an expression larger than MAX_TREE nodes, the value is
+    materialized instead, so that repeated reuse (x <- x*x + x, k times) cannot grow an
+    expression exponentially.
+    """
     users = graph.consumers()
-    kept = {id(n) for n in graph.outputs} | {id(v) for _, v in graph.updates}
+    forced: set[int] = set()
+    while True:
+        root_of = _roots(graph, users, forced)
+        size: dict[int, int] = {}
+        grew = False
+        for n in graph.nodes:
+            if id(n) not in root_of:
+                continue
+            mine = root_of[id(n)]
+            size[id(n)] = 1 + sum(size.get(id(i), 0) for i in n.inputs
+                                  if id(i) in root_of and root_of[id(i)] is not i
+                                  and (root_of[id(i)] is None or root_of[id(i)] is mine or mine is None))
+            if size[id(n)] > MAX_TREE and mine is not n and n.op not in _FREE:
+                forced.add(id(n))
+                size[id(n)] = 1
+                grew = True
+        if not grew:
+            return root_of
+
+
+def _roots(graph: Graph, users, forced: set[int]) -> dict[int, Node]:
+    kept = {id(n) for n in graph.outputs} | {id(v) for _, v in graph.updates} | forced
     root_of: dict[int, Node] = {}
     for n in reversed(graph.nodes):
         if not fusible(n):
