@@ -45,21 +45,10 @@ class Rewriter:
     def __init__(self, graph: Graph):
         self.graph = graph
         self.map: dict[int, Node] = {}
-        self.consumers = graph.consumers()
-        self.roots = {id(n) for n in graph.outputs} | {id(v) for _, v in graph.updates} | {
-            id(p) for p, _ in graph.updates}
 
     def new(self, old: Node) -> Node:
         """The node of the new graph standing for ``old`` (which must come earlier in the old graph)."""
         return self.map[id(old)]
-
-    def users(self, old: Node) -> list[Node]:
-        """The old nodes reading ``old``."""
-        return self.consumers[id(old)]
-
-    def is_root(self, old: Node) -> bool:
-        """Whether ``old`` is an output, an update value or an updated parameter: it must survive as itself."""
-        return id(old) in self.roots
 
 
 Visit = Callable[[Rewriter, Node, tuple], "Node | None"]
