@@ -273,3 +273,11 @@ def test_an_optimized_graph_can_be_differentiated_again():
 
     for got, want in zip(gradients(out), gradients(g)):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_optimizing_twice_changes_nothing_more():
+    for g in (build_mlp_step(batch=8, layers=(20, 16, 12, 10)), load_bench().lenet_step(batch=2)):
+        once = graphc.optimize(g, level=3).graph
+        twice = graphc.optimize(once, level=3).graph
+        assert twice.text() == once.text()
+        assert [len(n.absorbed) for n in twice.nodes] == [len(n.absorbed) for n in once.nodes]
