@@ -14,30 +14,83 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import autodiff
+from . import autodiff, datasets, nn, optim, train  # noqa: E402  (layers and training sit on top of the ops)
 from .autodiff import check_grad, grad, hvp, jvp
 from .backends import Executable, compile
 from .dsl import Tensor, TensorSpec, apply, constant, input, param, trace
 from .ir import (
-    DType, DTypeError, Graph, GraphcError, InputError, Node, ShapeError, bool_, float32, float64, int32, int64,
+    DType,
+    DTypeError,
+    Graph,
+    GraphcError,
+    InputError,
+    Node,
+    ShapeError,
+    bool_,
+    float32,
+    float64,
+    int32,
+    int64,
 )
 from .ops import registry
 from .ops.conv import avg_pool2d, conv2d, conv_transpose2d, max_pool2d
 from .ops.elementwise import (
-    abs, add, cast, clip, div, elementwise, elu, equal, exp, gaussian, greater, greater_equal, identity, leaky_relu,
-    less, less_equal, log, maximum, minimum, mul, neg, not_equal, pow, ramp, relu, selu, sigmoid, sign, softplus,
-    softsign, sqrt, square, step, sub, sympy_sigmoid, sympy_softplus, tanh, where,
+    abs,
+    add,
+    cast,
+    clip,
+    div,
+    elementwise,
+    elu,
+    equal,
+    exp,
+    gaussian,
+    greater,
+    greater_equal,
+    identity,
+    leaky_relu,
+    less,
+    less_equal,
+    log,
+    maximum,
+    minimum,
+    mul,
+    neg,
+    not_equal,
+    pow,
+    ramp,
+    relu,
+    selu,
+    sigmoid,
+    sign,
+    softplus,
+    softsign,
+    sqrt,
+    square,
+    step,
+    sub,
+    sympy_sigmoid,
+    sympy_softplus,
+    tanh,
+    where,
 )
 from .ops.linalg import dense, matmul
 from .ops.nn import (
-    batch_norm, binary_cross_entropy, binary_cross_entropy_with_logits, l2_penalty, log_softmax, maxout, mse,
-    one_hot, softmax, softmax_cross_entropy,
+    batch_norm,
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    l2_penalty,
+    log_softmax,
+    maxout,
+    mse,
+    one_hot,
+    softmax,
+    softmax_cross_entropy,
 )
-from .ops.reduce import argmax, broadcast_to, max, mean, min, sum
 from .ops.random import random_uniform
+from .ops.reduce import argmax, broadcast_to, max, mean, min, sum
 from .ops.shape import concatenate, reshape, transpose
 from .passes import OptimizeResult, optimize
-from . import datasets, nn, optim, train  # noqa: E402  (layers and training sit on top of the ops)
 from .train import fit
 
 __version__ = "0.1.0"

@@ -74,7 +74,7 @@ def test_augmentation_layers_act_only_in_training():
     model = Sequential([RandomShift(2), RandomFlip(), Flatten(), Dense(3)], input_shape=(1, 6, 6))
     assert model.parameter_count() == 36 * 3 + 3
     x = np.random.default_rng(1).random((4, 1, 6, 6)).astype(np.float32)
-    with graphc.Graph() as g:
+    with graphc.Graph():
         xi = graphc.input("x", x.shape)
         key = graphc.input("key", (), "int64")
         train = model(xi, Context(training=True, key=key))

@@ -293,7 +293,7 @@ def sympy_softplus(x: sp.Expr) -> sp.Expr:
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
 
-P = sp.Piecewise
+P = sp.Piecewise  # short alias for the definitions below
 define("neg", lambda x: -x, dtype_rule=dtype_promote)
 define("add", lambda x, y: x + y, 2, dtype_rule=dtype_promote)
 define("sub", lambda x, y: x - y, 2, dtype_rule=dtype_promote)
@@ -337,7 +337,6 @@ define("ramp", lambda x, a, b, c, d: P((a, x < c), (b, x > d), (a + (x - c) * (b
        doc="ramp: a below c, b above d, linear from (c, a) to (d, b) between (the course's neuron model)")
 define("gaussian", lambda x, mu, sigma: sp.exp(-((x - mu) / sigma) ** 2 / 2) / (sp.sqrt(2 * sp.pi) * sigma),
        params={"mu": 0.0, "sigma": 1.0}, doc="gaussian: exp(-((x - mu)/sigma)^2 / 2) / (sqrt(2 pi) sigma)")
-del P
 
 # -- builders: the functions users call ------------------------------------------------------------------
 
