@@ -80,8 +80,11 @@ def constant_number(node: Node) -> sp.Expr | None:
         return sp.Integer(int(bool(v)))
     if node.dtype.kind == "i":
         return sp.Integer(int(v))
-    v = float(v)
-    return sp.Float(v) if np.isfinite(v) else None
+    if not np.isfinite(v):
+        return None
+    # The shortest decimal that gives the same value in the constant's own dtype: the f32 constant
+    # 0.01 reads 0.01, not 0.00999999977648258, in the expression and in generated code.
+    return sp.Float(str(v), 17 if node.dtype.name == "float64" else 9)
 
 
 @functools.lru_cache(maxsize=4096)
