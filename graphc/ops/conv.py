@@ -80,17 +80,19 @@ def _window(xp: np.ndarray, i: int, j: int, out_hw, stride, dilation) -> np.ndar
 
 
 def conv2d_reference(arrays, attrs):
+    """Every output pixel is the dot product of the kernel with the input window under it:
+    a (strided, dilated) sliding-window view of the padded input contracted with the kernel."""
     x, w = arrays
     kh, kw = w.shape[2:]
-    ho = conv_output_size(x.shape[2], kh, attrs["stride"][0], attrs["padding"][0], attrs["dilation"][0])
-    wo = conv_output_size(x.shape[3], kw, attrs["stride"][1], attrs["padding"][1], attrs["dilation"][1])
+    (sh, sw), (dh, dw) = attrs["stride"], attrs["dilation"]
     xp = _pad_hw(x, attrs["padding"])
-    out = np.zeros((x.shape[0], w.shape[0], ho, wo), np.result_type(x, w))
-    for i in range(kh):
-        for j in range(kw):
-            patch = _window(xp, i, j, (ho, wo), attrs["stride"], attrs["dilation"])
-            out += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
-    return out
+    span = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+    windows = np.lib.stride_tricks.sliding_window_view(xp, span, axis=(2, 3))  # [N, C, H', W', span_h, span_w]
+    windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]                            # [N, C, Ho, Wo, kh, kw]
+    n, c, ho, wo = windows.shape[:4]
+    columns = windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)  # im2col: one row per pixel
+    out = columns @ w.reshape(w.shape[0], c * kh * kw).T                                # [N*Ho*Wo, O]
+    return out.reshape(n, ho, wo, w.shape[0]).transpose(0, 3, 1, 2)
 
 
 def conv2d_weight_grad(x: Tensor, gy: Tensor, kernel: tuple[int, int], stride, padding, dilation) -> Tensor:
@@ -161,10 +163,14 @@ def conv_transpose2d_reference(arrays, attrs):
     full_h = (h - 1) * sh + dh * (kh - 1) + 1 + oph
     full_w = (wd - 1) * sw + dw * (kw - 1) + 1 + opw
     full = np.zeros((n, w.shape[1], full_h, full_w), np.result_type(x, w))
+    # Every input pixel times the whole kernel (one GEMM), then each tap's products added to the
+    # output pixels it lands on (col2im).
+    products = (x.transpose(0, 2, 3, 1).reshape(n * h * wd, -1) @ w.reshape(w.shape[0], -1))
+    products = products.reshape(n, h, wd, w.shape[1], kh, kw)
     for i in range(kh):
         for j in range(kw):
-            full[:, :, i * dh: i * dh + sh * (h - 1) + 1: sh, j * dw: j * dw + sw * (wd - 1) + 1: sw] += np.einsum(
-                "nchw,co->nohw", x, w[:, :, i, j])
+            full[:, :, i * dh: i * dh + sh * (h - 1) + 1: sh, j * dw: j * dw + sw * (wd - 1) + 1: sw] += \
+                products[:, :, :, :, i, j].transpose(0, 3, 1, 2)
     return full[:, :, ph: full_h - ph, pw: full_w - pw]
 
 
