@@ -1,0 +1,138 @@
+"""The Numba CPU backend: Graph -> one generated Python module -> one native call per run.
+
+    lower(graph, inputs) -> Program          codegen: the module's source, buffer plan, checks
+    build_program(program) -> Executable     cache lookup / write, import, Numba compile
+
+:func:`build` does both; ``graphc.compile(outputs, backend="cpu")`` calls it. Compile options:
+``check_finite`` (NaN/Inf checks on inputs, parameters and outputs), ``boundscheck`` (Numba's
+index checks, for debugging the generator), ``fastmath`` (LLVM flags; default reassociation and
+contraction, which keep NaN/Inf semantics), ``cache_dir`` (default ``$GRAPHC_CACHE_DIR`` or
+``~/.cache/graphc``).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from ...ir import Graph, GraphcError, Node
+from .cache import Entry, cache_key, cache_root, locked
+from .codegen import lower
+from .executable import NumbaExecutable
+from .program import Program
+from .rules import LOWERINGS, has_lowering, lowering_for
+
+#: LLVM fast-math flags used by default: reassociate (vectorized reductions) and contract (FMA);
+#: not nnan/ninf, which would break the overflow-free branches of sigmoid and softplus.
+DEFAULT_FASTMATH = ("contract", "reassoc")
+
+_CODEGEN_OPTIONS = ("boundscheck", "fastmath", "part_lines")
+
+
+def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check_finite: bool = False,
+          boundscheck: bool = False, fastmath: Sequence[str] | None = None,
+          cache_dir: str | None = None, part_lines: int | None = None) -> NumbaExecutable:
+    """Lower ``graph`` and build it (see :func:`build_program`)."""
+    if isinstance(graph, Program):
+        return build_program(graph, check_finite=check_finite, cache_dir=cache_dir)
+    t0 = time.perf_counter()
+    options = {"boundscheck": bool(boundscheck), "part_lines": part_lines,
+               "fastmath": tuple(sorted(DEFAULT_FASTMATH if fastmath is None else fastmath))}
+    program = lower(graph, inputs, options)
+    codegen_s = time.perf_counter() - t0
+    exe = build_program(program, check_finite=check_finite, cache_dir=cache_dir)
+    exe.stats["codegen_s"] = codegen_s
+    return exe
+
+
+def build_program(program: Program, *, check_finite: bool = False, cache_dir: str | None = None) -> NumbaExecutable:
+    """Compile ``program`` through the on-disk cache and wrap it in an Executable.
+
+    The cache entry is looked up and written under an exclusive file lock; an entry whose files do
+    not match their manifest checksums is wiped and rebuilt (``stats["cache"] == "rebuilt"``).
+    """
+    graph = program.graph
+    positions = [graph.nodes.index(n) for n in program.inputs]
+    options = {k: program.options.get(k) for k in _CODEGEN_OPTIONS}
+    key = cache_key(graph.structural_hash(), positions, options)
+    entry = Entry(cache_root(cache_dir), key)
+    stats: dict[str, Any] = {"cache_key": key, "cache_dir": str(entry.dir)}
+    t0 = time.perf_counter()
+    with locked(entry.lock_path):
+        problems = entry.problems()
+        if problems:
+            stats["cache"] = "miss" if problems == ["absent"] else "rebuilt"
+            stats["cache_problems"] = problems
+            source_sha = entry.reset(program.source)
+        else:
+            stats["cache"] = "hit"
+            source_sha = entry.read_manifest()["files"]["graph.py"]
+        t1 = time.perf_counter()
+        module = entry.import_module(reuse=not problems)
+        t2 = time.perf_counter()
+        step_sig = _step_signature(program)
+        hits_before = sum(module.step.stats.cache_hits.values())
+        try:
+            module.step.compile(step_sig)
+        except Exception:
+            if stats["cache"] != "hit":
+                raise
+            # Numba's cache files passed their checksums yet failed to load: rebuild from scratch.
+            stats["cache"] = "rebuilt"
+            stats["cache_problems"] = ["numba cache failed to load"]
+            source_sha = entry.reset(program.source)
+            module = entry.import_module(reuse=False)
+            module.step.compile(step_sig)
+        t3 = time.perf_counter()
+        numba_hit = sum(module.step.stats.cache_hits.values()) > hits_before or len(module.step.overloads) > 0 and \
+            stats["cache"] == "hit" and not module.step.stats.cache_misses
+        if stats["cache"] != "hit" or module.step.stats.cache_misses:
+            entry.write_manifest(source_sha, {"graph": graph.name, "program": program.summary()})
+        if stats["cache"] == "hit" and module.step.stats.cache_misses:
+            stats["cache"] = "numba-miss"  # our entry was fine but Numba recompiled (e.g. another CPU)
+    stats.update({"import_s": t2 - t1, "numba_compile_s": t3 - t2, "build_s": time.perf_counter() - t0,
+                  "numba_cache_hit": bool(numba_hit)})
+    source = entry.module_path.read_text()
+    return NumbaExecutable(program, module, stats, source, entry, check_finite=check_finite)
+
+
+def _step_signature(program: Program) -> tuple:
+    import numba
+    from numba import types
+
+    args = [types.Array(numba.from_dtype(n.dtype.np), n.ndim, "C") for n in program.inputs]
+    u8 = types.Array(types.uint8, 1, "C")
+    return tuple(args) + (u8, u8, types.Array(types.int64, 1, "C"))
+
+
+def compile_function(exe: NumbaExecutable, name: str, signature: tuple):
+    """Compile (or load from the cache) another function of ``exe``'s module, e.g. ``epoch``; keeps the
+    manifest in step with Numba's cache files."""
+    fn = getattr(exe.module, name)
+    if tuple(signature) in fn.overloads:
+        return fn
+    entry: Entry = exe._entry
+    t0 = time.perf_counter()
+    with locked(entry.lock_path):
+        fn.compile(signature)
+        if fn.stats.cache_misses:
+            manifest = entry.read_manifest() or {}
+            entry.write_manifest(manifest.get("files", {}).get("graph.py", ""),
+                                 {k: v for k, v in manifest.items() if k in ("graph", "program")})
+    exe.stats[f"{name}_compile_s"] = time.perf_counter() - t0
+    return fn
+
+
+def fresh_dispatcher(exe: NumbaExecutable):
+    """The driver compiled afresh, without the cache (machine code loaded from Numba's cache carries
+    no LLVM IR): the module's source is executed again with ``cache=False`` and ``step`` compiled."""
+    import types as pytypes
+
+    source = exe.source.replace("NJIT = dict(cache=True,", "NJIT = dict(cache=False,", 1)
+    module = pytypes.ModuleType(exe.module.__name__ + "_inspect")
+    exec(compile(source, exe._entry.module_path.as_posix(), "exec"), module.__dict__)
+    module.step.compile(exe._signature)
+    return module.step
+
+
+__all__ = ["DEFAULT_FASTMATH", "LOWERINGS", "NumbaExecutable", "Program", "build", "build_program", "cache_root",
+           "has_lowering", "lower", "lowering_for"]

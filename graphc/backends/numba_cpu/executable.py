@@ -1,0 +1,264 @@
+"""NumbaExecutable: the compiled graph. Owns the parameter store and the workspace; one native call per run."""
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, MutableMapping
+
+import numpy as np
+
+from ...ir import InputError, Node
+from ..executable import Executable, param_key, validate
+from .program import ErrorSite, Program
+
+ALIGN = 64
+
+
+def aligned_bytes(nbytes: int) -> np.ndarray:
+    """A zeroed uint8 array of ``nbytes`` whose data starts on a 64-byte boundary (cache lines, SIMD)."""
+    raw = np.zeros(max(nbytes, 1) + ALIGN, np.uint8)
+    start = (-raw.ctypes.data) % ALIGN
+    return raw[start:start + max(nbytes, 1)]
+
+
+class ParamStore(MutableMapping):
+    """Parameter name -> array, each a view into the executable's parameter store.
+
+    Assigning ``params[name] = value`` copies into the store (checked like an input): the native
+    code keeps reading the same memory, so replacing the array object would silently do nothing.
+    """
+
+    def __init__(self, views: dict[str, np.ndarray], nodes: dict[str, Node]):
+        self._views = views
+        self._nodes = nodes
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._views[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in self._views:
+            raise InputError(f"no parameter {key!r}; parameters are {list(self._views)}")
+        self._views[key][...] = validate(self._nodes[key], value, "param")
+
+    def __delitem__(self, key: str) -> None:
+        raise InputError("parameters of a compiled graph cannot be removed")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._views)
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def __repr__(self) -> str:
+        return "ParamStore(" + ", ".join(f"{k}: {v.dtype}{list(v.shape)}" for k, v in self._views.items()) + ")"
+
+
+class NumbaExecutable(Executable):
+    """A graph compiled by the numba_cpu backend: ``exe(*inputs)`` is one call of the native driver.
+
+    >>> import graphc, numpy as np
+    >>> with graphc.Graph("scale") as g:
+    ...     x = graphc.input("x", (3,))
+    ...     y = g.output(graphc.relu(x) * 2.0)
+    >>> f = graphc.compile(y, backend="cpu")
+    >>> f(np.array([-1.0, 0.5, 2.0], np.float32))
+    array([0., 1., 4.], dtype=float32)
+
+    ``.source`` is the generated module, ``.llvm_ir``/``.asm`` Numba's output for the driver,
+    ``.stats`` the time per stage. Not thread-safe: calls share one workspace.
+    """
+
+    backend = "cpu"
+
+    def __init__(self, program: Program, module: Any, stats: dict[str, Any], source: str, entry: Any,
+                 check_finite: bool = False):
+        super().__init__(program.graph, program.inputs)
+        self.program = program
+        self.module = module
+        self.source = source
+        self.stats.update(stats)
+        self.check_finite = check_finite
+        self._entry = entry
+        self._state = aligned_bytes(program.state_bytes)
+        self._ws = aligned_bytes(program.workspace_bytes)
+        self._status = np.zeros(4, np.int64)
+        views: dict[str, np.ndarray] = {}
+        nodes: dict[str, Node] = {}
+        keys = {id(p): param_key(p, k) for k, p in enumerate(self.graph.params)}
+        for node in self.graph.nodes:
+            slot = program.state.get(id(node))
+            if slot is None:
+                continue
+            view = self._state[slot.offset:slot.offset + slot.nbytes].view(slot.dtype).reshape(slot.shape)
+            view[...] = node.value if node.op == "constant" else self.params[keys[id(node)]]
+            if node.op == "param":
+                views[keys[id(node)]] = view
+                nodes[keys[id(node)]] = node
+        self.params = ParamStore(views, nodes)
+        self._step = module.step
+        self._signature = self._step.signatures[0]
+        self._errors = {e.code: e for e in program.errors}
+        self._inspectable = None
+
+    # -- running ----------------------------------------------------------------------------------
+    def bind(self, args: tuple, kwargs: Mapping[str, Any]) -> list[np.ndarray]:
+        arrays = super().bind(args, kwargs)
+        # Native code needs aligned, writable (its signature's) arrays: copy the rare ones that are not.
+        return [a if a.flags.aligned and a.flags.writeable else np.array(a, order="C") for a in arrays]
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        if self.check_finite:
+            self._check_finite(arrays)
+        outs = self._step(*arrays, self._state, self._ws, self._status)
+        if self._status[0]:
+            self._raise_status(arrays)
+        if self.check_finite:
+            for k, (o, node) in enumerate(zip(outs, self.outputs)):
+                if o.dtype.kind == "f" and not np.isfinite(o).all():
+                    raise InputError(f"{self.graph.name}: output {k} (%{self.graph.nodes.index(node)} {node.op}"
+                                     f"{' at ' + str(node.loc) if node.loc else ''}) is not finite: "
+                                     f"{_first_bad(o)} (compiled with check_finite=True)")
+        return list(outs)
+
+    def _check_finite(self, arrays: list[np.ndarray]) -> None:
+        for node, a in zip(self.inputs, arrays):
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise InputError(f"input {node.name!r}: contains NaN or Inf, {_first_bad(a)} "
+                                 f"(compiled with check_finite=True)")
+        for name, p in self.params.items():
+            if p.dtype.kind == "f" and not np.isfinite(p).all():
+                raise InputError(f"parameter {name!r}: contains NaN or Inf, {_first_bad(p)} "
+                                 f"(compiled with check_finite=True)")
+
+    def _raise_status(self, arrays: list[np.ndarray] | None, context: str = "", data=None) -> None:
+        code, index, value = (int(v) for v in self._status[:3])
+        self._status[:] = 0
+        site: ErrorSite | None = self._errors.get(code)
+        if site is None:
+            raise InputError(f"{self.graph.name}: native code reported unknown status {code}")
+        where = f" at {site.where}" if site.where else ""
+        count = ""
+        source = site.input
+        if source is not None:
+            arr = None
+            if data is not None:
+                arr = data.get(source)
+            elif arrays is not None:
+                arr = arrays[self.input_names.index(source)]
+            if arr is not None:
+                bad = int(np.count_nonzero((arr < 0) | (arr >= site.classes)))
+                count = f"; {bad} of {arr.size} labels are out of range"
+        label = f"input {source!r}" if source is not None else f"the labels of %{site.node}"
+        raise InputError(f"{label}: label {value} at index {index}{context} is out of range [0, {site.classes}) "
+                         f"for {site.op} (%{site.node}{where}){count}")
+
+    # -- a whole epoch in one native call -------------------------------------------------------------
+    def run_epoch(self, *data: Any, seed: int = 0, perm: Any = None, last_batch: str = "wrap",
+                  batch_size: int | None = None):
+        """Run every minibatch of one shuffled epoch in one native call; returns each output per step.
+
+        ``data`` holds one array per input, [N, ...] where the input is [B, ...] (B the batch size the
+        graph was built with). Rows are visited in ``perm`` order (default: a permutation drawn from
+        ``numpy.random.default_rng(seed)``). ``last_batch="wrap"`` fills the last, partial minibatch
+        with rows from the start of the permutation (ceil(N/B) steps, every row at least once);
+        ``"drop"`` skips it (N // B steps). Parameter updates apply after every step, as for calls.
+        Outputs come back stacked: [steps, *output shape].
+        """
+        if not hasattr(self.module, "epoch"):
+            raise InputError(f"{self.graph.name}: run_epoch needs inputs that all share a leading batch axis")
+        if len(data) != len(self.inputs):
+            raise InputError(f"{self.graph.name}: run_epoch expected {len(self.inputs)} data arrays "
+                             f"{self.input_names}, got {len(data)}")
+        batch = self.inputs[0].shape[0]
+        if batch_size is not None and batch_size != batch:
+            raise InputError(f"{self.graph.name}: batch_size {batch_size} differs from the batch size {batch} "
+                             f"the graph was built with (recompile the graph for another batch size)")
+        arrays = []
+        n = None
+        for node, d in zip(self.inputs, data):
+            a = np.asarray(d)
+            if a.ndim != node.ndim or a.shape[1:] != node.shape[1:]:
+                raise InputError(f"run_epoch: data for input {node.name!r}: expected shape [N, "
+                                 f"{', '.join(map(str, node.shape[1:]))}] (rows of {node.type_str}), got {list(a.shape)}")
+            if n is not None and a.shape[0] != n:
+                raise InputError(f"run_epoch: data for input {node.name!r} has {a.shape[0]} rows, "
+                                 f"the first input has {n}")
+            n = a.shape[0]
+            row = validate(_rows_node(node, n), a)
+            arrays.append(row if row.flags.aligned and row.flags.writeable else np.array(row))
+        if not n:
+            raise InputError("run_epoch: no data rows")
+        for site in self.program.errors:  # labels are checked for the whole data set up front
+            if site.input is not None:
+                a = arrays[self.input_names.index(site.input)]
+                if a.size and (a.min() < 0 or a.max() >= site.classes):
+                    bad = np.flatnonzero((a.reshape(-1) < 0) | (a.reshape(-1) >= site.classes))
+                    raise InputError(f"run_epoch: input {site.input!r}: label {int(a.reshape(-1)[bad[0]])} at row "
+                                     f"{int(bad[0])} is out of range [0, {site.classes}) for {site.op} "
+                                     f"(%{site.node}{' at ' + site.where if site.where else ''}); "
+                                     f"{bad.size} of {a.size} labels are out of range")
+        if perm is None:
+            perm = np.random.default_rng(seed).permutation(n)
+        perm = np.ascontiguousarray(perm, dtype=np.int64)
+        if perm.shape != (n,) or (perm.size and (perm.min() < 0 or perm.max() >= n)):
+            raise InputError(f"run_epoch: perm must be {n} row indices in [0, {n}), got shape {list(perm.shape)}"
+                             + (f" with values in [{perm.min()}, {perm.max()}]" if perm.size else ""))
+        if last_batch not in ("wrap", "drop"):
+            raise InputError(f"run_epoch: last_batch must be 'wrap' or 'drop', got {last_batch!r}")
+        steps = -(-n // batch) if last_batch == "wrap" else n // batch
+        if self.check_finite:
+            self._check_finite(arrays)
+        epoch = self._epoch_function(arrays)
+        outs = epoch(*arrays, perm, steps, self._state, self._ws, self._status)
+        if self._status[0]:
+            step = int(self._status[3])
+            self._raise_status(None, context=f" of minibatch {step}", data={})
+        results = [o.reshape((steps,) + shape) for o, (shape, _) in zip(outs, self.program.outputs)]
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def _epoch_function(self, arrays):
+        from . import compile_function
+
+        return compile_function(self, "epoch", tuple(_numba_type(a) for a in arrays) + _epoch_tail())
+
+    # -- inspection ---------------------------------------------------------------------------------
+    @property
+    def llvm_ir(self) -> str:
+        """The driver's LLVM IR (Numba's ``inspect_llvm``); recompiled without the cache if needed."""
+        return self._inspect("inspect_llvm")
+
+    @property
+    def asm(self) -> str:
+        """The driver's machine code as assembly (Numba's ``inspect_asm``)."""
+        return self._inspect("inspect_asm")
+
+    def _inspect(self, what: str) -> str:
+        # Code Numba loaded from its cache (or whose parts it did) carries no IR: compile a fresh copy once.
+        if self._inspectable is None:
+            from . import fresh_dispatcher
+
+            self._inspectable = fresh_dispatcher(self)
+        return getattr(self._inspectable, what)(self._signature)
+
+
+def _rows_node(node: Node, n: int) -> Node:
+    import dataclasses
+
+    return dataclasses.replace(node, shape=(n,) + node.shape[1:])
+
+
+def _numba_type(a: np.ndarray):
+    import numba
+
+    return numba.typeof(a)
+
+
+def _epoch_tail():
+    from numba import types
+
+    return (types.Array(types.int64, 1, "C"), types.int64, types.Array(types.uint8, 1, "C"),
+            types.Array(types.uint8, 1, "C"), types.Array(types.int64, 1, "C"))
+
+
+def _first_bad(a: np.ndarray) -> str:
+    idx = np.unravel_index(int(np.flatnonzero(~np.isfinite(a.reshape(-1)))[0]), a.shape) if a.ndim else ()
+    value = a[idx] if a.ndim else a[()]
+    return f"first at index {list(int(i) for i in idx)}: {value}"

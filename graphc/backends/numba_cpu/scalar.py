@@ -1,0 +1,139 @@
+"""Scalar code for elementwise kernels: a SymPy expression printed as Numba-friendly Python.
+
+Every elementwise op (built-in, user-defined, derivative ``d<op>_d<x>``, ``fused``) is one SymPy
+expression; this module turns it into straight-line scalar statements (after ``sympy.cse``) with
+typed literals, so a float32 kernel stays in float32 (``f32(0.5) * a0``, not a float64 ``0.5``).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import sympy as sp
+from sympy.printing.pycode import PythonCodePrinter
+
+#: The names the generated module binds to NumPy's scalar types.
+FLOAT_ALIAS = {"float32": "f32", "float64": "f64"}
+CAST = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "bool"}
+
+
+class ScalarPrinter(PythonCodePrinter):
+    """SymPy -> scalar Python for @njit code. Numbers carry the kernel's float type (``float_alias``);
+    small integer powers become products; Piecewise becomes nested conditional expressions."""
+
+    def __init__(self, float_alias: str | None):
+        super().__init__({"fully_qualified_modules": True, "standard": "python3"})
+        self.float_alias = float_alias
+
+    def _typed(self, text: str) -> str:
+        return f"{self.float_alias}({text})" if self.float_alias else text
+
+    def _print_Float(self, expr) -> str:
+        # A low-precision Float (the passes write float32 constants with 9 digits) means its decimal text,
+        # as SymPy's own printers (and so the reference backend) read it; a float64 one its exact value.
+        value = float(str(expr)) if getattr(expr, "_prec", 53) < 53 else float(expr)
+        if not np.isfinite(value):
+            return self._typed("math.inf" if value > 0 else "-math.inf") if value == value else self._typed("math.nan")
+        return self._typed(repr(value))
+
+    def _print_Integer(self, expr) -> str:
+        return self._typed(str(int(expr))) if self.float_alias else str(int(expr))
+
+    def _print_Rational(self, expr) -> str:
+        if self.float_alias:
+            return self._typed(repr(float(expr)))
+        return f"({int(expr.p)} / {int(expr.q)})"
+
+    _print_Half = _print_Rational
+
+    def _print_One(self, expr) -> str:
+        return self._print_Integer(expr)
+
+    def _print_Zero(self, expr) -> str:
+        return self._print_Integer(expr)
+
+    def _print_NegativeOne(self, expr) -> str:
+        return self._print_Integer(expr)
+
+    def _print_NumberSymbol(self, expr) -> str:
+        return self._typed(repr(float(expr))) if self.float_alias else repr(float(expr))
+
+    _print_Pi = _print_NumberSymbol
+    _print_Exp1 = _print_NumberSymbol
+
+    def _print_Infinity(self, expr) -> str:
+        return self._typed("math.inf")
+
+    def _print_NegativeInfinity(self, expr) -> str:
+        return self._typed("-math.inf")
+
+    def _print_NaN(self, expr) -> str:
+        return self._typed("math.nan")
+
+    def _print_BooleanTrue(self, expr) -> str:
+        return "True"
+
+    def _print_BooleanFalse(self, expr) -> str:
+        return "False"
+
+    def _print_Pow(self, expr, rational=False) -> str:
+        base, exp = expr.as_base_exp()
+        b = self.parenthesize(base, 1000)  # an atom or parenthesized
+        if exp.is_Integer and 2 <= int(exp) <= 4:
+            return "(" + "*".join([b] * int(exp)) + ")"
+        if exp == -1:
+            return f"({self._print_Integer(sp.Integer(1))}/{b})"
+        if exp == sp.Rational(1, 2):
+            return f"math.sqrt({self._print(base)})"
+        if exp == -sp.Rational(1, 2):
+            return f"({self._print_Integer(sp.Integer(1))}/math.sqrt({self._print(base)}))"
+        return f"({b}**{self.parenthesize(exp, 1000)})"
+
+    def _print_sign(self, expr) -> str:
+        x = self._print(expr.args[0])
+        one, zero = self._print_Integer(sp.Integer(1)), self._print_Integer(sp.Integer(0))
+        # np.sign: 1, -1, 0 for zero, NaN for NaN (x itself in the last branch covers both).
+        return f"({one} if {x} > {zero} else (-{one} if {x} < {zero} else {x}))"
+
+    def _print_Abs(self, expr) -> str:
+        return f"abs({self._print(expr.args[0])})"
+
+    def _print_Piecewise(self, expr) -> str:
+        pieces = list(expr.args)
+        text = None
+        if pieces[-1].cond == sp.true:
+            text = f"({self._print(pieces.pop().expr)})"
+        else:
+            text = self._print_NaN(sp.nan)  # no branch applies: NaN, never Python's None
+        for e, c in reversed(pieces):
+            text = f"({self._print(e)} if {self._print(c)} else {text})"
+        return text
+
+
+def float_alias_for(dtypes: Sequence[str]) -> str | None:
+    """The float type a kernel computes in: the widest float among its operand and result dtypes."""
+    floats = [d for d in dtypes if d in FLOAT_ALIAS]
+    if not floats:
+        return None
+    return FLOAT_ALIAS["float64" if "float64" in floats else "float32"]
+
+
+def scalar_statements(expr: sp.Expr, names: dict[sp.Symbol, str], float_alias: str | None,
+                      temp_prefix: str = "t") -> tuple[list[str], str]:
+    """``expr`` as (statements, result expression) after common-subexpression elimination.
+
+    ``names`` maps each free symbol to the variable holding its scalar value.
+    """
+    renamed = expr.xreplace({s: sp.Symbol(n, real=True) for s, n in names.items()})
+    temps = sp.numbered_symbols(temp_prefix, real=True)
+    replacements, (reduced,) = sp.cse(renamed, symbols=temps)
+    printer = ScalarPrinter(float_alias)
+    statements = [f"{sym} = {printer.doprint(value)}" for sym, value in replacements]
+    return statements, printer.doprint(reduced)
+
+
+def store_cast(result: str, dtype: str) -> str:
+    """The result converted to the output dtype (a no-op conversion costs nothing after LLVM)."""
+    if dtype == "bool":
+        return f"({result}) != 0"
+    return f"{CAST[dtype]}({result})"

@@ -1,0 +1,404 @@
+"""The numba_cpu backend against the reference backend: every op, forward and gradient, in float64
+(tight) and float32 (loose); random graphs; a training step and a whole epoch in one native call;
+the golden generated source of a small MLP training step.
+
+Compiles dominate the run time, so each test graph batches many ops, compiled executables are
+shared through module-scoped fixtures, and the compile cache persists in .pytest_cache.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import sympy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import graphc
+from graphc.backends import numba_cpu
+from graphc.ops import registry
+from graphc.ir.rewrite import clone
+from graphc.passes import optimize
+from graphc.ops.elementwise import derivative_op, fused, fused_symbols
+from graphc.ops.random import random_flip2d, random_shift2d, random_uniform
+
+TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=2e-4, atol=2e-5)}
+DTYPES = ["float64", "float32"]
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def compile_both(outputs, inputs, cache_dir, optimize=0, **options):
+    """The graph compiled by the numba_cpu backend (as written, or optimized at ``optimize``) and by the
+    reference backend (always as written: the oracle)."""
+    exe = graphc.compile(outputs, inputs=inputs, backend="cpu", cache_dir=cache_dir, optimize=optimize, **options)
+    ref = graphc.compile(outputs, inputs=inputs)
+    return exe, ref
+
+
+def assert_same(got, want, names, dtype):
+    assert len(got) == len(want)
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert g.shape == w.shape and g.dtype == w.dtype, f"output {k} ({names[k]}): {g.dtype}{g.shape} vs {w.dtype}{w.shape}"
+        if g.dtype.kind in "biu":
+            np.testing.assert_array_equal(g, w, err_msg=f"output {k} ({names[k]})")
+        else:
+            np.testing.assert_allclose(g, w, **TOL[dtype], err_msg=f"output {k} ({names[k]})")
+
+
+def weighted_loss(outputs, seed=1):
+    """sum_k sum(out_k * W_k) with fixed random weights: every output's gradient differs per element."""
+    r = rng(seed)
+    total = None
+    for o in outputs:
+        if not o.dtype.is_float:
+            continue
+        w = graphc.constant(r.uniform(0.5, 1.5, o.shape).astype(o.dtype.np))
+        term = graphc.sum(o * w)
+        total = term if total is None else total + term
+    return total
+
+
+# -- graphs covering every op ---------------------------------------------------------------------------------
+
+ELEMENTWISE_SKIP = {"fused"}
+
+
+def elementwise_graph(dtype):
+    """Every registered elementwise op (forward), each applied to broadcasting operands, plus its gradient."""
+    r = rng(1)
+    ops = [op for op in registry.all_ops()
+           if op.is_elementwise and op.name not in ELEMENTWISE_SKIP and not re.fullmatch(r"d\w+_d[xyz]", op.name)]
+    with graphc.Graph(f"elementwise_{dtype}") as g:
+        x = graphc.input("x", (3, 4), dtype)      # any sign
+        y = graphc.input("y", (4,), dtype)        # broadcast along rows
+        z = graphc.input("z", (3, 1), dtype)      # broadcast along columns
+        p = graphc.input("p", (3, 4), dtype)      # positive: log, sqrt, pow's base
+        outs, names = [], []
+        for op in ops:
+            arity = len(op.symbols)
+            if op.name in ("log", "sqrt"):
+                args = [p]
+            elif op.name == "pow":
+                args = [p, z]
+            elif op.name == "div":
+                args = [x, p]
+            elif op.name == "where":
+                args = [graphc.less(x, z), x, y]
+            elif op.name == "cast":
+                for target in ("int32", "bool", "float64" if dtype == "float32" else "float32"):
+                    outs.append(graphc.cast(x * 3.0, target))
+                    names.append(f"cast->{target}")
+                continue
+            elif arity == 1:
+                args = [x]
+            elif arity == 2:
+                args = [x, y] if len(outs) % 2 else [z, x]
+            else:
+                args = [x, y, z]
+            outs.append(graphc.apply(op.name, args, {k: float(v) for k, v in op.params.items()}))
+            names.append(op.name)
+        swish = graphc.elementwise("swish_numba_test", lambda v: v * graphc.sympy_sigmoid(v))
+        outs.append(swish(x))
+        names.append("swish (user-defined)")
+        s0, s1, s2 = fused_symbols(3)
+        outs.append(fused(s0 * 2 - s1 ** 2 + sympy.exp(s2) * s0, [x, y, z], dtype))
+        names.append("fused")
+        loss = weighted_loss(outs)
+        grads = graphc.grad(loss, [x, y, z, p])
+        g.output(*outs, *grads)
+    feeds = [r.uniform(-2, 2, (3, 4)), r.uniform(-2, 2, (4,)), r.uniform(-2, 2, (3, 1)), r.uniform(0.5, 2, (3, 4))]
+    return outs + grads, [x, y, z, p], [f.astype(dtype) for f in feeds], names + ["dx", "dy", "dz", "dp"]
+
+
+def shapes_graph(dtype):
+    """Reductions, shape ops and linear algebra, with broadcasting and transposed operands, plus gradients."""
+    r = rng(2)
+    s0, s1, _ = fused_symbols(3)
+    with graphc.Graph(f"shapes_{dtype}") as g:
+        x = graphc.input("x", (2, 3, 4, 5), dtype)
+        a = graphc.input("a", (5, 6), dtype)
+        b = graphc.input("b", (3, 5, 2), dtype)
+        c = graphc.input("c", (2, 1, 4, 5), dtype)
+        outs = [
+            graphc.sum(x, (1, 3), keepdims=True), graphc.mean(x, 2), graphc.max(x, (0, 2)), graphc.min(x, -1),
+            graphc.sum(x), graphc.mean(x, (0, 3)),
+            graphc.argmax(x, 1), graphc.argmax(x, 3, keepdims=True),
+            graphc.transpose(x, (2, 0, 3, 1)), x[:, 1:3, ::2, 1], x[1, ..., 2:],
+            graphc.concatenate([x, c * 2.0], axis=1), graphc.broadcast_to(c, (2, 3, 4, 5)) * x,
+            graphc.reshape(x, (6, 20)) * 3.0,
+            x @ a, c @ b, graphc.matmul(graphc.transpose(a), graphc.transpose(graphc.reshape(x, (24, 5)))),
+            graphc.dense(x, a, graphc.reshape(a, (30,))[:6]),
+            # the epilogue ops of the passes: transposed operands by flag, an expression over the product
+            # x0 and extra operands broadcast against it
+            graphc.apply("matmul_epilogue", [b, graphc.reshape(x, (24, 5))[:6], graphc.reshape(a, (30,))[:6]],
+                         {"transpose_a": True, "transpose_b": True, "dtype": dtype,
+                          "expr": sympy.tanh(s0 + s1) * s0}),
+            graphc.apply("matmul_epilogue", [c, a], {"transpose_a": False, "transpose_b": False, "dtype": dtype,
+                                                      "expr": s0}),
+        ]
+        loss = weighted_loss(outs)
+        grads = graphc.grad(loss, [x, a, b, c])
+        g.output(*outs, *grads)
+    feeds = [r.standard_normal((2, 3, 4, 5)), r.standard_normal((5, 6)), r.standard_normal((3, 5, 2)),
+             r.standard_normal((2, 1, 4, 5))]
+    names = [f"out{k}" for k in range(len(outs))] + ["dx", "da", "db", "dc"]
+    return outs + grads, [x, a, b, c], [f.astype(dtype) for f in feeds], names
+
+
+def nn_graph(dtype):
+    """softmax, log_softmax, both cross-entropies, one_hot, batch_norm (2-D and 4-D), plus gradients."""
+    r = rng(3)
+    with graphc.Graph(f"nn_{dtype}") as g:
+        logits = graphc.input("logits", (6, 5), dtype)
+        labels = graphc.input("labels", (6,), "int64")
+        soft = graphc.input("soft", (6, 5), dtype)
+        x3 = graphc.input("x3", (2, 3, 4), dtype)
+        img = graphc.input("img", (3, 2, 3, 3), dtype)
+        gamma = graphc.input("gamma", (2,), dtype)
+        beta = graphc.input("beta", (2,), dtype)
+        outs = [
+            graphc.softmax(logits, 0), graphc.softmax(logits), graphc.log_softmax(x3, 1), graphc.log_softmax(logits),
+            graphc.softmax_cross_entropy(logits, labels), graphc.softmax_cross_entropy(logits * 0.5, soft),
+            graphc.one_hot(labels, 7, dtype) * 2.0,
+            graphc.batch_norm(img, gamma, beta), graphc.batch_norm(logits, graphc.reshape(soft, (30,))[:5],
+                                                                   graphc.reshape(soft, (30,))[5:10]),
+        ]
+        loss = weighted_loss(outs)
+        grads = graphc.grad(loss, [logits, soft, x3, img, gamma, beta])
+        g.output(*outs, *grads)
+    soft_labels = r.uniform(0, 1, (6, 5))
+    feeds = [r.standard_normal((6, 5)).astype(dtype), r.integers(0, 5, 6), (soft_labels / soft_labels.sum(1, keepdims=True)).astype(dtype),
+             r.standard_normal((2, 3, 4)).astype(dtype), r.standard_normal((3, 2, 3, 3)).astype(dtype),
+             r.uniform(0.5, 1.5, 2).astype(dtype), r.standard_normal(2).astype(dtype)]
+    names = [f"out{k}" for k in range(len(outs))] + ["dlogits", "dsoft", "dx3", "dimg", "dgamma", "dbeta"]
+    return outs + grads, [logits, labels, soft, x3, img, gamma, beta], feeds, names
+
+
+def conv_graph(dtype):
+    """conv2d (stride, padding, dilation), conv_transpose2d, max/avg pooling with padding, the pooling
+    helper ops, random_uniform; plus gradients (conv_transpose2d, max_pool2d_backward...)."""
+    r = rng(4)
+    pool = {"kernel": (3, 3), "stride": (2, 2), "padding": (1, 1)}
+    s0, s1 = fused_symbols(2)
+    with graphc.Graph(f"conv_{dtype}") as g:
+        x = graphc.input("x", (2, 3, 7, 6), dtype)
+        w = graphc.input("w", (4, 3, 3, 2), dtype)
+        wt = graphc.input("wt", (3, 2, 2, 3), dtype)
+        key = graphc.input("key", (), "int64")
+        outs = [
+            graphc.conv2d(x, w, stride=2, padding=1), graphc.conv2d(x, w, dilation=(2, 1), padding=(0, 1)),
+            graphc.conv2d(x, graphc.reshape(w, (4, 3, 1, 6))[:, :, :, :1]),
+            graphc.conv_transpose2d(x, wt, stride=2, padding=1, output_padding=1),
+            graphc.max_pool2d(x, 3, 2, 1), graphc.avg_pool2d(x, 2), graphc.avg_pool2d(x, (3, 2), (2, 1), (1, 1)),
+            graphc.max_pool2d(x, 2) * 1.5,
+            graphc.apply("max_pool2d_gather", [x, x * 2.0 + 1.0], pool),
+            graphc.apply("max_pool2d_backward", [x, graphc.max_pool2d(x, 3, 2, 1) * 3.0], pool),
+            graphc.apply("conv2d_epilogue", [x, w, graphc.reshape(w, (72,))[:4].reshape((1, 4, 1, 1))],
+                         {"stride": (1, 2), "padding": (1, 0), "dilation": (1, 1), "dtype": dtype,
+                          "expr": sympy.Piecewise((s0 + s1, s0 + s1 > 0), (0, True))}),
+        ]
+        random = [random_uniform(key, (3, 4), salt=5, dtype=dtype), random_shift2d(x, key, 2, salt=1),
+                  random_flip2d(x, key, salt=2)]
+        loss = weighted_loss(outs)
+        grads = graphc.grad(loss, [x, w, wt])
+        g.output(*outs, *random, *grads)
+    feeds = [r.standard_normal((2, 3, 7, 6)).astype(dtype), r.standard_normal((4, 3, 3, 2)).astype(dtype),
+             r.standard_normal((3, 2, 2, 3)).astype(dtype), np.array(12345, np.int64)]
+    names = [f"out{k}" for k in range(len(outs))] + ["random_uniform", "random_shift2d", "random_flip2d",
+                                                     "dx", "dw", "dwt"]
+    return outs + random + grads, [x, w, wt, key], feeds, names
+
+
+GRAPHS = {"elementwise": elementwise_graph, "shapes": shapes_graph, "nn": nn_graph, "conv": conv_graph}
+
+
+@pytest.fixture(scope="module", params=[(name, dtype) for name in GRAPHS for dtype in DTYPES],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def op_case(request, graphc_cache_dir):
+    """float64: the graph as written (every op through its own lowering rule), tight tolerance;
+    float32: the graph optimized at level 2 (fused nodes, GEMM/conv epilogues), loose tolerance."""
+    name, dtype = request.param
+    outputs, inputs, feeds, names = GRAPHS[name](dtype)
+    exe, ref = compile_both(outputs, inputs, graphc_cache_dir, optimize=0 if dtype == "float64" else 2)
+    return exe, ref, feeds, names, dtype
+
+
+def test_ops_and_gradients_match_reference(op_case):
+    exe, ref, feeds, names, dtype = op_case
+    assert_same(exe(*feeds), ref(*feeds), names, dtype)
+
+
+def test_every_registered_op_has_a_lowering():
+    # Derivative ops are registered on first use; make sure every elementwise op's are there too.
+    for op in list(registry.all_ops()):
+        if op.is_elementwise and op.name != "fused" and not op.name.startswith("d"):
+            for i in range(len(op.symbols)):
+                derivative_op(op.name, i)
+    missing = [op.name for op in registry.all_ops() if not numba_cpu.has_lowering(op.name)]
+    assert not missing, f"ops without a numba_cpu lowering: {missing}"
+    # ...and the graphs above really exercise the non-elementwise lowerings.
+    non_elementwise = {name for name in numba_cpu.LOWERINGS}
+    covered = set()
+    for build in GRAPHS.values():
+        outputs, *_ = build("float64")
+        covered |= {n.op for n in outputs[0].graph.nodes}
+    assert non_elementwise - covered - {"fused"} == set(), non_elementwise - covered
+
+
+# -- random graphs ------------------------------------------------------------------------------------------
+
+UNARY = ["relu", "tanh", "sigmoid", "exp_small", "square", "softplus", "neg", "abs"]
+BINARY = ["add", "sub", "mul", "maximum"]
+
+
+@st.composite
+def random_graph(draw):
+    """A small random DAG of elementwise ops, reductions, transposes, reshapes and matmuls (shape-correct)."""
+    n, m = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    steps = draw(st.lists(st.tuples(st.sampled_from(["unary", "binary", "reduce", "transpose", "matmul", "reshape"]),
+                                    st.sampled_from(UNARY), st.sampled_from(BINARY), st.integers(0, 10 ** 6)),
+                          min_size=2, max_size=7))
+    dtype = draw(st.sampled_from(DTYPES))
+    seed = draw(st.integers(0, 2 ** 16))
+    optimize = draw(st.sampled_from([0, 2]))  # as written, and after the passes (fused nodes, epilogues)
+    return n, m, steps, dtype, seed, optimize
+
+
+def build_random(n, m, steps, dtype):
+    with graphc.Graph("random") as g:
+        a = graphc.input("a", (n, m), dtype)
+        b = graphc.input("b", (m,), dtype)
+        values = [a, b, a * b]
+        for kind, unary, binary, pick in steps:
+            x = values[pick % len(values)]
+            y = values[(pick // 7) % len(values)]
+            if kind == "unary":
+                v = graphc.exp(x * 0.3) if unary == "exp_small" else graphc.apply(unary, [x])
+            elif kind == "binary":
+                try:
+                    v = graphc.apply(binary, [x, y])
+                except graphc.ShapeError:
+                    v = graphc.apply(binary, [x, graphc.sum(y)])
+            elif kind == "reduce":
+                v = graphc.sum(x, pick % x.ndim, keepdims=bool(pick % 2)) if x.ndim else x * 2.0
+            elif kind == "transpose":
+                v = graphc.transpose(x) if x.ndim == 2 else x + 1.0
+            elif kind == "reshape":
+                v = graphc.reshape(x, (-1,)) if x.ndim else x - 1.0
+            else:
+                v = x @ graphc.transpose(x) if x.ndim == 2 else x * x
+            values.append(v)
+        out = graphc.tanh(values[-1]) + graphc.sum(values[-2])
+        loss = graphc.sum(out * out)
+        da, db = graphc.grad(loss, [a, b])
+        g.output(out, loss, da, db)
+    return [out, loss, da, db], [a, b]
+
+
+@settings(max_examples=5, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(random_graph())
+def test_random_graphs_match_reference(graphc_cache_dir, case):
+    n, m, steps, dtype, seed, optimize = case
+    outputs, inputs = build_random(n, m, steps, dtype)
+    exe, ref = compile_both(outputs, None, graphc_cache_dir, optimize=optimize)
+    r = rng(seed)
+    feeds = {"a": r.uniform(-1, 1, (n, m)).astype(dtype), "b": r.uniform(-1, 1, (m,)).astype(dtype)}
+    feeds = {k: v for k, v in feeds.items() if k in exe.input_names}  # a random graph may not use b
+    assert_same(exe(**feeds), ref(**feeds), ["out", "loss", "da", "db"], dtype)
+
+
+# -- a training step and an epoch ----------------------------------------------------------------------------
+
+def mlp_step(batch=8, sizes=(4, 6, 3), lr=0.1, dtype="float32", seed=0, name="mlp_step"):
+    """A small MLP training step: dense-relu-dense, softmax cross-entropy, SGD updates."""
+    r = rng(seed)
+    with graphc.Graph(name) as g:
+        x = graphc.input("x", (batch, sizes[0]), dtype)
+        y = graphc.input("y", (batch,), "int64")
+        params = []
+        h = x
+        for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            W = graphc.param(f"W{k}", (r.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(dtype))
+            b = graphc.param(f"b{k}", np.zeros(fan_out, dtype))
+            params += [W, b]
+            h = graphc.dense(h, W, b)
+            if k < len(sizes) - 2:
+                h = graphc.relu(h)
+        loss = g.output(graphc.softmax_cross_entropy(h, y))
+        for p, d in zip(params, graphc.grad(loss, params)):
+            g.update(p, p - lr * d)
+    return loss, [x, y]
+
+
+@pytest.fixture(scope="module")
+def train_step(graphc_cache_dir):
+    loss, inputs = mlp_step(dtype="float64")
+    exe, ref = compile_both(loss, inputs, graphc_cache_dir)
+    return exe, ref
+
+
+def test_training_step_updates_parameters_in_place(train_step):
+    exe, ref = train_step
+    r = rng(5)
+    before = {k: v.copy() for k, v in exe.params.items()}
+    views = {k: v for k, v in exe.params.items()}
+    for _ in range(4):
+        x, y = r.standard_normal((8, 4)), r.integers(0, 3, 8)
+        np.testing.assert_allclose(exe(x, y), ref(x, y), **TOL["float64"])
+    for k in exe.params:
+        assert exe.params[k] is views[k]  # same arrays, written in place by native code
+        assert not np.allclose(exe.params[k], before[k])
+        np.testing.assert_allclose(exe.params[k], ref.params[k], **TOL["float64"])
+    # The SGD updates are elementwise and nothing reads the old value later: computed in place.
+    assert [mode for *_, mode in exe.program.updates] == ["inplace"] * 4
+
+
+def test_source_and_native_code_are_inspectable(train_step):
+    exe, _ = train_step
+    assert "def step(" in exe.source and "def epoch(" in exe.source
+    # Every line of the driver (and of its parts) names the node it computes.
+    functions = re.findall(r"def step\w*\(.*?\):\n    \"\"\".*?\"\"\"\n(.*?)(?=\n\n)", exe.source, re.S)
+    assert functions
+    for body in functions:
+        for line in body.splitlines():
+            if line.strip() and not line.strip().startswith(("return 0", "if step_part", "return (")):
+                assert re.search(r"# (%\d+ \w+|labels of|output|update|snapshot|the (workspace|parameter))", line), line
+    assert "define" in exe.llvm_ir and "numba_xxgemm" in exe.llvm_ir  # BLAS, called from the driver
+    assert re.search(r"\bcall\w*\s", exe.asm)
+    for stage in ("codegen_s", "numba_compile_s", "cache"):
+        assert stage in exe.stats
+
+
+def test_epoch_in_one_native_call_matches_step_by_step(graphc_cache_dir):
+    loss, inputs = mlp_step(dtype="float64", name="mlp_epoch")
+    exe, ref = compile_both(loss, inputs, graphc_cache_dir)
+    r = rng(6)
+    X, Y = r.standard_normal((29, 4)), r.integers(0, 3, 29)
+    start = {k: v.copy() for k, v in exe.params.items()}
+    for last_batch, steps in (("wrap", 4), ("drop", 3)):
+        exe.set_params(start)
+        ref.set_params(start)
+        losses = exe.run_epoch(X, Y, seed=3, last_batch=last_batch)
+        perm = np.random.default_rng(3).permutation(29)
+        order = np.concatenate([perm, perm])[:steps * 8].reshape(steps, 8)  # "wrap": the last batch wraps around
+        expected = [ref(X[rows], Y[rows]) for rows in order]
+        assert losses.shape == (steps,)
+        np.testing.assert_allclose(losses, expected, **TOL["float64"])
+        for k in exe.params:
+            np.testing.assert_allclose(exe.params[k], ref.params[k], **TOL["float64"])
+
+
+# -- the golden generated source -------------------------------------------------------------------------------
+
+def test_generated_source_of_mlp_training_step_is_pinned(golden):
+    loss, inputs = mlp_step(batch=4, sizes=(3, 5, 2), name="golden_mlp")
+    graph, _ = clone(loss.graph, [loss.node])
+    graph = optimize(graph, 2).graph  # what graphc.compile(..., backend="cpu") lowers
+    program = numba_cpu.lower(graph, graph.inputs, {"fastmath": numba_cpu.DEFAULT_FASTMATH})
+    # Locations are this file's lines: keep only the file name so the golden file survives edits above.
+    source = re.sub(r"test_numba_cpu\.py:\d+", "test_numba_cpu.py:N", program.source)
+    golden("mlp_step_numba.py.txt", source)
