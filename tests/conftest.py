@@ -42,3 +42,13 @@ def golden() -> Callable[[str, str], None]:
                         f"(GRAPHC_UPDATE_GOLDEN=1 rewrites it if the change is intended):\n{diff}")
 
     return check
+
+
+@pytest.fixture(scope="session")
+def graphc_cache_dir(request, tmp_path_factory) -> Path:
+    """A compile cache (GRAPHC_CACHE_DIR) for compiled backends, kept in .pytest_cache between runs:
+    a warm run loads compiled graphs instead of recompiling them (a fresh directory without the cache plugin)."""
+    cache = getattr(request.config, "cache", None)
+    if cache is None:
+        return tmp_path_factory.mktemp("graphc-compile-cache")
+    return Path(cache.mkdir("graphc-compile-cache"))

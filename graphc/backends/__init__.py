@@ -12,16 +12,16 @@ from ..ir import Graph, GraphcError, Node
 from ..ir.rewrite import clone
 from .executable import Executable
 
-BACKENDS = ("reference",)
+BACKENDS = ("reference", "cpu")
 
 
 def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "reference",
-            name: str | None = None, optimize: int | None = None) -> Executable:
+            name: str | None = None, optimize: int | None = None, **options: Any) -> Executable:
     """Compile ``outputs`` (a Tensor or a list) of their graph into an :class:`Executable`.
 
     ``inputs`` fixes the positional call order (default: the graph's inputs that are needed,
     in creation order). Parameter updates registered with ``Graph.update`` run in place on
-    every call.
+    every call. ``options`` go to the backend (``backend="cpu"``: see graphc.backends.numba_cpu.build).
     """
     single = not isinstance(outputs, (list, tuple))
     tensors = [outputs] if single else list(outputs)
@@ -45,15 +45,22 @@ def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "r
         if unlisted:
             raise GraphcError(f"compile: the outputs need input(s) {unlisted} that are not in `inputs`")
     optimized = None
+    if optimize is None and backend == "cpu":  # native code is built from the optimized graph (optimize=0: as written)
+        from ..passes import DEFAULT_LEVEL as optimize
     if optimize is not None:  # graphc.passes: level 0..3; inputs are matched to their copies by name
         from ..passes import optimize as run_passes
 
         optimized = run_passes(graph, optimize)
         copies = {n.name: n for n in optimized.graph.inputs}
         graph, call_inputs = optimized.graph, [copies.get(n.name, n) for n in call_inputs]
-    from . import reference
+    if backend == "cpu":
+        from . import numba_cpu
 
-    exe = reference.build(graph, call_inputs)
+        exe = numba_cpu.build(graph, call_inputs, **options)
+    else:
+        from . import reference
+
+        exe = reference.build(graph, call_inputs, **options)
     exe.stats["trace_to_build_s"] = time.perf_counter() - t0
     if optimized is not None:
         exe.stats["optimize"] = optimized  # the OptimizeResult: per-pass statistics and the buffer plan
