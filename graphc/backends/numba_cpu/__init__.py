@@ -29,22 +29,30 @@ _CODEGEN_OPTIONS = ("boundscheck", "fastmath", "part_lines")
 
 
 def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check_finite: bool = False,
-          boundscheck: bool = False, fastmath: Sequence[str] | None = None,
+          strict: bool = False, boundscheck: bool = False, fastmath: Sequence[str] | None = None,
           cache_dir: str | None = None, part_lines: int | None = None) -> NumbaExecutable:
-    """Lower ``graph`` and build it (see :func:`build_program`)."""
+    """Lower ``graph`` and build it (see :func:`build_program`).
+
+    ``check_finite``: raise on NaN/Inf in inputs and parameters (before the call) and in outputs
+    (after). ``strict``: inputs must have the exact dtype and be C-contiguous (otherwise they are
+    converted/copied). ``boundscheck``: Numba's index checks in the generated code (debugging).
+    ``fastmath``: LLVM fast-math flags. ``cache_dir``: the compile cache. ``part_lines``: split
+    the driver into functions of about this many lines (compile time of very large graphs).
+    """
     if isinstance(graph, Program):
-        return build_program(graph, check_finite=check_finite, cache_dir=cache_dir)
+        return build_program(graph, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
     t0 = time.perf_counter()
     options = {"boundscheck": bool(boundscheck), "part_lines": part_lines,
                "fastmath": tuple(sorted(DEFAULT_FASTMATH if fastmath is None else fastmath))}
     program = lower(graph, inputs, options)
     codegen_s = time.perf_counter() - t0
-    exe = build_program(program, check_finite=check_finite, cache_dir=cache_dir)
+    exe = build_program(program, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
     exe.stats["codegen_s"] = codegen_s
     return exe
 
 
-def build_program(program: Program, *, check_finite: bool = False, cache_dir: str | None = None) -> NumbaExecutable:
+def build_program(program: Program, *, check_finite: bool = False, strict: bool = False,
+                  cache_dir: str | None = None) -> NumbaExecutable:
     """Compile ``program`` through the on-disk cache and wrap it in an Executable.
 
     The cache entry is looked up and written under an exclusive file lock; an entry whose files do
@@ -70,29 +78,50 @@ def build_program(program: Program, *, check_finite: bool = False, cache_dir: st
         module = entry.import_module(reuse=not problems)
         t2 = time.perf_counter()
         step_sig = _step_signature(program)
-        hits_before = sum(module.step.stats.cache_hits.values())
+        before = _counts(module.step)
         try:
-            module.step.compile(step_sig)
-        except Exception:
+            _compile(module.step, step_sig)
+        except Exception as err:  # noqa: BLE001 - any failure to load cached code means: rebuild it
             if stats["cache"] != "hit":
                 raise
-            # Numba's cache files passed their checksums yet failed to load: rebuild from scratch.
+            # Files that passed their checksums still failed to load (another Numba build?): rebuild.
             stats["cache"] = "rebuilt"
-            stats["cache_problems"] = ["numba cache failed to load"]
+            stats["cache_problems"] = [f"numba could not load the cached code: {type(err).__name__}: {err}"]
             source_sha = entry.reset(program.source)
             module = entry.import_module(reuse=False)
-            module.step.compile(step_sig)
+            before = _counts(module.step)
+            _compile(module.step, step_sig)
         t3 = time.perf_counter()
-        numba_hit = sum(module.step.stats.cache_hits.values()) > hits_before or len(module.step.overloads) > 0 and \
-            stats["cache"] == "hit" and not module.step.stats.cache_misses
-        if stats["cache"] != "hit" or module.step.stats.cache_misses:
+        after = _counts(module.step)
+        numba_hits, numba_misses = after[0] - before[0], after[1] - before[1]
+        if stats["cache"] != "hit" or numba_misses:
             entry.write_manifest(source_sha, {"graph": graph.name, "program": program.summary()})
-        if stats["cache"] == "hit" and module.step.stats.cache_misses:
-            stats["cache"] = "numba-miss"  # our entry was fine but Numba recompiled (e.g. another CPU)
+        if stats["cache"] == "hit" and numba_misses:
+            stats["cache"] = "numba-miss"  # our files were fine, but Numba recompiled (it judged its cache stale)
+    module.step.disable_compile()  # every call must match the signature compiled here
     stats.update({"import_s": t2 - t1, "numba_compile_s": t3 - t2, "build_s": time.perf_counter() - t0,
-                  "numba_cache_hit": bool(numba_hit)})
+                  "numba_cache_hit": numba_hits > 0 and not numba_misses, "in_process": not numba_hits + numba_misses})
     source = entry.module_path.read_text()
-    return NumbaExecutable(program, module, stats, source, entry, check_finite=check_finite)
+    return NumbaExecutable(program, module, stats, source, entry, check_finite=check_finite, strict=strict)
+
+
+def _counts(dispatcher) -> tuple[int, int]:
+    return sum(dispatcher.stats.cache_hits.values()), sum(dispatcher.stats.cache_misses.values())
+
+
+def _compile(dispatcher, signature) -> None:
+    """Compile (or load) one signature; if Numba cannot load the runtime kernels' own cache files,
+    flush those caches and try once more."""
+    from . import runtime
+
+    if tuple(signature) in dispatcher.overloads:  # already compiled in this process
+        return
+    try:
+        dispatcher.compile(signature)
+    except Exception:
+        for kernel in runtime.KERNELS:
+            kernel._cache.flush()
+        dispatcher.compile(signature)
 
 
 def _step_signature(program: Program) -> tuple:

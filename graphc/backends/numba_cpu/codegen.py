@@ -217,7 +217,7 @@ class Emitter:
 
     # -- output ------------------------------------------------------------------------------------
     def comment(self, node: Node) -> str:
-        return f"%{self.number[id(node)]} {node.op}  {comment_text(node, self.number)}"
+        return f"%{self.number[id(node)]} {op_label(node)}  {comment_text(node, self.number)}"
 
     def emit(self, lines: Sequence[str], node: Node | None = None) -> None:
         """Append body lines (indented relative to the driver body), each with the node's comment."""
@@ -229,6 +229,14 @@ class Emitter:
             self.chunks.append([])
             self._chunk_owner = owner
         self.chunks[-1] += [with_comment("    " + line, note) for line in lines]
+
+
+def op_label(node: Node) -> str:
+    """``fused[sub, mul]``: the op, and for a node the passes fused, the ops it stands for."""
+    if not node.absorbed:
+        return node.op
+    ops = list(dict.fromkeys(a.op for a in node.absorbed))
+    return f"{node.op}[{', '.join(ops)}]"
 
 
 def with_comment(code: str, note: str) -> str:
@@ -536,35 +544,49 @@ class FastmathText(str):
         return str(self)
 
 
+def batched_inputs(inputs: Sequence[Node]) -> list[bool]:
+    """Which inputs an epoch feeds by minibatch: those whose leading axis is the first input's (the batch
+    size); the others (a learning rate, say) keep one value for the whole epoch."""
+    if not inputs or inputs[0].ndim == 0:
+        return [False] * len(inputs)
+    batch = inputs[0].shape[0]
+    return [n.ndim >= 1 and n.shape[0] == batch for n in inputs]
+
+
 def _epoch_source(em: Emitter, graph: Graph) -> str:
     """``epoch``: every minibatch of a shuffled epoch through ``step``, in one native call."""
     ins = em.inputs
-    if not ins or any(n.ndim == 0 for n in ins) or len({n.shape[0] for n in ins}) != 1:
-        return "# (no epoch function: the inputs do not share a leading batch axis)\n"
+    batched = batched_inputs(ins)
+    if not any(batched):
+        return "# (no epoch function: no input has a batch axis)\n"
     batch = ins[0].shape[0]
-    data = [f"d_{em.arg_names[id(n)][3:]}" for n in ins]
+    names = [em.arg_names[id(n)][3:] for n in ins]
+    data = [f"d_{nm}" if b else f"in_{nm}" for nm, b in zip(names, batched)]
     lines = ["@njit(**NJIT)",
              f"def epoch({', '.join(data)}, perm, steps, state, ws, status):",
              f'    """`steps` minibatches of {batch} rows: rows perm[s*{batch} : (s+1)*{batch}] (wrapping around the '
              f'permutation) through step()."""',
              "    n = perm.shape[0]"]
-    for k, (n, d) in enumerate(zip(ins, data)):
-        row = n.size // batch
-        lines.append(f"    b{k} = np.empty({n.size}, {em.np_type(n.dtype)})")
-        lines.append(f"    f{k} = {d}.reshape({d}.size)")
+    for k, (n, d, b) in enumerate(zip(ins, data, batched)):
+        if b:
+            lines.append(f"    b{k} = np.empty({n.size}, {em.np_type(n.dtype)})")
+            lines.append(f"    f{k} = {d}.reshape({d}.size)")
     for k, o in enumerate(graph.outputs):
         lines.append(f"    r{k} = np.empty((steps, {max(o.size, 1)}), {em.np_type(o.dtype)})")
     lines.append("    for s in range(steps):")
     lines.append(f"        for r in range({batch}):")
     lines.append(f"            src = perm[(s * {batch} + r) % n]")
-    for k, n in enumerate(ins):
+    for k, (n, b) in enumerate(zip(ins, batched)):
+        if not b:
+            continue
         row = n.size // batch
         if row == 1:
             lines.append(f"            b{k}[r] = f{k}[src]")
         else:
             lines.append(f"            for c in range({row}):")
             lines.append(f"                b{k}[r * {row} + c] = f{k}[src * {row} + c]")
-    call = ", ".join(f"b{k}.reshape({tuple(n.shape)!r})" for k, n in enumerate(ins))
+    call = ", ".join(f"b{k}.reshape({tuple(n.shape)!r})" if b else d
+                     for k, (n, d, b) in enumerate(zip(ins, data, batched)))
     lines.append(f"        res = step({call}, state, ws, status)")
     lines.append("        if status[0] != 0:")
     lines.append("            status[3] = s")

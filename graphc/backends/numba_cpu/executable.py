@@ -7,6 +7,7 @@ import numpy as np
 
 from ...ir import InputError, Node
 from ..executable import Executable, param_key, validate
+from .codegen import op_label
 from .program import ErrorSite, Program
 
 ALIGN = 64
@@ -69,13 +70,16 @@ class NumbaExecutable(Executable):
     backend = "cpu"
 
     def __init__(self, program: Program, module: Any, stats: dict[str, Any], source: str, entry: Any,
-                 check_finite: bool = False):
+                 check_finite: bool = False, strict: bool = False):
         super().__init__(program.graph, program.inputs)
         self.program = program
         self.module = module
         self.source = source
         self.stats.update(stats)
         self.check_finite = check_finite
+        #: strict=True: inputs must already have the exact dtype and be C-contiguous (no silent copies).
+        self.strict = strict
+        self._expected = [(n.shape, n.dtype.np) for n in program.inputs]
         self._entry = entry
         self._state = aligned_bytes(program.state_bytes)
         self._ws = aligned_bytes(program.workspace_bytes)
@@ -100,11 +104,24 @@ class NumbaExecutable(Executable):
 
     # -- running ----------------------------------------------------------------------------------
     def bind(self, args: tuple, kwargs: Mapping[str, Any]) -> list[np.ndarray]:
+        if self.strict:
+            given = list(zip(self.inputs, args)) + [(n, kwargs[n.name]) for n in self.inputs if n.name in kwargs]
+            for node, value in given:
+                _check_strict(node, value)
         arrays = super().bind(args, kwargs)
         # Native code needs aligned, writable (its signature's) arrays: copy the rare ones that are not.
         return [a if a.flags.aligned and a.flags.writeable else np.array(a, order="C") for a in arrays]
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """One native call on arrays already bound (``exe(...)`` binds them); checked again here because
+        native code trusts them: wrong shapes could read out of bounds."""
+        if len(arrays) != len(self._expected):
+            raise InputError(f"{self.graph.name}: run() expected {len(self._expected)} arrays, got {len(arrays)}")
+        for node, a, (shape, dtype) in zip(self.inputs, arrays, self._expected):
+            if not (isinstance(a, np.ndarray) and a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+                    and a.flags.aligned and a.flags.writeable):
+                raise InputError(f"input {node.name!r}: run() needs a C-contiguous, aligned, writable {dtype} array "
+                                 f"of shape {list(shape)}; got {_describe(a)} (call the executable to have it converted)")
         if self.check_finite:
             self._check_finite(arrays)
         outs = self._step(*arrays, self._state, self._ws, self._status)
@@ -113,7 +130,7 @@ class NumbaExecutable(Executable):
         if self.check_finite:
             for k, (o, node) in enumerate(zip(outs, self.outputs)):
                 if o.dtype.kind == "f" and not np.isfinite(o).all():
-                    raise InputError(f"{self.graph.name}: output {k} (%{self.graph.nodes.index(node)} {node.op}"
+                    raise InputError(f"{self.graph.name}: output {k} (%{self.graph.nodes.index(node)} {op_label(node)}"
                                      f"{' at ' + str(node.loc) if node.loc else ''}) is not finite: "
                                      f"{_first_bad(o)} (compiled with check_finite=True)")
         return list(outs)
@@ -155,15 +172,21 @@ class NumbaExecutable(Executable):
                   batch_size: int | None = None):
         """Run every minibatch of one shuffled epoch in one native call; returns each output per step.
 
-        ``data`` holds one array per input, [N, ...] where the input is [B, ...] (B the batch size the
-        graph was built with). Rows are visited in ``perm`` order (default: a permutation drawn from
-        ``numpy.random.default_rng(seed)``). ``last_batch="wrap"`` fills the last, partial minibatch
-        with rows from the start of the permutation (ceil(N/B) steps, every row at least once);
-        ``"drop"`` skips it (N // B steps). Parameter updates apply after every step, as for calls.
-        Outputs come back stacked: [steps, *output shape].
+        ``data`` holds one array per input: [N, ...] for an input [B, ...] with the batch axis (B, the
+        first input's leading size, is the batch size the graph was built with), and the value itself
+        for any other input (a learning rate: fixed for the epoch). Rows are visited in ``perm``
+        order (default: ``numpy.random.default_rng(seed).permutation(N)``). ``last_batch="wrap"``
+        fills the last, partial minibatch with rows from the start of the permutation (ceil(N/B)
+        steps, every row at least once); ``"drop"`` skips it (N // B steps). Parameter updates apply
+        after every step, as for calls. Outputs come back stacked: [steps, *output shape].
+
+        >>> losses = exe.run_epoch(X_train, y_train, seed=epoch)   # doctest: +SKIP
         """
-        if not hasattr(self.module, "epoch"):
-            raise InputError(f"{self.graph.name}: run_epoch needs inputs that all share a leading batch axis")
+        from .codegen import batched_inputs
+
+        batched = batched_inputs(self.inputs)
+        if not any(batched) or not hasattr(self.module, "epoch"):
+            raise InputError(f"{self.graph.name}: run_epoch needs an input with a batch axis")
         if len(data) != len(self.inputs):
             raise InputError(f"{self.graph.name}: run_epoch expected {len(self.inputs)} data arrays "
                              f"{self.input_names}, got {len(data)}")
@@ -171,9 +194,15 @@ class NumbaExecutable(Executable):
         if batch_size is not None and batch_size != batch:
             raise InputError(f"{self.graph.name}: batch_size {batch_size} differs from the batch size {batch} "
                              f"the graph was built with (recompile the graph for another batch size)")
-        arrays = []
+        if last_batch not in ("wrap", "drop"):
+            raise InputError(f"run_epoch: last_batch must be 'wrap' or 'drop', got {last_batch!r}")
+        arrays: list[np.ndarray] = []
+        rows: dict[str, np.ndarray] = {}
         n = None
-        for node, d in zip(self.inputs, data):
+        for node, d, is_batched in zip(self.inputs, data, batched):
+            if not is_batched:
+                arrays.append(self._native(validate(node, d)))
+                continue
             a = np.asarray(d)
             if a.ndim != node.ndim or a.shape[1:] != node.shape[1:]:
                 raise InputError(f"run_epoch: data for input {node.name!r}: expected shape [N, "
@@ -182,37 +211,38 @@ class NumbaExecutable(Executable):
                 raise InputError(f"run_epoch: data for input {node.name!r} has {a.shape[0]} rows, "
                                  f"the first input has {n}")
             n = a.shape[0]
-            row = validate(_rows_node(node, n), a)
-            arrays.append(row if row.flags.aligned and row.flags.writeable else np.array(row))
+            arrays.append(self._native(validate(_rows_node(node, n), a)))
+            rows[node.name] = arrays[-1]
         if not n:
             raise InputError("run_epoch: no data rows")
         for site in self.program.errors:  # labels are checked for the whole data set up front
-            if site.input is not None:
-                a = arrays[self.input_names.index(site.input)]
-                if a.size and (a.min() < 0 or a.max() >= site.classes):
-                    bad = np.flatnonzero((a.reshape(-1) < 0) | (a.reshape(-1) >= site.classes))
-                    raise InputError(f"run_epoch: input {site.input!r}: label {int(a.reshape(-1)[bad[0]])} at row "
-                                     f"{int(bad[0])} is out of range [0, {site.classes}) for {site.op} "
-                                     f"(%{site.node}{' at ' + site.where if site.where else ''}); "
-                                     f"{bad.size} of {a.size} labels are out of range")
+            a = rows.get(site.input) if site.input is not None else None
+            if a is not None and a.size and (a.min() < 0 or a.max() >= site.classes):
+                flat = a.reshape(-1)
+                bad = np.flatnonzero((flat < 0) | (flat >= site.classes))
+                raise InputError(f"run_epoch: input {site.input!r}: label {int(flat[bad[0]])} at row "
+                                 f"{int(bad[0]) // max(a.size // n, 1)} is out of range [0, {site.classes}) for "
+                                 f"{site.op} (%{site.node}{' at ' + site.where if site.where else ''}); "
+                                 f"{bad.size} of {a.size} labels are out of range")
         if perm is None:
             perm = np.random.default_rng(seed).permutation(n)
         perm = np.ascontiguousarray(perm, dtype=np.int64)
         if perm.shape != (n,) or (perm.size and (perm.min() < 0 or perm.max() >= n)):
             raise InputError(f"run_epoch: perm must be {n} row indices in [0, {n}), got shape {list(perm.shape)}"
                              + (f" with values in [{perm.min()}, {perm.max()}]" if perm.size else ""))
-        if last_batch not in ("wrap", "drop"):
-            raise InputError(f"run_epoch: last_batch must be 'wrap' or 'drop', got {last_batch!r}")
         steps = -(-n // batch) if last_batch == "wrap" else n // batch
         if self.check_finite:
             self._check_finite(arrays)
         epoch = self._epoch_function(arrays)
         outs = epoch(*arrays, perm, steps, self._state, self._ws, self._status)
         if self._status[0]:
-            step = int(self._status[3])
-            self._raise_status(None, context=f" of minibatch {step}", data={})
+            self._raise_status(None, context=f" of minibatch {int(self._status[3])}", data={})
         results = [o.reshape((steps,) + shape) for o, (shape, _) in zip(outs, self.program.outputs)]
         return results[0] if len(results) == 1 else tuple(results)
+
+    @staticmethod
+    def _native(a: np.ndarray) -> np.ndarray:
+        return a if a.flags.aligned and a.flags.writeable and a.flags.c_contiguous else np.array(a, order="C")
 
     def _epoch_function(self, arrays):
         from . import compile_function
@@ -237,6 +267,28 @@ class NumbaExecutable(Executable):
 
             self._inspectable = fresh_dispatcher(self)
         return getattr(self._inspectable, what)(self._signature)
+
+
+def _describe(value: Any) -> str:
+    if not isinstance(value, np.ndarray):
+        return type(value).__name__
+    flags = [f for f, ok in (("non-contiguous", not value.flags.c_contiguous), ("read-only", not value.flags.writeable),
+                             ("unaligned", not value.flags.aligned)) if ok]
+    return f"{' '.join(flags + [str(value.dtype)])} array of shape {list(value.shape)}"
+
+
+def _check_strict(node: Node, value: Any) -> None:
+    """strict=True: the exact dtype, C order; shapes are checked by validate() for everyone."""
+    label = f"input {node.name!r}"
+    if isinstance(value, np.generic):  # a NumPy scalar is a 0-d array with a dtype
+        value = np.asarray(value)
+    if not isinstance(value, np.ndarray):
+        raise InputError(f"{label}: expected a NumPy array {node.type_str} (strict=True), got {type(value).__name__}")
+    if value.dtype != node.dtype.np:
+        raise InputError(f"{label}: expected dtype {node.dtype.name}, got {value.dtype} (strict=True: no conversion)")
+    if not value.flags.c_contiguous:
+        raise InputError(f"{label}: expected a C-contiguous array, got strides {value.strides} for shape "
+                         f"{list(value.shape)} (strict=True: no copy; use numpy.ascontiguousarray)")
 
 
 def _rows_node(node: Node, n: int) -> Node:
