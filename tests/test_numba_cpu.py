@@ -402,3 +402,36 @@ def test_generated_source_of_mlp_training_step_is_pinned(golden):
     # Locations are this file's lines: keep only the file name so the golden file survives edits above.
     source = re.sub(r"test_numba_cpu\.py:\d+", "test_numba_cpu.py:N", program.source)
     golden("mlp_step_numba.py.txt", source)
+
+
+# -- the inline float32 math the float32 kernels use ---------------------------------------------------------------
+
+def test_float32_exp_and_tanh_are_within_a_few_ulp():
+    import numba
+
+    from graphc.backends.numba_cpu.runtime import exp_f32, tanh_f32
+
+    @numba.njit
+    def apply(x, out_exp, out_tanh):
+        for i in range(x.size):
+            out_exp[i] = exp_f32(x[i])
+            out_tanh[i] = tanh_f32(x[i])
+
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, 88.72, 88.73, -87.33, -103.9, -104.0, 1e-30, -1e-30, 7.9, 9.0]
+    x = np.concatenate([np.linspace(-110, 90, 200001), special]).astype(np.float32)
+    e, t = np.empty_like(x), np.empty_like(x)
+    apply(x, e, t)
+    with np.errstate(all="ignore"):
+        exact_e = np.exp(x.astype(np.float64)).astype(np.float32)  # correctly rounded, or nearly
+    exact_t = np.tanh(x.astype(np.float64)).astype(np.float32)
+    normal = np.isfinite(exact_e) & (exact_e >= np.finfo(np.float32).tiny)
+    assert np.max(np.abs(e[normal] - exact_e[normal]) / np.spacing(exact_e[normal])) <= 2
+    subnormal = (exact_e > 0) & (exact_e < np.finfo(np.float32).tiny)
+    assert np.max(np.abs(e[subnormal] - exact_e[subnormal])) <= 2 * np.finfo(np.float32).smallest_subnormal
+    finite = np.isfinite(x)
+    assert np.max(np.abs(t[finite] - exact_t[finite]) / np.spacing(np.abs(exact_t[finite]))) <= 4
+    # Infinities, NaN and signed zeros behave like NumPy's.
+    tail_e, tail_t = e[-len(special):], t[-len(special):]
+    assert tail_e[2] == np.inf and tail_e[3] == 0.0 and np.isnan(tail_e[4]) and tail_e[6] == np.inf
+    assert np.isnan(tail_t[4]) and abs(tail_t[2] - 1) < 3e-7 and abs(tail_t[3] + 1) < 3e-7
+    assert tail_t[1] == 0.0 and np.signbit(tail_t[1])

@@ -43,7 +43,8 @@ import math
 import numpy as np
 from numba import njit
 
-from graphc.backends.numba_cpu.runtime import avg_pool, col2im_add, gemm, im2col, max_pool, max_pool_backward, max_pool_gather
+from graphc.backends.numba_cpu.runtime import (avg_pool, col2im_add, exp_f32, gemm, im2col, max_pool, max_pool_backward,
+                                               max_pool_gather, tanh_f32)
 
 f32 = np.float32
 f64 = np.float64

@@ -103,6 +103,23 @@ class NumbaExecutable(Executable):
         self._inspectable = None
 
     # -- running ----------------------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any):
+        # Fast path: positional arrays that are exactly what the native signature takes (the usual case
+        # in a training loop) skip the general binding; anything else goes through bind().
+        if not kwargs and not self.check_finite and len(args) == len(self._expected):
+            for a, (shape, dtype) in zip(args, self._expected):
+                if type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype:
+                    break
+                flags = a.flags
+                if not (flags.c_contiguous and flags.aligned and flags.writeable):
+                    break
+            else:
+                outs = self._step(*args, self._state, self._ws, self._status)
+                if self._status[0]:
+                    self._raise_status(list(args))
+                return outs[0] if len(outs) == 1 else outs
+        return super().__call__(*args, **kwargs)
+
     def bind(self, args: tuple, kwargs: Mapping[str, Any]) -> list[np.ndarray]:
         if self.strict:
             given = list(zip(self.inputs, args)) + [(n, kwargs[n.name]) for n in self.inputs if n.name in kwargs]

@@ -84,6 +84,11 @@ def typed(em: Emitter, dtype, value: float | int) -> str:
     return str(int(value))
 
 
+def exp_of(dtype) -> str:
+    """The exp function for ``dtype``: the inline, vectorizable float32 one, or libm's."""
+    return "exp_f32" if dtype.name == "float32" else "math.exp"
+
+
 def fill(em: Emitter, node: Node, value: str) -> list[str]:
     """Set every element of ``node`` to ``value``."""
     return [f"for j in range({node.size}):", f"    {em.at(node, 'j')} = {value}"] if node.size else []
@@ -124,13 +129,17 @@ class _Same:
 
 
 def gemm_call(em: Emitter, a, b, out: Node, m: int, n: int, k: int, out_plus: str = "0", a_plus: str = "0",
-              b_plus: str = "0", beta: float = 0.0) -> str:
-    """One BLAS call: out[m, n] (+)= a[m, k] @ b[k, n]; ``a``/``b`` are _Same/Converted operands."""
+              b_plus: str = "0", beta: float = 0.0) -> list[str]:
+    """out[m, n] (+)= a[m, k] @ b[k, n] (``a``/``b``: _Same/Converted/... operands) as one BLAS call.
+
+    Always BLAS, even for tiny products: loop nests over the flat workspace (which LLVM cannot prove
+    free of aliasing) measured 1.4-3x slower on the 64-32-10 MLP step (docs/benchmarks.md).
+    """
     ta, a_arr, a_off, lda = a.matrix(m, k, a_plus)
     tb, b_arr, b_off, ldb = b.matrix(k, n, b_plus)
     _, c_arr, c_off, ldc = em.matrix(out, m, n, out_plus)
-    return (f"gemm({ta}, {tb}, {m}, {n}, {k}, 1.0, {a_arr}, {a_off}, {lda}, {b_arr}, {b_off}, {ldb}, {beta!r}, "
-            f"{c_arr}, {c_off}, {ldc})")
+    return [f"gemm({ta}, {tb}, {m}, {n}, {k}, 1.0, {a_arr}, {a_off}, {lda}, {b_arr}, {b_off}, {ldb}, {beta!r}, "
+            f"{c_arr}, {c_off}, {ldc})"]
 
 
 # -- elementwise ----------------------------------------------------------------------------------------
@@ -405,7 +414,7 @@ def emit_matmul_product(em: Emitter, node: Node, a: Node, b: Node, trans_a: bool
     B = _Flagged(as_dtype_of(em, b, node.dtype), trans_b)
     batch = node.shape[:-2]
     if int(np.prod(batch, dtype=np.int64)) == 1:
-        em.emit([gemm_call(em, A, B, node, m, n, k)])
+        em.emit(gemm_call(em, A, B, node, m, n, k))
         return
     names = [f"i{d}" for d in range(len(batch))]
     r = len(batch)
@@ -419,7 +428,7 @@ def emit_matmul_product(em: Emitter, node: Node, a: Node, b: Node, trans_a: bool
 
     call = gemm_call(em, A, B, node, m, n, k, out_plus=f"({linear(names, batch)}) * {m * n}",
                      a_plus=batch_offset(a, m * k), b_plus=batch_offset(b, k * n))
-    em.emit(nest(batch, names, [call]))
+    em.emit(nest(batch, names, call))
 
 
 class _Flagged:
@@ -471,7 +480,7 @@ def lower_dense(em: Emitter, node: Node) -> None:
     if k == 0:
         lines = []
     else:
-        lines = [gemm_call(em, as_dtype_of(em, x, node.dtype), as_dtype_of(em, w, node.dtype), node, m, n, k)]
+        lines = gemm_call(em, as_dtype_of(em, x, node.dtype), as_dtype_of(em, w, node.dtype), node, m, n, k)
     add = "+=" if k else "="
     lines += nest([m, n], ["i0", "i1"], [f"{Y['i0 * %d + i1' % n]} {add} {Bias.at('i1')}"])
     em.emit(lines)
@@ -491,12 +500,12 @@ def _softmax_lines(em: Emitter, node: Node, log: bool) -> list[str]:
             f"s = {F}(0.0)",
             f"for r in range({n}):"]
     if log:
-        body += [f"    s += math.exp({X[at]} - m)",
+        body += [f"    s += {exp_of(node.dtype)}({X[at]} - m)",
                  "ls = math.log(s)",
                  f"for r in range({n}):",
                  f"    {Y[at]} = {X[at]} - m - ls"]
     else:
-        body += [f"    e = math.exp({X[at]} - m)",
+        body += [f"    e = {exp_of(node.dtype)}({X[at]} - m)",
                  f"    {Y[at]} = e",
                  "    s += e",
                  f"inv = {F}(1.0) / s",
@@ -527,7 +536,7 @@ def lower_softmax_cross_entropy(em: Emitter, node: Node) -> None:
             f"    m = max(m, {X[at]})",
             f"s = {F}(0.0)",
             f"for c in range({classes}):",
-            f"    s += math.exp({X[at]} - m)",
+            f"    s += {exp_of(node.dtype)}({X[at]} - m)",
             "lse = m + math.log(s)"]
     if labels.dtype.is_int:
         body.append(f"y = {L['r']}")
@@ -593,13 +602,13 @@ def emit_conv2d(em: Emitter, node: Node, x: Node, w: Node) -> None:
     zero = typed(em, node.dtype, 0)
     if kh == kw == 1 and (sh, sw, ph, pw) == (1, 1, 0, 0):
         call = gemm_call(em, Wc, _Offset(Xc, f"n * {C * H * W}"), node, O, P, K, out_plus=f"n * {O * P}")
-        em.emit(nest([N], ["n"], [call]))
+        em.emit(nest([N], ["n"], call))
         return
     arr, off = em.scratch(K * P, node.dtype)
     x_arr, x_off = _base(Xc)
     body = [f"im2col({x_arr}, {_plus(x_off, f'n * {C * H * W}')}, {C}, {H}, {W}, {kh}, {kw}, {sh}, {sw}, {ph}, {pw}, "
-            f"{dh}, {dw}, {Ho}, {Wo}, {arr}, {off})",
-            gemm_call(em, Wc, _Scratch(arr, off), node, O, P, K, out_plus=f"n * {O * P}")]
+            f"{dh}, {dw}, {Ho}, {Wo}, {arr}, {off})"]
+    body += gemm_call(em, Wc, _Scratch(arr, off), node, O, P, K, out_plus=f"n * {O * P}")
     em.emit(nest([N], ["n"], body))
 
 
