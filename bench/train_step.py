@@ -1,0 +1,405 @@
+"""Training-step benchmark: graphc's numba_cpu backend against PyTorch (eager) and JAX (jit).
+
+    python bench/train_step.py --workload mlp|tiny|cnn --frameworks graphc,torch,jax --json OUT
+                               [--procs 3] [--threads 1,2]
+
+Every measurement runs in its own fresh process, the frameworks interleaved round by round, at
+least ``--procs`` processes per framework and thread count. All frameworks start from the same
+float32 weights and train on the same batch; the parent checks that their losses agree after 10
+SGD steps. Reported per framework: median ms/step (median over processes of each process's median
+block), the ratio to graphc, compile times, and for ``mlp`` one epoch of 60,000 samples (469
+minibatches of 128, the last one wrapped around the permutation, the same in every framework).
+
+graphc runs twice per round: ``graphc-cold`` compiles into an empty cache directory, then
+``graphc-warm`` is a new process that loads the same cache (its ``compile_s`` is the warm start).
+``first_result_s`` is the time from process start to the first step's loss.
+
+Workloads: mlp 784-512-256-10 ReLU, softmax cross-entropy, SGD lr 0.01, batch 128; tiny 64-32-10
+tanh, batch 32; cnn 1x28x28 -> conv 6@5x5 pad 2 -> ReLU -> maxpool 2 -> conv 16@5x5 -> ReLU ->
+maxpool 2 -> dense 400-120-84-10 (ReLU), batch 64. Threads: OPENBLAS/OMP/MKL_NUM_THREADS, torch's
+set_num_threads and XLA's intra-op threads are all set to the count, and each worker process is
+pinned to that many cores (sched_setaffinity); ``cpu_per_wall`` in the JSON shows the cores kept busy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+START = time.perf_counter()
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # graphc from this checkout
+LR = 0.01
+WORKLOADS = {
+    "mlp": dict(batch=128, layers=(784, 512, 256, 10), act="relu", block=50, blocks=7),
+    "tiny": dict(batch=32, layers=(64, 32, 10), act="tanh", block=3000, blocks=7),
+    "cnn": dict(batch=64, block=20, blocks=7),
+}
+EPOCH_SAMPLES = 60_000
+
+
+# -- the shared problem: weights and batch -----------------------------------------------------------------
+
+def problem(workload: str):
+    """float32 initial weights (a list of arrays in a fixed order) and one batch (x, y)."""
+    import numpy as np
+
+    spec = WORKLOADS[workload]
+    rng = np.random.default_rng(0)
+    weights = []
+
+    def dense(fan_in, fan_out):
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        weights.append(rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32))
+        weights.append(np.zeros(fan_out, np.float32))
+
+    if workload == "cnn":
+        for shape in ((6, 1, 5, 5), (16, 6, 5, 5)):
+            fan_in = shape[1] * shape[2] * shape[3]
+            limit = np.sqrt(6.0 / (fan_in + shape[0] * shape[2] * shape[3]))
+            weights.append(rng.uniform(-limit, limit, shape).astype(np.float32))
+            weights.append(np.zeros(shape[0], np.float32))
+        for a, b in ((400, 120), (120, 84), (84, 10)):
+            dense(a, b)
+        x = rng.standard_normal((spec["batch"], 1, 28, 28)).astype(np.float32)
+    else:
+        for a, b in zip(spec["layers"][:-1], spec["layers"][1:]):
+            dense(a, b)
+        x = rng.standard_normal((spec["batch"], spec["layers"][0])).astype(np.float32)
+    y = rng.integers(0, 10, spec["batch"]).astype(np.int64)
+    return weights, x, y
+
+
+def epoch_data():
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((EPOCH_SAMPLES, 784)).astype(np.float32)
+    Y = rng.integers(0, 10, EPOCH_SAMPLES).astype(np.int64)
+    return X, Y, rng.permutation(EPOCH_SAMPLES)
+
+
+def epoch_indices(perm, batch):
+    """Minibatch row indices: ceil(N / batch) steps, the last one wrapped around the permutation."""
+    import numpy as np
+
+    steps = -(-len(perm) // batch)
+    return np.concatenate([perm, perm])[: steps * batch].reshape(steps, batch)
+
+
+# -- workers: one framework in this process --------------------------------------------------------------------
+
+def graphc_step(workload: str, weights, cache_dir: str):
+    import graphc
+
+    spec = WORKLOADS[workload]
+    with graphc.Graph(f"bench_{workload}") as g:
+        params = [graphc.param(f"p{k}", w) for k, w in enumerate(weights)]
+        if workload == "cnn":
+            x = graphc.input("x", (spec["batch"], 1, 28, 28))
+            h = graphc.max_pool2d(graphc.relu(graphc.conv2d(x, params[0], padding=2)
+                                              + graphc.reshape(params[1], (1, 6, 1, 1))), 2)
+            h = graphc.max_pool2d(graphc.relu(graphc.conv2d(h, params[2]) + graphc.reshape(params[3], (1, 16, 1, 1))), 2)
+            h = graphc.reshape(h, (spec["batch"], 400))
+            dense_params = params[4:]
+            act = graphc.relu
+        else:
+            x = graphc.input("x", (spec["batch"], spec["layers"][0]))
+            h, dense_params = x, params
+            act = graphc.relu if spec["act"] == "relu" else graphc.tanh
+        y = graphc.input("y", (spec["batch"],), "int64")
+        n_dense = len(dense_params) // 2
+        for k in range(n_dense):
+            h = graphc.dense(h, dense_params[2 * k], dense_params[2 * k + 1])
+            if k < n_dense - 1:
+                h = act(h)
+        loss = g.output(graphc.softmax_cross_entropy(h, y))
+        for p, d in zip(params, graphc.grad(loss, params)):
+            g.update(p, p - LR * d)
+    t0 = time.perf_counter()
+    exe = graphc.compile(loss, inputs=[x, y], backend="cpu", cache_dir=cache_dir)
+    compile_s = time.perf_counter() - t0
+
+    def step(xb, yb):
+        return float(exe(xb, yb))
+
+    def epoch(X, Y, perm):
+        return exe.run_epoch(X, Y, perm=perm)
+
+    stats = {k: exe.stats.get(k) for k in ("cache", "cache_problems", "cache_key", "codegen_s", "numba_compile_s")}
+    return step, epoch, compile_s, stats
+
+
+def torch_step(workload: str, weights, threads: int):
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    params = [torch.tensor(w, requires_grad=True) for w in weights]
+
+    def forward(x):
+        if workload == "cnn":
+            h = F.max_pool2d(F.relu(F.conv2d(x, params[0], params[1], padding=2)), 2)
+            h = F.max_pool2d(F.relu(F.conv2d(h, params[2], params[3])), 2)
+            h = h.reshape(x.shape[0], 400)
+            dense, act = params[4:], F.relu
+        else:
+            h, dense = x, params
+            act = F.relu if WORKLOADS[workload]["act"] == "relu" else torch.tanh
+        n = len(dense) // 2
+        for k in range(n):
+            h = h @ dense[2 * k] + dense[2 * k + 1]
+            if k < n - 1:
+                h = act(h)
+        return h
+
+    def step_t(x, y):
+        loss = F.cross_entropy(forward(x), y)
+        loss.backward()
+        with torch.no_grad():
+            for p in params:
+                p -= LR * p.grad
+                p.grad = None
+        return loss
+
+    def step(xb, yb):
+        return float(step_t(torch.from_numpy(xb), torch.from_numpy(yb)))
+
+    def epoch(X, Y, perm):
+        Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+        losses = []
+        for rows in epoch_indices(perm, WORKLOADS[workload]["batch"]):
+            idx = torch.from_numpy(rows)
+            losses.append(step_t(Xt[idx], Yt[idx]).detach())
+        return torch.stack(losses).numpy()
+
+    return step, epoch, None, {"version": torch.__version__}  # eager: "compile" is the first step
+
+
+def jax_step(workload: str, weights):
+    import jax
+    import jax.numpy as jnp
+
+    params = [jnp.asarray(w) for w in weights]
+
+    def forward(ps, x):
+        if workload == "cnn":
+            dn = ("NCHW", "OIHW", "NCHW")
+            h = jax.lax.conv_general_dilated(x, ps[0], (1, 1), ((2, 2), (2, 2)), dimension_numbers=dn)
+            h = jax.nn.relu(h + ps[1].reshape(1, 6, 1, 1))
+            h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+            h = jax.lax.conv_general_dilated(h, ps[2], (1, 1), "VALID", dimension_numbers=dn)
+            h = jax.nn.relu(h + ps[3].reshape(1, 16, 1, 1))
+            h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+            h = h.reshape(x.shape[0], 400)
+            dense, act = ps[4:], jax.nn.relu
+        else:
+            h, dense = x, ps
+            act = jax.nn.relu if WORKLOADS[workload]["act"] == "relu" else jnp.tanh
+        n = len(dense) // 2
+        for k in range(n):
+            h = h @ dense[2 * k] + dense[2 * k + 1]
+            if k < n - 1:
+                h = act(h)
+        return h
+
+    def loss_fn(ps, x, y):
+        logp = jax.nn.log_softmax(forward(ps, x))
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    @jax.jit
+    def train(ps, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(ps, x, y)
+        return [p - LR * g for p, g in zip(ps, grads)], loss
+
+    @jax.jit
+    def train_rows(ps, X, Y, rows):
+        return train(ps, X[rows], Y[rows])
+
+    state = {"params": params}
+
+    def step(xb, yb):
+        state["params"], loss = train(state["params"], xb, yb)
+        return float(loss)
+
+    def epoch(X, Y, perm):
+        Xd, Yd = jnp.asarray(X), jnp.asarray(Y)
+        losses = []
+        for rows in epoch_indices(perm, WORKLOADS[workload]["batch"]):
+            state["params"], loss = train_rows(state["params"], Xd, Yd, rows)
+            losses.append(loss)
+        return jnp.stack(losses).block_until_ready()
+
+    # The first call traces and compiles: time it as the compile.
+    return step, epoch, None, {"version": jax.__version__}
+
+
+def worker(args) -> dict:
+    # Pin the process to `threads` cores, so that a framework cannot use more than it was told to.
+    if hasattr(os, "sched_setaffinity") and args.threads <= len(os.sched_getaffinity(0)):
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
+    import numpy as np
+
+    weights, x, y = problem(args.workload)
+    framework = args.worker
+    if framework.startswith("graphc"):
+        step, epoch, compile_s, extra = graphc_step(args.workload, weights, args.cache_dir)
+    elif framework == "torch":
+        step, epoch, compile_s, extra = torch_step(args.workload, weights, args.threads)
+    else:
+        step, epoch, compile_s, extra = jax_step(args.workload, weights)
+    t = time.perf_counter()
+    losses = [step(x, y)]
+    first_step_s = time.perf_counter() - t
+    first_result_s = time.perf_counter() - START
+    if compile_s is None:
+        compile_s = first_step_s  # JAX: tracing and XLA compilation happen in the first call
+    losses += [step(x, y) for _ in range(9)]
+    spec = WORKLOADS[args.workload]
+    blocks = []
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for _ in range(spec["blocks"]):
+        t = time.perf_counter()
+        for _ in range(spec["block"]):
+            last = step(x, y)
+        blocks.append((time.perf_counter() - t) / spec["block"] * 1e3)
+    cpu_per_wall = (time.process_time() - cpu0) / (time.perf_counter() - wall0)  # ~ cores kept busy
+    result = {"framework": framework, "workload": args.workload, "threads": args.threads, "losses": losses,
+              "ms_per_step": statistics.median(blocks), "blocks_ms": blocks, "compile_s": compile_s,
+              "first_result_s": first_result_s, "last_loss": last, "cpu_per_wall": cpu_per_wall, **extra}
+    if args.workload == "mlp":
+        X, Y, perm = epoch_data()
+        times = []
+        for _ in range(2):  # the first epoch also compiles (graphc: the epoch function; JAX: the gather)
+            t = time.perf_counter()
+            out = np.asarray(epoch(X, Y, perm))
+            times.append(time.perf_counter() - t)
+        result.update(epoch_s=times[-1], epoch_first_s=times[0], epoch_steps=len(out),
+                      epoch_last_loss=float(out[-1]))
+    return result
+
+
+# -- the parent: processes, interleaving, the table ------------------------------------------------------------------
+
+def thread_env(threads: int) -> dict:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    flags = env.get("XLA_FLAGS", "")
+    env["XLA_FLAGS"] = (flags + f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
+                        f"intra_op_parallelism_threads={threads}").strip()
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def run_worker(framework: str, workload: str, threads: int, cache_dir: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", framework, "--workload", workload, "--threads", str(threads),
+           "--cache-dir", cache_dir]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads), timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{framework} worker failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarize(results: list[dict], frameworks: list[str]) -> dict:
+    table = {}
+    for threads in sorted({r["threads"] for r in results}):
+        rows = {}
+        for fw in frameworks:
+            names = ["graphc-cold", "graphc-warm"] if fw == "graphc" else [fw]
+            runs = [r for r in results if r["threads"] == threads and r["framework"] in names]
+            if not runs:
+                continue
+            row = {"processes": len(runs), "ms_per_step": statistics.median(r["ms_per_step"] for r in runs),
+                   "ms_per_step_all": [round(r["ms_per_step"], 4) for r in runs]}
+            if fw == "graphc":
+                cold = [r for r in runs if r["framework"] == "graphc-cold"]
+                warm = [r for r in runs if r["framework"] == "graphc-warm"]
+                row["compile_cold_s"] = statistics.median(r["compile_s"] for r in cold)
+                row["compile_warm_s"] = statistics.median(r["compile_s"] for r in warm)
+                row["first_result_warm_s"] = statistics.median(r["first_result_s"] for r in warm)
+                row["cache"] = sorted({r["cache"] for r in runs})
+            else:
+                row["compile_s"] = statistics.median(r["compile_s"] for r in runs)
+                row["first_result_s"] = statistics.median(r["first_result_s"] for r in runs)
+            if "epoch_s" in runs[0]:
+                row["epoch_s"] = statistics.median(r["epoch_s"] for r in runs)
+                row["epoch_steps"] = runs[0]["epoch_steps"]
+            row["losses"] = runs[0]["losses"]
+            rows[fw] = row
+        base = rows.get("graphc")
+        for fw, row in rows.items():
+            if base:
+                row["ratio_to_graphc"] = row["ms_per_step"] / base["ms_per_step"]
+                if "epoch_s" in row:
+                    row["epoch_ratio_to_graphc"] = row["epoch_s"] / base["epoch_s"]
+                diff = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(row["losses"], base["losses"]))
+                row["loss_rel_diff_vs_graphc"] = diff
+        table[threads] = rows
+    return table
+
+
+def print_table(workload: str, table: dict) -> None:
+    for threads, rows in table.items():
+        print(f"\n== {workload}, {threads} thread{'s' if threads > 1 else ''}")
+        print(f"{'framework':10s} {'ms/step':>10s} {'x graphc':>9s} {'compile s':>22s} {'epoch s':>9s} "
+              f"{'loss diff':>10s}  procs")
+        for fw, row in rows.items():
+            if fw == "graphc":
+                comp = f"{row['compile_cold_s']:.2f} cold/{row['compile_warm_s']:.3f} warm"
+            else:
+                comp = f"{row['compile_s']:.2f} first step"
+            epoch = f"{row['epoch_s']:.3f}" if "epoch_s" in row else "-"
+            print(f"{fw:10s} {row['ms_per_step']:10.4f} {row.get('ratio_to_graphc', 1):9.2f} {comp:>22s} "
+                  f"{epoch:>9s} {row.get('loss_rel_diff_vs_graphc', 0):10.1e}  {row['processes']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="mlp")
+    parser.add_argument("--frameworks", default="graphc,torch,jax")
+    parser.add_argument("--procs", type=int, default=3, help="processes per framework and thread count (>= 3)")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.threads = int(args.threads)
+        print(json.dumps(worker(args)))
+        return
+    frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    results = []
+    for threads in [int(t) for t in args.threads.split(",")]:
+        for round_ in range(args.procs):
+            with tempfile.TemporaryDirectory(prefix="graphc-bench-cache-") as cache_dir:
+                order = frameworks[round_ % len(frameworks):] + frameworks[:round_ % len(frameworks)]
+                for fw in order:
+                    names = ["graphc-cold", "graphc-warm"] if fw == "graphc" else [fw]
+                    for name in names:
+                        r = run_worker(name, args.workload, threads, cache_dir)
+                        print(f"  {threads} thr, round {round_ + 1}: {name:12s} {r['ms_per_step']:.4f} ms/step, "
+                              f"compile {r['compile_s']:.3f} s", file=sys.stderr, flush=True)
+                        results.append(r)
+    table = summarize(results, frameworks)
+    agree = all(row.get("loss_rel_diff_vs_graphc", 0) < 1e-3 for rows in table.values() for row in rows.values())
+    print_table(args.workload, table)
+    print(f"\nlosses after 10 steps agree across frameworks (relative difference < 1e-3): {agree}")
+    if args.json:
+        info = {"workload": args.workload, "command": " ".join(sys.argv), "python": platform.python_version(),
+                "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                "losses_agree": agree, "table": table, "runs": results}
+        Path(args.json).write_text(json.dumps(info, indent=1, default=str))
+    if not agree:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
