@@ -48,7 +48,7 @@ class EarlyStopping:
 
 @dataclass
 class History:
-    """Per-epoch metrics: loss, acc, val_loss, val_acc, lr, seconds."""
+    """Per-epoch metrics: loss, acc, val_loss, val_acc, lr (the rate of the epoch's first step), seconds."""
 
     epochs: list[int] = field(default_factory=list)
     metrics: dict[str, list[float]] = field(default_factory=dict)
@@ -160,15 +160,27 @@ class Trainer:
         return compile_graph(outs, backend=self.backend, optimize=self.optimize)
 
     def step_executable(self, batch_size: int):
+        """The compiled training step for ``batch_size`` rows. The first one compiled holds the trainer's
+        state (``self.state`` is its parameter store); others run through :meth:`run_step`."""
         if batch_size not in self._steps:
             exe = self._compile(build_train_step(self.model, batch_size, self.optimizer, self.loss, self.l2,
                                                  name=f"train_step_b{batch_size}"))
             if self.state is None:
-                self.state = {k: v.copy() for k, v in exe.params.items()}
+                self.state = exe.params
             self._steps[batch_size] = exe
-        exe = self._steps[batch_size]
-        exe.params = self.state  # every step executable shares one set of state arrays
-        return exe
+        return self._steps[batch_size]
+
+    def run_step(self, exe, feeds: dict):
+        """One call of a step executable on the trainer's state (copied in and back out when the
+        executable keeps its own store, as the partial last batch's does)."""
+        shared = exe.params is self.state
+        if not shared:
+            exe.set_params(self.state)
+        outs = exe(**{k: feeds[k] for k in exe.input_names})
+        if not shared:
+            for k, v in exe.params.items():
+                self.state[k][...] = v
+        return outs
 
     def eval_executable(self, batch_size: int):
         if batch_size not in self._eval:
@@ -195,20 +207,34 @@ class Trainer:
         keys = (seed * 1_000_000_007 + self.step_count + np.arange(steps)).astype(np.int64)
         full = self.step_executable(batch_size)
         if hasattr(full, "run_epoch"):
-            rest = n % batch_size
-            tail = self.step_executable(rest) if rest else None
-            losses, correct = full.run_epoch(x, y, perm, lrs, keys, batch_size, tail)
-            self.step_count += steps
-            return float(np.sum(losses)) / n, float(np.sum(correct)) / n
+            return self._native_epoch(full, x, y, perm, lrs, keys, batch_size)
         total_loss, total_correct = 0.0, 0.0
         for s in range(steps):
             idx = perm[s * batch_size:(s + 1) * batch_size]
             exe = self.step_executable(len(idx))
-            feeds = {"x": x[idx], "y": y[idx], "lr": lrs[s], "key": keys[s]}
-            loss, correct = exe(**{k: feeds[k] for k in exe.input_names})
+            loss, correct = self.run_step(exe, {"x": x[idx], "y": y[idx], "lr": lrs[s], "key": keys[s]})
             total_loss += float(loss) * len(idx)
             total_correct += float(correct)
         self.step_count += steps
+        return total_loss / n, total_correct / n
+
+    def _native_epoch(self, full, x, y, perm, lrs, keys, batch_size) -> tuple[float, float]:
+        """The full minibatches in one native call (per-step learning rates and keys), then the partial
+        last batch, if any, through its own step executable."""
+        n = len(x)
+        full_steps, rest = divmod(n, batch_size)
+        total_loss = total_correct = 0.0
+        if full_steps:
+            feeds = {"x": x, "y": y, "lr": lrs[:full_steps], "key": keys[:full_steps]}
+            losses, correct = full.run_epoch(*(feeds[k] for k in full.input_names), perm=perm, last_batch="drop")
+            total_loss, total_correct = float(np.sum(losses, dtype=np.float64)) * batch_size, float(np.sum(correct))
+        if rest:
+            idx = perm[full_steps * batch_size:]
+            loss, correct = self.run_step(self.step_executable(rest),
+                                          {"x": x[idx], "y": y[idx], "lr": lrs[-1], "key": keys[-1]})
+            total_loss += float(loss) * rest
+            total_correct += float(correct)
+        self.step_count += len(lrs)
         return total_loss / n, total_correct / n
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:

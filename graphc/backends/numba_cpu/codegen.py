@@ -547,7 +547,7 @@ class FastmathText(str):
 
 def batched_inputs(inputs: Sequence[Node]) -> list[bool]:
     """Which inputs an epoch feeds by minibatch: those whose leading axis is the first input's (the batch
-    size); the others (a learning rate, say) keep one value for the whole epoch."""
+    size); the others (a learning rate, a random key) get one value per step."""
     if not inputs or inputs[0].ndim == 0:
         return [False] * len(inputs)
     batch = inputs[0].shape[0]
@@ -562,16 +562,18 @@ def _epoch_source(em: Emitter, graph: Graph) -> str:
         return "# (no epoch function: no input has a batch axis)\n"
     batch = ins[0].shape[0]
     names = [em.arg_names[id(n)][3:] for n in ins]
-    data = [f"d_{nm}" if b else f"in_{nm}" for nm, b in zip(names, batched)]
+    data = [f"d_{nm}" if b else f"p_{nm}" for nm, b in zip(names, batched)]
     lines = ["@njit(**NJIT)",
              f"def epoch({', '.join(data)}, perm, steps, state, ws, status):",
              f'    """`steps` minibatches of {batch} rows: rows perm[s*{batch} : (s+1)*{batch}] (wrapping around the '
-             f'permutation) through step()."""',
+             f'permutation) through step(); an input without a batch axis takes its value for step s from p_<name>[s]."""',
              "    n = perm.shape[0]"]
     for k, (n, d, b) in enumerate(zip(ins, data, batched)):
         if b:
             lines.append(f"    b{k} = np.empty({n.size}, {em.np_type(n.dtype)})")
             lines.append(f"    f{k} = {d}.reshape({d}.size)")
+        else:
+            lines.append(f"    q{k} = {d}.reshape(steps, {max(n.size, 1)})")
     for k, o in enumerate(graph.outputs):
         lines.append(f"    r{k} = np.empty((steps, {max(o.size, 1)}), {em.np_type(o.dtype)})")
     lines.append("    for s in range(steps):")
@@ -586,7 +588,7 @@ def _epoch_source(em: Emitter, graph: Graph) -> str:
         else:
             lines.append(f"            for c in range({row}):")
             lines.append(f"                b{k}[r * {row} + c] = f{k}[src * {row} + c]")
-    call = ", ".join(f"b{k}.reshape({tuple(n.shape)!r})" if b else d
+    call = ", ".join(f"b{k}.reshape({tuple(n.shape)!r})" if b else f"q{k}[s].reshape({tuple(n.shape)!r})"
                      for k, (n, d, b) in enumerate(zip(ins, data, batched)))
     lines.append(f"        res = step({call}, state, ws, status)")
     lines.append("        if status[0] != 0:")

@@ -1,6 +1,8 @@
 """NumbaExecutable: the compiled graph. Owns the parameter store and the workspace; one native call per run."""
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, Iterator, Mapping, MutableMapping
 
 import numpy as np
@@ -218,7 +220,7 @@ class NumbaExecutable(Executable):
         n = None
         for node, d, is_batched in zip(self.inputs, data, batched):
             if not is_batched:
-                arrays.append(self._native(validate(node, d)))
+                arrays.append(d)  # one value, or one per step: resolved once the step count is known
                 continue
             a = np.asarray(d)
             if a.ndim != node.ndim or a.shape[1:] != node.shape[1:]:
@@ -248,6 +250,9 @@ class NumbaExecutable(Executable):
             raise InputError(f"run_epoch: perm must be {n} row indices in [0, {n}), got shape {list(perm.shape)}"
                              + (f" with values in [{perm.min()}, {perm.max()}]" if perm.size else ""))
         steps = -(-n // batch) if last_batch == "wrap" else n // batch
+        for k, (node, is_batched) in enumerate(zip(self.inputs, batched)):
+            if not is_batched:
+                arrays[k] = self._per_step(node, arrays[k], steps)
         if self.check_finite:
             self._check_finite(arrays)
         epoch = self._epoch_function(arrays)
@@ -256,6 +261,16 @@ class NumbaExecutable(Executable):
             self._raise_status(None, context=f" of minibatch {int(self._status[3])}", data={})
         results = [o.reshape((steps,) + shape) for o, (shape, _) in zip(outs, self.program.outputs)]
         return results[0] if len(results) == 1 else tuple(results)
+
+    def _per_step(self, node: Node, value: Any, steps: int) -> np.ndarray:
+        """[steps, *shape] values of an input without a batch axis: given per step, or one value for all."""
+        a = np.asarray(value)
+        if a.shape == node.shape:
+            a = np.broadcast_to(a, (steps,) + node.shape)
+        elif a.shape != (steps,) + node.shape:
+            raise InputError(f"run_epoch: input {node.name!r} takes one value {node.type_str} or one per step "
+                             f"{list((steps,) + node.shape)}, got shape {list(a.shape)}")
+        return self._native(validate(dataclasses.replace(node, shape=(steps,) + node.shape), a))
 
     @staticmethod
     def _native(a: np.ndarray) -> np.ndarray:
@@ -309,8 +324,6 @@ def _check_strict(node: Node, value: Any) -> None:
 
 
 def _rows_node(node: Node, n: int) -> Node:
-    import dataclasses
-
     return dataclasses.replace(node, shape=(n,) + node.shape[1:])
 
 
