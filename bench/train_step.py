@@ -273,7 +273,8 @@ def worker(args) -> dict:
     cpu_per_wall = (time.process_time() - cpu0) / (time.perf_counter() - wall0)  # ~ cores kept busy
     result = {"framework": framework, "workload": args.workload, "threads": args.threads, "losses": losses,
               "ms_per_step": statistics.median(blocks), "blocks_ms": blocks, "compile_s": compile_s,
-              "first_result_s": first_result_s, "last_loss": last, "cpu_per_wall": cpu_per_wall, **extra}
+              "first_result_s": first_result_s, "last_loss": last, "cpu_per_wall": cpu_per_wall,
+              "load_average": os.getloadavg()[0], **extra}
     if args.workload == "mlp":
         X, Y, perm = epoch_data()
         times = []

@@ -357,6 +357,20 @@ def test_training_step_updates_parameters_in_place(train_step):
     assert [mode for *_, mode in exe.program.updates] == ["inplace"] * 4
 
 
+def test_optimized_training_step_accumulates_the_first_layer_update_into_its_weights(graphc_cache_dir):
+    # Level 2: fused SGD updates; W0's gradient GEMM is read by nothing but W0's update (no input gradient
+    # is needed), so BLAS adds -lr * x^T @ g straight into W0 (alpha = -lr, beta = 1).
+    loss, inputs = mlp_step(dtype="float64", name="mlp_step_opt", sizes=(4, 6, 5, 3))
+    exe, ref = compile_both(loss, inputs, graphc_cache_dir, optimize=2)
+    assert "accumulated into the parameter" in exe.source and re.search(r"gemm\(1, 0, 4, 6, 8, -0\.1, ", exe.source)
+    r = rng(8)
+    for _ in range(3):
+        x, y = r.standard_normal((8, 4)), r.integers(0, 3, 8)
+        np.testing.assert_allclose(exe(x, y), ref(x, y), **TOL["float64"])
+    for k in exe.params:
+        np.testing.assert_allclose(exe.params[k], ref.params[k], **TOL["float64"])
+
+
 def test_source_and_native_code_are_inspectable(train_step):
     exe, _ = train_step
     assert "def step(" in exe.source and "def epoch(" in exe.source

@@ -129,6 +129,8 @@ class Emitter:
         self.return_expr = "()"
         self.arg_names: dict[int, str] = {}
         self.inplace_target: dict[int, Node] = {}  # update value id -> the parameter it overwrites
+        self.accumulate: dict[int, tuple[Node, float]] = {}  # product id -> (parameter, scale): p += scale * product
+        self.accumulated_updates: dict[int, Node] = {}  # update value id -> the product accumulated into p
         self.state_bytes = 0
 
     # -- access ------------------------------------------------------------------------------------
@@ -276,6 +278,47 @@ def _classify(em: Emitter) -> None:
         em.root[id(node)] = r
 
 
+def _accumulate_updates(em: Emitter) -> None:
+    """SGD-like updates ``p <- p + c * (A @ B)`` of a 2-D product computed for nothing else: BLAS
+    computes ``p += c * A @ B`` in place (alpha = c, beta = 1), so the gradient is never written out
+    and read back. Safe when the update runs in place, nothing else reads p from the product's step
+    on, and p is not an operand of the product."""
+    import sympy as sp
+
+    from ...ops.elementwise import fused_symbols
+
+    graph = em.graph
+    consumers = graph.consumers()
+    for v, p in list(em.inplace_target.items()):
+        node = next(n for n in graph.nodes if id(n) == v)
+        if node.op != "fused" or len(node.inputs) != 2 or node.dtype != p.dtype:
+            continue
+        k_p = next((k for k, i in enumerate(node.inputs) if i is p), None)
+        if k_p is None:
+            continue
+        g = node.inputs[1 - k_p]
+        if g.op not in ("matmul", "matmul_epilogue") or g.ndim != 2 or g.shape != p.shape or g.dtype != p.dtype:
+            continue
+        if g.op == "matmul_epilogue" and (len(g.inputs) != 2 or g.attrs["expr"] != fused_symbols(1)[0]):
+            continue
+        if em.kind[id(g)] != "ws" or [c for c in consumers[id(g)]] != [node]:
+            continue
+        if any(em.root[id(o)] is p for o in g.inputs[:2]) or any(i.dtype != p.dtype for i in g.inputs[:2]):
+            continue
+        s_p, s_g = fused_symbols(2)[k_p], fused_symbols(2)[1 - k_p]
+        expr = sp.expand(node.attrs["expr"])
+        scale = expr.coeff(s_g)
+        if not scale.is_number or sp.simplify(expr - s_p - scale * s_g) != 0:
+            continue
+        readers = [c for c in graph.nodes if any(em.root[id(i)] is p for i in c.inputs) and c is not node]
+        if any(em.pos[id(r)] >= em.pos[id(g)] for r in readers):
+            continue
+        # A low-precision Float (the passes' float32 constants) stands for its decimal text.
+        em.accumulate[id(g)] = (p, float(str(scale)) if getattr(scale, "_prec", 53) < 53 else float(scale))
+        em.accumulated_updates[v] = g
+        em.kind[id(g)] = "accumulate"
+
+
 def _transposed_operand(em: Emitter, node: Node, readers: list[Node], outputs: set[int]) -> bool:
     """A 2-D transpose read only as a matmul/dense weight operand: BLAS reads its source transposed.
     The source must stay alive (in the buffer plan) until the last of those readers."""
@@ -355,6 +398,7 @@ def lower(graph: Graph, inputs: Sequence[Node] | None = None, options: dict[str,
     em.scratch_space = Scratch(offsets[-1])
     inplace = set(em.plan.inplace_updates)
     _classify(em)
+    _accumulate_updates(em)
     _declare_sources(em)
 
     # Outputs: fresh arrays, returned as a tuple, reshaped to their shapes.
@@ -395,6 +439,9 @@ def lower(graph: Graph, inputs: Sequence[Node] | None = None, options: dict[str,
         em._scratch_count = 0
         kind = em.kind[id(node)]
         if kind in ("input", "state", "tview", "alias"):
+            continue
+        if kind == "accumulate":  # a product added straight into a parameter (_accumulate_updates)
+            lowering_for(node.op)(em, node)
             continue
         if kind == "ws":
             slot = em.plan.slot_of[id(node)]

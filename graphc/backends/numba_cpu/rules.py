@@ -129,7 +129,7 @@ class _Same:
 
 
 def gemm_call(em: Emitter, a, b, out: Node, m: int, n: int, k: int, out_plus: str = "0", a_plus: str = "0",
-              b_plus: str = "0", beta: float = 0.0) -> list[str]:
+              b_plus: str = "0", beta: float = 0.0, alpha: float = 1.0) -> list[str]:
     """out[m, n] (+)= a[m, k] @ b[k, n] (``a``/``b``: _Same/Converted/... operands) as one BLAS call.
 
     Always BLAS, even for tiny products: loop nests over the flat workspace (which LLVM cannot prove
@@ -138,7 +138,7 @@ def gemm_call(em: Emitter, a, b, out: Node, m: int, n: int, k: int, out_plus: st
     ta, a_arr, a_off, lda = a.matrix(m, k, a_plus)
     tb, b_arr, b_off, ldb = b.matrix(k, n, b_plus)
     _, c_arr, c_off, ldc = em.matrix(out, m, n, out_plus)
-    return [f"gemm({ta}, {tb}, {m}, {n}, {k}, 1.0, {a_arr}, {a_off}, {lda}, {b_arr}, {b_off}, {ldb}, {beta!r}, "
+    return [f"gemm({ta}, {tb}, {m}, {n}, {k}, {alpha!r}, {a_arr}, {a_off}, {lda}, {b_arr}, {b_off}, {ldb}, {beta!r}, "
             f"{c_arr}, {c_off}, {ldc})"]
 
 
@@ -211,6 +211,10 @@ def emit_elementwise(em: Emitter, node: Node, expr: sp.Expr, symbols: Sequence[s
 
 def lower_elementwise(em: Emitter, node: Node) -> None:
     """Any elementwise op: its SymPy expression, printed as scalar code inside one loop nest."""
+    if id(node) in em.accumulated_updates:
+        product = em.accumulated_updates[id(node)]
+        em.emit([f"pass  # computed by %{em.number[id(product)]}'s GEMM, which accumulated into the parameter"])
+        return
     expr, symbols = elementwise_expr(node)
     emit_elementwise(em, node, expr, symbols, node.inputs)
 
@@ -402,7 +406,17 @@ def lower_argmax(em: Emitter, node: Node) -> None:
 def emit_matmul_product(em: Emitter, node: Node, a: Node, b: Node, trans_a: bool = False,
                         trans_b: bool = False) -> None:
     """node [..., m, n] = op(a) @ op(b) with batch axes broadcast; op swaps a stored operand's last two
-    axes (BLAS reads it transposed)."""
+    axes (BLAS reads it transposed). A product that is only a parameter's update term is accumulated
+    straight into the parameter: p += c * op(a) @ op(b) (BLAS's alpha and beta; see codegen)."""
+    accumulate = em.accumulate.get(id(node))
+    if accumulate is not None:
+        param, scale = accumulate
+        sa = (a.shape[-1], a.shape[-2]) if trans_a else a.shape[-2:]
+        sb = (b.shape[-1], b.shape[-2]) if trans_b else b.shape[-2:]
+        A = _Flagged(_Same(em, a), trans_a)
+        B = _Flagged(_Same(em, b), trans_b)
+        em.emit(gemm_call(em, A, B, param, sa[0], sb[1], sa[1], beta=1.0, alpha=scale))
+        return
     sa = a.shape[:-2] + ((a.shape[-1], a.shape[-2]) if trans_a else a.shape[-2:])
     sb = b.shape[:-2] + ((b.shape[-1], b.shape[-2]) if trans_b else b.shape[-2:])
     m, k = sa[-2:]
