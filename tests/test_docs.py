@@ -128,7 +128,7 @@ def test_readme_has_the_two_commands_in_order():
     text = README.read_text(encoding="utf-8")
     assert text.index("<!-- ci:main -->") < text.index("<!-- ci:test -->")
     main, test = readme_block("ci:main").strip(), readme_block("ci:test").strip()
-    assert "pip install ." in main and "examples/mlp_784.py" in main
+    assert "pip install ." in main and "examples/mnist_mlp.py" in main
     assert '".[dev]"' in test and "pytest" in test
     for cmd in (main, test):
         assert "\n" not in cmd and cmd.startswith("python3 -m venv .venv && . .venv/bin/activate && ")
