@@ -336,7 +336,7 @@ def summarize(results: list[dict], frameworks: list[str]) -> dict:
             row["losses"] = runs[0]["losses"]
             rows[fw] = row
         base = rows.get("graphc")
-        for fw, row in rows.items():
+        for row in rows.values():
             if base:
                 row["ratio_to_graphc"] = row["ms_per_step"] / base["ms_per_step"]
                 if "epoch_s" in row:

@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 
 import graphc
 from graphc.backends import numba_cpu
-from graphc.ops import registry
 from graphc.ir.rewrite import clone
-from graphc.passes import optimize
+from graphc.ops import registry
 from graphc.ops.elementwise import derivative_op, fused, fused_symbols
 from graphc.ops.random import random_flip2d, random_shift2d, random_uniform
+from graphc.passes import optimize
 
 TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=2e-4, atol=2e-5)}
 DTYPES = ["float64", "float32"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from ...ir import Graph, GraphcError, Node
+from ...ir import Graph, Node
 from .cache import Entry, cache_key, cache_root, locked
 from .codegen import lower
 from .executable import NumbaExecutable

@@ -383,9 +383,8 @@ def lower(graph: Graph, inputs: Sequence[Node] | None = None, options: dict[str,
     >>> "def step(in_x, state, ws, status)" in lower(g).source
     True
     """
-    from .rules import lowering_for
-
     from ...passes import plan_buffers
+    from .rules import lowering_for
 
     options = dict(options or {})
     inputs = list(graph.inputs if inputs is None else inputs)

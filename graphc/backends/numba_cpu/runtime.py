@@ -95,10 +95,10 @@ def im2col(x, xo, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, co):
 
 
 @njit(**_KERNEL)
-def col2im_add(cols, co, O, kh, kw, H, W, sh, sw, ph, pw, dh, dw, Ho, Wo, out, oo):
+def col2im_add(cols, co, Co, kh, kw, H, W, sh, sw, ph, pw, dh, dw, Ho, Wo, out, oo):
     """The adjoint of im2col: out[o, h*sh - ph + i*dh, w*sw - pw + j*dw] += cols[(o*kh + i)*kw + j, h*W + w]."""
     P = H * W
-    for o in range(O):
+    for o in range(Co):
         for i in range(kh):
             for j in range(kw):
                 row = co + ((o * kh + i) * kw + j) * P
