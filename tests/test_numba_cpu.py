@@ -371,6 +371,24 @@ def test_optimized_training_step_accumulates_the_first_layer_update_into_its_wei
         np.testing.assert_allclose(exe.params[k], ref.params[k], **TOL["float64"])
 
 
+def test_driver_split_into_parts_computes_the_same(graphc_cache_dir):
+    # Very large drivers are split into step_part0..k (part_lines); force it on a small step.
+    loss, inputs = mlp_step(dtype="float64", name="mlp_step_parts")
+    exe, ref = compile_both(loss, inputs, graphc_cache_dir, optimize=2, part_lines=12)
+    assert "def step_part2(" in exe.source and "if step_part0(" in exe.source
+    r = rng(9)
+    for _ in range(2):
+        x, y = r.standard_normal((8, 4)), r.integers(0, 3, 8)
+        np.testing.assert_allclose(exe(x, y), ref(x, y), **TOL["float64"])
+    for k in exe.params:
+        np.testing.assert_allclose(exe.params[k], ref.params[k], **TOL["float64"])
+    before = {k: v.copy() for k, v in exe.params.items()}
+    with pytest.raises(graphc.InputError, match="label 7 at index 0 is out of range"):
+        exe(x, np.r_[7, y[1:]])  # the check in the driver's prologue stops everything
+    for k in exe.params:
+        np.testing.assert_array_equal(exe.params[k], before[k])
+
+
 def test_source_and_native_code_are_inspectable(train_step):
     exe, _ = train_step
     assert "def step(" in exe.source and "def epoch(" in exe.source

@@ -27,9 +27,11 @@ ALIGN = 64
 COMMENT_COLUMN = 72
 END = 1 << 60  # "read after the last node": outputs and update copies
 EXIT = "return __EXIT__"  # an early exit: the driver returns its outputs, a driver part returns 1
-#: Body lines per driver function: Numba's liveness analysis and LLVM grow faster than linearly with
-#: function size, so a big graph's driver calls parts of about this many lines (each ~0.1 s overhead).
-PART_LINES = 160
+#: Body lines per driver function. Numba's liveness analysis and LLVM grow faster than linearly with
+#: function size, but each extra function costs its own pipeline: measured on the LeNet-5 step (344
+#: lines), one function compiles in 4.5 s and parts of 160 lines in 6.9 s, so only very large drivers
+#: (thousands of lines) are split into parts that step() calls.
+PART_LINES = 1200
 
 #: dtype name -> the NumPy type's name in the generated module (bound at its top).
 NP_TYPE = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "b8"}
