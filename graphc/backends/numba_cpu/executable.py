@@ -192,7 +192,8 @@ class NumbaExecutable(Executable):
 
         ``data`` holds one array per input: [N, ...] for an input [B, ...] with the batch axis (B, the
         first input's leading size, is the batch size the graph was built with), and the value itself
-        for any other input (a learning rate: fixed for the epoch). Rows are visited in ``perm``
+        for any other input (a learning rate, a dropout key): one value for every step, or one per step
+        ([steps, *shape]). Rows are visited in ``perm``
         order (default: ``numpy.random.default_rng(seed).permutation(N)``). ``last_batch="wrap"``
         fills the last, partial minibatch with rows from the start of the permutation (ceil(N/B)
         steps, every row at least once); ``"drop"`` skips it (N // B steps). Parameter updates apply
