@@ -240,12 +240,22 @@ def lower_reshape(em: Emitter, node: Node) -> None:
 
 @rule("transpose")
 def lower_transpose(em: Emitter, node: Node) -> None:
+    """A copy in output order. Input axes that stay adjacent and in order (the H, W of an NCHW
+    channel/batch swap) are one loop: the inner loop is then a contiguous, vectorized copy."""
     (x,) = node.inputs
-    perm = node.attrs["perm"]
+    groups: list[list[int]] = []
+    for p in node.attrs["perm"]:
+        if groups and groups[-1][-1] + 1 == p:
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+    sizes = [int(np.prod([x.shape[a] for a in g], dtype=np.int64)) for g in groups]
     in_strides = strides(x.shape)
-    names = [f"i{d}" for d in range(node.ndim)]
-    src = " + ".join(f"{nm} * {in_strides[p]}" for nm, p in zip(names, perm)) or "0"
-    em.emit(nest(node.shape, names, [f"{em.at(node, linear(names, node.shape))} = {em.at(x, src)}"]))
+    kept = [(size, in_strides[g[-1]]) for size, g in zip(sizes, groups) if size != 1]
+    names = [f"i{d}" for d in range(len(kept))]
+    src = " + ".join(nm if st == 1 else f"{nm} * {st}" for nm, (_, st) in zip(names, kept)) or "0"
+    out_sizes = [size for size, _ in kept]
+    em.emit(nest(out_sizes, names, [f"{em.at(node, linear(names, out_sizes))} = {em.at(x, src)}"]))
 
 
 def _slice_index(names, starts, steps, shape_strides):
