@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -188,3 +189,13 @@ def test_cache_dir_comes_from_the_environment(tmp_path, monkeypatch):
     assert cache_module.cache_root() == tmp_path / "from_env"
     monkeypatch.delenv("GRAPHC_CACHE_DIR")
     assert cache_module.cache_root() == Path.home() / ".cache" / "graphc"
+
+
+def test_unwritable_cache_dir_falls_back_to_a_temporary_one(tmp_path):
+    blocked = tmp_path / "not_a_dir"
+    blocked.write_text("a file where the cache directory should be")
+    exe = graphc.compile(small_graph(), backend="cpu", cache_dir=blocked)
+    assert blocked.as_posix() in exe.stats["cache_dir_unusable"]
+    assert exe.stats["cache_dir"].startswith(os.path.join(tempfile.gettempdir(), "graphc-cache-"))
+    x = np.linspace(-3, 3, 5, dtype=np.float32)
+    np.testing.assert_allclose(exe(x), sigmoid_plus_one(x, 1.0), rtol=1e-6)

@@ -11,7 +11,10 @@ contraction, which keep NaN/Inf semantics), ``cache_dir`` (default ``$GRAPHC_CAC
 """
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from ...ir import Graph, Node
@@ -62,8 +65,19 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
     positions = [graph.nodes.index(n) for n in program.inputs]
     options = {k: program.options.get(k) for k in _CODEGEN_OPTIONS}
     key = cache_key(graph.structural_hash(), positions, options)
-    entry = Entry(cache_root(cache_dir), key)
-    stats: dict[str, Any] = {"cache_key": key, "cache_dir": str(entry.dir)}
+    root = cache_root(cache_dir)
+    stats: dict[str, Any] = {"cache_key": key}
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:  # a read-only or missing home: compile into a per-user temporary cache
+        stats["cache_dir_unusable"] = f"{root}: {err}"
+        root = Path(tempfile.gettempdir()) / f"graphc-cache-{os.getuid()}"
+        root.mkdir(parents=True, exist_ok=True)
+    entry = Entry(root, key)
+    stats["cache_dir"] = str(entry.dir)
     t0 = time.perf_counter()
     with locked(entry.lock_path):
         problems = entry.problems()
