@@ -467,3 +467,23 @@ def test_float32_exp_and_tanh_are_within_a_few_ulp():
     assert tail_e[2] == np.inf and tail_e[3] == 0.0 and np.isnan(tail_e[4]) and tail_e[6] == np.inf
     assert np.isnan(tail_t[4]) and abs(tail_t[2] - 1) < 3e-7 and abs(tail_t[3] + 1) < 3e-7
     assert tail_t[1] == 0.0 and np.signbit(tail_t[1])
+
+
+def test_mixed_dtype_products_convert_their_operands(graphc_cache_dir):
+    # float64 activations against float32 weights: the products run in float64 (NumPy's promotion) on
+    # converted copies, a transposed float32 operand included.
+    r = rng(10)
+    with graphc.Graph("mixed_dtypes") as g:
+        x = graphc.input("x", (3, 4), "float64")
+        w = graphc.input("w", (5, 4), "float32")
+        b = graphc.input("b", (5,), "float32")
+        outs = [graphc.matmul(x, graphc.transpose(w)) * 2.0, graphc.dense(x, graphc.transpose(w), b)]
+        g.output(*outs)
+    exe, ref = compile_both(outs, [x, w, b], graphc_cache_dir)
+    feeds = [r.standard_normal((3, 4)), r.standard_normal((5, 4)).astype(np.float32),
+             r.standard_normal(5).astype(np.float32)]
+    X, W, B = (f.astype(np.float64) for f in feeds)
+    got = exe(*feeds)
+    np.testing.assert_allclose(got[0], 2 * X @ W.T, **TOL["float64"])
+    np.testing.assert_allclose(got[1], X @ W.T + B, **TOL["float64"])
+    assert_same(got, ref(*feeds), ["matmul", "dense"], "float64")

@@ -329,6 +329,8 @@ def _transposed_operand(em: Emitter, node: Node, readers: list[Node], outputs: s
     if id(node) in em.plan.inplace_updates:
         return False
     for r in readers:
+        if r.dtype != node.dtype:  # a converted copy is needed anyway: materialize the transpose
+            return False
         if r.op == "matmul" and r.inputs[0] is not r.inputs[1]:
             continue
         if r.op == "dense" and r.inputs[1] is node and r.inputs[0] is not node:
