@@ -133,8 +133,28 @@ def graphc_step(workload: str, weights, cache_dir: str):
     def epoch(X, Y, perm):
         return exe.run_epoch(X, Y, perm=perm)
 
+    if workload == "mlp" and args.graphc_epoch == "fit":
+        epoch = graphc_fit_epoch(weights, cache_dir)
     stats = {k: exe.stats.get(k) for k in ("cache", "cache_problems", "cache_key", "codegen_s", "numba_compile_s")}
     return step, epoch, compile_s, stats
+
+
+def graphc_fit_epoch(weights, cache_dir: str):
+    """One epoch through ``graphc.fit``: the same MLP as graphc.nn layers holding the same weights,
+    SGD at LR, batch 128, the partial last batch (96 rows) trained too, no validation."""
+    import graphc
+    from graphc.nn import Dense, Sequential
+
+    os.environ["GRAPHC_CACHE_DIR"] = cache_dir
+    model = Sequential([Dense(512, "relu"), Dense(256, "relu"), Dense(10)], input_shape=(784,))
+    for layer, w, b in zip(model.layers, weights[0::2], weights[1::2]):
+        layer.values["W"], layer.values["b"] = w.copy(), b.copy()
+    trainer = graphc.train.Trainer(model, graphc.optim.SGD(LR), backend="cpu")
+
+    def epoch(X, Y, perm):
+        return graphc.fit(model, (X, Y), epochs=1, batch_size=128, trainer=trainer, verbose=False)["loss"]
+
+    return epoch
 
 
 def torch_step(workload: str, weights, threads: int):
@@ -282,7 +302,8 @@ def worker(args) -> dict:
             t = time.perf_counter()
             out = np.asarray(epoch(X, Y, perm))
             times.append(time.perf_counter() - t)
-        result.update(epoch_s=times[-1], epoch_first_s=times[0], epoch_steps=len(out),
+        result.update(epoch_s=times[-1], epoch_first_s=times[0], epoch_steps=-(-len(X) // spec["batch"]),
+                      epoch_via=args.graphc_epoch if framework.startswith("graphc") else "python loop",
                       epoch_last_loss=float(out[-1]))
     return result
 
@@ -302,7 +323,7 @@ def thread_env(threads: int) -> dict:
 
 def run_worker(framework: str, workload: str, threads: int, cache_dir: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", framework, "--workload", workload, "--threads", str(threads),
-           "--cache-dir", cache_dir]
+           "--cache-dir", cache_dir, "--graphc-epoch", args.graphc_epoch]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads), timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"{framework} worker failed:\n{proc.stderr[-3000:]}")
@@ -369,8 +390,11 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=3, help="processes per framework and thread count (>= 3)")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--graphc-epoch", choices=("fit", "run_epoch"), default="fit",
+                        help="mlp epoch: through graphc.fit (the default) or one bare Executable.run_epoch call")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    global args  # the workers' helpers and run_worker read the options
     args = parser.parse_args()
     if args.worker:
         args.threads = int(args.threads)
