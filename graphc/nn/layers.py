@@ -104,6 +104,15 @@ class Module:
         return type(self).__name__
 
 
+def name_children(module: Module, prefix: str) -> None:
+    """Give every unnamed module inside ``module`` a name ``<prefix><kind>_<n>`` (dense_1, dense_2, ...)."""
+    counts: dict[str, int] = {}
+    for child in module.modules()[1:]:
+        if child.name is None:
+            counts[child.kind] = counts.get(child.kind, 0) + 1
+            child.name = f"{prefix}{child.kind}_{counts[child.kind]}"
+
+
 def _activation(act: str | Callable | None) -> Callable[[Tensor], Tensor] | None:
     if act is None or callable(act):
         return act
@@ -367,11 +376,7 @@ class Sequential(Module):
             self.build(tuple(input_shape), np.random.default_rng(seed), dtype)
 
     def _build(self, in_shape, rng, dtype):
-        counts: dict[str, int] = {}
-        for layer in self.modules()[1:]:
-            if layer.name is None:
-                counts[layer.kind] = counts.get(layer.kind, 0) + 1
-                layer.name = f"{layer.kind}_{counts[layer.kind]}"
+        name_children(self, prefix="")
         shape = in_shape
         for layer in self.layers:
             shape = layer.build(shape, rng, dtype)
@@ -412,11 +417,7 @@ class Residual(Module):
         return [self] + [m for layer in self.body + self.shortcut for m in layer.modules()]
 
     def _build(self, in_shape, rng, dtype):
-        counts: dict[str, int] = {}
-        for layer in self.modules()[1:]:
-            if layer.name is None:
-                counts[layer.kind] = counts.get(layer.kind, 0) + 1
-                layer.name = f"{self.name}.{layer.kind}_{counts[layer.kind]}"
+        name_children(self, prefix=f"{self.name}.")
         shape = in_shape
         for layer in self.body:
             shape = layer.build(shape, rng, dtype)

@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 
 from ..dsl import Tensor, apply
-from ..ir import Attrs, DTypeError, Node, ShapeError, promote
-from .registry import OpDef, register
+from ..ir import Attrs, Node, ShapeError
+from .registry import OpDef, float_operands, register
 
 
 def pair(value, what: str) -> tuple[int, int]:
@@ -40,13 +40,6 @@ def _check_geometry(attrs: Attrs, names=("stride", "padding", "dilation")) -> No
                 raise ShapeError(f"{name} must be >= {low}, got {attrs[name]}")
 
 
-def _float(inputs: Sequence[Node]):
-    dtype = promote(*(i.dtype for i in inputs))
-    if not dtype.is_float:
-        raise DTypeError(f"needs float operands, got {', '.join(i.dtype.name for i in inputs)}")
-    return dtype
-
-
 # -- conv2d --------------------------------------------------------------------------------------------------
 
 def _conv2d_rule(inputs: Sequence[Node], attrs: Attrs):
@@ -65,7 +58,7 @@ def _conv2d_rule(inputs: Sequence[Node], attrs: Attrs):
             raise ShapeError(f"the kernel's {name} {w.shape[axis]} (dilation {attrs['dilation'][k]}) is larger than "
                              f"the padded input's {x.shape[axis] + 2 * attrs['padding'][k]}")
         out_hw.append(size)
-    return (x.shape[0], w.shape[0], *out_hw), _float(inputs)
+    return (x.shape[0], w.shape[0], *out_hw), float_operands(inputs)
 
 
 def _pad_hw(x: np.ndarray, padding, value=0.0) -> np.ndarray:
@@ -152,7 +145,7 @@ def _conv_t_rule(inputs: Sequence[Node], attrs: Attrs):
         if size < 1:
             raise ShapeError(f"padding {attrs['padding']} leaves an empty output")
         out_hw.append(size)
-    return (x.shape[0], w.shape[1], *out_hw), _float(inputs)
+    return (x.shape[0], w.shape[1], *out_hw), float_operands(inputs)
 
 
 def conv_transpose2d_reference(arrays, attrs):
@@ -212,7 +205,7 @@ def _pool_rule(inputs: Sequence[Node], attrs: Attrs):
             raise ShapeError(f"the pooling window's {name} {kernel} is larger than the input's "
                              f"{x.shape[2 + k]} (padding {p})")
         out_hw.append(conv_output_size(x.shape[2 + k], kernel, s, p))
-    return (x.shape[0], x.shape[1], *out_hw), _float(inputs)
+    return (x.shape[0], x.shape[1], *out_hw), float_operands(inputs)
 
 
 def _pool_windows(x: np.ndarray, attrs: Attrs, pad_value: float):
@@ -259,7 +252,7 @@ def _pool_backward_rule(inputs: Sequence[Node], attrs: Attrs):
     pooled, dtype = _pool_rule([x], attrs)
     if g.shape != pooled:
         raise ShapeError(f"the cotangent must have the pooled shape {list(pooled)} of {x.type_str}, got {g.type_str}")
-    return x.shape, _float([x, g])
+    return x.shape, float_operands([x, g])
 
 
 def _pool_gather_rule(inputs: Sequence[Node], attrs: Attrs):
@@ -267,7 +260,7 @@ def _pool_gather_rule(inputs: Sequence[Node], attrs: Attrs):
     if v.shape != x.shape:
         raise ShapeError(f"the gathered tensor must be shaped like the pooled input {x.type_str}, got {v.type_str}")
     pooled, _ = _pool_rule([x], attrs)
-    return pooled, _float([x, v])
+    return pooled, float_operands([x, v])
 
 
 def _max_pool2d_vjp(node, g, inputs):

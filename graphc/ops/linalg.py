@@ -6,18 +6,11 @@ from typing import Sequence
 import numpy as np
 
 from ..dsl import Tensor, apply
-from ..ir import Attrs, DTypeError, Node, ShapeError, promote
+from ..ir import Attrs, Node, ShapeError
 from .elementwise import broadcast_shapes
 from .reduce import sum, sum_to_shape
-from .registry import OpDef, register
+from .registry import OpDef, float_operands, register
 from .shape import reshape, transpose
-
-
-def _float_operands(inputs: Sequence[Node]):
-    dtype = promote(*(i.dtype for i in inputs))
-    if not dtype.is_float:
-        raise DTypeError(f"needs float operands, got {', '.join(i.dtype.name for i in inputs)}")
-    return dtype
 
 
 def _matmul_rule(inputs: Sequence[Node], attrs: Attrs):
@@ -28,7 +21,7 @@ def _matmul_rule(inputs: Sequence[Node], attrs: Attrs):
         raise ShapeError(f"inner dimensions do not match: {a.shape[-1]} (last axis of the left operand) "
                          f"!= {b.shape[-2]} (second-to-last axis of the right operand)")
     batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    return batch + (a.shape[-2], b.shape[-1]), _float_operands(inputs)
+    return batch + (a.shape[-2], b.shape[-1]), float_operands(inputs)
 
 
 def _swap_last(t: Tensor) -> Tensor:
@@ -70,7 +63,7 @@ def _dense_rule(inputs: Sequence[Node], attrs: Attrs):
                          f"(x is [..., in], W is [in, out])")
     if b.shape != (w.shape[1],):
         raise ShapeError(f"bias must have shape [{w.shape[1]}], got {b.type_str}")
-    return x.shape[:-1] + (w.shape[1],), _float_operands(inputs)
+    return x.shape[:-1] + (w.shape[1],), float_operands(inputs)
 
 
 def _dense_vjp(node, g, inputs):

@@ -22,6 +22,16 @@ Reference = Callable[[Sequence[np.ndarray], Attrs], np.ndarray]
 VJP = Callable[..., "list[Any]"]
 
 
+def float_operands(inputs: Sequence[Node]) -> DType:
+    """Shape-rule helper: the promoted dtype of ``inputs``, which must be a float (matmul, conv, ...)."""
+    from ..ir import DTypeError, promote
+
+    dtype = promote(*(i.dtype for i in inputs))
+    if not dtype.is_float:
+        raise DTypeError(f"needs float operands, got {', '.join(i.dtype.name for i in inputs)}")
+    return dtype
+
+
 def no_gradient(node, g, inputs):
     """The derivative of an op whose output is not differentiable (integer, boolean, sources)."""
     return [None] * len(inputs)
