@@ -150,25 +150,26 @@ class Trainer:
         self.model, self.optimizer, self.loss, self.l2 = model, optimizer or SGD(0.01), loss, l2
         self.backend = backend or _default_backend()
         self.optimize = optimize
-        self._steps: dict[int, Any] = {}
+        self._steps: dict[tuple[int, str], Any] = {}
         self._eval: dict[int, Any] = {}
         self.state: dict[str, np.ndarray] | None = None  # parameters + optimizer state, by name
         self.step_count = 0
 
-    def _compile(self, graph: Graph):
+    def _compile(self, graph: Graph, backend: str | None = None):
         outs = [dsl.Tensor(o, graph) for o in graph.outputs]
-        return compile_graph(outs, backend=self.backend, optimize=self.optimize)
+        return compile_graph(outs, backend=backend or self.backend, optimize=self.optimize)
 
-    def step_executable(self, batch_size: int):
+    def step_executable(self, batch_size: int, backend: str | None = None):
         """The compiled training step for ``batch_size`` rows. The first one compiled holds the trainer's
         state (``self.state`` is its parameter store); others run through :meth:`run_step`."""
-        if batch_size not in self._steps:
+        key = (batch_size, backend or self.backend)
+        if key not in self._steps:
             exe = self._compile(build_train_step(self.model, batch_size, self.optimizer, self.loss, self.l2,
-                                                 name=f"train_step_b{batch_size}"))
+                                                 name=f"train_step_b{batch_size}"), backend)
             if self.state is None:
                 self.state = exe.params
-            self._steps[batch_size] = exe
-        return self._steps[batch_size]
+            self._steps[key] = exe
+        return self._steps[key]
 
     def run_step(self, exe, feeds: dict):
         """One call of a step executable on the trainer's state (copied in and back out when the
@@ -220,7 +221,7 @@ class Trainer:
 
     def _native_epoch(self, full, x, y, perm, lrs, keys, batch_size) -> tuple[float, float]:
         """The full minibatches in one native call (per-step learning rates and keys), then the partial
-        last batch, if any, through its own step executable."""
+        last batch, if any, through a reference-backend step on the same state."""
         n = len(x)
         full_steps, rest = divmod(n, batch_size)
         total_loss = total_correct = 0.0
@@ -229,8 +230,9 @@ class Trainer:
             losses, correct = full.run_epoch(*(feeds[k] for k in full.input_names), perm=perm, last_batch="drop")
             total_loss, total_correct = float(np.sum(losses, dtype=np.float64)) * batch_size, float(np.sum(correct))
         if rest:
+            # One step an epoch: NumPy runs it, rather than a second native compile of the whole step.
             idx = perm[full_steps * batch_size:]
-            loss, correct = self.run_step(self.step_executable(rest),
+            loss, correct = self.run_step(self.step_executable(rest, backend="reference"),
                                           {"x": x[idx], "y": y[idx], "lr": lrs[-1], "key": keys[-1]})
             total_loss += float(loss) * rest
             total_correct += float(correct)
