@@ -8,7 +8,7 @@ import graphc
 from graphc import datasets, optim
 from graphc.nn import Activation, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Residual, Sequential
 
-p = parser(__doc__, epochs=12, batch_size=64)
+p = parser(__doc__, epochs=10, batch_size=64)
 p.add_argument("--idx", default=None, help="directory with Fashion-MNIST IDX files")
 args = p.parse_args()
 data = datasets.fashion_mnist(path=args.idx, flatten=False)
