@@ -242,12 +242,13 @@ def apply(op: str, inputs: Sequence[Any], attrs: Mapping[str, Any] | None = None
     return Tensor(graph.add(node), graph)
 
 
-def _source(op: str, shape, dtype: DType, name: str | None, value: np.ndarray | None, graph: Graph | None) -> Tensor:
+def _source(op: str, shape, dtype: DType, name: str | None, value: np.ndarray | None, graph: Graph | None,
+            attrs: Mapping[str, Any] | None = None) -> Tensor:
     graph = graph if graph is not None else _graph_of([])
     shape = tuple(int(d) for d in shape)
     if any(d < 0 for d in shape):
         raise ShapeError(f"{op} {name!r}: negative dimension in shape {shape}\n  at {_current_location()}")
-    node = Node(op, (), Attrs(), shape, dtype, name=name, loc=_current_location(), value=value,
+    node = Node(op, (), Attrs(attrs), shape, dtype, name=name, loc=_current_location(), value=value,
                 provenance=_provenance.get())
     return Tensor(graph.add(node), graph)
 
@@ -278,10 +279,7 @@ def param(name: str, value: Any, dtype: Any = None, trainable: bool = True) -> T
     arr = np.array(value, dtype=as_dtype(dtype).np if dtype is not None else None, copy=True)
     dt = as_dtype(arr.dtype)
     arr.setflags(write=False)
-    t = _source("param", arr.shape, dt, name, arr, None)
-    if not trainable:
-        t.node.attrs = Attrs({"trainable": False})
-    return t
+    return _source("param", arr.shape, dt, name, arr, None, None if trainable else {"trainable": False})
 
 
 def constant(value: Any, dtype: Any = None, name: str | None = None, graph: Graph | None = None) -> Tensor:

@@ -235,15 +235,20 @@ def binary_cross_entropy_with_logits(z: Tensor, y: Tensor) -> Tensor:
     return mean(ew.softplus(z) - y * z)
 
 
-def l2_penalty(params: Sequence[Tensor], lam: float) -> Tensor:
-    """The course's regularizer: lam * sum over parameters of sum(theta^2)."""
+def sum_of_squares(tensors: Sequence[Tensor], what: str = "sum_of_squares") -> Tensor:
+    """sum over ``tensors`` of sum(t^2): the L2 penalty's sum and the squared global gradient norm."""
     total = None
-    for p in params:
-        term = sum(ew.square(p))
+    for t in tensors:
+        term = sum(ew.square(t))
         total = term if total is None else total + term
     if total is None:
-        raise ShapeError("l2_penalty needs at least one parameter")
-    return total * float(lam)
+        raise ShapeError(f"{what} needs at least one tensor")
+    return total
+
+
+def l2_penalty(params: Sequence[Tensor], lam: float) -> Tensor:
+    """The course's regularizer: lam * sum over parameters of sum(theta^2)."""
+    return sum_of_squares(params, "l2_penalty") * float(lam)
 
 
 def maxout(x: Tensor, w: Tensor, b: Tensor) -> Tensor:

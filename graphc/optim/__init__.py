@@ -20,7 +20,7 @@ from .. import dsl
 from ..autodiff import grad
 from ..dsl import Tensor
 from ..ops import elementwise as ew
-from ..ops.reduce import sum as reduce_sum
+from ..ops.nn import sum_of_squares
 
 
 class Optimizer:
@@ -69,11 +69,7 @@ class Optimizer:
 
 def clip_by_global_norm(grads: Sequence[Tensor], max_norm: float) -> list[Tensor]:
     """Scale every gradient by min(1, max_norm / ||g||), ||g|| the L2 norm of all of them together."""
-    total = None
-    for g in grads:
-        term = reduce_sum(ew.square(g))
-        total = term if total is None else total + term
-    norm = ew.sqrt(total)
+    norm = ew.sqrt(sum_of_squares(grads, "clip_by_global_norm"))
     scale = ew.minimum(max_norm / ew.maximum(norm, 1e-12), 1.0)
     return [g * ew.cast(scale, g.dtype) for g in grads]
 

@@ -120,26 +120,16 @@ def _transpose(old, ins):
     return make("transpose", [x], {"perm": perm}, like=old)
 
 
-def _reshape(old, ins):
+def _collapse_chain(old, ins):
+    """reshape(reshape(x)) and broadcast_to(broadcast_to(x)): one op from x, or x itself when the shapes match."""
     (x,) = ins
-    while x.op == "reshape":
+    while x.op == old.op:
         x = x.inputs[0]
     if x.shape == old.shape:
         return x
     if x is ins[0]:
         return None
-    return make("reshape", [x], {"shape": old.shape}, like=old)
-
-
-def _broadcast_to(old, ins):
-    (x,) = ins
-    while x.op == "broadcast_to":
-        x = x.inputs[0]
-    if x.shape == old.shape:
-        return x
-    if x is ins[0]:
-        return None
-    return make("broadcast_to", [x], {"shape": old.shape}, like=old)
+    return make(old.op, [x], {"shape": old.shape}, like=old)
 
 
 def _cast(old, ins):
@@ -174,6 +164,6 @@ def _drop_broadcasts(old: Node, ins: tuple) -> Node | None:
 
 _RULES = {
     "add": _add, "sub": _sub, "mul": _mul, "div": _div, "pow": _pow, "neg": _neg, "exp": _exp, "log": _log,
-    "transpose": _transpose, "reshape": _reshape, "broadcast_to": _broadcast_to, "cast": _cast,
+    "transpose": _transpose, "reshape": _collapse_chain, "broadcast_to": _collapse_chain, "cast": _cast,
     "sum": _reduce, "mean": _reduce,
 }

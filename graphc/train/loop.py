@@ -253,8 +253,7 @@ class Trainer:
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
         """(mean softmax cross-entropy, accuracy) on (x, y)."""
         logits = self.predict_logits(x, batch_size).astype(np.float64)
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        logp = nn_ops.log_softmax_reference([logits], {"axis": 1})
         return float(-logp[np.arange(len(y)), y].mean()), float((logits.argmax(axis=1) == y).mean())
 
 
