@@ -371,6 +371,34 @@ def test_optimized_training_step_accumulates_the_first_layer_update_into_its_wei
         np.testing.assert_allclose(exe.params[k], ref.params[k], **TOL["float64"])
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_every_weight_update_is_accumulated_with_a_learning_rate_input(graphc_cache_dir, weight_decay):
+    # The learning rate is a graph input (as in graphc.fit) and weight decay scales p itself: every
+    # layer's weight-gradient GEMM runs after the last reader of its weight (sink_update_products)
+    # and computes p <- beta * p + alpha * op(A) @ op(B) with alpha = -lr, beta = 1 - lr * wd.
+    with graphc.Graph(f"mlp_lr_input_wd{weight_decay}") as g:
+        x, y = graphc.input("x", (8, 4), "float64"), graphc.input("y", (8,), "int64")
+        lr = graphc.input("lr", (), "float64")
+        r = rng(3)
+        ws = [graphc.param(f"W{k}", r.standard_normal(s) * 0.5) for k, s in enumerate([(4, 6), (6, 5), (5, 3)])]
+        bs = [graphc.param(f"b{k}", np.zeros(s[1])) for k, s in enumerate([(4, 6), (6, 5), (5, 3)])]
+        h = x
+        for k in range(3):
+            h = graphc.dense(h, ws[k], bs[k])
+            h = graphc.relu(h) if k < 2 else h
+        loss = g.output(graphc.softmax_cross_entropy(h, y))
+        graphc.optim.SGD(weight_decay=weight_decay).minimize(loss, ws + bs, lr=lr)  # registers the updates
+    exe, ref = compile_both(loss, [x, y, lr], graphc_cache_dir, optimize=2)
+    assert len(re.findall(r"gemm\(1, 0, \d+, \d+, 8, alpha\d+, ", exe.source)) == 3, exe.source
+    assert exe.source.count("accumulated into the parameter") == 3
+    for step in range(3):
+        xb, yb = r.standard_normal((8, 4)), r.integers(0, 3, 8)
+        rate = 0.1 / (1 + step)
+        np.testing.assert_allclose(exe(xb, yb, rate), ref(xb, yb, rate), **TOL["float64"])
+    for k in exe.params:
+        np.testing.assert_allclose(exe.params[k], ref.params[k], **TOL["float64"])
+
+
 def test_driver_split_into_parts_computes_the_same(graphc_cache_dir):
     # Very large drivers are split into step_part0..k (part_lines); force it on a small step.
     loss, inputs = mlp_step(dtype="float64", name="mlp_step_parts")

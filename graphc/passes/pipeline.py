@@ -20,6 +20,7 @@ from .fold import fold_constants
 from .fusion import fuse_elementwise
 from .printing import annotated_text
 from .reductions import fuse_reductions
+from .schedule import sink_update_products
 from .stability import stabilize
 from .sympy_simplify import simplify_expressions
 
@@ -38,6 +39,7 @@ LEVELS[2] = LEVELS[1] + (
     ("cse", cse),
     ("fuse_elementwise", fuse_elementwise),
     ("fuse_epilogue", fuse_epilogue),
+    ("sink_update_products", sink_update_products),
 )
 LEVELS[3] = LEVELS[2] + (("simplify_expressions", simplify_expressions), ("cse", cse))
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import keyword
 import re
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import sympy as sp
 
 from ...ir import Graph, GraphcError, Node
 from ...ir.printer import comment_text
@@ -131,7 +133,7 @@ class Emitter:
         self.return_expr = "()"
         self.arg_names: dict[int, str] = {}
         self.inplace_target: dict[int, Node] = {}  # update value id -> the parameter it overwrites
-        self.accumulate: dict[int, tuple[Node, float]] = {}  # product id -> (parameter, scale): p += scale * product
+        self.accumulate: dict[int, Accumulation] = {}  # product id -> the update its GEMM does in place
         self.accumulated_updates: dict[int, Node] = {}  # update value id -> the product accumulated into p
         self.state_bytes = 0
 
@@ -280,25 +282,43 @@ def _classify(em: Emitter) -> None:
         em.root[id(node)] = r
 
 
-def _accumulate_updates(em: Emitter) -> None:
-    """SGD-like updates ``p <- p + c * (A @ B)`` of a 2-D product computed for nothing else: BLAS
-    computes ``p += c * A @ B`` in place (alpha = c, beta = 1), so the gradient is never written out
-    and read back. Safe when the update runs in place, nothing else reads p from the product's step
-    on, and p is not an operand of the product."""
-    import sympy as sp
+SOURCE_OPS = ("input", "param", "constant")  # values there before the first kernel runs
 
+
+@dataclass
+class Accumulation:
+    """``p <- beta * p + alpha * product``, done by the product's GEMM (BLAS's alpha and beta): alpha and
+    beta are SymPy expressions over ``scalars`` (one-element inputs such as a learning rate)."""
+
+    param: Node
+    alpha: sp.Expr
+    beta: sp.Expr
+    scalars: dict[sp.Symbol, Node]
+    update: Node
+
+
+def _accumulate_updates(em: Emitter) -> None:
+    """SGD-like updates ``p <- beta * p + alpha * (A @ B)`` of a 2-D product computed for nothing else,
+    where alpha and beta are numbers or depend only on one-element operands (a learning-rate input,
+    weight decay): BLAS computes the update in place, so the gradient is never written out and read
+    back. Safe when the update runs in place, nothing else reads p from the product's step on, p is
+    not an operand of the product, and the scalars are computed before it."""
     from ...ops.elementwise import fused_symbols
 
     graph = em.graph
     consumers = graph.consumers()
+    by_id = {id(n): n for n in graph.nodes}
     for v, p in list(em.inplace_target.items()):
-        node = next(n for n in graph.nodes if id(n) == v)
-        if node.op != "fused" or len(node.inputs) != 2 or node.dtype != p.dtype:
+        node = by_id[v]
+        if node.op != "fused" or node.dtype != p.dtype:
             continue
+        symbols = fused_symbols(len(node.inputs))
         k_p = next((k for k, i in enumerate(node.inputs) if i is p), None)
-        if k_p is None:
+        big = [k for k, i in enumerate(node.inputs) if i.size != 1]
+        if k_p is None or len(big) != 2 or k_p not in big:
             continue
-        g = node.inputs[1 - k_p]
+        k_g = big[1 - big.index(k_p)]
+        g = node.inputs[k_g]
         if g.op not in ("matmul", "matmul_epilogue") or g.ndim != 2 or g.shape != p.shape or g.dtype != p.dtype:
             continue
         if g.op == "matmul_epilogue" and (len(g.inputs) != 2 or g.attrs["expr"] != fused_symbols(1)[0]):
@@ -307,16 +327,19 @@ def _accumulate_updates(em: Emitter) -> None:
             continue
         if any(em.root[id(o)] is p for o in g.inputs[:2]) or any(i.dtype != p.dtype for i in g.inputs[:2]):
             continue
-        s_p, s_g = fused_symbols(2)[k_p], fused_symbols(2)[1 - k_p]
+        scalars = {symbols[k]: i for k, i in enumerate(node.inputs) if k not in (k_p, k_g)}
+        if any(em.pos[id(i)] >= em.pos[id(g)] for i in scalars.values() if i.op not in SOURCE_OPS):
+            continue
+        s_p, s_g = symbols[k_p], symbols[k_g]
         expr = sp.expand(node.attrs["expr"])
-        scale = expr.coeff(s_g)
-        if not scale.is_number or sp.simplify(expr - s_p - scale * s_g) != 0:
+        alpha, beta = expr.coeff(s_g), expr.coeff(s_p)
+        if {s_p, s_g} & (alpha.free_symbols | beta.free_symbols) or sp.expand(expr - beta * s_p - alpha * s_g) != 0:
             continue
         readers = [c for c in graph.nodes if any(em.root[id(i)] is p for i in c.inputs) and c is not node]
         if any(em.pos[id(r)] >= em.pos[id(g)] for r in readers):
             continue
-        # A low-precision Float (the passes' float32 constants) stands for its decimal text.
-        em.accumulate[id(g)] = (p, float(str(scale)) if getattr(scale, "_prec", 53) < 53 else float(scale))
+        used = alpha.free_symbols | beta.free_symbols
+        em.accumulate[id(g)] = Accumulation(p, alpha, beta, {s: i for s, i in scalars.items() if s in used}, node)
         em.accumulated_updates[v] = g
         em.kind[id(g)] = "accumulate"
 

@@ -8,6 +8,7 @@ derivative ``d<op>_d<x>``, ``fused``) goes through the one generic rule :func:`l
 from __future__ import annotations
 
 import math
+import re
 from typing import Callable, Sequence
 
 import numpy as np
@@ -129,7 +130,7 @@ class _Same:
 
 
 def gemm_call(em: Emitter, a, b, out: Node, m: int, n: int, k: int, out_plus: str = "0", a_plus: str = "0",
-              b_plus: str = "0", beta: float = 0.0, alpha: float = 1.0) -> list[str]:
+              b_plus: str = "0", beta: float | str = 0.0, alpha: float | str = 1.0) -> list[str]:
     """out[m, n] (+)= a[m, k] @ b[k, n] (``a``/``b``: _Same/Converted/... operands) as one BLAS call.
 
     Always BLAS, even for tiny products: loop nests over the flat workspace (which LLVM cannot prove
@@ -138,8 +139,32 @@ def gemm_call(em: Emitter, a, b, out: Node, m: int, n: int, k: int, out_plus: st
     ta, a_arr, a_off, lda = a.matrix(m, k, a_plus)
     tb, b_arr, b_off, ldb = b.matrix(k, n, b_plus)
     _, c_arr, c_off, ldc = em.matrix(out, m, n, out_plus)
-    return [f"gemm({ta}, {tb}, {m}, {n}, {k}, {alpha!r}, {a_arr}, {a_off}, {lda}, {b_arr}, {b_off}, {ldb}, {beta!r}, "
-            f"{c_arr}, {c_off}, {ldc})"]
+    return [f"gemm({ta}, {tb}, {m}, {n}, {k}, {_coefficient(alpha)}, {a_arr}, {a_off}, {lda}, {b_arr}, {b_off}, {ldb}, "
+            f"{_coefficient(beta)}, {c_arr}, {c_off}, {ldc})"]
+
+
+def _coefficient(value: float | str) -> str:
+    """BLAS's alpha or beta: a number, or the name of a variable computed just before the call."""
+    return value if isinstance(value, str) else repr(value)
+
+
+def gemm_coefficients(em: Emitter, node: Node, accumulation) -> tuple[list[str], tuple[float | str, float | str]]:
+    """(statements, (alpha, beta)) for an update done by a GEMM (codegen.Accumulation): numbers stay
+    literals; an expression of one-element operands (the learning rate) is computed into a variable."""
+    n = em.number[id(node)]
+    names = {s: f"{re.sub(r'[^0-9a-zA-Z_]', '_', i.name or s.name)}{n}" for s, i in accumulation.scalars.items()}
+    lines = [f"{names[s]} = {em.at(i, '0')}" for s, i in accumulation.scalars.items()]
+    values = []
+    for label, expr in (("alpha", accumulation.alpha), ("beta", accumulation.beta)):
+        if expr.is_number:
+            # A low-precision Float (the passes' float32 constants) stands for its decimal text.
+            values.append(float(str(expr)) if getattr(expr, "_prec", 53) < 53 else float(expr))
+            continue
+        float_alias = float_alias_for([i.dtype.name for i in accumulation.scalars.values()] + [node.dtype.name])
+        statements, result = scalar_statements(expr, names, float_alias, temp_prefix=f"t{n}_{label}_")
+        lines += statements + [f"{label}{n} = {result}"]
+        values.append(f"{label}{n}")
+    return lines, tuple(values)
 
 
 # -- elementwise ----------------------------------------------------------------------------------------
@@ -414,14 +439,14 @@ def emit_matmul_product(em: Emitter, node: Node, a: Node, b: Node, trans_a: bool
     """node [..., m, n] = op(a) @ op(b) with batch axes broadcast; op swaps a stored operand's last two
     axes (BLAS reads it transposed). A product that is only a parameter's update term is accumulated
     straight into the parameter: p += c * op(a) @ op(b) (BLAS's alpha and beta; see codegen)."""
-    accumulate = em.accumulate.get(id(node))
-    if accumulate is not None:
-        param, scale = accumulate
+    accumulation = em.accumulate.get(id(node))
+    if accumulation is not None:
         sa = (a.shape[-1], a.shape[-2]) if trans_a else a.shape[-2:]
         sb = (b.shape[-1], b.shape[-2]) if trans_b else b.shape[-2:]
         A = _Flagged(_Same(em, a), trans_a)
         B = _Flagged(_Same(em, b), trans_b)
-        em.emit(gemm_call(em, A, B, param, sa[0], sb[1], sa[1], beta=1.0, alpha=scale))
+        lines, (alpha, beta) = gemm_coefficients(em, node, accumulation)
+        em.emit(lines + gemm_call(em, A, B, accumulation.param, sa[0], sb[1], sa[1], beta=beta, alpha=alpha))
         return
     sa = a.shape[:-2] + ((a.shape[-1], a.shape[-2]) if trans_a else a.shape[-2:])
     sb = b.shape[:-2] + ((b.shape[-1], b.shape[-2]) if trans_b else b.shape[-2:])
