@@ -216,14 +216,18 @@ def conv_graph(dtype):
 GRAPHS = {"elementwise": elementwise_graph, "shapes": shapes_graph, "nn": nn_graph, "conv": conv_graph}
 
 
-@pytest.fixture(scope="module", params=[(name, dtype) for name in GRAPHS for dtype in DTYPES],
-                ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(scope="module", params=[(name, dtype, conv) for name in GRAPHS for dtype in DTYPES
+                                        for conv in (("im2col", "direct") if name == "conv" else ("auto",))],
+                ids=lambda p: "-".join(p[:2] if p[2] == "auto" else p))
 def op_case(request, graphc_cache_dir):
     """float64: the graph as written (every op through its own lowering rule), tight tolerance;
-    float32: the graph optimized at level 2 (fused nodes, GEMM/conv epilogues), loose tolerance."""
-    name, dtype = request.param
+    float32: the graph optimized at level 2 (fused nodes, GEMM/conv epilogues), loose tolerance.
+    The conv graph is built with each conv2d method (im2col + GEMM, the direct loop nest)."""
+    name, dtype, conv = request.param
     outputs, inputs, feeds, names = GRAPHS[name](dtype)
-    exe, ref = compile_both(outputs, inputs, graphc_cache_dir, optimize=0 if dtype == "float64" else 2)
+    exe, ref = compile_both(outputs, inputs, graphc_cache_dir, optimize=0 if dtype == "float64" else 2, conv=conv)
+    if name == "conv":
+        assert ("conv2d_direct(" in exe.source.split("def step", 1)[1]) == (conv == "direct")
     return exe, ref, feeds, names, dtype
 
 

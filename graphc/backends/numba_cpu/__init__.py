@@ -7,7 +7,8 @@
 ``check_finite`` (NaN/Inf checks on inputs, parameters and outputs), ``boundscheck`` (Numba's
 index checks, for debugging the generator), ``fastmath`` (LLVM flags; default reassociation and
 contraction, which keep NaN/Inf semantics), ``cache_dir`` (default ``$GRAPHC_CACHE_DIR`` or
-``~/.cache/graphc``).
+``~/.cache/graphc``), ``conv`` (conv2d as "im2col" + GEMM, a "direct" loop nest, or "auto": the
+faster on this machine for each node's shapes, measured once and remembered in the cache directory).
 """
 from __future__ import annotations
 
@@ -28,12 +29,12 @@ from .rules import LOWERINGS, has_lowering, lowering_for
 #: not nnan/ninf, which would break the overflow-free branches of sigmoid and softplus.
 DEFAULT_FASTMATH = ("contract", "reassoc")
 
-_CODEGEN_OPTIONS = ("boundscheck", "fastmath", "part_lines")
+_CODEGEN_OPTIONS = ("boundscheck", "fastmath", "part_lines", "conv_methods")
 
 
 def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check_finite: bool = False,
           strict: bool = False, boundscheck: bool = False, fastmath: Sequence[str] | None = None,
-          cache_dir: str | None = None, part_lines: int | None = None) -> NumbaExecutable:
+          cache_dir: str | None = None, part_lines: int | None = None, conv: str = "auto") -> NumbaExecutable:
     """Lower ``graph`` and build it (see :func:`build_program`).
 
     ``check_finite``: raise on NaN/Inf in inputs and parameters (before the call) and in outputs
@@ -41,12 +42,14 @@ def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check
     converted/copied). ``boundscheck``: Numba's index checks in the generated code (debugging).
     ``fastmath``: LLVM fast-math flags. ``cache_dir``: the compile cache. ``part_lines``: split
     the driver into functions of about this many lines (compile time of very large graphs).
+    ``conv``: how conv2d nodes are computed ("auto", "im2col" or "direct"; see ``autotune``).
     """
     if isinstance(graph, Program):
         return build_program(graph, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
     t0 = time.perf_counter()
     options = {"boundscheck": bool(boundscheck), "part_lines": part_lines,
-               "fastmath": tuple(sorted(DEFAULT_FASTMATH if fastmath is None else fastmath))}
+               "fastmath": tuple(sorted(DEFAULT_FASTMATH if fastmath is None else fastmath)),
+               "conv": conv, "autotune_dir": str(cache_root(cache_dir))}
     program = lower(graph, inputs, options)
     codegen_s = time.perf_counter() - t0
     exe = build_program(program, check_finite=check_finite, strict=strict, cache_dir=cache_dir)

@@ -47,8 +47,8 @@ import math
 import numpy as np
 from numba import njit
 
-from graphc.backends.numba_cpu.runtime import (avg_pool, col2im_add, exp_f32, gemm, im2col, max_pool, max_pool_backward,
-                                               max_pool_gather, tanh_f32)
+from graphc.backends.numba_cpu.runtime import (avg_pool, col2im_add, conv2d_direct, exp_f32, gemm, im2col, max_pool,
+                                               max_pool_backward, max_pool_gather, tanh_f32)
 
 f32 = np.float32
 f64 = np.float64
@@ -136,6 +136,16 @@ class Emitter:
         self.accumulate: dict[int, Accumulation] = {}  # product id -> the update its GEMM does in place
         self.accumulated_updates: dict[int, Node] = {}  # update value id -> the product accumulated into p
         self.state_bytes = 0
+
+    def conv_method(self, node: Node, geometry) -> str:
+        """How conv2d ``node`` is computed ("im2col" or "direct": autotune.conv2d_method, the compile
+        option ``conv``); every choice is recorded in ``options["conv_methods"]``, part of the cache key."""
+        from .autotune import conv2d_method
+
+        method = conv2d_method(geometry, node.dtype.name, self.options.get("autotune_dir", "."),
+                               self.options.get("conv", "auto"))
+        self.options.setdefault("conv_methods", []).append(method)
+        return method
 
     # -- access ------------------------------------------------------------------------------------
     def storage(self, node: Node) -> tuple[str, str]:
@@ -509,6 +519,7 @@ def lower(graph: Graph, inputs: Sequence[Node] | None = None, options: dict[str,
         em.emit_commented(lines, f"update {p.name or em.number[id(p)]} <- {em.comment(v)}")
 
     source = _module_source(em, graph)
+    options["conv_methods"] = tuple(options.get("conv_methods", ()))
     plan = {em.number[id(n)]: em.kind[id(n)] for n in graph.nodes}
     return Program(
         graph=graph, inputs=inputs, source=source, state=em.state, state_bytes=em.state_bytes,

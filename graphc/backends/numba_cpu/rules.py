@@ -16,6 +16,7 @@ import sympy as sp
 
 from ...ir import GraphcError, Node
 from ...ops import registry
+from .autotune import ConvGeometry
 from .codegen import Emitter, Rule
 from .scalar import float_alias_for, scalar_statements, store_cast
 
@@ -637,16 +638,25 @@ def lower_conv2d_epilogue(em: Emitter, node: Node) -> None:
 
 
 def emit_conv2d(em: Emitter, node: Node, x: Node, w: Node) -> None:
-    """im2col + GEMM, one GEMM per image: out[n] [O, Ho*Wo] = W [O, C*kh*kw] @ col [C*kh*kw, Ho*Wo]."""
+    """im2col + GEMM, one GEMM per image: out[n] [O, Ho*Wo] = W [O, C*kh*kw] @ col [C*kh*kw, Ho*Wo];
+    or the direct loop nest (runtime.conv2d_direct), whichever ``autotune`` measured faster."""
     N, C, H, W = x.shape
     Co, _, kh, kw = w.shape
     _, _, Ho, Wo = node.shape
     (sh, sw), (ph, pw), (dh, dw) = node.attrs["stride"], node.attrs["padding"], node.attrs["dilation"]
     K, P = C * kh * kw, Ho * Wo
     Xc, Wc = as_dtype_of(em, x, node.dtype), as_dtype_of(em, w, node.dtype)
-    if kh == kw == 1 and (sh, sw, ph, pw) == (1, 1, 0, 0):
+    geometry = ConvGeometry(N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)
+    method = em.conv_method(node, geometry)
+    if geometry.is_pointwise:
         call = gemm_call(em, Wc, _Offset(Xc, f"n * {C * H * W}"), node, Co, P, K, out_plus=f"n * {Co * P}")
         em.emit(nest([N], ["n"], call))
+        return
+    if method == "direct":
+        (x_arr, x_off), (w_arr, w_off) = _base(Xc), _base(Wc)
+        y_arr, y_off = em.storage(node)
+        em.emit([f"conv2d_direct({x_arr}, {x_off}, {w_arr}, {w_off}, {', '.join(map(str, geometry))}, "
+                 f"{y_arr}, {y_off})  # direct loop nest (measured faster than im2col + GEMM here)"])
         return
     arr, off = em.scratch(K * P, node.dtype)
     x_arr, x_off = _base(Xc)

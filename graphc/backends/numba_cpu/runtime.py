@@ -95,6 +95,45 @@ def im2col(x, xo, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, co):
 
 
 @njit(**_KERNEL)
+def conv2d_direct(x, xo, w, wo_, N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, out, oo):
+    """The direct loop nest: out[n, o, ho, wo] = sum over c, i, j of w[o, c, i, j] *
+    x[n, c, ho*sh - ph + i*dh, wo*sw - pw + j*dw]. Each (c, i, j) adds one weight times a shifted input
+    row to every output row; the output plane stays in L1, the inner loop runs along the row (SIMD)."""
+    P = Ho * Wo
+    for n in range(N):
+        for o in range(Co):
+            ob = oo + (n * Co + o) * P
+            for q in range(P):
+                out[ob + q] = 0
+            for c in range(C):
+                xb = xo + (n * C + c) * H * W
+                for i in range(kh):
+                    for j in range(kw):
+                        wv = w[wo_ + ((o * C + c) * kh + i) * kw + j]
+                        shift = j * dw - pw
+                        # output columns whose input column v*sw + shift lies in [0, W)
+                        lo = max(0, -((shift) // sw)) if shift < 0 else 0
+                        hi = min(Wo, (W - 1 - shift) // sw + 1) if W - 1 - shift >= 0 else 0
+                        for ho in range(Ho):
+                            h = ho * sh - ph + i * dh
+                            if h < 0 or h >= H:
+                                continue
+                            rb = xb + h * W + shift
+                            orow = ob + ho * Wo
+                            for v in range(lo, hi):
+                                out[orow + v] += wv * x[rb + v * sw]
+
+
+@njit(**_KERNEL)
+def conv2d_im2col(x, xo, w, wo_, N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, out, oo):
+    """im2col + one GEMM per image, as the generated driver does it (the autotuner times this one)."""
+    K, P = C * kh * kw, Ho * Wo
+    for n in range(N):
+        im2col(x, xo + n * C * H * W, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, 0)
+        gemm(0, 0, Co, P, K, 1.0, w, wo_, K, col, 0, P, 0.0, out, oo + n * Co * P, P)
+
+
+@njit(**_KERNEL)
 def col2im_add(cols, co, Co, kh, kw, H, W, sh, sw, ph, pw, dh, dw, Ho, Wo, out, oo):
     """The adjoint of im2col: out[o, h*sh - ph + i*dh, w*sw - pw + j*dw] += cols[(o*kh + i)*kw + j, h*W + w]."""
     P = H * W

@@ -1,0 +1,128 @@
+"""Per-shape choices measured on this machine: conv2d as im2col + GEMM or as a direct loop nest.
+
+Neither wins everywhere. A conv over one input channel with a 5x5 kernel (LeNet's first layer)
+makes tiny GEMMs (K = 25) that BLAS runs far from its peak, while the loop nest streams the whole
+image through SIMD registers; a weight-gradient conv (a 28x28 "kernel" over 64 channels, a 5x5
+output) is one long GEMM for BLAS and a 5-wide inner loop for the loop nest. So the backend times
+both kernels of ``runtime`` on the node's own geometry, once per machine: the result is kept in
+``<cache dir>/autotune.json`` (written atomically, checked when read; a damaged file is measured
+again), and the choice becomes part of the compile-cache key.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ...io import atomic_write
+from .cache import environment
+
+CONV_METHODS = ("im2col", "direct")
+_FILE = "autotune.json"
+_VERSION = 1
+_memo: dict[tuple[str, str], str] = {}
+
+
+class ConvGeometry(NamedTuple):
+    """One conv2d node's shapes: input [N, C, H, W], weight [Co, C, kh, kw], output [N, Co, Ho, Wo]."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    Co: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+    Ho: int
+    Wo: int
+
+    @property
+    def is_pointwise(self) -> bool:
+        """1x1, stride 1, no padding: already a plain GEMM, nothing to choose."""
+        return (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (1, 1, 1, 1, 0, 0)
+
+
+def conv2d_method(geometry: ConvGeometry, dtype: str, cache_dir: Path, requested: str = "auto") -> str:
+    """"im2col" or "direct" for a conv2d of ``geometry`` in ``dtype``: ``requested`` unless "auto",
+    else the faster one as measured on this machine (remembered in ``cache_dir``)."""
+    if requested != "auto":
+        if requested not in CONV_METHODS:
+            raise ValueError(f"compile: conv must be 'auto' or one of {CONV_METHODS}, got {requested!r}")
+        return requested
+    if geometry.is_pointwise:
+        return "im2col"
+    key = f"{dtype}:{','.join(map(str, geometry))}"
+    memo_key = (str(cache_dir), key)
+    if memo_key in _memo:
+        return _memo[memo_key]
+    path = Path(cache_dir) / _FILE
+    table = _read(path)
+    entry = table.get(key)
+    if entry is None or entry.get("method") not in CONV_METHODS:
+        times = measure_conv2d(geometry, dtype)
+        entry = {"method": min(times, key=times.get), **{f"{m}_s": t for m, t in times.items()}}
+        table = _read(path)  # another process may have added entries meanwhile
+        table[key] = entry
+        _write(path, table)
+    _memo[memo_key] = entry["method"]
+    return entry["method"]
+
+
+def measure_conv2d(geometry: ConvGeometry, dtype: str, repeats: int = 3) -> dict[str, float]:
+    """Best-of-``repeats`` seconds of each method on random data of ``geometry``."""
+    from . import runtime
+
+    g = geometry
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(g.N * g.C * g.H * g.W).astype(dtype)
+    w = rng.standard_normal(g.Co * g.C * g.kh * g.kw).astype(dtype)
+    out = np.empty(g.N * g.Co * g.Ho * g.Wo, dtype)
+    col = np.empty(g.C * g.kh * g.kw * g.Ho * g.Wo, dtype)
+    shape = tuple(g)
+    runs = {"im2col": lambda: runtime.conv2d_im2col(x, 0, w, 0, *shape, col, out, 0),
+            "direct": lambda: runtime.conv2d_direct(x, 0, w, 0, *shape, out, 0)}
+    times = {}
+    for method, run in runs.items():
+        run()  # compile (or load from Numba's cache) and warm the caches
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - t0)
+        times[method] = best
+    return times
+
+
+def _environment() -> dict:
+    """cache.environment() as it reads back from JSON."""
+    return json.loads(json.dumps(environment(), default=str, sort_keys=True))
+
+
+def _read(path: Path) -> dict:
+    """The measured choices, or {} when the file is missing or damaged, or was measured with another
+    CPU, Numba or backend source (``cache.environment``)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != _VERSION or data.get("environment") != _environment():
+        return {}
+    table = data.get("conv2d")
+    return table if isinstance(table, dict) else {}
+
+
+def _write(path: Path, table: dict) -> None:
+    payload = {"version": _VERSION, "environment": _environment(), "conv2d": table}
+    try:
+        atomic_write(path, json.dumps(payload, indent=1, sort_keys=True).encode())
+    except OSError:  # a read-only cache: the choice is still made, only not remembered
+        pass
