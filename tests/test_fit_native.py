@@ -19,11 +19,11 @@ def _data():
     return x, y
 
 
-def _fit(backend, epochs=3):
+def _fit(backend, epochs=3, last_batch="partial"):
     model = Sequential([Dense(16, "tanh"), Dropout(0.25), Dense(3)], input_shape=(6,), seed=4)
     history = graphc.fit(model, _data(), epochs=epochs, batch_size=32, optimizer=optim.Adam(0.02),
                          schedule=schedules.inverse_sqrt(0.02, warmup=2), validation_data=_data(),
-                         backend=backend, seed=9, verbose=False)
+                         backend=backend, seed=9, verbose=False, last_batch=last_batch)
     return model, history
 
 
@@ -66,3 +66,24 @@ def test_run_epoch_takes_one_value_per_step(graphc_cache_dir):
     np.testing.assert_allclose(exe.run_epoch(data, np.float32(2.0), perm=perm), 2 * data.reshape(3, 6).sum(axis=1))
     with pytest.raises(graphc.InputError, match=r"one value f32\[\] or one per step \[3\]"):
         exe.run_epoch(data, np.ones(4, np.float32), perm=perm)
+
+
+@pytest.mark.parametrize("last_batch, steps", [("drop", 2), ("wrap", 3)])
+def test_last_batch_dropped_or_wrapped_trains_the_same_on_both_backends(graphc_cache_dir, monkeypatch, last_batch,
+                                                                        steps):
+    # The reference backend loops in Python (np.resize wraps the permutation); the cpu backend runs the
+    # epoch as one native call that wraps or drops by itself: two independent implementations.
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(graphc_cache_dir))
+    (ref_model, ref), (cpu_model, cpu) = _fit("reference", 2, last_batch), _fit("cpu", 2, last_batch)
+    assert ref_model._trainer.step_count == cpu_model._trainer.step_count == 2 * steps
+    for k, v in ref_model.named_values().items():
+        np.testing.assert_allclose(cpu_model.named_values()[k], v, rtol=2e-4, atol=2e-5, err_msg=k)
+    np.testing.assert_allclose(cpu["loss"], ref["loss"], rtol=1e-4)
+    # A per-step schedule again: the second epoch starts at step `steps`.
+    assert ref["lr"][1] == pytest.approx(0.02 * np.sqrt(2 / (steps + 1)))
+
+
+def test_last_batch_must_be_a_known_mode():
+    model = Sequential([Dense(2)], input_shape=(6,))
+    with pytest.raises(ValueError, match="last_batch must be one of"):
+        graphc.fit(model, _data(), epochs=1, batch_size=32, last_batch="pad", backend="reference", verbose=False)

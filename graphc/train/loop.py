@@ -200,44 +200,54 @@ class Trainer:
 
     # -- one epoch -------------------------------------------------------------------------------------------
     def train_epoch(self, x: np.ndarray, y: np.ndarray, batch_size: int, lr_of_step: Callable[[int], float],
-                    rng: np.random.Generator, seed: int) -> tuple[float, float]:
+                    rng: np.random.Generator, seed: int, last_batch: str = "partial") -> tuple[float, float]:
+        """One shuffled pass over (x, y); returns the mean training loss and accuracy over the rows
+        trained on. ``last_batch``: see :func:`fit`."""
         n = len(x)
         perm = rng.permutation(n)
-        steps = math.ceil(n / batch_size)
+        steps = steps_per_epoch(n, batch_size, last_batch)
         lrs = np.array([lr_of_step(self.step_count + s) for s in range(steps)], np.float64)
         keys = (seed * 1_000_000_007 + self.step_count + np.arange(steps)).astype(np.int64)
         full = self.step_executable(batch_size)
         if hasattr(full, "run_epoch"):
-            return self._native_epoch(full, x, y, perm, lrs, keys, batch_size)
-        total_loss, total_correct = 0.0, 0.0
+            return self._native_epoch(full, x, y, perm, lrs, keys, batch_size, last_batch)
+        if last_batch == "wrap":  # the last batch is filled from the start of the permutation
+            perm = np.resize(perm, steps * batch_size)
+        total_loss, total_correct, rows = 0.0, 0.0, 0
         for s in range(steps):
             idx = perm[s * batch_size:(s + 1) * batch_size]
             exe = self.step_executable(len(idx))
             loss, correct = self.run_step(exe, {"x": x[idx], "y": y[idx], "lr": lrs[s], "key": keys[s]})
             total_loss += float(loss) * len(idx)
             total_correct += float(correct)
+            rows += len(idx)
         self.step_count += steps
-        return total_loss / n, total_correct / n
+        return total_loss / rows, total_correct / rows
 
-    def _native_epoch(self, full, x, y, perm, lrs, keys, batch_size) -> tuple[float, float]:
-        """The full minibatches in one native call (per-step learning rates and keys), then the partial
-        last batch, if any, through a reference-backend step on the same state."""
+    def _native_epoch(self, full, x, y, perm, lrs, keys, batch_size, last_batch) -> tuple[float, float]:
+        """The full minibatches in one native call (per-step learning rates and keys); with
+        ``last_batch="partial"``, the partial last batch then runs through a reference-backend step on
+        the same state."""
         n = len(x)
         full_steps, rest = divmod(n, batch_size)
+        native_steps = len(lrs) if last_batch == "wrap" else full_steps
         total_loss = total_correct = 0.0
-        if full_steps:
-            feeds = {"x": x, "y": y, "lr": lrs[:full_steps], "key": keys[:full_steps]}
-            losses, correct = full.run_epoch(*(feeds[k] for k in full.input_names), perm=perm, last_batch="drop")
+        if native_steps:
+            feeds = {"x": x, "y": y, "lr": lrs[:native_steps], "key": keys[:native_steps]}
+            losses, correct = full.run_epoch(*(feeds[k] for k in full.input_names), perm=perm,
+                                             last_batch="wrap" if last_batch == "wrap" else "drop")
             total_loss, total_correct = float(np.sum(losses, dtype=np.float64)) * batch_size, float(np.sum(correct))
-        if rest:
+        rows = native_steps * batch_size
+        if rest and last_batch == "partial":
             # One step an epoch: NumPy runs it, rather than a second native compile of the whole step.
             idx = perm[full_steps * batch_size:]
             loss, correct = self.run_step(self.step_executable(rest, backend="reference"),
                                           {"x": x[idx], "y": y[idx], "lr": lrs[-1], "key": keys[-1]})
             total_loss += float(loss) * rest
             total_correct += float(correct)
+            rows += rest
         self.step_count += len(lrs)
-        return total_loss / n, total_correct / n
+        return total_loss / rows, total_correct / rows
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         batch_size = min(batch_size, len(x))
@@ -257,13 +267,30 @@ class Trainer:
         return float(-logp[np.arange(len(y)), y].mean()), float((logits.argmax(axis=1) == y).mean())
 
 
+LAST_BATCH = ("partial", "drop", "wrap")
+
+
+def steps_per_epoch(n: int, batch_size: int, last_batch: str = "partial") -> int:
+    """Minibatches in an epoch of ``n`` rows (see :func:`fit` for ``last_batch``)."""
+    if last_batch not in LAST_BATCH:
+        raise ValueError(f"fit: last_batch must be one of {LAST_BATCH}, got {last_batch!r}")
+    if last_batch == "drop" and n < batch_size:
+        raise ValueError(f"fit: last_batch='drop' with {n} rows and batch_size {batch_size} leaves no batch")
+    return n // batch_size if last_batch == "drop" else math.ceil(n / batch_size)
+
+
 def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int, batch_size: int = 128,
         optimizer: Optimizer | None = None, schedule: Schedule | None = None,
         validation_data: tuple[np.ndarray, np.ndarray] | None = None, early_stopping: EarlyStopping | None = None,
         loss: str = "softmax_cross_entropy", l2: float = 0.0, seed: int = 0, backend: str | None = None,
         checkpoint: str | None = None, resume: bool = False, verbose: bool = True,
-        trainer: Trainer | None = None) -> History:
+        trainer: Trainer | None = None, last_batch: str = "partial") -> History:
     """Train ``model`` on ``train_data`` = (x, y) and return its :class:`History`.
+
+    ``last_batch`` says what happens to the rows left over when ``batch_size`` does not divide the
+    training set: ``"partial"`` trains on them as one smaller batch (PyTorch's DataLoader default),
+    ``"drop"`` skips them (``drop_last=True``), ``"wrap"`` fills the last batch from the start of the
+    epoch's permutation, so every step is a full batch and the whole epoch is one native call.
 
     >>> import graphc, numpy as np
     >>> from graphc.nn import Sequential, Dense
@@ -278,7 +305,7 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int, b
     optimizer = trainer.optimizer
     schedule = schedule or constant(optimizer.lr)
     x, y = train_data
-    steps_per_epoch = math.ceil(len(x) / batch_size)
+    steps = steps_per_epoch(len(x), batch_size, last_batch)
     rng = np.random.default_rng(seed)
     history, start_epoch = History(), 0
     best: tuple[float, dict[str, np.ndarray]] | None = None
@@ -294,9 +321,9 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int, b
             lr_of_step = schedule
         else:
             lr_of_step = (lambda e: lambda s: schedule(e))(epoch)
-        train_loss, train_acc = trainer.train_epoch(x, y, batch_size, lr_of_step, rng, seed)
+        train_loss, train_acc = trainer.train_epoch(x, y, batch_size, lr_of_step, rng, seed, last_batch)
         seconds = time.perf_counter() - t0
-        metrics = {"loss": train_loss, "acc": train_acc, "lr": lr_of_step(trainer.step_count - steps_per_epoch),
+        metrics = {"loss": train_loss, "acc": train_acc, "lr": lr_of_step(trainer.step_count - steps),
                    "seconds": seconds}
         if validation_data is not None:
             metrics["val_loss"], metrics["val_acc"] = trainer.evaluate(*validation_data)
