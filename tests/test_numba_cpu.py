@@ -403,6 +403,23 @@ def test_every_weight_update_is_accumulated_with_a_learning_rate_input(graphc_ca
         np.testing.assert_allclose(exe.params[k], ref.params[k], **TOL["float64"])
 
 
+def test_momentum_velocity_update_is_accumulated_into_the_velocity(graphc_cache_dir):
+    # v <- 0.9 v + dW is also "p <- beta p + alpha product" (p the velocity, beta 0.9, alpha 1).
+    with graphc.Graph("mlp_momentum") as g:
+        x, y = graphc.input("x", (8, 4), "float64"), graphc.input("y", (8,), "int64")
+        r = rng(4)
+        w0, w1 = graphc.param("W0", r.standard_normal((4, 6))), graphc.param("W1", r.standard_normal((6, 3)))
+        loss = g.output(graphc.softmax_cross_entropy(graphc.tanh(x @ w0) @ w1, y))
+        graphc.optim.Momentum(0.1, 0.9).minimize(loss, [w0, w1])
+    exe, ref = compile_both(loss, [x, y], graphc_cache_dir, optimize=2)
+    assert exe.source.count("accumulated into the parameter") == 2, exe.source
+    for _ in range(3):
+        xb, yb = r.standard_normal((8, 4)), r.integers(0, 3, 8)
+        np.testing.assert_allclose(exe(xb, yb), ref(xb, yb), **TOL["float64"])
+    for k in exe.params:
+        np.testing.assert_allclose(exe.params[k], ref.params[k], **TOL["float64"])
+
+
 def test_driver_split_into_parts_computes_the_same(graphc_cache_dir):
     # Very large drivers are split into step_part0..k (part_lines); force it on a small step.
     loss, inputs = mlp_step(dtype="float64", name="mlp_step_parts")
