@@ -1,9 +1,9 @@
 """Per-shape choices measured on this machine: conv2d as im2col + GEMM or as a direct loop nest.
 
-Neither wins everywhere. A conv over one input channel with a 5x5 kernel (LeNet's first layer)
-makes tiny GEMMs (K = 25) that BLAS runs far from its peak, while the loop nest streams the whole
-image through SIMD registers; a weight-gradient conv (a 28x28 "kernel" over 64 channels, a 5x5
-output) is one long GEMM for BLAS and a 5-wide inner loop for the loop nest. So the backend times
+Which wins depends on the shapes and the machine: im2col pays for copying the input (kh*kw times
+over) and for BLAS calls that may be far from BLAS's sweet spot (LeNet's first layer makes 6x784x25
+GEMMs); the loop nest copies nothing but runs at whatever LLVM makes of its loops (on the development
+machine it was not vectorized and lost on every shape measured: docs/backends.md). So the backend times
 both kernels of ``runtime`` on the node's own geometry, once per machine: the result is kept in
 ``<cache dir>/autotune.json`` (written atomically, checked when read; a damaged file is measured
 again), and the choice becomes part of the compile-cache key.
