@@ -361,18 +361,26 @@ def test_training_step_updates_parameters_in_place(train_step):
     assert [mode for *_, mode in exe.program.updates] == ["inplace"] * 4
 
 
+def assert_steps_match(exe, ref, r, steps, rates=None):
+    """``steps`` random minibatches (x [8, 4], labels 0..2, a learning rate per step if ``rates``)
+    through both executables: the outputs of every step, then the parameters agree (float64).
+    Returns the last minibatch."""
+    for s in range(steps):
+        x, y = r.standard_normal((8, 4)), r.integers(0, 3, 8)
+        extra = () if rates is None else (rates[s],)
+        np.testing.assert_allclose(exe(x, y, *extra), ref(x, y, *extra), **TOL["float64"])
+    for k in exe.params:
+        np.testing.assert_allclose(exe.params[k], ref.params[k], **TOL["float64"])
+    return x, y
+
+
 def test_optimized_training_step_accumulates_the_first_layer_update_into_its_weights(graphc_cache_dir):
     # Level 2: fused SGD updates; W0's gradient GEMM is read by nothing but W0's update (no input gradient
     # is needed), so BLAS adds -lr * x^T @ g straight into W0 (alpha = -lr, beta = 1).
     loss, inputs = mlp_step(dtype="float64", name="mlp_step_opt", sizes=(4, 6, 5, 3))
     exe, ref = compile_both(loss, inputs, graphc_cache_dir, optimize=2)
     assert "accumulated into the parameter" in exe.source and re.search(r"gemm\(1, 0, 4, 6, 8, -0\.1, ", exe.source)
-    r = rng(8)
-    for _ in range(3):
-        x, y = r.standard_normal((8, 4)), r.integers(0, 3, 8)
-        np.testing.assert_allclose(exe(x, y), ref(x, y), **TOL["float64"])
-    for k in exe.params:
-        np.testing.assert_allclose(exe.params[k], ref.params[k], **TOL["float64"])
+    assert_steps_match(exe, ref, rng(8), 3)
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
@@ -395,12 +403,7 @@ def test_every_weight_update_is_accumulated_with_a_learning_rate_input(graphc_ca
     exe, ref = compile_both(loss, [x, y, lr], graphc_cache_dir, optimize=2)
     assert len(re.findall(r"gemm\(1, 0, \d+, \d+, 8, alpha\d+, ", exe.source)) == 3, exe.source
     assert exe.source.count("accumulated into the parameter") == 3
-    for step in range(3):
-        xb, yb = r.standard_normal((8, 4)), r.integers(0, 3, 8)
-        rate = 0.1 / (1 + step)
-        np.testing.assert_allclose(exe(xb, yb, rate), ref(xb, yb, rate), **TOL["float64"])
-    for k in exe.params:
-        np.testing.assert_allclose(exe.params[k], ref.params[k], **TOL["float64"])
+    assert_steps_match(exe, ref, r, 3, rates=[0.1 / (1 + step) for step in range(3)])
 
 
 def test_momentum_velocity_update_is_accumulated_into_the_velocity(graphc_cache_dir):
@@ -413,11 +416,7 @@ def test_momentum_velocity_update_is_accumulated_into_the_velocity(graphc_cache_
         graphc.optim.Momentum(0.1, 0.9).minimize(loss, [w0, w1])
     exe, ref = compile_both(loss, [x, y], graphc_cache_dir, optimize=2)
     assert exe.source.count("accumulated into the parameter") == 2, exe.source
-    for _ in range(3):
-        xb, yb = r.standard_normal((8, 4)), r.integers(0, 3, 8)
-        np.testing.assert_allclose(exe(xb, yb), ref(xb, yb), **TOL["float64"])
-    for k in exe.params:
-        np.testing.assert_allclose(exe.params[k], ref.params[k], **TOL["float64"])
+    assert_steps_match(exe, ref, r, 3)
 
 
 def test_driver_split_into_parts_computes_the_same(graphc_cache_dir):
@@ -425,12 +424,7 @@ def test_driver_split_into_parts_computes_the_same(graphc_cache_dir):
     loss, inputs = mlp_step(dtype="float64", name="mlp_step_parts")
     exe, ref = compile_both(loss, inputs, graphc_cache_dir, optimize=2, part_lines=12)
     assert "def step_part2(" in exe.source and "if step_part0(" in exe.source
-    r = rng(9)
-    for _ in range(2):
-        x, y = r.standard_normal((8, 4)), r.integers(0, 3, 8)
-        np.testing.assert_allclose(exe(x, y), ref(x, y), **TOL["float64"])
-    for k in exe.params:
-        np.testing.assert_allclose(exe.params[k], ref.params[k], **TOL["float64"])
+    x, y = assert_steps_match(exe, ref, rng(9), 2)
     before = {k: v.copy() for k, v in exe.params.items()}
     with pytest.raises(graphc.InputError, match="label 7 at index 0 is out of range"):
         exe(x, np.r_[7, y[1:]])  # the check in the driver's prologue stops everything

@@ -88,7 +88,7 @@ def measure_conv2d(geometry: ConvGeometry, dtype: str, repeats: int = 3) -> dict
     out = np.empty(g.N * g.Co * g.Ho * g.Wo, dtype)
     col = np.empty(g.C * g.kh * g.kw * g.Ho * g.Wo, dtype)
     shape = tuple(g)
-    runs = {"im2col": lambda: runtime.conv2d_im2col(x, 0, w, 0, *shape, col, out, 0),
+    runs = {"im2col": lambda: runtime.conv2d_im2col(x, 0, w, 0, *shape, col, 0, out, 0),
             "direct": lambda: runtime.conv2d_direct(x, 0, w, 0, *shape, out, 0)}
     times = {}
     for method, run in runs.items():

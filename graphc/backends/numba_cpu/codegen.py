@@ -47,8 +47,8 @@ import math
 import numpy as np
 from numba import njit
 
-from graphc.backends.numba_cpu.runtime import (avg_pool, col2im_add, conv2d_direct, exp_f32, gemm, im2col, max_pool,
-                                               max_pool_backward, max_pool_gather, tanh_f32)
+from graphc.backends.numba_cpu.runtime import (avg_pool, col2im_add, conv2d_direct, conv2d_im2col, exp_f32, gemm,
+                                               max_pool, max_pool_backward, max_pool_gather, tanh_f32)
 
 f32 = np.float32
 f64 = np.float64

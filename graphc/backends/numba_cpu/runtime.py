@@ -125,12 +125,13 @@ def conv2d_direct(x, xo, w, wo_, N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw,
 
 
 @njit(**_KERNEL)
-def conv2d_im2col(x, xo, w, wo_, N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, out, oo):
-    """im2col + one GEMM per image, as the generated driver does it (the autotuner times this one)."""
+def conv2d_im2col(x, xo, w, wo_, N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, co, out, oo):
+    """im2col + one GEMM per image: out[n] [Co, Ho*Wo] = w [Co, C*kh*kw] @ col [C*kh*kw, Ho*Wo], with
+    ``col`` a scratch of C*kh*kw*Ho*Wo elements from element ``co``."""
     K, P = C * kh * kw, Ho * Wo
     for n in range(N):
-        im2col(x, xo + n * C * H * W, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, 0)
-        gemm(0, 0, Co, P, K, 1.0, w, wo_, K, col, 0, P, 0.0, out, oo + n * Co * P, P)
+        im2col(x, xo + n * C * H * W, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, co)
+        gemm(0, 0, Co, P, K, 1.0, w, wo_, K, col, co, P, 0.0, out, oo + n * Co * P, P)
 
 
 @njit(**_KERNEL)
