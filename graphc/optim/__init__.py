@@ -9,6 +9,10 @@ lives in non-trainable parameters named ``<param>.<slot>``, updated in place wit
 The rules are the textbook ones (CS231n's forms for momentum and Nesterov; Zeiler's AdaDelta;
 Kingma and Ba's Adam with bias correction). ``weight_decay`` adds wd * p to each gradient (L2);
 ``clip_norm`` rescales all gradients together so their global L2 norm is at most ``clip_norm``.
+
+Every hyper-parameter is checked against its range (``RANGES``) when it is given and again by
+``minimize``: a rate <= 0, a momentum or decay outside [0, 1), eps <= 0 raise
+:class:`HyperparameterError` naming the optimizer, the argument and the allowed range.
 """
 from __future__ import annotations
 
@@ -21,15 +25,28 @@ from ..autodiff import grad
 from ..dsl import Tensor
 from ..ops import elementwise as ew
 from ..ops.nn import sum_of_squares
+from .hyperparams import NON_NEGATIVE, POSITIVE, UNIT, HyperparameterError, Range
 
 
 class Optimizer:
     """Base class: ``minimize`` differentiates the loss and appends ``update`` for every parameter."""
 
     name = "optimizer"
+    #: the allowed range of every hyper-parameter (an attribute of the same name)
+    RANGES: dict[str, Range] = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE,
+                                "clip_norm": Range(0.0, low_open=True, optional=True)}
 
     def __init__(self, lr: float = 0.01, weight_decay: float = 0.0, clip_norm: float | None = None):
-        self.lr, self.weight_decay, self.clip_norm = float(lr), float(weight_decay), clip_norm
+        self._set(lr=lr, weight_decay=weight_decay, clip_norm=clip_norm)
+
+    def _set(self, **values) -> None:
+        """Check each hyper-parameter against its range, then store it (as a float)."""
+        for name, value in values.items():
+            setattr(self, name, self.RANGES[name].check(type(self).__name__, name, value))
+
+    def validate(self) -> None:
+        """Check every hyper-parameter again: attributes may have been changed since construction."""
+        self._set(**{name: getattr(self, name) for name in self.RANGES})
 
     def minimize(self, loss: Tensor, params: Sequence[Tensor], lr: Tensor | float | None = None) -> list[Tensor]:
         """Add gradients of ``loss`` and this rule's updates (Graph.update) to ``loss``'s graph.
@@ -37,6 +54,7 @@ class Optimizer:
         ``lr`` is a scalar graph input fed each step (schedules), or a float; default ``self.lr``.
         Returns the gradients (after weight decay and clipping).
         """
+        self.validate()
         params = list(params)
         lr = self.lr if lr is None else lr
         grads = grad(loss, params)
@@ -87,10 +105,11 @@ class Momentum(Optimizer):
     """v <- mu v - lr g;  p <- p + v"""
 
     name = "momentum"
+    RANGES = {**Optimizer.RANGES, "momentum": UNIT}
 
     def __init__(self, lr=0.01, momentum=0.9, **kw):
         super().__init__(lr, **kw)
-        self.momentum = float(momentum)
+        self._set(momentum=momentum)
 
     def update(self, p, g, lr, shared):
         v = self.slot(p, "velocity")
@@ -115,10 +134,11 @@ class AdaGrad(Optimizer):
     """c <- c + g^2;  p <- p - lr g / (sqrt(c) + eps)"""
 
     name = "adagrad"
+    RANGES = {**Optimizer.RANGES, "eps": POSITIVE}
 
     def __init__(self, lr=0.01, eps=1e-8, **kw):
         super().__init__(lr, **kw)
-        self.eps = float(eps)
+        self._set(eps=eps)
 
     def update(self, p, g, lr, shared):
         c = self.slot(p, "accumulator")
@@ -131,10 +151,11 @@ class RMSProp(Optimizer):
     """c <- rho c + (1 - rho) g^2;  p <- p - lr g / (sqrt(c) + eps)"""
 
     name = "rmsprop"
+    RANGES = {**Optimizer.RANGES, "rho": UNIT, "eps": POSITIVE}
 
     def __init__(self, lr=0.001, rho=0.9, eps=1e-8, **kw):
         super().__init__(lr, **kw)
-        self.rho, self.eps = float(rho), float(eps)
+        self._set(rho=rho, eps=eps)
 
     def update(self, p, g, lr, shared):
         c = self.slot(p, "mean_square")
@@ -148,10 +169,11 @@ class AdaDelta(Optimizer):
     E[d2] <- rho E[d2] + (1 - rho) d^2;  p <- p + lr d   (Zeiler 2012; lr 1.0 is the paper's)"""
 
     name = "adadelta"
+    RANGES = {**Optimizer.RANGES, "rho": UNIT, "eps": POSITIVE}
 
     def __init__(self, lr=1.0, rho=0.95, eps=1e-6, **kw):
         super().__init__(lr, **kw)
-        self.rho, self.eps = float(rho), float(eps)
+        self._set(rho=rho, eps=eps)
 
     def update(self, p, g, lr, shared):
         eg, ed = self.slot(p, "mean_square_grad"), self.slot(p, "mean_square_delta")
@@ -167,10 +189,11 @@ class Adam(Optimizer):
     p <- p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)"""
 
     name = "adam"
+    RANGES = {**Optimizer.RANGES, "beta1": UNIT, "beta2": UNIT, "eps": POSITIVE}
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, **kw):
         super().__init__(lr, **kw)
-        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self._set(beta1=beta1, beta2=beta2, eps=eps)
 
     def shared_state(self, loss):
         # float64: 1 - beta2**t in float32 is off by ~1e-5 relative (0.999 is not a float32), which
@@ -194,5 +217,5 @@ class Adam(Optimizer):
 
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam)}
 
-__all__ = ["AdaDelta", "AdaGrad", "Adam", "Momentum", "Nesterov", "OPTIMIZERS", "Optimizer", "RMSProp", "SGD",
-           "clip_by_global_norm"]
+__all__ = ["AdaDelta", "AdaGrad", "Adam", "HyperparameterError", "Momentum", "Nesterov", "OPTIMIZERS", "Optimizer",
+           "RMSProp", "SGD", "clip_by_global_norm"]

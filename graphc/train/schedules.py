@@ -1,7 +1,9 @@
 """Learning-rate schedules: functions of the step (or epoch) count t = 0, 1, 2, ...
 
 Each schedule is ``lr = schedule(t)``; ``per`` says whether t counts optimizer steps or epochs.
-The learning rate is a graph input, so changing it never recompiles the step.
+The learning rate is a graph input, so changing it never recompiles the step. Every argument is
+checked when the schedule is made (a rate > 0, periods of at least one step or epoch, ...): a bad
+one raises :class:`~graphc.optim.HyperparameterError` naming the schedule, the argument and its range.
 
 >>> linear(0.1, T=100)(50)
 0.05
@@ -11,6 +13,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..optim.hyperparams import NON_NEGATIVE, POSITIVE, Range, check_choice, check_count
+
+PER = ("epoch", "step")
+
 
 @dataclass
 class Schedule:
@@ -19,6 +25,12 @@ class Schedule:
     name: str
     lr0: float
     per: str = "epoch"
+
+    def _check(self) -> None:
+        """Check lr0 and per (subclasses call it from their __init__: not from __post_init__, whose
+        caller, the dataclass's generated __init__, would hide the user's line)."""
+        self.lr0 = POSITIVE.check(self.name, "lr0", self.lr0)
+        check_choice(self.name, "per", self.per, PER)
 
     def __call__(self, t: int) -> float:
         raise NotImplementedError
@@ -33,7 +45,8 @@ class Schedule:
 
 class _Formula(Schedule):
     def __init__(self, name, lr0, fn, per):
-        super().__init__(name, float(lr0), per)
+        super().__init__(name, lr0, per)
+        self._check()
         self._fn = fn
 
     def __call__(self, t: int) -> float:
@@ -50,37 +63,51 @@ def constant(lr: float, per: str = "epoch") -> Schedule:
 
 def step(lr0: float, drop: float = 0.1, every: int = 10, per: str = "epoch") -> Schedule:
     """lr0 * drop ** floor(t / every)"""
+    Range(0.0, 1.0, low_open=True).check("step", "drop", drop)
+    every = check_count("step", "every", every)
     return _Formula("step", lr0, lambda t: lr0 * drop ** (t // every), per)
 
 
 def linear(lr0: float, T: int, final: float = 0.0, per: str = "epoch") -> Schedule:
     """The course's linear decay alpha = alpha0 (1 - t/T) (+ final * t/T), held at ``final`` after T."""
+    T = check_count("linear", "T", T)
+    NON_NEGATIVE.check("linear", "final", final)
     return _Formula("linear", lr0, lambda t: lr0 * (1 - min(t, T) / T) + final * min(t, T) / T, per)
 
 
 def exponential(lr0: float, k: float, per: str = "epoch") -> Schedule:
     """lr0 * exp(-k t)"""
+    NON_NEGATIVE.check("exponential", "k", k)
     return _Formula("exponential", lr0, lambda t: lr0 * math.exp(-k * t), per)
 
 
 def cosine(lr0: float, T: int, final: float = 0.0, per: str = "epoch") -> Schedule:
     """final + (lr0 - final) (1 + cos(pi min(t, T) / T)) / 2"""
+    T = check_count("cosine", "T", T)
+    NON_NEGATIVE.check("cosine", "final", final)
     return _Formula("cosine", lr0, lambda t: final + (lr0 - final) * (1 + math.cos(math.pi * min(t, T) / T)) / 2, per)
 
 
 def inverse_sqrt(lr0: float, warmup: int = 1, per: str = "step") -> Schedule:
     """lr0 * sqrt(warmup / max(t + 1, warmup)): constant for ``warmup`` steps, then ~ 1/sqrt(t)."""
+    warmup = check_count("inverse_sqrt", "warmup", warmup)
     return _Formula("inverse_sqrt", lr0, lambda t: lr0 * math.sqrt(warmup / max(t + 1, warmup)), per)
 
 
 class ReduceOnPlateau(Schedule):
     """Divide the learning rate by ``factor`` (10, as in the course) when the validation loss has not
-    improved by more than ``min_delta`` for ``patience`` epochs. Call :meth:`observe` after each epoch."""
+    improved by more than ``min_delta`` for ``patience`` epochs. Call :meth:`observe` after each epoch
+    (``fit`` does, with the validation loss: it refuses this schedule without ``validation_data``)."""
 
     def __init__(self, lr0: float, factor: float = 10.0, patience: int = 3, min_delta: float = 0.0,
                  min_lr: float = 0.0):
-        super().__init__("reduce_on_plateau", float(lr0), "epoch")
-        self.factor, self.patience, self.min_delta, self.min_lr = float(factor), int(patience), min_delta, min_lr
+        super().__init__("reduce_on_plateau", lr0, "epoch")
+        self._check()
+        owner = self.name
+        self.factor = Range(1.0, low_open=True).check(owner, "factor", factor)  # the rate is divided by it
+        self.patience = check_count(owner, "patience", patience)
+        self.min_delta = NON_NEGATIVE.check(owner, "min_delta", min_delta)
+        self.min_lr = Range(0.0, self.lr0).check(owner, "min_lr", min_lr)
         self.lr, self.best, self.bad_epochs = float(lr0), math.inf, 0
 
     def __call__(self, t: int) -> float:
