@@ -4,7 +4,8 @@ schedule's state and the RNG state.
 
 The file is written to a temporary name and renamed over the old one, so a process killed
 mid-write leaves the previous checkpoint whole. Loading verifies the manifest and every checksum
-and refuses a truncated or altered file with a clear error.
+and refuses a truncated or altered file with a clear error; :func:`check_arrays` then refuses one
+that is whole but does not fit the model (a missing array, another shape or dtype, NaN or Inf).
 """
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ from typing import Any
 import numpy as np
 
 from ..io import atomic_write
+from ..ir import GraphcError
 
 FORMAT = "graphc-checkpoint-1"
 MANIFEST = "__manifest__"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, truncated, altered or of another format."""
+class CheckpointError(GraphcError, ValueError):
+    """A checkpoint that is missing, truncated, altered, of another format, or that does not fit the model.
+    (A ValueError too, as it was before graphc's errors had a common base.)"""
 
 
 def _digest(arr: np.ndarray) -> str:
@@ -63,10 +66,47 @@ def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         raise CheckpointError(f"checkpoint {path}: its manifest is corrupt")
     if manifest.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: unknown format {manifest.get('format')!r}")
+    if not isinstance(manifest.get("meta", {}), dict):
+        raise CheckpointError(f"checkpoint {path}: the manifest's meta is not a JSON object")
     expected = manifest["arrays"]
-    if set(arrays) != set(expected):
-        raise CheckpointError(f"checkpoint {path}: arrays {sorted(arrays)} differ from the manifest's {sorted(expected)}")
+    _check_listed(path, arrays, expected)
     for k, v in arrays.items():
-        if _digest(v) != expected[k]["sha256"] or list(v.shape) != expected[k]["shape"]:
+        entry = expected[k]
+        if not isinstance(entry, dict) or not {"shape", "dtype", "sha256"} <= set(entry):
+            raise CheckpointError(f"checkpoint {path}: the manifest's entry for array {k!r} is corrupt")
+        if _digest(v) != entry["sha256"] or list(v.shape) != entry["shape"]:
             raise CheckpointError(f"checkpoint {path}: array {k!r} does not match its checksum")
-    return arrays, manifest["meta"]
+        if str(v.dtype) != entry["dtype"]:
+            raise CheckpointError(f"checkpoint {path}: array {k!r} is {v.dtype}, its manifest entry says {entry['dtype']}")
+    return arrays, manifest.get("meta", {})
+
+
+def _check_listed(path: str, arrays: dict, expected: dict) -> None:
+    """The archive holds exactly the arrays the manifest lists; a dropped or added one is named alone."""
+    dropped, added = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+    if dropped:
+        raise CheckpointError(f"checkpoint {path}: array(s) {dropped} listed in the manifest are missing from the file")
+    if added:
+        raise CheckpointError(f"checkpoint {path}: array(s) {added} in the file are not in the manifest")
+
+
+def check_arrays(path: str, arrays: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    """Refuse ``arrays`` (loaded from ``path``) unless each of ``expected`` (the model's state: name ->
+    array) is there with its shape and dtype and holds only finite values: resuming from NaN weights,
+    or casting float64 into float32 silently, would be a silent wrong answer."""
+    missing = sorted(set(expected) - set(arrays))
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}: it was written for another model")
+    wrong = [f"{k} {list(arrays[k].shape)} (model: {list(v.shape)})" for k, v in expected.items()
+             if arrays[k].shape != v.shape]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path}: {', '.join(wrong)}: it was written for another model")
+    for k, v in expected.items():
+        if arrays[k].dtype != v.dtype:
+            raise CheckpointError(f"checkpoint {path}: array {k!r} is {arrays[k].dtype} where the model's is {v.dtype}")
+        if arrays[k].dtype.kind == "f":
+            bad = ~np.isfinite(arrays[k])
+            if bad.any():
+                first = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise CheckpointError(f"checkpoint {path}: array {k!r} holds {arrays[k][first]} at index {first} "
+                                      f"({int(bad.sum())} of {bad.size} values are NaN or Inf): not resumable")

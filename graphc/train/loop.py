@@ -24,7 +24,9 @@ from ..ops import elementwise as ew
 from ..ops import nn as nn_ops
 from ..ops import reduce
 from ..optim import SGD, Optimizer
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..optim.hyperparams import NON_NEGATIVE, HyperparameterError, at_user_line, check_count
+from . import inputs
+from .checkpoint import CheckpointError, check_arrays, load_checkpoint, save_checkpoint
 from .schedules import ReduceOnPlateau, Schedule, constant
 
 BEST_PREFIX = "__best__."  # checkpoint arrays holding early stopping's best weights
@@ -35,15 +37,34 @@ LOSSES: dict[str, Callable] = {
 }
 
 
-@dataclass
+#: The metrics EarlyStopping may watch: the losses fit reports, where lower is better.
+MONITORS = ("val_loss", "loss")
+
+
+@dataclass(init=False)  # its own __init__: errors then point at the user's line, not at generated code
 class EarlyStopping:
-    """Stop when ``monitor`` (val_loss) has not improved by ``min_delta`` for ``patience`` epochs;
-    with ``restore_best``, the model ends with the best epoch's weights."""
+    """Stop when ``monitor`` has not decreased by more than ``min_delta`` for ``patience`` epochs;
+    with ``restore_best``, the model ends with the best epoch's weights. ``monitor`` is "val_loss"
+    (fit then needs ``validation_data``) or "loss", the training loss, chosen explicitly."""
 
     patience: int = 5
     min_delta: float = 0.0
     monitor: str = "val_loss"
     restore_best: bool = True
+
+    def __init__(self, patience: int = 5, min_delta: float = 0.0, monitor: str = "val_loss",
+                 restore_best: bool = True):
+        self.patience, self.min_delta, self.monitor, self.restore_best = patience, min_delta, monitor, restore_best
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (fit calls it again: they may have been changed since construction)."""
+        self.patience = check_count("EarlyStopping", "patience", self.patience)
+        self.min_delta = NON_NEGATIVE.check("EarlyStopping", "min_delta", self.min_delta)
+        if self.monitor not in MONITORS:
+            raise HyperparameterError(f"EarlyStopping: monitor={self.monitor!r} must be one of {list(MONITORS)}: "
+                                      f"it stops when a loss stops decreasing (accuracies are not watched)"
+                                      f"{at_user_line()}")
 
 
 @dataclass
@@ -146,7 +167,8 @@ class Trainer:
     def __init__(self, model: Module, optimizer: Optimizer | None = None, loss: str = "softmax_cross_entropy",
                  l2: float = 0.0, backend: str | None = None, optimize: int | None = None):
         if loss not in LOSSES:
-            raise ValueError(f"fit trains classifiers with {sorted(LOSSES)}; got loss={loss!r}")
+            raise HyperparameterError(f"fit trains classifiers with {sorted(LOSSES)}; got loss={loss!r}{at_user_line()}")
+        l2 = NON_NEGATIVE.check("fit", "l2", l2)
         self.model, self.optimizer, self.loss, self.l2 = model, optimizer or SGD(0.01), loss, l2
         self.backend = backend or _default_backend()
         self.optimize = optimize
@@ -249,7 +271,12 @@ class Trainer:
         self.step_count += len(lrs)
         return total_loss / rows, total_correct / rows
 
-    def predict_logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    def predict_logits(self, x: np.ndarray, batch_size: int = 1000, where: str = "predict") -> np.ndarray:
+        """The model's outputs [N, C] for ``x`` (checked: see :mod:`graphc.train.inputs`); no rows give none."""
+        x = inputs.features(x, self.model, where)
+        batch_size = inputs.batch_size(batch_size, where)
+        if len(x) == 0:  # the predictions for no rows: an empty array, nothing compiled
+            return np.zeros((0,) + tuple(self.model.out_shape), x.dtype)
         batch_size = min(batch_size, len(x))
         exe = self.eval_executable(batch_size)
         outs = []
@@ -260,9 +287,11 @@ class Trainer:
             outs.append(exe(chunk)[: min(batch_size, len(x) - start)])
         return np.concatenate(outs)
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
-        """(mean softmax cross-entropy, accuracy) on (x, y)."""
-        logits = self.predict_logits(x, batch_size).astype(np.float64)
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000,
+                 where: str = "evaluate") -> tuple[float, float]:
+        """(mean softmax cross-entropy, accuracy) on (x, y); refuses an empty set (its mean is undefined)."""
+        x, y = _checked_xy(self.model, x, y, where, "", "the loss and accuracy of no examples are undefined")
+        logits = self.predict_logits(x, batch_size, where).astype(np.float64)
         logp = nn_ops.log_softmax_reference([logits], {"axis": 1})
         return float(-logp[np.arange(len(y)), y].mean()), float((logits.argmax(axis=1) == y).mean())
 
@@ -270,12 +299,16 @@ class Trainer:
 LAST_BATCH = ("partial", "drop", "wrap")
 
 
+def _check_last_batch(last_batch: str) -> None:
+    if last_batch not in LAST_BATCH:
+        raise HyperparameterError(f"fit: last_batch must be one of {LAST_BATCH}, got {last_batch!r}")
+
+
 def steps_per_epoch(n: int, batch_size: int, last_batch: str = "partial") -> int:
     """Minibatches in an epoch of ``n`` rows (see :func:`fit` for ``last_batch``)."""
-    if last_batch not in LAST_BATCH:
-        raise ValueError(f"fit: last_batch must be one of {LAST_BATCH}, got {last_batch!r}")
+    _check_last_batch(last_batch)
     if last_batch == "drop" and n < batch_size:
-        raise ValueError(f"fit: last_batch='drop' with {n} rows and batch_size {batch_size} leaves no batch")
+        raise HyperparameterError(f"fit: last_batch='drop' with {n} rows and batch_size {batch_size} leaves no batch")
     return n // batch_size if last_batch == "drop" else math.ceil(n / batch_size)
 
 
@@ -301,10 +334,14 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int, b
     >>> h["acc"][-1] > 0.9
     True
     """
+    epochs = check_count("fit", "epochs", epochs, minimum=0)
+    batch_size = inputs.batch_size(batch_size, "fit")
+    _check_last_batch(last_batch)
+    (x, y), validation_data = _fit_data(model, train_data, validation_data)
     trainer = trainer or Trainer(model, optimizer, loss, l2, backend)
     optimizer = trainer.optimizer
     schedule = schedule or constant(optimizer.lr)
-    x, y = train_data
+    _check_monitoring(early_stopping, schedule, validation_data)
     steps = steps_per_epoch(len(x), batch_size, last_batch)
     rng = np.random.default_rng(seed)
     history, start_epoch = History(), 0
@@ -357,37 +394,139 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int, b
     return history
 
 
+# -- checking fit's arguments (before anything compiles) ----------------------------------------------------------
+
+def _checked_xy(model: Module, x: Any, y: Any, where: str, arg: str, why_rows: str) -> tuple[np.ndarray, np.ndarray]:
+    """x and y checked against the model and each other (``arg``: the argument they came in, if any)."""
+    of = f" of {arg}" if arg else ""
+    x = inputs.features(x, model, where, "x" + of)
+    inputs.require_rows(x, where, "x" + of, why_rows)
+    y = inputs.labels(y, len(x), inputs.classes_of(model, where), where, "y" + of, "x" + of)
+    return x, y
+
+
+def _fit_data(model: Module, train_data: Any, validation_data: Any):
+    """fit's (x, y) and validation (x, y), checked and converted (array-likes become arrays)."""
+    train = _checked_xy(model, *inputs.data_pair(train_data, "fit", "train_data"), "fit", "train_data",
+                        "there is nothing to train on")
+    if validation_data is not None:
+        validation_data = _checked_xy(model, *inputs.data_pair(validation_data, "fit", "validation_data"), "fit",
+                                      "validation_data", "the validation loss of no examples is undefined")
+    return train, validation_data
+
+
+def _check_monitoring(early_stopping: EarlyStopping | None, schedule: Schedule, validation_data) -> None:
+    """What watches the validation loss needs validation data: refused here rather than a KeyError
+    after the first epoch (EarlyStopping) or a rate that silently never drops (reduce_on_plateau)."""
+    if early_stopping is not None:
+        early_stopping.validate()
+        if validation_data is None and early_stopping.monitor.startswith("val_"):
+            raise HyperparameterError(f"fit: EarlyStopping(monitor={early_stopping.monitor!r}) needs validation_data="
+                                      f"(x_val, y_val); to watch the training loss, say EarlyStopping(monitor='loss')"
+                                      f"{at_user_line()}")
+    if validation_data is None and isinstance(schedule, ReduceOnPlateau):
+        raise HyperparameterError(f"fit: {schedule!r} lowers the rate when the validation loss stops improving: it "
+                                  f"needs validation_data=(x_val, y_val) (without it, it would never lower the rate)"
+                                  f"{at_user_line()}")
+
+
+# -- resuming from a checkpoint ------------------------------------------------------------------------------------
+
 def _restore(trainer: Trainer, schedule: Schedule, rng: np.random.Generator, path: str):
+    """Load ``path`` into the trainer, the schedule and the shuffling RNG, after checking every array and
+    every field fit wrote: nothing changes unless all of it is valid."""
     params, meta = load_checkpoint(path)
-    missing = set(trainer.state) - set(params)
-    if missing:
-        from .checkpoint import CheckpointError
-        raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}: it was written for another model")
-    wrong = [f"{k} {list(params[k].shape)} (model: {list(v.shape)})" for k, v in trainer.state.items()
-             if params[k].shape != v.shape]
-    if wrong:
-        from .checkpoint import CheckpointError
-        raise CheckpointError(f"checkpoint {path}: {', '.join(wrong)}: it was written for another model")
+    check_arrays(path, params, trainer.state)
+    fields = _resume_fields(path, meta)
+    best = None
+    if fields["best_loss"] is not None:  # early stopping's best weights travel with it: all of them
+        best_arrays = {BEST_PREFIX + k: v for k, v in trainer.state.items()}
+        check_arrays(path, params, best_arrays)
+        best = (fields["best_loss"], {k: params[BEST_PREFIX + k].copy() for k in trainer.state})
+    _check_rng_state(path, meta["rng"], rng)
+    try:  # the last check, and the first change: load_state assigns all of its fields at once or none
+        schedule.load_state(meta["schedule"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path}: meta field 'schedule' does not fit {schedule!r} "
+                              f"({type(err).__name__}: {err})") from None
     for k in trainer.state:
         trainer.state[k][...] = params[k]
-    schedule.load_state(meta["schedule"])
     rng.bit_generator.state = meta["rng"]
-    trainer.step_count = int(meta["step_count"])
-    best = None
-    if meta.get("best_loss") is not None:
-        best_values = {k: params.get(BEST_PREFIX + k, trainer.state[k]).copy() for k in trainer.state}
-        best = (meta["best_loss"], best_values)
-    return int(meta["epoch"]), History.from_dict(meta["history"]), best, int(meta.get("bad_epochs", 0))
+    trainer.step_count = fields["step_count"]
+    return fields["epoch"], fields["history"], best, fields["bad_epochs"]
+
+
+_MISSING = object()
+
+
+def _field_error(path: str, field: str, value: Any, expected: str) -> CheckpointError:
+    got = "it is missing" if value is _MISSING else f"got {value!r}"
+    return CheckpointError(f"checkpoint {path}: meta field {field!r} must be {expected}; {got}")
+
+
+def _count_field(path: str, meta: dict, field: str, default: Any = _MISSING) -> int:
+    value = meta.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _field_error(path, field, value, "a whole number >= 0")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _resume_fields(path: str, meta: dict) -> dict[str, Any]:
+    """The fields fit wrote (see fit's ``meta``), each checked for its type and range and named when
+    wrong: never a KeyError, an int("2") that happens to work, or a history that disagrees with the epoch."""
+    epoch = _count_field(path, meta, "epoch")
+    fields: dict[str, Any] = {"epoch": epoch, "step_count": _count_field(path, meta, "step_count"),
+                              "bad_epochs": _count_field(path, meta, "bad_epochs", 0)}
+    for name, what in (("schedule", "the schedule's state"), ("rng", "the shuffling RNG's state"),
+                       ("history", "the history of the epochs trained")):
+        if not isinstance(meta.get(name), dict):
+            raise _field_error(path, name, meta.get(name, _MISSING), f"{what} (a JSON object)")
+    best_loss = meta.get("best_loss")
+    if best_loss is not None and not (_is_number(best_loss) and math.isfinite(best_loss)):
+        raise _field_error(path, "best_loss", best_loss, "a finite number or null")
+    fields["best_loss"] = best_loss
+    fields["history"] = _history_field(path, meta["history"], epoch)
+    return fields
+
+
+def _history_field(path: str, value: dict, epoch: int) -> History:
+    """The saved History, which must cover epochs 1..epoch with one number per epoch in each metric."""
+    expected = f"a history of epochs 1..{epoch} with one number per epoch and metric"
+    try:
+        history = History.from_dict(value)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise _field_error(path, "history", value, expected) from None
+    series_ok = all(len(v) == epoch and all(map(_is_number, v)) for v in history.metrics.values())
+    if history.epochs != list(range(1, epoch + 1)) or not series_ok:
+        raise _field_error(path, "history", value, expected)
+    return history
+
+
+def _check_rng_state(path: str, state: dict, rng: np.random.Generator) -> None:
+    """The saved state must be one the shuffling RNG's bit generator accepts (tried on a scratch one)."""
+    scratch = type(rng.bit_generator)()
+    try:
+        scratch.state = state
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path}: meta field 'rng' is not a {type(rng.bit_generator).__name__} "
+                              f"state ({type(err).__name__}: {err})") from None
 
 
 def evaluate(model: Module, data: tuple[np.ndarray, np.ndarray], batch_size: int = 1000,
              backend: str | None = None) -> tuple[float, float]:
-    """(loss, accuracy) of ``model`` on ``data`` = (x, y)."""
-    return _trainer_of(model, backend).evaluate(*data, batch_size=batch_size)
+    """(loss, accuracy) of ``model`` on ``data`` = (x, y): x [N, *input_shape] floats, y [N] integer
+    class indices in [0, classes). Array-likes are converted; anything else is refused with a graphc error."""
+    x, y = inputs.data_pair(data, "evaluate", "data")
+    return _trainer_of(model, backend).evaluate(x, y, batch_size=batch_size)
 
 
 def predict(model: Module, x: np.ndarray, batch_size: int = 1000, backend: str | None = None) -> np.ndarray:
-    """The model's class predictions (argmax of its outputs) for ``x``."""
+    """The model's class predictions (argmax of its outputs) for ``x`` [N, *input_shape]; 0 rows give an
+    empty array."""
     return _trainer_of(model, backend).predict_logits(x, batch_size).argmax(axis=1)
 
 

@@ -645,6 +645,8 @@ def _epoch_source(em: Emitter, graph: Graph) -> str:
     if not any(batched):
         return "# (no epoch function: no input has a batch axis)\n"
     batch = ins[0].shape[0]
+    if batch == 0:  # a 0-row batch: step() runs (on empty arrays), but an epoch of such steps means nothing
+        return "# (no epoch function: the batch axis has 0 rows)\n"
     names = [em.arg_names[id(n)][3:] for n in ins]
     data = [f"d_{nm}" if b else f"p_{nm}" for nm, b in zip(names, batched)]
     lines = ["@njit(**NJIT)",
