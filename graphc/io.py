@@ -15,6 +15,8 @@ def _temp_prefix(path: str) -> str:
 
 def _pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this host (another user's process counts as alive)."""
+    if os.name != "posix":  # Windows' os.kill(pid, 0) would send CTRL_C_EVENT: never probe there
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -45,7 +47,7 @@ def remove_dead_writers_files(path: str) -> list[str]:
             try:
                 os.unlink(os.path.join(directory, name))
                 removed.append(name)
-            except FileNotFoundError:  # another writer removed it first
+            except OSError:  # another writer removed it first, or we may not: clean-up never fails a save
                 pass
     return removed
 
