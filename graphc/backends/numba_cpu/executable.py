@@ -7,6 +7,7 @@ from typing import Any, Iterator, Mapping, MutableMapping
 import numpy as np
 
 from ...ir import InputError, Node
+from .. import finite
 from ..executable import Executable, param_key, validate
 from .codegen import op_label
 from .program import ErrorSite, Program
@@ -140,28 +141,19 @@ class NumbaExecutable(Executable):
                     and a.flags.aligned and a.flags.writeable):
                 raise InputError(f"input {node.name!r}: run() needs a C-contiguous, aligned, writable {dtype} array "
                                  f"of shape {list(shape)}; got {_describe(a)} (call the executable to have it converted)")
+        before = None
         if self.check_finite:
             self._check_finite(arrays)
+            before = finite.snapshot(self.params)
         outs = self._step(*arrays, self._state, self._ws, self._status)
         if self._status[0]:
             self._raise_status(arrays)
         if self.check_finite:
-            for k, (o, node) in enumerate(zip(outs, self.outputs)):
-                if o.dtype.kind == "f" and not np.isfinite(o).all():
-                    raise InputError(f"{self.graph.name}: output {k} (%{self.graph.nodes.index(node)} {op_label(node)}"
-                                     f"{' at ' + str(node.loc) if node.loc else ''}) is not finite: "
-                                     f"{_first_bad(o)} (compiled with check_finite=True)")
+            finite.check_outputs(self, arrays, outs, before, label=op_label)
         return list(outs)
 
     def _check_finite(self, arrays: list[np.ndarray]) -> None:
-        for node, a in zip(self.inputs, arrays):
-            if a.dtype.kind == "f" and not np.isfinite(a).all():
-                raise InputError(f"input {node.name!r}: contains NaN or Inf, {_first_bad(a)} "
-                                 f"(compiled with check_finite=True)")
-        for name, p in self.params.items():
-            if p.dtype.kind == "f" and not np.isfinite(p).all():
-                raise InputError(f"parameter {name!r}: contains NaN or Inf, {_first_bad(p)} "
-                                 f"(compiled with check_finite=True)")
+        finite.check_inputs(self, arrays)
 
     def _raise_status(self, arrays: list[np.ndarray] | None, context: str = "", data=None) -> None:
         code, index, value = (int(v) for v in self._status[:3])
@@ -338,9 +330,3 @@ def _epoch_tail():
 
     return (types.Array(types.int64, 1, "C"), types.int64, types.Array(types.uint8, 1, "C"),
             types.Array(types.uint8, 1, "C"), types.Array(types.int64, 1, "C"))
-
-
-def _first_bad(a: np.ndarray) -> str:
-    idx = np.unravel_index(int(np.flatnonzero(~np.isfinite(a.reshape(-1)))[0]), a.shape) if a.ndim else ()
-    value = a[idx] if a.ndim else a[()]
-    return f"first at index {list(int(i) for i in idx)}: {value}"
