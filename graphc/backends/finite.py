@@ -78,8 +78,8 @@ def check_outputs(exe, arrays: Sequence[np.ndarray], outputs: Sequence[np.ndarra
     for k, v in before.items():
         exe.params[k][...] = v
     origin = replay(exe.source_graph, feeds_by_name(exe.inputs, arrays), before)
-    raise nonfinite_error(f"{exe.graph.name}: {problem} (compiled with check_finite=True)", origin,
-                          "The parameters are left at their values before this call.")
+    note = "The parameters are left at their values before this call." if before else ""
+    raise nonfinite_error(f"{exe.graph.name}: {problem} (compiled with check_finite=True)", origin, note)
 
 
 def nonfinite_result(exe, outputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray],
@@ -163,9 +163,13 @@ def nonfinite_error(problem: str, origin: Origin | None, state_note: str, **fiel
     if origin is None:
         where = ("  the replay on the reference backend stayed finite: the difference comes from the compiled "
                  "code (its optimized graph), not from the graph as built")
-        return NonFiniteError(f"{problem}\n{where}\n  {state_note}", **fields)
-    return NonFiniteError(f"{problem}\n{origin_text(origin)}\n  {state_note}", node=origin.node, index=origin.index,
-                          value=origin.value, **fields)
+        return NonFiniteError(f"{problem}\n{where}" + _note(state_note), **fields)
+    return NonFiniteError(f"{problem}\n{origin_text(origin)}" + _note(state_note), node=origin.node,
+                          index=origin.index, value=origin.value, **fields)
+
+
+def _note(text: str) -> str:
+    return f"\n  {text}" if text else ""
 
 
 def origin_text(origin: Origin) -> str:
@@ -221,6 +225,8 @@ def _expression_lines(node: Node, operands: tuple[Any, ...]) -> list[str]:
     opdef = registry.get(node.op)
     if opdef.expr is None or not operands:
         return []
+    if str(opdef.expr) == f"{node.op}({', '.join(map(str, opdef.symbols))})":
+        return []  # log = log(x) says nothing
     derived = f" ({opdef.notes})" if opdef.notes.startswith("derivative of") else ""
     lines = [f"  {node.op} = {opdef.expr}{derived}"]
     culprit = _culprit(opdef, dict(node.attrs), operands)
