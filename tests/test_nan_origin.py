@@ -238,3 +238,30 @@ def test_fit_on_a_normal_model_raises_nothing(backend):
     history = graphc.fit(model, (x, y), epochs=4, batch_size=BATCH, optimizer=graphc.optim.Adam(0.05),
                          backend=backend, seed=SEED, verbose=False)
     assert np.all(np.isfinite(history["loss"])) and history["acc"][-1] > 0.8
+
+
+def test_run_epoch_with_check_finite_names_the_step_and_the_origin():
+    with graphc.Graph("power_epoch") as g:
+        x = graphc.input("x", (2, 3), "float64")
+        lr = graphc.input("lr", (), "float64")
+        w = graphc.param("w", np.array([2.0, 3.0, 0.5]))
+        loss = g.output(graphc.sum(x ** w))  # epoch-power-line
+        g.update(w, w - lr * graphc.grad(loss, w))
+    exe = graphc.compile(loss, inputs=[x, lr], backend="cpu", check_finite=True)
+    data = np.full((6, 3), 1.5)
+    data[4, 2] = 0.0  # d/dw[2] = 0**0.5 * log(0): NaN in the step holding row 4
+    perm = np.array([1, 5, 0, 3, 4, 2])  # row 4 is in the third minibatch of 2 rows
+    w0 = exe.params["w"].copy()
+    lr = 0.01
+    with pytest.raises(NonFiniteError) as info:
+        exe.run_epoch(data, lr, perm=perm)
+    text = str(info.value)
+    assert text.startswith("run_epoch: step 3 of 3 (rows [4, 2]): power_epoch: parameter 'w' is not finite"), text
+    assert "op dpow_dy gave nan at index [0, 2] from finite inputs %0, %2 (x=0.0, y=" in text
+    assert f"user's line: {line_of('epoch-power-line')}" in text
+    assert info.value.step == 3 and info.value.node.op == "dpow_dy"
+    # left before step 3: two closed-form SGD steps on rows of 1.5 (d/dw sum(x**w) = sum over rows of x**w log x)
+    w = w0
+    for _ in range(2):
+        w = w - lr * 2 * 1.5 ** w * np.log(1.5)
+    np.testing.assert_allclose(exe.params["w"], w, rtol=1e-12)

@@ -182,7 +182,7 @@ def origin_text(origin: Origin) -> str:
     if node.op == "input":
         lines.append(f"  input {node.name!r} itself holds {value}")
     elif node.op == "param":
-        lines.append(f"  parameter {node.name!r} already held {value} before the call")
+        lines.append(f"  parameter {node.name!r} already held {value} when the replayed call started")
     elif node.op == "constant":
         lines.append(f"  the constant holds {value}")
     else:
