@@ -265,3 +265,23 @@ def test_run_epoch_with_check_finite_names_the_step_and_the_origin():
     for _ in range(2):
         w = w - lr * 2 * 1.5 ** w * np.log(1.5)
     np.testing.assert_allclose(exe.params["w"], w, rtol=1e-12)
+
+
+@pytest.mark.parametrize("last_batch", ["partial", "wrap"])
+def test_fit_finds_a_nan_in_the_last_batch(last_batch):
+    """43 rows in batches of 8: the sixth step holds the last 3 rows of the permutation ("partial": a smaller
+    step, which the cpu backend runs on the reference backend; "wrap": filled from the permutation's start)."""
+    n = N + 3
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    row = int(np.random.default_rng(SEED).permutation(n)[-1])
+    x[row, 0] = np.inf
+    model = Sequential([Dense(4, "tanh"), Dense(2)], input_shape=(3,), seed=1)
+    with pytest.raises(NonFiniteError) as info:
+        graphc.fit(model, (x, y), epochs=2, batch_size=BATCH, optimizer=graphc.optim.SGD(0.1), backend="cpu",
+                   seed=SEED, verbose=False, last_batch=last_batch)
+    text = str(info.value)
+    assert text.startswith("fit: epoch 1, step 6 of 6"), text
+    assert "input 'x' itself holds inf at index [2, 0]" in text
+    assert f"is row {row} of the training data: x[{row}] is not finite." in text

@@ -77,7 +77,7 @@ def check_outputs(exe, arrays: Sequence[np.ndarray], outputs: Sequence[np.ndarra
         return
     for k, v in before.items():
         exe.params[k][...] = v
-    origin = replay(exe.source_graph, feeds_by_name(exe.inputs, arrays), before)
+    origin = find_origin(exe.source_graph, feeds_by_name(exe.inputs, arrays), before)
     note = "The parameters are left at their values before this call." if before else ""
     raise nonfinite_error(f"{exe.graph.name}: {problem} (compiled with check_finite=True)", origin, note)
 
@@ -136,6 +136,15 @@ def replay(graph: Graph, feeds: Mapping[str, Any], params: Mapping[str, np.ndarr
     return None
 
 
+def find_origin(graph: Graph, feeds: Mapping[str, Any], params: Mapping[str, np.ndarray]) -> Origin | str | None:
+    """:func:`replay`, or why it could not run (a graphc error while replaying, e.g. an input the passes
+    removed from the compiled graph and so was never fed): the text goes into the NonFiniteError."""
+    try:
+        return replay(graph, feeds, params)
+    except GraphcError as err:
+        return f"the replay on the reference backend failed: {err}"
+
+
 def _reaching_results(roots: Sequence[Node], bad: set[int]) -> set[int]:
     """ids of the non-finite nodes from which a path of non-finite nodes reaches a non-finite root."""
     reached: set[int] = set()
@@ -158,11 +167,12 @@ def _operands_at(node: Node, values: Mapping[int, np.ndarray], index: tuple[int,
 # -- the message --------------------------------------------------------------------------------------------------
 
 
-def nonfinite_error(problem: str, origin: Origin | None, state_note: str, **fields: Any) -> NonFiniteError:
-    """A NonFiniteError: ``problem`` (what went non-finite), where it came from, and where the state is left."""
-    if origin is None:
-        where = ("  the replay on the reference backend stayed finite: the difference comes from the compiled "
-                 "code (its optimized graph), not from the graph as built")
+def nonfinite_error(problem: str, origin: Origin | str | None, state_note: str, **fields: Any) -> NonFiniteError:
+    """A NonFiniteError: ``problem`` (what went non-finite), where it came from (an Origin, or why the replay
+    could not tell), and where the state is left."""
+    if not isinstance(origin, Origin):
+        where = "  " + (origin or "the replay on the reference backend stayed finite: the difference comes from "
+                        "the compiled code (its optimized graph), not from the graph as built")
         return NonFiniteError(f"{problem}\n{where}" + _note(state_note), **fields)
     return NonFiniteError(f"{problem}\n{origin_text(origin)}" + _note(state_note), node=origin.node,
                           index=origin.index, value=origin.value, **fields)

@@ -299,11 +299,11 @@ class Trainer:
                 continue
             self._restore_state(before)
             self.step_count -= 1
-            origin = finite.replay(exe.source_graph, feeds, before)
+            origin = finite.find_origin(exe.source_graph, feeds, before)
             where = f"fit: {label}step {s + 1} of {len(batches)} (minibatch rows {_rows_text(idx)} of the training data)"
             note = (f"The model's parameters are left at their values before {label}step {s + 1}. "
                     f"Inspect them with model.named_values().")
-            if origin is not None and origin.node.op == "input" and origin.node.name in ("x", "y") and origin.index:
+            if isinstance(origin, finite.Origin) and origin.node.op == "input" and origin.node.name in ("x", "y") and origin.index:
                 note = (f"Row {origin.index[0]} of this minibatch is row {int(idx[origin.index[0]])} of the training "
                         f"data: {origin.node.name}[{int(idx[origin.index[0]])}] is not finite.\n  " + note)
             raise finite.nonfinite_error(f"{where}: {problem}", origin, note, epoch=epoch, step=s + 1)
