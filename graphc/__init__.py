@@ -32,6 +32,7 @@ from .ir import (
     int32,
     int64,
 )
+from .ir.errors import NonFiniteError
 from .ops import registry
 from .ops.conv import avg_pool2d, conv2d, conv_transpose2d, max_pool2d
 from .ops.elementwise import (

@@ -22,6 +22,12 @@ def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "r
     ``inputs`` fixes the positional call order (default: the graph's inputs that are needed,
     in creation order). Parameter updates registered with ``Graph.update`` run in place on
     every call. ``options`` go to the backend (``backend="cpu"``: see graphc.backends.numba_cpu.build).
+
+    ``check_finite=True`` (every backend): NaN or Inf in an input or parameter is an InputError naming
+    it; NaN or Inf in an output or an updated parameter after a call puts the parameters back to their
+    values before the call and raises a NonFiniteError naming the first node that produced it (op,
+    rule, the user's line), found by replaying the call on the reference backend from the graph as
+    built (``exe.source_graph``, kept from before optimization).
     """
     single = not isinstance(outputs, (list, tuple))
     tensors = [outputs] if single else list(outputs)
@@ -44,6 +50,7 @@ def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "r
         unlisted = [n.name for n in graph.inputs if all(n is not c for c in call_inputs)]
         if unlisted:
             raise GraphcError(f"compile: the outputs need input(s) {unlisted} that are not in `inputs`")
+    built = graph  # the graph as the user built it: check_finite replays a failing call on it
     optimized = None
     if optimize is None and backend == "cpu":  # native code is built from the optimized graph (optimize=0: as written)
         from ..passes import DEFAULT_LEVEL as optimize
@@ -61,6 +68,7 @@ def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "r
         from . import reference
 
         exe = reference.build(graph, call_inputs, **options)
+    exe.source_graph = built
     exe.stats["trace_to_build_s"] = time.perf_counter() - t0
     if optimized is not None:
         exe.stats["optimize"] = optimized  # the OptimizeResult: per-pass statistics and the buffer plan

@@ -43,6 +43,9 @@ class Executable:
         self.params: dict[str, np.ndarray] = {
             k: np.array(p.value, dtype=p.dtype.np, order="C") for k, p in zip(keys, graph.params)}
         self.stats: dict[str, Any] = {}
+        #: The graph as the user built it, before optimization (graphc.compile sets it when the passes ran):
+        #: check_finite replays a failing call on it, whose nodes carry the user's lines and provenance.
+        self.source_graph: Graph = graph
 
     @property
     def input_names(self) -> list[str]:

@@ -20,6 +20,20 @@ class InputError(GraphcError, ValueError):
     """A runtime input (a NumPy array handed to an executable) that does not match the graph."""
 
 
+class NonFiniteError(GraphcError, FloatingPointError):
+    """A NaN or Inf where a finite value belongs (``fit``'s epoch check, ``compile(check_finite=True)``).
+
+    The message names the first node that produced it (op, rule, user's line), found by replaying
+    the failing call on the reference backend. ``node`` is that node (None when the replay stayed
+    finite), ``index`` and ``value`` the first bad element; ``epoch`` and ``step`` are set by ``fit``.
+    """
+
+    def __init__(self, message: str, node=None, index: tuple[int, ...] | None = None, value: float | None = None,
+                 epoch: int | None = None, step: int | None = None):
+        super().__init__(message)
+        self.node, self.index, self.value, self.epoch, self.step = node, index, value, epoch, step
+
+
 def at_op(err: GraphcError, op: str, operands: str, loc: SourceLoc | None) -> GraphcError:
     """Re-create ``err`` with the op name, its operand types and the user's line in the message."""
     where = f"\n  at {loc}" if loc is not None else ""

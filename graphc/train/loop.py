@@ -18,7 +18,9 @@ import numpy as np
 
 from .. import dsl
 from ..backends import compile as compile_graph
+from ..backends import finite
 from ..ir import Graph
+from ..ir.errors import NonFiniteError
 from ..nn.layers import Context, Module, RandomLayer
 from ..ops import elementwise as ew
 from ..ops import nn as nn_ops
@@ -222,28 +224,58 @@ class Trainer:
 
     # -- one epoch -------------------------------------------------------------------------------------------
     def train_epoch(self, x: np.ndarray, y: np.ndarray, batch_size: int, lr_of_step: Callable[[int], float],
-                    rng: np.random.Generator, seed: int, last_batch: str = "partial") -> tuple[float, float]:
+                    rng: np.random.Generator, seed: int, last_batch: str = "partial",
+                    epoch: int | None = None) -> tuple[float, float]:
         """One shuffled pass over (x, y); returns the mean training loss and accuracy over the rows
-        trained on. ``last_batch``: see :func:`fit`."""
+        trained on. ``last_batch``: see :func:`fit`.
+
+        Afterwards the loss and the state (parameters, optimizer state) must be finite; otherwise the
+        epoch is re-run from its saved start one step at a time to find the failing step, which is
+        replayed on the reference backend, and a NonFiniteError names the node the NaN or Inf came from
+        (``epoch``, 1-based, only labels the message). The state is then left as it was before that step.
+        """
         n = len(x)
         perm = rng.permutation(n)
         steps = steps_per_epoch(n, batch_size, last_batch)
         lrs = np.array([lr_of_step(self.step_count + s) for s in range(steps)], np.float64)
         keys = (seed * 1_000_000_007 + self.step_count + np.arange(steps)).astype(np.int64)
         full = self.step_executable(batch_size)
-        if hasattr(full, "run_epoch"):
-            return self._native_epoch(full, x, y, perm, lrs, keys, batch_size, last_batch)
-        if last_batch == "wrap":  # the last batch is filled from the start of the permutation
-            perm = np.resize(perm, steps * batch_size)
+        native = hasattr(full, "run_epoch")
+        first_step = self.step_count
+        start = self._save_epoch_start()
+        if native:
+            loss, acc = self._native_epoch(full, x, y, perm, lrs, keys, batch_size, last_batch)
+        else:
+            loss, acc = self._stepwise_epoch(x, y, perm, lrs, keys, batch_size, last_batch)
+        if not (math.isfinite(loss) and finite.all_finite(self.state.values())):
+            self._restore_state(start)
+            self.step_count = first_step
+            self._find_nonfinite_step(x, y, perm, lrs, keys, batch_size, last_batch, native, epoch)
+        return loss, acc
+
+    def _save_epoch_start(self) -> dict[str, np.ndarray]:
+        """The state at the start of an epoch, copied into buffers kept between epochs (no allocation)."""
+        saved = getattr(self, "_epoch_start", None)
+        if saved is None or saved.keys() != self.state.keys():
+            saved = self._epoch_start = {k: np.empty_like(v) for k, v in self.state.items()}
+        for k, v in self.state.items():
+            np.copyto(saved[k], v)
+        return saved
+
+    def _restore_state(self, saved: dict[str, np.ndarray]) -> None:
+        for k, v in saved.items():
+            self.state[k][...] = v
+
+    def _stepwise_epoch(self, x, y, perm, lrs, keys, batch_size, last_batch) -> tuple[float, float]:
+        """An epoch one step executable call per minibatch (backends without a native epoch)."""
         total_loss, total_correct, rows = 0.0, 0.0, 0
-        for s in range(steps):
-            idx = perm[s * batch_size:(s + 1) * batch_size]
+        for s, idx in enumerate(minibatches(perm, len(lrs), batch_size, last_batch)):
             exe = self.step_executable(len(idx))
             loss, correct = self.run_step(exe, {"x": x[idx], "y": y[idx], "lr": lrs[s], "key": keys[s]})
             total_loss += float(loss) * len(idx)
             total_correct += float(correct)
             rows += len(idx)
-        self.step_count += steps
+        self.step_count += len(lrs)
         return total_loss / rows, total_correct / rows
 
     def _native_epoch(self, full, x, y, perm, lrs, keys, batch_size, last_batch) -> tuple[float, float]:
@@ -270,6 +302,38 @@ class Trainer:
             rows += rest
         self.step_count += len(lrs)
         return total_loss / rows, total_correct / rows
+
+    def _find_nonfinite_step(self, x, y, perm, lrs, keys, batch_size, last_batch, native, epoch) -> None:
+        """Re-run an epoch that ended non-finite one step at a time, from its start (same permutation, rates
+        and keys); at the first step whose loss or state is not finite, put the state back to before that
+        step, replay the step on the reference backend and raise the NonFiniteError naming the origin."""
+        batches = minibatches(perm, len(lrs), batch_size, last_batch)
+        label = f"epoch {epoch}, " if epoch is not None else ""
+        for s, idx in enumerate(batches):
+            before = finite.snapshot(self.state)
+            on_reference = native and len(idx) != batch_size  # the native epoch's partial batch runs on NumPy
+            exe = self.step_executable(len(idx), backend="reference" if on_reference else None)
+            feeds = {"x": x[idx], "y": y[idx], "lr": lrs[s], "key": keys[s]}
+            loss, _ = self.run_step(exe, feeds)
+            self.step_count += 1
+            problem = _nonfinite_step_result(loss, self.state)
+            if problem is None:
+                continue
+            self._restore_state(before)
+            self.step_count -= 1
+            origin = finite.find_origin(exe.source_graph, feeds, before)
+            where = f"fit: {label}step {s + 1} of {len(batches)} (minibatch rows {_rows_text(idx)} of the training data)"
+            note = (f"The model's parameters are left at their values before {label}step {s + 1}. "
+                    f"Inspect them with model.named_values().")
+            if isinstance(origin, finite.Origin) and origin.node.op == "input" and origin.node.name in ("x", "y") and origin.index:
+                note = (f"Row {origin.index[0]} of this minibatch is row {int(idx[origin.index[0]])} of the training "
+                        f"data: {origin.node.name}[{int(idx[origin.index[0]])}] is not finite.\n  " + note)
+            raise finite.nonfinite_error(f"{where}: {problem}", origin, note, epoch=epoch, step=s + 1)
+        self._restore_state(self._epoch_start)
+        self.step_count -= len(batches)
+        raise NonFiniteError(f"fit: {label}ended with a non-finite loss or state, but re-running its steps one at a "
+                             f"time stayed finite (non-deterministic native code?); the parameters are left at their "
+                             f"values before the epoch", epoch=epoch)
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 1000, where: str = "predict") -> np.ndarray:
         """The model's outputs [N, C] for ``x`` (checked: see :mod:`graphc.train.inputs`); no rows give none."""
@@ -302,6 +366,28 @@ LAST_BATCH = ("partial", "drop", "wrap")
 def _check_last_batch(last_batch: str) -> None:
     if last_batch not in LAST_BATCH:
         raise HyperparameterError(f"fit: last_batch must be one of {LAST_BATCH}, got {last_batch!r}")
+
+
+def minibatches(perm: np.ndarray, steps: int, batch_size: int, last_batch: str) -> list[np.ndarray]:
+    """The row indices of each step of an epoch, in the order the native epoch visits them: with "wrap"
+    the last batch is filled from the start of the permutation, with "partial" it is shorter."""
+    order = np.resize(perm, steps * batch_size) if last_batch == "wrap" else perm
+    return [order[s * batch_size:(s + 1) * batch_size] for s in range(steps)]
+
+
+def _nonfinite_step_result(loss: Any, state) -> str | None:
+    """What a step left non-finite: its loss, else the first parameter or optimizer state; None if nothing."""
+    if not np.isfinite(loss):
+        return f"the loss is {float(loss)}"
+    for name, value in state.items():
+        if finite.first_bad(value) is not None:
+            return f"parameter {name!r} became non-finite, {finite.bad_text(value)}"
+    return None
+
+
+def _rows_text(idx: np.ndarray) -> str:
+    shown = ", ".join(str(int(i)) for i in idx[:8])
+    return f"[{shown}{', ...' if len(idx) > 8 else ''}]"
 
 
 def steps_per_epoch(n: int, batch_size: int, last_batch: str = "partial") -> int:
@@ -358,7 +444,15 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int, b
             lr_of_step = schedule
         else:
             lr_of_step = (lambda e: lambda s: schedule(e))(epoch)
-        train_loss, train_acc = trainer.train_epoch(x, y, batch_size, lr_of_step, rng, seed, last_batch)
+        try:
+            train_loss, train_acc = trainer.train_epoch(x, y, batch_size, lr_of_step, rng, seed, last_batch,
+                                                        epoch=epoch + 1)
+        except NonFiniteError:
+            # the state is at the failing step's start: hand it to the model for inspection
+            bar.close()
+            trainer.sync_model()
+            model._trainer = trainer
+            raise
         seconds = time.perf_counter() - t0
         metrics = {"loss": train_loss, "acc": train_acc, "lr": lr_of_step(trainer.step_count - steps),
                    "seconds": seconds}

@@ -7,6 +7,8 @@ from typing import Any, Iterator, Mapping, MutableMapping
 import numpy as np
 
 from ...ir import InputError, Node
+from ...ir.errors import NonFiniteError
+from .. import finite
 from ..executable import Executable, param_key, validate
 from .codegen import op_label
 from .program import ErrorSite, Program
@@ -140,28 +142,19 @@ class NumbaExecutable(Executable):
                     and a.flags.aligned and a.flags.writeable):
                 raise InputError(f"input {node.name!r}: run() needs a C-contiguous, aligned, writable {dtype} array "
                                  f"of shape {list(shape)}; got {_describe(a)} (call the executable to have it converted)")
+        before = None
         if self.check_finite:
             self._check_finite(arrays)
+            before = finite.snapshot(self.params)
         outs = self._step(*arrays, self._state, self._ws, self._status)
         if self._status[0]:
             self._raise_status(arrays)
         if self.check_finite:
-            for k, (o, node) in enumerate(zip(outs, self.outputs)):
-                if o.dtype.kind == "f" and not np.isfinite(o).all():
-                    raise InputError(f"{self.graph.name}: output {k} (%{self.graph.nodes.index(node)} {op_label(node)}"
-                                     f"{' at ' + str(node.loc) if node.loc else ''}) is not finite: "
-                                     f"{_first_bad(o)} (compiled with check_finite=True)")
+            finite.check_outputs(self, arrays, outs, before, label=op_label)
         return list(outs)
 
     def _check_finite(self, arrays: list[np.ndarray]) -> None:
-        for node, a in zip(self.inputs, arrays):
-            if a.dtype.kind == "f" and not np.isfinite(a).all():
-                raise InputError(f"input {node.name!r}: contains NaN or Inf, {_first_bad(a)} "
-                                 f"(compiled with check_finite=True)")
-        for name, p in self.params.items():
-            if p.dtype.kind == "f" and not np.isfinite(p).all():
-                raise InputError(f"parameter {name!r}: contains NaN or Inf, {_first_bad(p)} "
-                                 f"(compiled with check_finite=True)")
+        finite.check_inputs(self, arrays)
 
     def _raise_status(self, arrays: list[np.ndarray] | None, context: str = "", data=None) -> None:
         code, index, value = (int(v) for v in self._status[:3])
@@ -253,14 +246,41 @@ class NumbaExecutable(Executable):
         for k, (node, is_batched) in enumerate(zip(self.inputs, batched)):
             if not is_batched:
                 arrays[k] = self._per_step(node, arrays[k], steps)
+        before = None
         if self.check_finite:
             self._check_finite(arrays)
+            before = finite.snapshot(self.params)
         epoch = self._epoch_function(arrays)
         outs = epoch(*arrays, perm, steps, self._state, self._ws, self._status)
         if self._status[0]:
             self._raise_status(None, context=f" of minibatch {int(self._status[3])}", data={})
         results = [o.reshape((steps,) + shape) for o, (shape, _) in zip(outs, self.program.outputs)]
+        if self.check_finite and not finite.all_finite(results + list(self.params.values())):
+            self._find_nonfinite_step(arrays, batched, perm, steps, before)
         return results[0] if len(results) == 1 else tuple(results)
+
+    def _find_nonfinite_step(self, arrays: list[np.ndarray], batched: list[bool], perm: np.ndarray, steps: int,
+                             before: dict[str, np.ndarray]) -> None:
+        """check_finite: an epoch left a NaN or Inf. Re-run it from its start one checked call per step (same
+        rows and per-step values), so that the failing step's NonFiniteError names the node it came from."""
+        for k, v in before.items():
+            self.params[k][...] = v
+        batch = self.inputs[0].shape[0]
+        order = np.resize(perm, steps * batch)  # the native epoch's rows: "wrap" fills from the start
+        for s in range(steps):
+            rows = order[s * batch:(s + 1) * batch]
+            step_arrays = [np.array(a[rows] if is_batched else a[s], order="C") for a, is_batched in zip(arrays, batched)]
+            try:
+                self.run(step_arrays)
+            except NonFiniteError as err:
+                raise NonFiniteError(f"run_epoch: step {s + 1} of {steps} (rows {rows[:8].tolist()}"
+                                     f"{' ...' if batch > 8 else ''}): {err}", node=err.node, index=err.index,
+                                     value=err.value, step=s + 1) from None
+        for k, v in before.items():
+            self.params[k][...] = v
+        raise NonFiniteError(f"{self.graph.name}: run_epoch left a NaN or Inf, but its steps run one call at a time "
+                             f"stayed finite; the parameters are left at their values before the epoch "
+                             f"(compiled with check_finite=True)")
 
     def _per_step(self, node: Node, value: Any, steps: int) -> np.ndarray:
         """[steps, *shape] values of an input without a batch axis: given per step, or one value for all."""
@@ -338,9 +358,3 @@ def _epoch_tail():
 
     return (types.Array(types.int64, 1, "C"), types.int64, types.Array(types.uint8, 1, "C"),
             types.Array(types.uint8, 1, "C"), types.Array(types.int64, 1, "C"))
-
-
-def _first_bad(a: np.ndarray) -> str:
-    idx = np.unravel_index(int(np.flatnonzero(~np.isfinite(a.reshape(-1)))[0]), a.shape) if a.ndim else ()
-    value = a[idx] if a.ndim else a[()]
-    return f"first at index {list(int(i) for i in idx)}: {value}"

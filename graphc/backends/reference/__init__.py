@@ -74,7 +74,24 @@ class ReferenceExecutable(Executable):
 
     backend = "reference"
 
+    def __init__(self, graph: Graph, inputs: list[Node], check_finite: bool = False):
+        super().__init__(graph, inputs)
+        #: check_finite=True: NaN/Inf in inputs or parameters is an InputError; in outputs or updated
+        #: parameters a NonFiniteError naming the node it came from (see graphc.backends.finite).
+        self.check_finite = check_finite
+
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        if not self.check_finite:
+            return self._run(arrays)
+        from .. import finite
+
+        finite.check_inputs(self, arrays)
+        before = finite.snapshot(self.params)
+        outs = self._run(arrays)
+        finite.check_outputs(self, arrays, outs, before)
+        return outs
+
+    def _run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         feeds = {id(n): a for n, a in zip(self.inputs, arrays)}
         state = {id(p): self.params[k] for k, p in zip(self.params, self.graph.params)}
         roots = self.outputs + [v for _, v in self.graph.updates]
@@ -86,5 +103,6 @@ class ReferenceExecutable(Executable):
         return outs
 
 
-def build(graph: Graph, inputs: list[Node]) -> ReferenceExecutable:
-    return ReferenceExecutable(graph, inputs)
+def build(graph: Graph, inputs: list[Node], check_finite: bool = False) -> ReferenceExecutable:
+    """The reference executable of ``graph``; ``check_finite``: see :class:`ReferenceExecutable`."""
+    return ReferenceExecutable(graph, inputs, check_finite=check_finite)
