@@ -133,6 +133,11 @@ def elementwise(name: str, expr_fn: Callable[..., sp.Expr], arity: int = 1, para
                 doc: str = "") -> Callable[..., Tensor]:
     """Define an activation from a SymPy expression; it gets its reference, gradient and codegen for free.
 
+    The gradient is SymPy's derivative (:func:`differentiate`): step functions (floor, ceiling, frac,
+    Mod, sign, Heaviside) are differentiated almost everywhere, their jumps taking the derivative on
+    either side; an expression SymPy leaves unevaluated raises UndefinedDerivativeError when ``grad``
+    needs it, naming the op and the line that applied it.
+
     >>> import graphc, sympy
     >>> swish = graphc.elementwise("swish_doc", lambda x: x * graphc.sympy_sigmoid(x))
     >>> with graphc.Graph():
