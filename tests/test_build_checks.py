@@ -365,3 +365,20 @@ def test_check_grad_ignores_a_feed_the_loss_does_not_use():
     # unknown names are still refused, as evaluate refuses them
     with pytest.raises(GraphcError, match=r"no input or parameter named 'nope'"):
         graphc.check_grad(loss, [w], {"x": x_value, "nope": 1.0})
+
+
+def test_a_model_called_twice_in_one_graph_shares_its_parameters():
+    """Training and evaluation outputs of one model in one graph: one parameter per name, compiled together
+    (on main each call made its own 'dense_1.W' and compiling both outputs was refused)."""
+    from graphc.nn import Context, Dense, Sequential
+
+    model = Sequential([Dense(3)], input_shape=(4,))
+    x = np.random.default_rng(2).random((5, 4)).astype(np.float32)
+    with graphc.Graph() as g:
+        xi = graphc.input("x", x.shape)
+        train, infer = model(xi, Context(training=True)), model(xi, Context(training=False))
+    assert sorted(p.name for p in g.params) == ["dense_1.W", "dense_1.b"]
+    both = graphc.compile([train, infer])
+    w, b = model.layers[0].values["W"], model.layers[0].values["b"]
+    for out in both(x):
+        np.testing.assert_allclose(out, x @ w + b, rtol=1e-6)
