@@ -49,7 +49,8 @@ def located_at(loc: SourceLoc | None):
         _location.reset(token)
 
 
-def _current_location() -> SourceLoc | None:
+def current_location() -> SourceLoc | None:
+    """The user's line that the node being built is attributed to (see :func:`located_at`)."""
     return _location.get() or user_location()
 
 
@@ -233,7 +234,7 @@ def apply(op: str, inputs: Sequence[Any], attrs: Mapping[str, Any] | None = None
     nodes = tuple(_as_node(v, graph, like) for v in inputs)
     frozen = Attrs(attrs)
     prov = _provenance.get()
-    loc = prov.forward.loc if prov is not None else _current_location()
+    loc = prov.forward.loc if prov is not None else current_location()
     try:
         shape, dtype = opdef.shape_rule(nodes, frozen)
     except GraphcError as err:
@@ -245,10 +246,14 @@ def apply(op: str, inputs: Sequence[Any], attrs: Mapping[str, Any] | None = None
 def _source(op: str, shape, dtype: DType, name: str | None, value: np.ndarray | None, graph: Graph | None,
             attrs: Mapping[str, Any] | None = None) -> Tensor:
     graph = graph if graph is not None else _graph_of([])
-    shape = tuple(int(d) for d in shape)
-    if any(d < 0 for d in shape):
-        raise ShapeError(f"{op} {name!r}: negative dimension in shape {shape}\n  at {_current_location()}")
-    node = Node(op, (), Attrs(attrs), shape, dtype, name=name, loc=_current_location(), value=value,
+    from .ops.checks import dims  # the op modules import this one
+
+    try:
+        shape = dims("shape", shape)
+    except ShapeError as err:
+        where = f"\n  at {current_location()}" if current_location() is not None else ""
+        raise ShapeError(f"{op} {name!r}: {err}{where}") from None
+    node = Node(op, (), Attrs(attrs), shape, dtype, name=name, loc=current_location(), value=value,
                 provenance=_provenance.get())
     return Tensor(graph.add(node), graph)
 
@@ -296,7 +301,9 @@ class TensorSpec:
     """The shape and dtype of a traced function's input."""
 
     def __init__(self, shape: Sequence[int], dtype: Any = "float32"):
-        self.shape = tuple(int(d) for d in shape)
+        from .ops.checks import dims
+
+        self.shape = dims("TensorSpec shape", shape)
         self.dtype = as_dtype(dtype)
 
     def __repr__(self) -> str:

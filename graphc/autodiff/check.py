@@ -89,6 +89,14 @@ def float64_copy(graph: Graph, roots: Sequence[Node]) -> tuple[Graph, dict[int, 
     return rebuild(graph, graph.ancestors(roots), [], [], name=f"{graph.name}_f64", replace=replace)
 
 
+def _copies(graph: Graph, mapping: dict[int, Node], values: Mapping[Any, Any] | None) -> list[tuple[Node, Any]]:
+    """(copied node, value) for each of ``values`` (keyed by name or tensor) whose node was copied."""
+    from ..backends import reference
+
+    nodes = ((reference._key_node(graph, k), v) for k, v in (values or {}).items())
+    return [(mapping[id(node)], v) for node, v in nodes if id(node) in mapping]
+
+
 def _node_ids():
     from ..ir.node import _ids
     return _ids
@@ -148,10 +156,11 @@ def check_grad(loss: Tensor, wrt: Sequence[Tensor], feeds: Mapping[Any, Any] | N
         grad_nodes = [g.node for g in grad(Tensor(new(loss), copy), [Tensor(new(t), copy) for t in wrt_list])]
     else:
         grad_nodes = [new(g) for g in grads]
-    fed = {id(mapping[id(reference._key_node(graph, k))]): np.asarray(v, np.float64)
-           if np.asarray(v).dtype.kind == "f" else np.asarray(v) for k, v in (feeds or {}).items()}
-    state = {id(mapping[id(reference._key_node(graph, k))]): np.asarray(v, np.float64)
-             for k, v in (params or {}).items()}
+    # Feeds and parameter values the loss does not use are ignored, as graphc.evaluate ignores them
+    # (unknown names are still refused); the float64 copy holds only what the loss and wrt need.
+    fed = {id(node): np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
+           for node, v in _copies(graph, mapping, feeds)}
+    state = {id(node): np.asarray(v, np.float64) for node, v in _copies(graph, mapping, params)}
     for t in wrt_list:  # every perturbed tensor gets an explicit float64 value
         node = new(t)
         if node.op == "param" and id(node) not in state:

@@ -5,9 +5,18 @@ import hashlib
 import threading
 from typing import Iterable, Sequence
 
+from .errors import GraphcError
 from .node import Node
 
 _context = threading.local()
+
+#: The ops whose names are how a graph is fed and read (feeds, exe.params, checkpoints): one namespace.
+NAMED_SOURCES = ("input", "param")
+
+
+class DuplicateNameError(GraphcError, ValueError):
+    """A second input or parameter with a name the graph already has: feeds and parameters are found by
+    name, so one of the two would silently take the other's value."""
 
 
 def current_graph() -> "Graph | None":
@@ -38,6 +47,7 @@ class Graph:
         #: A training step's optimizer writes these; backends apply them in place.
         self.updates: list[tuple[Node, Node]] = []
         self._members: set[int] = set()
+        self._sources: dict[str, Node] = {}  # input and parameter names -> their node
 
     # -- building -----------------------------------------------------------------------------
     def __enter__(self) -> "Graph":
@@ -54,9 +64,22 @@ class Graph:
         for i in node.inputs:
             if id(i) not in self._members:
                 raise ValueError(f"{node.op}: input {i!r} belongs to another graph")
+        if node.op in NAMED_SOURCES and node.name is not None:
+            self._check_new_name(node)
+            self._sources[node.name] = node
         self.nodes.append(node)
         self._members.add(id(node))
         return node
+
+    def _check_new_name(self, node: Node) -> None:
+        first = self._sources.get(node.name)
+        if first is not None:
+            where = f" at {node.loc}" if node.loc is not None else ""
+            first_where = f" at {first.loc}" if first.loc is not None else ""
+            raise DuplicateNameError(
+                f"{node.op} {node.name!r} ({node.type_str}){where}: graph {self.name!r} already has {first.op} "
+                f"{node.name!r} ({first.type_str}){first_where}; inputs and parameters are fed and found by name, "
+                f"so names must be unique")
 
     def discard_unused_since(self, start: int, keep: Iterable[Node]) -> None:
         """Remove the nodes added since position ``start`` that ``keep`` does not depend on.
@@ -68,6 +91,9 @@ class Graph:
         fresh = self.nodes[start:]
         self.nodes[start:] = [n for n in fresh if id(n) in needed]
         self._members.difference_update(id(n) for n in fresh if id(n) not in needed)
+        for n in fresh:
+            if id(n) not in needed and self._sources.get(n.name) is n:
+                del self._sources[n.name]
 
     def __contains__(self, node: Node) -> bool:
         return id(node) in self._members

@@ -6,6 +6,7 @@ named ``<layer>.<param>`` (e.g. ``dense_1.W``).
 """
 from __future__ import annotations
 
+import weakref
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -14,7 +15,7 @@ import numpy as np
 
 from .. import dsl
 from ..dsl import Tensor
-from ..ir import ShapeError, user_location
+from ..ir import ShapeError, current_graph, user_location
 from ..ops import conv, linalg, reduce
 from ..ops import elementwise as ew
 from ..ops import nn as nn_ops
@@ -74,10 +75,18 @@ class Module:
         raise NotImplementedError
 
     def param(self, ctx: Context, name: str) -> Tensor:
-        """The graph parameter for ``name`` in this forward pass (created once per context)."""
+        """The graph parameter for ``name`` in this forward pass (created once per graph).
+
+        A second forward pass in the same graph (training and evaluation outputs side by side, a
+        siamese pair) shares it: a graph has one parameter per name (two would be refused when built).
+        """
         key = f"{self.name}.{name}"
         if key not in ctx._params:
-            ctx._params[key] = dsl.param(key, self.values[name], trainable=self.trainable[name])
+            in_graphs = self.__dict__.setdefault("_graph_params", weakref.WeakKeyDictionary())
+            made = in_graphs.setdefault(current_graph(), {}) if current_graph() is not None else {}
+            if key not in made:
+                made[key] = dsl.param(key, self.values[name], trainable=self.trainable[name])
+            ctx._params[key] = made[key]
         return ctx._params[key]
 
     # -- introspection ----------------------------------------------------------------------------------------

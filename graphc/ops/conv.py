@@ -12,15 +12,16 @@ import numpy as np
 
 from ..dsl import Tensor, apply
 from ..ir import Attrs, Node, ShapeError
+from .checks import int_pair, located
 from .registry import OpDef, float_operands, register
+
+#: The smallest value of each geometry attribute: a window, a stride or a dilation is at least 1.
+GEOMETRY_LOW = {"kernel": 1, "stride": 1, "dilation": 1, "padding": 0, "output_padding": 0}
 
 
 def pair(value, what: str) -> tuple[int, int]:
-    """An int or a pair of ints, as (height, width)."""
-    pair_ = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair_) != 2:
-        raise ShapeError(f"{what} must be an int or a pair of ints, got {value!r}")
-    return int(pair_[0]), int(pair_[1])
+    """An int or a pair of ints >= the attribute's smallest value (GEOMETRY_LOW), as (height, width)."""
+    return int_pair(what, value, GEOMETRY_LOW[what])
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
@@ -35,9 +36,12 @@ def _check_nchw(x: Node, what: str = "input") -> None:
 def _check_geometry(attrs: Attrs, names=("stride", "padding", "dilation")) -> None:
     for name in names:
         if name in attrs:
-            low = 0 if name in ("padding", "output_padding") else 1
-            if any(v < low for v in attrs[name]):
-                raise ShapeError(f"{name} must be >= {low}, got {attrs[name]}")
+            pair(attrs[name], name)
+
+
+def _check_kernel(w: Node, layout: str) -> None:
+    if w.shape[2] < 1 or w.shape[3] < 1:
+        raise ShapeError(f"the weight {layout} = {list(w.shape)} has an empty {w.shape[2]}x{w.shape[3]} window")
 
 
 # -- conv2d --------------------------------------------------------------------------------------------------
@@ -47,6 +51,7 @@ def _conv2d_rule(inputs: Sequence[Node], attrs: Attrs):
     _check_nchw(x)
     _check_nchw(w, "weight")
     _check_geometry(attrs)
+    _check_kernel(w, "[out, in, kh, kw]")
     if x.shape[1] != w.shape[1]:
         raise ShapeError(f"channel mismatch: the input has {x.shape[1]} channels but the weight "
                          f"[out, in, kh, kw] = {list(w.shape)} expects {w.shape[1]}")
@@ -121,8 +126,9 @@ register(OpDef("conv2d", "conv", "2-D cross-correlation, NCHW input, [O, C, kh, 
 
 def conv2d(x: Tensor, w: Tensor, stride=1, padding=0, dilation=1) -> Tensor:
     """2-D convolution (cross-correlation, as in PyTorch) of NCHW ``x`` with ``w`` [O, C, kh, kw]."""
-    attrs = {"stride": pair(stride, "stride"), "padding": pair(padding, "padding"),
-             "dilation": pair(dilation, "dilation")}
+    with located("conv2d", [x, w]):
+        attrs = {"stride": pair(stride, "stride"), "padding": pair(padding, "padding"),
+                 "dilation": pair(dilation, "dilation")}
     return apply("conv2d", [x, w], attrs)
 
 
@@ -133,6 +139,7 @@ def _conv_t_rule(inputs: Sequence[Node], attrs: Attrs):
     _check_nchw(x)
     _check_nchw(w, "weight")
     _check_geometry(attrs, ("stride", "padding", "dilation", "output_padding"))
+    _check_kernel(w, "[in, out, kh, kw]")
     if x.shape[1] != w.shape[0]:
         raise ShapeError(f"channel mismatch: the input has {x.shape[1]} channels but the weight "
                          f"[in, out, kh, kw] = {list(w.shape)} expects {w.shape[0]}")
@@ -185,8 +192,9 @@ register(OpDef("conv_transpose2d", "conv",
 
 def conv_transpose2d(x: Tensor, w: Tensor, stride=1, padding=0, output_padding=0, dilation=1) -> Tensor:
     """Transposed convolution (PyTorch's ConvTranspose2d) of NCHW ``x`` with ``w`` [C, O, kh, kw]."""
-    attrs = {"stride": pair(stride, "stride"), "padding": pair(padding, "padding"),
-             "output_padding": pair(output_padding, "output_padding"), "dilation": pair(dilation, "dilation")}
+    with located("conv_transpose2d", [x, w]):
+        attrs = {"stride": pair(stride, "stride"), "padding": pair(padding, "padding"),
+                 "output_padding": pair(output_padding, "output_padding"), "dilation": pair(dilation, "dilation")}
     return apply("conv_transpose2d", [x, w], attrs)
 
 
@@ -321,9 +329,13 @@ def _pool_attrs(kernel, stride, padding):
 
 def max_pool2d(x: Tensor, kernel=2, stride=None, padding=0) -> Tensor:
     """Max pooling over NCHW ``x``; ``stride`` defaults to the kernel size."""
-    return apply("max_pool2d", [x], _pool_attrs(kernel, stride, padding))
+    with located("max_pool2d", [x]):
+        attrs = _pool_attrs(kernel, stride, padding)
+    return apply("max_pool2d", [x], attrs)
 
 
 def avg_pool2d(x: Tensor, kernel=2, stride=None, padding=0) -> Tensor:
     """Average pooling over NCHW ``x``; ``stride`` defaults to the kernel size."""
-    return apply("avg_pool2d", [x], _pool_attrs(kernel, stride, padding))
+    with located("avg_pool2d", [x]):
+        attrs = _pool_attrs(kernel, stride, padding)
+    return apply("avg_pool2d", [x], attrs)

@@ -16,7 +16,8 @@ import numpy as np
 import sympy as sp
 
 from ..dsl import Tensor, apply
-from ..ir import Attrs, DType, Node, ShapeError, as_dtype, bool_, promote, to_float
+from ..ir import Attrs, DType, GraphcError, Node, ShapeError, as_dtype, bool_, promote, to_float
+from ..ir.errors import at_op
 from .registry import OpDef, get, is_registered, register
 
 # -- shapes ---------------------------------------------------------------------------------------------
@@ -132,6 +133,11 @@ def elementwise(name: str, expr_fn: Callable[..., sp.Expr], arity: int = 1, para
                 doc: str = "") -> Callable[..., Tensor]:
     """Define an activation from a SymPy expression; it gets its reference, gradient and codegen for free.
 
+    The gradient is SymPy's derivative (:func:`differentiate`): step functions (floor, ceiling, frac,
+    Mod, sign, Heaviside) are differentiated almost everywhere, their jumps taking the derivative on
+    either side; an expression SymPy leaves unevaluated raises UndefinedDerivativeError when ``grad``
+    needs it, naming the op and the line that applied it.
+
     >>> import graphc, sympy
     >>> swish = graphc.elementwise("swish_doc", lambda x: x * graphc.sympy_sigmoid(x))
     >>> with graphc.Graph():
@@ -173,7 +179,42 @@ def derivative_op(op_name: str, i: int) -> str | None:
 def _derivative_expr(op_name: str, i: int) -> sp.Expr:
     op = get(op_name)
     param_values = {sp.Symbol(p, real=True): v for p, v in op.params.items()}
-    return simplify_derivative(sp.diff(op.expr, op.symbols[i]), op.symbols, param_values)
+    return simplify_derivative(differentiate(op.expr, op.symbols[i]), op.symbols, param_values)
+
+
+class UndefinedDerivativeError(GraphcError, ValueError):
+    """An elementwise expression SymPy cannot differentiate (it leaves an unevaluated Derivative)."""
+
+
+#: Integer-valued step functions: their derivative is 0 wherever it exists (everywhere but at the
+#: jumps), the convention of step and sign. SymPy leaves it as an unevaluated Derivative (or a Subs of
+#: one, for floor(u) of an expression u); graphc maps it to 0.
+PIECEWISE_CONSTANT = (sp.floor, sp.ceiling)
+
+
+def _in_floors(expr: sp.Expr) -> sp.Expr:
+    """frac and Mod rewritten with floor (frac(u) = u - floor(u), Mod(a, b) = a - b floor(a/b)), so that
+    their derivatives follow from floor's: 1 almost everywhere for frac, 1 and -floor(a/b) for Mod."""
+    expr = expr.replace(sp.frac, lambda u: u - sp.floor(u))
+    return expr.replace(sp.Mod, lambda a, b: a - b * sp.floor(a / b))
+
+
+def differentiate(expr: sp.Expr, symbol: sp.Symbol) -> sp.Expr:
+    """d expr / d symbol with graphc's conventions where it jumps (:func:`derivative_conventions`).
+
+    Differentiable almost everywhere, with the derivative at the jumps defined as the one on either
+    side: floor, ceiling, frac, Mod (0, 0, 1, and 1 / -floor(a/b)); sign, Heaviside, Abs, Max, Min and
+    Piecewise (see :func:`derivative_conventions`). Anything SymPy still leaves unevaluated (an undefined
+    function, a function without a derivative rule) raises :class:`UndefinedDerivativeError`.
+    """
+    d = derivative_conventions(sp.diff(_in_floors(expr), symbol))
+    left = sorted(d.atoms(sp.Derivative, sp.Subs), key=str)
+    if left:
+        raise UndefinedDerivativeError(
+            f"cannot differentiate {expr} with respect to {symbol}: SymPy leaves {left[0]} unevaluated (graphc "
+            f"defines the derivatives of floor, ceiling, frac, Mod, sign, Heaviside, Abs, Max, Min and Piecewise "
+            f"almost everywhere; write the expression with those, or keep the op out of the differentiated path)")
+    return d
 
 
 def simplify_derivative(d: sp.Expr, symbols: Sequence[sp.Symbol], param_values: dict | None = None) -> sp.Expr:
@@ -198,9 +239,13 @@ def simplify_derivative(d: sp.Expr, symbols: Sequence[sp.Symbol], param_values: 
 
 
 def derivative_conventions(d: sp.Expr) -> sp.Expr:
-    """DiracDelta -> 0, Heaviside(u) -> (1 if u > 0 else 0), Piecewise folded: NumPy can evaluate the result."""
+    """DiracDelta -> 0, Heaviside(u) -> (1 if u > 0 else 0), the derivative of floor/ceiling -> 0,
+    Piecewise folded: NumPy can evaluate the result."""
     d = d.replace(sp.DiracDelta, lambda *a: sp.S.Zero)
     d = d.replace(sp.Heaviside, lambda u, *a: sp.Piecewise((1, u > 0), (0, True)))
+    d = d.replace(lambda e: isinstance(e, sp.Derivative) and isinstance(e.expr, PIECEWISE_CONSTANT),
+                  lambda e: sp.S.Zero)
+    d = d.replace(lambda e: isinstance(e, sp.Subs) and e.expr == 0, lambda e: sp.S.Zero)  # floor(u)' at u
     return sp.piecewise_fold(d)
 
 
@@ -256,7 +301,10 @@ def elementwise_vjp(node: Node, g: Tensor, inputs: Sequence[Tensor]) -> list[Ten
         if not x.dtype.is_float:
             out.append(None)
             continue
-        dname = derivative_op(node.op, i)
+        try:
+            dname = derivative_op(node.op, i)
+        except UndefinedDerivativeError as err:  # at grad time: name the op and the user's line
+            raise at_op(err, node.op, ", ".join(t.node.type_str for t in inputs), node.loc) from None
         if dname is None:
             out.append(None)
             continue
@@ -425,7 +473,7 @@ def _fused_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4096)
 def fused_derivative(expr: sp.Expr, n: int, i: int) -> sp.Expr:
-    return derivative_conventions(sp.diff(expr, fused_symbols(n)[i]))
+    return differentiate(expr, fused_symbols(n)[i])
 
 
 def _fused_vjp(node: Node, g: Tensor, inputs: Sequence[Tensor]) -> list[Tensor | None]:

@@ -12,9 +12,10 @@ import numpy as np
 
 from ..dsl import Tensor, apply
 from ..ir import Attrs, DTypeError, InputError, Node, ShapeError, as_dtype
+from . import checks
 from . import elementwise as ew
 from .linalg import matmul
-from .reduce import max, mean, normalize_axes, sum
+from .reduce import max, mean, sum
 from .registry import OpDef, no_gradient, register
 from .shape import reshape
 
@@ -58,18 +59,19 @@ register(OpDef("log_softmax", "nn", "x - logsumexp(x) along an axis (computed st
                log_softmax_reference, _log_softmax_vjp))
 
 
-def _axis(x: Tensor, axis: int) -> int:
-    return normalize_axes(axis, x.ndim)[0] if x.ndim else 0
+def _axis(op: str, x: Tensor, axis: int) -> int:
+    with checks.located(op, [x]):
+        return checks.axis(axis, x.ndim)
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
     """Softmax along ``axis``."""
-    return apply("softmax", [x], {"axis": _axis(x, axis)})
+    return apply("softmax", [x], {"axis": _axis("softmax", x, axis)})
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     """log(softmax(x)) along ``axis``, computed without overflow."""
-    return apply("log_softmax", [x], {"axis": _axis(x, axis)})
+    return apply("log_softmax", [x], {"axis": _axis("log_softmax", x, axis)})
 
 
 # -- one_hot and softmax cross-entropy ---------------------------------------------------------------------
@@ -78,7 +80,7 @@ def _one_hot_rule(inputs: Sequence[Node], attrs: Attrs):
     (labels,) = inputs
     if not labels.dtype.is_int:
         raise DTypeError(f"labels must be integers, got {labels.dtype.name}")
-    return labels.shape + (attrs["classes"],), as_dtype(attrs["dtype"])
+    return labels.shape + (checks.positive_int("classes", attrs["classes"]),), as_dtype(attrs["dtype"])
 
 
 def check_labels(labels: np.ndarray, classes: int, op: str) -> None:
@@ -101,7 +103,9 @@ register(OpDef("one_hot", "nn", "integer labels -> one-hot rows of length `class
 
 def one_hot(labels: Tensor, classes: int, dtype="float32") -> Tensor:
     """One-hot encoding of integer ``labels`` (an out-of-range label is a run-time error)."""
-    return apply("one_hot", [labels], {"classes": int(classes), "dtype": as_dtype(dtype).name})
+    with checks.located("one_hot", [labels]):
+        classes = checks.positive_int("classes", classes)
+    return apply("one_hot", [labels], {"classes": classes, "dtype": as_dtype(dtype).name})
 
 
 def _sce_rule(inputs: Sequence[Node], attrs: Attrs):

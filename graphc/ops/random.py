@@ -12,6 +12,7 @@ import numpy as np
 
 from ..dsl import Tensor, apply
 from ..ir import Attrs, DTypeError, Node, ShapeError, as_dtype
+from . import checks
 from .registry import OpDef, no_gradient, register
 
 KEY_MULTIPLIER = 1_000_003
@@ -25,9 +26,7 @@ def _rule(inputs: Sequence[Node], attrs: Attrs):
     (key,) = inputs
     if key.shape != () or not key.dtype.is_int:
         raise DTypeError(f"the key must be an integer scalar, got {key.type_str}")
-    if any(d < 0 for d in attrs["shape"]):
-        raise ShapeError(f"negative dimension in {attrs['shape']}")
-    return attrs["shape"], as_dtype(attrs["dtype"])
+    return checks.dims("shape", attrs["shape"]), as_dtype(attrs["dtype"])
 
 
 def _reference(arrays, attrs):
@@ -41,8 +40,9 @@ register(OpDef("random_uniform", "random", "U[0, 1) samples of `shape` from an i
 
 def random_uniform(key: Tensor, shape: Sequence[int], salt: int = 0, dtype="float32") -> Tensor:
     """Uniform [0, 1) samples drawn from ``key`` (an int64 scalar tensor) and a per-use ``salt``."""
-    return apply("random_uniform", [key], {"shape": tuple(int(d) for d in shape), "salt": int(salt),
-                                           "dtype": as_dtype(dtype).name})
+    with checks.located("random_uniform", [key]):
+        attrs = {"shape": checks.dims("shape", shape), "salt": checks.integer("salt", salt)}
+    return apply("random_uniform", [key], attrs | {"dtype": as_dtype(dtype).name})
 
 
 # -- data augmentation: random per-sample shifts and horizontal flips of NCHW images -----------------------------
@@ -90,9 +90,13 @@ register(OpDef("random_flip2d", "random", "each image flipped left-right with pr
 
 def random_shift2d(x: Tensor, key: Tensor, max_shift: int = 2, salt: int = 0) -> Tensor:
     """Shift each NCHW image by a random whole number of pixels (at most ``max_shift``), zero filled."""
-    return apply("random_shift2d", [x, key], {"max_shift": int(max_shift), "salt": int(salt)})
+    with checks.located("random_shift2d", [x, key]):
+        attrs = {"max_shift": checks.integer("max_shift", max_shift, 0), "salt": checks.integer("salt", salt)}
+    return apply("random_shift2d", [x, key], attrs)
 
 
 def random_flip2d(x: Tensor, key: Tensor, salt: int = 0) -> Tensor:
     """Flip each NCHW image left-right with probability 1/2."""
-    return apply("random_flip2d", [x, key], {"salt": int(salt)})
+    with checks.located("random_flip2d", [x, key]):
+        salt = checks.integer("salt", salt)
+    return apply("random_flip2d", [x, key], {"salt": salt})

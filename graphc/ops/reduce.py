@@ -7,22 +7,13 @@ import numpy as np
 
 from ..dsl import Tensor, apply
 from ..ir import Attrs, Node, ShapeError, int64, to_float
+from . import checks
 from .registry import OpDef, no_gradient, register
 
 
 def normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
     """``axis`` (None, an int or a sequence, negatives allowed) as sorted non-negative axes."""
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-    out = []
-    for a in axes:
-        if not -ndim <= a < ndim:
-            raise ShapeError(f"axis {a} is out of range for a tensor of rank {ndim}")
-        out.append(int(a) % ndim if ndim else 0)
-    if len(set(out)) != len(out):
-        raise ShapeError(f"repeated axis in {axes}")
-    return tuple(sorted(out))
+    return checks.axes(axis, ndim)
 
 
 def reduced_shape(shape: tuple[int, ...], axes: tuple[int, ...], keepdims: bool) -> tuple[int, ...]:
@@ -119,14 +110,11 @@ register(OpDef("broadcast_to", "reduce", "broadcast to a larger shape (numpy.bro
 def _reduce(op: str, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
     from ..dsl import _as_node, _graph_of
 
-    node = _as_node(x, _graph_of([x]), None)
-    try:
-        axes = normalize_axes(axis, node.ndim)
-    except ShapeError as err:
-        from ..ir import user_location
-        from ..ir.errors import at_op
-        raise at_op(err, op, node.type_str, user_location()) from None
-    return apply(op, [x], {"axes": axes, "keepdims": bool(keepdims), "nonempty": op in ("max", "min", "argmax")})
+    graph = _graph_of([x])
+    t = x if isinstance(x, Tensor) else Tensor(_as_node(x, graph, None), graph)
+    with checks.located(op, [t]):
+        axes = normalize_axes(axis, t.ndim)
+    return apply(op, [t], {"axes": axes, "keepdims": bool(keepdims), "nonempty": op in ("max", "min", "argmax")})
 
 
 def sum(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
@@ -151,17 +139,16 @@ def min(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa:
 
 def argmax(x: Tensor, axis: int | None = -1, keepdims: bool = False) -> Tensor:
     """Index (int64) of the maximum along one axis; with ``axis=None``, into the flattened tensor."""
-    if axis is not None and not isinstance(axis, (int, np.integer)):
-        from ..ir import user_location
-        from ..ir.errors import at_op
-        raise at_op(ShapeError(f"takes one axis or None, got {axis!r}"), "argmax", x.node.type_str,
-                    user_location())
+    if axis is not None and isinstance(axis, (tuple, list, np.ndarray)):
+        with checks.located("argmax", [x]):
+            raise ShapeError(f"takes one axis or None, got {axis!r}")
     return _reduce("argmax", x, axis, keepdims)
 
 
 def broadcast_to(x: Tensor, shape: Sequence[int]) -> Tensor:
     """``x`` broadcast to ``shape`` (returns ``x`` itself when the shape already matches)."""
-    shape = tuple(int(d) for d in shape)
+    with checks.located("broadcast_to", [x]):
+        shape = checks.dims("shape", shape)
     if isinstance(x, Tensor) and x.shape == shape:
         return x
     return apply("broadcast_to", [x], {"shape": shape})

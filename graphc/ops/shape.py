@@ -6,14 +6,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..dsl import Tensor, apply
-from ..ir import Attrs, GraphcError, Node, ShapeError, user_location
-from ..ir.errors import at_op
+from ..ir import Attrs, GraphcError, Node, ShapeError
+from . import checks
 from .registry import OpDef, register
 
 
 def _located(err: GraphcError, x: Tensor, op: str = "slice") -> GraphcError:
     """``err`` naming the op, the operand's type and the user's line (for checks done before apply())."""
-    return at_op(err, op, x.node.type_str, user_location())
+    return checks.at_user_line(err, op, [x])
 
 
 # -- reshape -----------------------------------------------------------------------------------------------
@@ -35,7 +35,9 @@ register(OpDef("reshape", "shape", "reshape (numpy.reshape, C order)", _reshape_
 
 
 def _resolve_shape(size: int, shape: Sequence[int], type_str: str) -> tuple[int, ...]:
-    shape = [int(d) for d in shape]
+    shape = list(checks.dims(f"reshape of {type_str} to", shape, low=None))
+    if any(d < -1 for d in shape):
+        raise ShapeError(f"reshape of {type_str} to {shape}: dimensions must be >= 0, or -1 for the one inferred")
     if shape.count(-1) > 1:
         raise ShapeError(f"reshape of {type_str} to {shape}: only one dimension may be -1")
     if -1 in shape:
@@ -79,10 +81,9 @@ def transpose(x: Tensor, perm: Sequence[int] | None = None) -> Tensor:
     """Permute axes; with no ``perm``, reverse them (``x.T``)."""
     if perm is None:
         perm = tuple(range(x.ndim))[::-1]
-    elif any(not -x.ndim <= int(p) < x.ndim for p in perm):
-        raise _located(ShapeError(f"axes {list(perm)} are out of range for rank {x.ndim}"), x, "transpose")
     else:
-        perm = tuple(int(p) % x.ndim for p in perm)
+        with checks.located("transpose", [x]):
+            perm = tuple(checks.axis(p, x.ndim) for p in perm)
     return apply("transpose", [x], {"perm": perm})
 
 
@@ -137,6 +138,10 @@ def getitem(x: Tensor, index: Any) -> Tensor:
     if not all(basic(i) for i in index):
         raise _located(ShapeError(f"indexing {x.node.type_str}: only integers, slices, ... and None are supported "
                                   f"(advanced indexing is not); got {index!r}"), x)
+    for i in index:
+        if isinstance(i, slice) and not all(v is None or checks.is_integer(v) for v in (i.start, i.stop, i.step)):
+            raise _located(ShapeError(f"indexing {x.node.type_str}: slice bounds and steps must be integers or None, "
+                                      f"got {i!r}"), x)
     n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
     if index.count(Ellipsis) > 1:
         raise _located(ShapeError(f"indexing {x.node.type_str}: only one ... is allowed"), x)
@@ -204,7 +209,6 @@ def concatenate(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     tensors = list(tensors)
     if not tensors:
         raise ShapeError("concatenate needs at least one tensor")
-    ndim = tensors[0].ndim
-    if not -ndim <= axis < ndim:
-        raise _located(ShapeError(f"axis {axis} is out of range for rank {ndim}"), tensors[0], "concatenate")
-    return apply("concatenate", tensors, {"axis": int(axis) % ndim})
+    with checks.located("concatenate", tensors):
+        axis = checks.axis(axis, tensors[0].ndim)
+    return apply("concatenate", tensors, {"axis": axis})

@@ -9,7 +9,7 @@ import numpy as np
 from ...ir import InputError, Node
 from ...ir.errors import NonFiniteError
 from .. import finite
-from ..executable import Executable, param_key, validate
+from ..executable import Executable, param_key, unaliased, validate
 from .codegen import op_label
 from .program import ErrorSite, Program
 
@@ -84,8 +84,12 @@ class NumbaExecutable(Executable):
         self.strict = strict
         self._expected = [(n.shape, n.dtype.np) for n in program.inputs]
         self._entry = entry
-        self._state = aligned_bytes(program.state_bytes)
-        self._ws = aligned_bytes(program.workspace_bytes)
+        # The parameter store and the workspace are two aligned parts of one buffer, the memory the native
+        # code writes: one overlap check per input keeps an input that aliases it from being read half-written.
+        state_bytes, ws_bytes = max(program.state_bytes, 1), max(program.workspace_bytes, 1)
+        state_end = -(-state_bytes // ALIGN) * ALIGN
+        self._written = aligned_bytes(state_end + ws_bytes)
+        self._state, self._ws = self._written[:state_bytes], self._written[state_end:]
         self._status = np.zeros(4, np.int64)
         views: dict[str, np.ndarray] = {}
         nodes: dict[str, Node] = {}
@@ -116,12 +120,17 @@ class NumbaExecutable(Executable):
                 flags = a.flags
                 if not (flags.c_contiguous and flags.aligned and flags.writeable):
                     break
+                if not flags.owndata and np.may_share_memory(a, self._written):  # bind() copies it
+                    break
             else:
                 outs = self._step(*args, self._state, self._ws, self._status)
                 if self._status[0]:
                     self._raise_status(list(args))
                 return outs[0] if len(outs) == 1 else outs
         return super().__call__(*args, **kwargs)
+
+    def written_memory(self) -> list[np.ndarray]:
+        return [self._written]
 
     def bind(self, args: tuple, kwargs: Mapping[str, Any]) -> list[np.ndarray]:
         if self.strict:
@@ -142,6 +151,7 @@ class NumbaExecutable(Executable):
                     and a.flags.aligned and a.flags.writeable):
                 raise InputError(f"input {node.name!r}: run() needs a C-contiguous, aligned, writable {dtype} array "
                                  f"of shape {list(shape)}; got {_describe(a)} (call the executable to have it converted)")
+        arrays = unaliased(arrays, self.written_memory())
         before = None
         if self.check_finite:
             self._check_finite(arrays)
@@ -246,6 +256,7 @@ class NumbaExecutable(Executable):
         for k, (node, is_batched) in enumerate(zip(self.inputs, batched)):
             if not is_batched:
                 arrays[k] = self._per_step(node, arrays[k], steps)
+        arrays = unaliased(arrays, self.written_memory())  # data that aliases the parameters is read as passed
         before = None
         if self.check_finite:
             self._check_finite(arrays)

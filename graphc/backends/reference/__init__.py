@@ -98,8 +98,11 @@ class ReferenceExecutable(Executable):
         values = run_nodes(self.graph, roots, {n: feeds[id(n)] for n in self.inputs},
                            {p: state[id(p)] for p in self.graph.params})
         outs = [values[id(o)].copy() for o in self.outputs]
-        for p, v in self.graph.updates:  # all updates read the old values: apply them after evaluating
-            state[id(p)][...] = values[id(v)]
+        # All updates read the old values: every new value is copied before any is written, since one
+        # can be another parameter's array itself (g.update(a, b); g.update(b, a) swaps them).
+        new_values = [values[id(v)].copy() for _, v in self.graph.updates]
+        for (p, _), value in zip(self.graph.updates, new_values):
+            state[id(p)][...] = value
         return outs
 
 
