@@ -382,3 +382,19 @@ def test_a_model_called_twice_in_one_graph_shares_its_parameters():
     w, b = model.layers[0].values["W"], model.layers[0].values["b"]
     for out in both(x):
         np.testing.assert_allclose(out, x @ w + b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("build, layer, needle", [
+    (lambda: graphc.nn.Dense(2.5), "Dense", "units must be an integer, got 2.5"),
+    (lambda: graphc.nn.Dense(0), "Dense", "units must be >= 1, got 0"),
+    (lambda: graphc.nn.Conv2D(True, 3), "Conv2D", "filters must be an integer, got True"),
+    (lambda: graphc.nn.Maxout(4, pieces=1.5), "Maxout", "pieces must be an integer, got 1.5"),
+    (lambda: graphc.nn.RandomShift(-1), "RandomShift", "max_shift must be >= 0, got -1"),
+])
+def test_a_layer_with_a_non_integer_size_is_refused_not_truncated(build, layer, needle):
+    # Dense(2.5) used to become Dense(2) through int(): the layer's sizes use the ops' integer checks
+    with pytest.raises(ShapeError) as info:
+        build()
+    msg = str(info.value)
+    assert msg.startswith(f"{layer}: ") and needle in msg, msg
+    assert f"{THIS_FILE}:{build.__code__.co_firstlineno}" in msg, msg

@@ -84,6 +84,6 @@ def test_last_batch_dropped_or_wrapped_trains_the_same_on_both_backends(graphc_c
 
 
 def test_last_batch_must_be_a_known_mode():
-    model = Sequential([Dense(2)], input_shape=(6,))
+    model = Sequential([Dense(3)], input_shape=(6,))  # _data() has labels 0..2
     with pytest.raises(ValueError, match="last_batch must be one of"):
         graphc.fit(model, _data(), epochs=1, batch_size=32, last_batch="pad", backend="reference", verbose=False)

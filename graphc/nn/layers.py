@@ -21,6 +21,7 @@ from ..ops import elementwise as ew
 from ..ops import nn as nn_ops
 from ..ops import random as random_ops
 from ..ops import shape as shape_ops
+from ..ops.checks import integer, located, positive_int
 from . import init as initializers
 
 
@@ -142,7 +143,9 @@ class Dense(Module):
 
     def __init__(self, units: int, activation=None, init="glorot_uniform", bias_init="zeros", name=None):
         super().__init__(name)
-        self.units, self.activation = int(units), _activation(activation)
+        with located("Dense", ()):
+            self.units = positive_int("units", units)
+        self.activation = _activation(activation)
         self.init, self.bias_init = initializers.get(init), initializers.get(bias_init)
 
     def _build(self, in_shape, rng, dtype):
@@ -169,7 +172,9 @@ class Conv2D(Module):
     def __init__(self, filters: int, kernel, stride=1, padding=0, dilation=1, activation=None, init="he_normal",
                  name=None):
         super().__init__(name)
-        self.filters, self.kernel = int(filters), conv.pair(kernel, "kernel")
+        with located("Conv2D", ()):
+            self.filters = positive_int("filters", filters)
+        self.kernel = conv.pair(kernel, "kernel")
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.activation, self.init = _activation(activation), initializers.get(init)
 
@@ -304,7 +309,8 @@ class RandomShift(RandomLayer):
 
     def __init__(self, max_shift: int = 2, name=None):
         super().__init__(name)
-        self.max_shift = int(max_shift)
+        with located("RandomShift", ()):
+            self.max_shift = integer("max_shift", max_shift, 0)
 
     def forward(self, x, ctx):
         return random_ops.random_shift2d(x, self.key(ctx), self.max_shift, self.salt) if ctx.training else x
@@ -458,7 +464,9 @@ class Maxout(Module):
 
     def __init__(self, units: int, pieces: int = 2, init="glorot_uniform", name=None):
         super().__init__(name)
-        self.units, self.pieces, self.init = int(units), int(pieces), initializers.get(init)
+        with located("Maxout", ()):
+            self.units, self.pieces = positive_int("units", units), positive_int("pieces", pieces)
+        self.init = initializers.get(init)
 
     def _build(self, in_shape, rng, dtype):
         fan_in = in_shape[0]
