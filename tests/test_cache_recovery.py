@@ -432,6 +432,54 @@ def test_runtime_kernels_cache_falls_back_with_a_read_only_package_and_home(tmp_
     assert list((fallback / "numba").rglob("runtime.conv2d_im2col-*.nbi"))  # the kernels' own cache files
 
 
+def fake_njit(writable: set[str | None]):
+    """Numba's njit as seen from runtime._kernel: with cache=True it finds a locator only when
+    numba.config.CACHE_DIR is in ``writable``; returns what it was asked for instead of compiling."""
+    import numba
+
+    def njit(**options):
+        if options["cache"] and (numba.config.CACHE_DIR or None) not in writable:
+            raise RuntimeError("cannot cache function 'k': no locator available for file 'runtime.py'")
+        return lambda fn: ("decorated", fn, options["cache"], numba.config.CACHE_DIR)
+
+    return njit
+
+
+def test_kernels_cache_in_the_fallback_only_when_numba_has_no_place(monkeypatch):
+    import numba
+
+    def kernel():
+        pass
+
+    saved = numba.config.CACHE_DIR
+    monkeypatch.setattr(runtime, "_numba_fallback_cache_dir", lambda: "/fallback/numba")
+    monkeypatch.setattr(runtime, "njit", fake_njit({None}))  # Numba's own places work
+    assert runtime._kernel(kernel) == ("decorated", kernel, True, saved)
+    monkeypatch.setattr(runtime, "njit", fake_njit({"/fallback/numba"}))  # only graphc's fallback works
+    assert runtime._kernel(kernel) == ("decorated", kernel, True, "/fallback/numba")
+    assert numba.config.CACHE_DIR == saved  # the setting is Numba's user's again once decorated
+
+
+def test_kernels_compile_uncached_with_one_warning_when_nothing_is_writable(monkeypatch):
+    def kernel():
+        pass
+
+    monkeypatch.setattr(runtime, "_warned_uncached", False)
+    monkeypatch.setattr(runtime, "_numba_fallback_cache_dir", lambda: None)
+    monkeypatch.setattr(runtime, "njit", fake_njit(set()))
+    with pytest.warns(RuntimeWarning, match="compiled in every process: cannot cache function 'k'") as seen:
+        assert runtime._kernel(kernel)[2] is False
+        assert runtime._kernel(kernel)[2] is False
+    assert len(seen) == 1
+
+    def other_error(**options):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(runtime, "njit", other_error)
+    with pytest.raises(RuntimeError, match="something else"):  # only the missing locator is handled
+        runtime._kernel(kernel)
+
+
 def test_every_cached_runtime_kernel_is_in_kernels():
     """graphc flushes runtime.KERNELS' caches when a driver fails to load; the conv2d kernels the driver
     calls were missing from that list (on main)."""
