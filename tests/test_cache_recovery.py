@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -354,6 +355,42 @@ def test_an_unopenable_lock_file_is_an_error_not_moved_aside(tmp_path, monkeypat
 
 
 # -- 4. runtime kernels with a read-only install and a read-only home ------------------------------------------
+
+@pytest.mark.parametrize("planted", ["world-writable directory", "file", "link to a directory"])
+def test_a_fallback_directory_someone_else_could_write_is_not_used(tmp_path, monkeypatch, planted):
+    """The fallback lives in the shared temporary directory; a graphc-cache-<uid> that others can write
+    (or that is not a directory of ours) could hold planted code, so a private directory is used instead.
+    (On main: the world-writable one was used, and a file there raised FileExistsError.)"""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(cache_module, "_PRIVATE_FALLBACKS", {}, raising=False)
+    shared = tmp_path / f"graphc-cache-{os.getuid()}"
+    if planted == "file":
+        shared.write_text("x")
+    elif planted == "link to a directory":
+        (tmp_path / "theirs").mkdir()
+        shared.symlink_to(tmp_path / "theirs")
+    else:
+        shared.mkdir()
+        shared.chmod(0o777)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache directory should be")
+    exe = compile_small(blocked)
+    assert str(blocked) in exe.stats["cache_dir_unusable"]
+    root = Path(exe.stats["cache_dir"]).parent
+    assert root.parent == tmp_path and root.name.startswith(shared.name + "-")
+    st = os.lstat(root)
+    assert stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700
+    assert compile_small(blocked).stats["cache"] == "hit"  # one private directory per process, not one per call
+
+
+def test_the_users_own_fallback_directory_is_used(tmp_path, monkeypatch):
+    """Regression guard (passes on main too): a private graphc-cache-<uid> is the fallback."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache directory should be")
+    exe = compile_small(blocked)
+    assert exe.stats["cache_dir"] == str(tmp_path / f"graphc-cache-{os.getuid()}" / exe.stats["cache_key"])
+
 
 READ_ONLY_SCRIPT = textwrap.dedent("""
     import json, sys

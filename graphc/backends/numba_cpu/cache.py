@@ -51,8 +51,23 @@ def cache_root(override: str | os.PathLike | None = None) -> Path:
 
 
 def fallback_root() -> Path:
-    """The per-user cache in the system's temporary directory, used when the cache root is unwritable."""
-    return Path(tempfile.gettempdir()) / f"graphc-cache-{os.getuid()}"
+    """The per-user cache in the system's temporary directory, used when the cache root is unwritable:
+    ``graphc-cache-<uid>``. Every user can create names there, and a cache holds code graphc imports and
+    machine code Numba loads, so that directory is used only if this user owns it and no one else can
+    write to it; otherwise (planted by someone else, or a file in its place) this process gets a fresh
+    private directory of its own."""
+    path = Path(tempfile.gettempdir()) / f"graphc-cache-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return path
+    if path not in _PRIVATE_FALLBACKS:
+        _PRIVATE_FALLBACKS[path] = Path(tempfile.mkdtemp(prefix=f"{path.name}-"))
+    return _PRIVATE_FALLBACKS[path]
+
+
+_PRIVATE_FALLBACKS: dict[Path, Path] = {}
 
 
 def writable_root(root: Path) -> tuple[Path, str | None]:
@@ -65,9 +80,7 @@ def writable_root(root: Path) -> tuple[Path, str | None]:
         probe.unlink()
         return root, None
     except OSError as err:  # a read-only or missing home, a file where the directory belongs...
-        fallback = fallback_root()
-        fallback.mkdir(parents=True, exist_ok=True)
-        return fallback, f"{root}: {err}"
+        return fallback_root(), f"{root}: {err}"
 
 
 _FINGERPRINT: dict[str, Any] | None = None
