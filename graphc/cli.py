@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -69,14 +70,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The status a shell reports for a command killed by SIGPIPE (128 + 13), as `yes | head -1` shows for `yes`.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``graphc`` console script (and ``python -m graphc``)."""
+    """Entry point of the ``graphc`` console script (and ``python -m graphc``).
+
+    A reader that stops early (``graphc ops | head -1``) ends the command quietly, as it ends standard
+    Unix tools: no traceback, exit status 141 (Python's documented pattern for BrokenPipeError, not
+    SIGPIPE's default action, which would also kill the process on a closed socket)."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # here, not at interpreter exit, where a broken pipe can only be reported
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     return args.run(args)
+
+
+def _discard_stdout() -> None:
+    """Point stdout's descriptor at /dev/null: Python flushes stdout again at exit, and what is still
+    buffered must go nowhere rather than raise a second BrokenPipeError."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a replaced stdout (tests): nothing to redirect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,11 @@ faster on this machine for each node's shapes, measured once and remembered in t
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 from ...ir import Graph, Node
-from .cache import Entry, cache_key, cache_root, locked
+from .cache import Entry, cache_key, cache_root, locked, writable_root
 from .codegen import lower
 from .executable import NumbaExecutable
 from .program import Program
@@ -49,7 +46,7 @@ def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check
     t0 = time.perf_counter()
     options = {"boundscheck": bool(boundscheck), "part_lines": part_lines,
                "fastmath": tuple(sorted(DEFAULT_FASTMATH if fastmath is None else fastmath)),
-               "conv": conv, "autotune_dir": str(cache_root(cache_dir))}
+               "conv": conv, "autotune_dir": str(writable_root(cache_root(cache_dir))[0])}
     program = lower(graph, inputs, options)
     codegen_s = time.perf_counter() - t0
     exe = build_program(program, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
@@ -68,17 +65,11 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
     positions = [graph.nodes.index(n) for n in program.inputs]
     options = {k: program.options.get(k) for k in _CODEGEN_OPTIONS}
     key = cache_key(graph.structural_hash(), positions, options)
-    root = cache_root(cache_dir)
     stats: dict[str, Any] = {"cache_key": key}
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:  # a read-only or missing home: compile into a per-user temporary cache
-        stats["cache_dir_unusable"] = f"{root}: {err}"
-        root = Path(tempfile.gettempdir()) / f"graphc-cache-{os.getuid()}"
-        root.mkdir(parents=True, exist_ok=True)
+    # A read-only or missing home: compile into a per-user temporary cache.
+    root, unusable = writable_root(cache_root(cache_dir))
+    if unusable:
+        stats["cache_dir_unusable"] = unusable
     entry = Entry(root, key)
     stats["cache_dir"] = str(entry.dir)
     t0 = time.perf_counter()
@@ -162,7 +153,8 @@ def compile_function(exe: NumbaExecutable, name: str, signature: tuple):
         fn.compile(signature)
         if fn.stats.cache_misses:
             manifest = entry.read_manifest() or {}
-            entry.write_manifest(manifest.get("files", {}).get("graph.py", ""),
+            # The module's checksum as imported, not as the manifest says: the manifest is rewritten, not trusted.
+            entry.write_manifest(exe.module.__graphc_sha__,
                                  {k: v for k, v in manifest.items() if k in ("graph", "program")})
     exe.stats[f"{name}_compile_s"] = time.perf_counter() - t0
     return fn

@@ -5,12 +5,13 @@ over) and for BLAS calls that may be far from BLAS's sweet spot (LeNet's first l
 GEMMs); the loop nest copies nothing but runs at whatever LLVM makes of its loops (on the development
 machine it was not vectorized and lost on every shape measured: docs/backends.md). So the backend times
 both kernels of ``runtime`` on the node's own geometry, once per machine: the result is kept in
-``<cache dir>/autotune.json`` (written atomically, checked when read; a damaged file is measured
-again), and the choice becomes part of the compile-cache key.
+``<cache dir>/autotune.json`` (written atomically, checked when read; a damaged file or entry is
+measured again and rewritten), and the choice becomes part of the compile-cache key.
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -67,9 +68,8 @@ def conv2d_method(geometry: ConvGeometry, dtype: str, cache_dir: Path, requested
     path = Path(cache_dir) / _FILE
     table = _read(path)
     entry = table.get(key)
-    if entry is None or entry.get("method") not in CONV_METHODS:
-        times = measure_conv2d(geometry, dtype)
-        entry = {"method": min(times, key=times.get), **{f"{m}_s": t for m, t in times.items()}}
+    if entry is None:
+        entry = _measurement(measure_conv2d(geometry, dtype))
         table = _read(path)  # another process may have added entries meanwhile
         table[key] = entry
         _write(path, table)
@@ -108,16 +108,36 @@ def _environment() -> dict:
 
 
 def _read(path: Path) -> dict:
-    """The measured choices, or {} when the file is missing or damaged, or was measured with another
-    CPU, Numba or backend source (``cache.environment``)."""
+    """The measured choices that can be trusted: {} when the file is missing or damaged, or was measured
+    with another CPU, Numba or backend source (``cache.environment``); otherwise its well-formed entries
+    only (a damaged entry is dropped, so it is measured again and the rewritten file no longer has it)."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
         return {}
     if not isinstance(data, dict) or data.get("version") != _VERSION or data.get("environment") != _environment():
         return {}
     table = data.get("conv2d")
-    return table if isinstance(table, dict) else {}
+    if not isinstance(table, dict):
+        return {}
+    return {key: entry for key, entry in table.items() if _is_valid_entry(entry)}
+
+
+def _measurement(times: dict[str, float]) -> dict:
+    """The entry kept for one shape: the fastest method (the first on a tie) and each method's seconds."""
+    return {"method": min(CONV_METHODS, key=times.__getitem__), **{f"{m}_s": times[m] for m in CONV_METHODS}}
+
+
+def _is_valid_entry(entry: object) -> bool:
+    """An entry exactly as :func:`_measurement` makes it, with finite non-negative times: anything else
+    (a number, a list, a time that is a string, a method that is not the fastest) was not written by
+    graphc, or not completely, and is not trusted."""
+    if not isinstance(entry, dict) or set(entry) != {"method", *(f"{m}_s" for m in CONV_METHODS)}:
+        return False
+    times = {m: entry[f"{m}_s"] for m in CONV_METHODS}
+    if not all(type(t) in (int, float) and math.isfinite(t) and t >= 0 for t in times.values()):
+        return False
+    return entry == _measurement(times)
 
 
 def _write(path: Path, table: dict) -> None:

@@ -8,14 +8,18 @@ shapes, dtypes, constants, topology), the call order of its inputs, the codegen 
 Numba's, llvmlite's, NumPy's and SymPy's versions, this backend's own source, and the CPU
 (name and feature flags) that Numba compiles for.
 
-Every read is verified against the manifest: a truncated or modified file means the entry is wiped
-and rebuilt, never trusted. Writers take an exclusive ``fcntl`` lock on ``<root>/<key>.lock``, and
-write files to a temporary name then ``os.replace`` them, so two processes compiling the same graph
-at once serialize: the second one finds the first one's entry and loads it.
+Every read is verified against the manifest: a truncated or modified file, or a manifest of the
+wrong shape, means the entry is wiped and rebuilt, never trusted. Writers take an exclusive ``fcntl``
+lock on ``<root>/<key>.lock``, and write files to a temporary name then ``os.replace`` them, so two
+processes compiling the same graph at once serialize: the second one finds the first one's entry and
+loads it. Whatever else occupies an entry's or a lock's path (a file where the entry directory
+belongs, a directory where the lock file belongs, a dangling link) is moved aside and deleted: the
+cache directory is graphc's, and damage in it is healed, not reported.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import importlib.util
@@ -23,8 +27,11 @@ import json
 import os
 import platform
 import shutil
+import stat
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,6 +48,39 @@ def cache_root(override: str | os.PathLike | None = None) -> Path:
         return Path(override)
     env = os.environ.get("GRAPHC_CACHE_DIR")
     return Path(env) if env else Path.home() / ".cache" / "graphc"
+
+
+def fallback_root() -> Path:
+    """The per-user cache in the system's temporary directory, used when the cache root is unwritable:
+    ``graphc-cache-<uid>``. Every user can create names there, and a cache holds code graphc imports and
+    machine code Numba loads, so that directory is used only if this user owns it and no one else can
+    write to it; otherwise (planted by someone else, or a file in its place) this process gets a fresh
+    private directory of its own."""
+    path = Path(tempfile.gettempdir()) / f"graphc-cache-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return path
+    if path not in _PRIVATE_FALLBACKS:
+        _PRIVATE_FALLBACKS[path] = Path(tempfile.mkdtemp(prefix=f"{path.name}-"))
+    return _PRIVATE_FALLBACKS[path]
+
+
+_PRIVATE_FALLBACKS: dict[Path, Path] = {}
+
+
+def writable_root(root: Path) -> tuple[Path, str | None]:
+    """``root`` if files can be created in it (made if missing), else :func:`fallback_root`; the second
+    value says why ``root`` was not usable (None when it was)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return root, None
+    except OSError as err:  # a read-only or missing home, a file where the directory belongs...
+        return fallback_root(), f"{root}: {err}"
 
 
 _FINGERPRINT: dict[str, Any] | None = None
@@ -85,16 +125,90 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def discard(path: Path) -> None:
+    """Remove whatever is at ``path`` (file, link, directory tree) without following links: it is first
+    renamed to a unique name beside it, so that the path is free at once even if deleting fails."""
+    trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:12]}")
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:  # already gone (another process healed it first)
+        return
+    if trash.is_dir() and not trash.is_symlink():
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            trash.unlink()
+
+
+def _open_lock_file(path: Path) -> int:
+    """A descriptor of the regular file at ``path`` (created if missing). Anything else there (a
+    directory, a link, a FIFO) raises OSError: it is not ours to lock, and O_NOFOLLOW / O_NONBLOCK keep
+    the open from creating a link's target or waiting for a FIFO's writer."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return fd
+
+
+def _is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _heal_lock_path(path: Path) -> int:
+    """Open the lock file after replacing what blocks it, holding a lock on the directory meanwhile: two
+    processes healing at once must not each move the other's fresh lock file aside and lock different files."""
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX)
+        try:
+            return _open_lock_file(path)
+        except OSError:
+            if _is_regular_file(path):
+                raise  # a lock file we may not open (permissions): not damage, not ours to move
+            discard(path)  # still not a file, and no other healer can act now: ours to clear
+            return _open_lock_file(path)
+    finally:
+        os.close(dir_fd)  # also releases the directory lock
+
+
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock held for the duration of the block (blocks while another holds it)."""
+    """An exclusive advisory lock held for the duration of the block (blocks while another holds it).
+    A directory, link or other non-file left at ``path`` is moved aside and deleted first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    try:
+        fd = _open_lock_file(path)
+    except OSError:
+        fd = _heal_lock_path(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _file_table_problem(files: Any) -> str | None:
+    """Why a manifest's ``files`` cannot be trusted: it must map relative names inside the entry to
+    SHA-256 hex digests (None when it does)."""
+    if files is None:
+        return "the manifest has no table of files"
+    if not isinstance(files, dict):
+        return f"the manifest's files is a {type(files).__name__}, not a table of name -> SHA-256"
+    for name, digest in files.items():
+        parts = Path(name).parts
+        if Path(name).is_absolute() or not parts or ".." in parts:
+            return f"the manifest names a file outside the entry: {name!r}"
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            return f"the manifest's digest of {name} is not a SHA-256: {digest!r}"
+    return None
 
 
 class Entry:
@@ -121,9 +235,12 @@ class Entry:
         """Why this entry cannot be trusted (empty when every file matches its recorded checksum)."""
         manifest = self.read_manifest()
         if manifest is None:
-            return ["no valid manifest"] if self.dir.exists() else ["absent"]
+            return ["no valid manifest"] if os.path.lexists(self.dir) else ["absent"]
+        files = manifest.get("files")
+        problem = _file_table_problem(files)
+        if problem:
+            return [problem]
         out = []
-        files = dict(manifest.get("files", {}))
         if MODULE_FILE not in files:
             out.append("the manifest lists no module")
         for name, digest in files.items():
@@ -151,10 +268,11 @@ class Entry:
 
     # -- writing and importing ----------------------------------------------------------------------
     def reset(self, source: str) -> str:
-        """Wipe the entry and write ``source`` as its module; returns the module's SHA-256."""
-        if self.dir.exists():
-            shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Wipe the entry and write ``source`` as its module; returns the module's SHA-256. Whatever is
+        at the entry's path (an old entry, a killed compile's leftovers, a file, a link) goes first."""
+        if os.path.lexists(self.dir):
+            discard(self.dir)
+        self.dir.mkdir(parents=True)
         data = source.encode()
         atomic_write(self.module_path, data)
         return hashlib.sha256(data).hexdigest()

@@ -8,12 +8,19 @@ BLAS's transposes and beta (accumulate into C), which ``np.dot`` hides.
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
+from typing import Iterator
+
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
+
+from .cache import cache_root, writable_root
 
 _char = ir.IntType(8)
 _void_p = ir.IntType(8).as_pointer()
@@ -74,7 +81,62 @@ def gemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, a_off, lda, b, b_off, l
 _KERNEL = dict(cache=True, error_model="numpy", nogil=True, fastmath={"contract"})
 
 
-@njit(**_KERNEL)
+def _numba_fallback_cache_dir() -> str | None:
+    """Where the kernels' Numba cache goes when Numba has no place of its own: ``numba/`` in graphc's
+    compile cache (``$GRAPHC_CACHE_DIR`` or ``~/.cache/graphc``, else the per-user temporary one, as for
+    compiled graphs); None when even that cannot be written."""
+    try:
+        root, _ = writable_root(cache_root())
+        return str(root / "numba")
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _numba_cache_dir(path: str) -> Iterator[None]:
+    """Numba's $NUMBA_CACHE_DIR set to ``path`` while a kernel is decorated: its cache locator reads the
+    setting once, when the decorator runs, so other Numba users in the process are not affected."""
+    saved = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = path
+    try:
+        yield
+    finally:
+        numba.config.CACHE_DIR = saved
+
+
+def _kernel(fn):
+    """``@njit(**_KERNEL)``, with a cache wherever one can be written. Numba keeps the cache beside this
+    file or in the user's cache directory; with a read-only install and a read-only home it has neither,
+    and refuses to decorate ("cannot cache function ...: no locator available"). Then the cache goes
+    where graphc's compile cache goes, and if nothing at all is writable the kernels are compiled in
+    every process instead (one warning)."""
+    try:
+        return njit(**_KERNEL)(fn)
+    except RuntimeError as err:
+        if "no locator available" not in str(err):
+            raise
+        reason = str(err)
+    fallback = _numba_fallback_cache_dir()
+    if fallback is not None:
+        try:
+            with _numba_cache_dir(fallback):
+                return njit(**_KERNEL)(fn)
+        except RuntimeError as err:
+            if "no locator available" not in str(err):
+                raise
+            reason = f"{reason}; nor in {fallback}"
+    global _warned_uncached
+    if not _warned_uncached:
+        _warned_uncached = True
+        warnings.warn(f"graphc: the runtime kernels are compiled in every process: {reason}", RuntimeWarning,
+                      stacklevel=2)
+    return njit(**dict(_KERNEL, cache=False))(fn)
+
+
+_warned_uncached = False
+
+
+@_kernel
 def im2col(x, xo, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, co):
     """col[(c*kh + i)*kw + j, ho*Wo + wo] = x[c, ho*sh - ph + i*dh, wo*sw - pw + j*dw] (0 outside)."""
     P = Ho * Wo
@@ -94,7 +156,7 @@ def im2col(x, xo, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, co):
                             col[row + ho * Wo + wo] = x[xb + q] if q >= 0 and q < W else 0
 
 
-@njit(**_KERNEL)
+@_kernel
 def conv2d_direct(x, xo, w, wo_, N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, out, oo):
     """The direct loop nest: out[n, o, ho, wo] = sum over c, i, j of w[o, c, i, j] *
     x[n, c, ho*sh - ph + i*dh, wo*sw - pw + j*dw]. Each (c, i, j) adds one weight times a shifted input
@@ -124,7 +186,7 @@ def conv2d_direct(x, xo, w, wo_, N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw,
                                 out[orow + v] += wv * x[rb + v * sw]
 
 
-@njit(**_KERNEL)
+@_kernel
 def conv2d_im2col(x, xo, w, wo_, N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, co, out, oo):
     """im2col + one GEMM per image: out[n] [Co, Ho*Wo] = w [Co, C*kh*kw] @ col [C*kh*kw, Ho*Wo], with
     ``col`` a scratch of C*kh*kw*Ho*Wo elements from element ``co``."""
@@ -134,7 +196,7 @@ def conv2d_im2col(x, xo, w, wo_, N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw,
         gemm(0, 0, Co, P, K, 1.0, w, wo_, K, col, co, P, 0.0, out, oo + n * Co * P, P)
 
 
-@njit(**_KERNEL)
+@_kernel
 def col2im_add(cols, co, Co, kh, kw, H, W, sh, sw, ph, pw, dh, dw, Ho, Wo, out, oo):
     """The adjoint of im2col: out[o, h*sh - ph + i*dh, w*sw - pw + j*dw] += cols[(o*kh + i)*kw + j, h*W + w]."""
     P = H * W
@@ -152,7 +214,7 @@ def col2im_add(cols, co, Co, kh, kw, H, W, sh, sw, ph, pw, dh, dw, Ho, Wo, out, 
                                 out[ob + ow] += cols[row + h * W + q]
 
 
-@njit(**_KERNEL)
+@_kernel
 def max_pool(x, xo, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo):
     """Max over each window (padding is -inf); NaN propagates, as in NumPy."""
     for p in range(planes):
@@ -172,7 +234,7 @@ def max_pool(x, xo, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo):
                 out[oo + (p * Ho + ho) * Wo + wo] = acc
 
 
-@njit(**_KERNEL)
+@_kernel
 def avg_pool(x, xo, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo):
     """Mean over each window; zero padding counts in the mean (PyTorch's count_include_pad)."""
     for p in range(planes):
@@ -190,7 +252,7 @@ def avg_pool(x, xo, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo):
                 out[oo + (p * Ho + ho) * Wo + wo] = acc / (kh * kw)
 
 
-@njit(**_KERNEL)
+@_kernel
 def _first_max(x, pb, H, W, kh, kw, sh, sw, ph, pw, ho, wo):
     """(h, w) of the first maximum of window (ho, wo), padding counting as -inf (may be outside)."""
     best = -np.inf
@@ -208,7 +270,7 @@ def _first_max(x, pb, H, W, kh, kw, sh, sw, ph, pw, ho, wo):
     return bh, bw
 
 
-@njit(**_KERNEL)
+@_kernel
 def max_pool_backward(x, xo, g, go, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo):
     """out (zeroed here) [p, h, w] += g[p, ho, wo] at the first maximum of each window of x."""
     for k in range(planes * H * W):
@@ -222,7 +284,7 @@ def max_pool_backward(x, xo, g, go, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo
                     out[oo + p * H * W + bh * W + bw] += g[go + (p * Ho + ho) * Wo + wo]
 
 
-@njit(**_KERNEL)
+@_kernel
 def max_pool_gather(x, xo, v, vo, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo):
     """out[p, ho, wo] = v[p, h, w] at the first maximum (h, w) of window (ho, wo) of x (0 if padding)."""
     for p in range(planes):
@@ -235,7 +297,8 @@ def max_pool_gather(x, xo, v, vo, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, 
 
 
 #: The generic kernels a generated module may import (graphc flushes their Numba cache if it fails to load).
-KERNELS = (im2col, col2im_add, max_pool, avg_pool, _first_max, max_pool_backward, max_pool_gather)
+KERNELS = (im2col, conv2d_direct, conv2d_im2col, col2im_add, max_pool, avg_pool, _first_max, max_pool_backward,
+           max_pool_gather)
 
 
 # -- vectorizable float32 math ---------------------------------------------------------------------------------
