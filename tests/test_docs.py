@@ -158,3 +158,26 @@ def test_readme_example_runs_and_prints_the_course_values(tmp_path):
     z = 2 * 0.1 + 3 * 0.5 - 1 * 2.5 + 5 * 0.2 + 3.0
     assert out.strip().splitlines()[-1] == f"{round(z, 4)} {round(1 / (1 + np.exp(-z)), 4)}" == "3.2 0.9608"
     assert "= sigmoid %" in out and "perceptron.py:" in out
+
+
+# -- docs/reliability.md ------------------------------------------------------------------------------------------
+
+def reliability_test_references(text: str) -> list[tuple[str, str]]:
+    """(test file, test name) for every reference in docs/reliability.md: a full `tests/x.py::name`, or a
+    `::name` that continues the last file named before it."""
+    refs, current = [], None
+    for match in re.finditer(r"`(tests/[\w/]+\.py)?(?:::(\w+))?`", text):
+        path, name = match.groups()
+        current = path or current
+        if name:
+            refs.append((current, name))
+    return refs
+
+
+def test_every_guarantee_in_reliability_md_names_a_test_that_exists():
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    refs = reliability_test_references(text)
+    assert len(refs) > 40, "docs/reliability.md should name the test behind each guarantee"
+    missing = [f"{path}::{name}" for path, name in refs
+               if path is None or not re.search(rf"^(async )?def {name}\(", (ROOT / path).read_text(), re.M)]
+    assert not missing, f"docs/reliability.md names tests that do not exist: {missing}"
