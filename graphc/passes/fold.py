@@ -38,6 +38,17 @@ def _uniform_constant(node: Node) -> Node | None:
     return None
 
 
+def _mean_overflows(value: Node, in_size: int, out_size: int) -> bool:
+    """Whether summing the uniform value over the reduced elements overflows its dtype (IEEE: the
+    mean of 1e308 twice is inf in float64, not 1e308)."""
+    if not value.dtype.is_float:
+        return False
+    count = in_size // max(out_size, 1)
+    with np.errstate(all="ignore"):
+        total = np.abs(value.value.reshape(())).astype(value.dtype.np) * value.dtype.np.type(count)
+    return not np.isfinite(total)
+
+
 def _evaluate(op_node: Node) -> np.ndarray | None:
     """Evaluate one node over constant inputs with the reference backend (None if it raises)."""
     from ..backends import reference
@@ -77,6 +88,8 @@ def fold_constants(graph: Graph, limit: int = FOLD_LIMIT) -> Graph:
         if old.op == "broadcast_to" and inputs[0].op == "constant" and inputs[0].size == 1:
             return None  # already the canonical form of a uniform tensor
         uniform = [_uniform_constant(i) for i in inputs]
+        if old.op == "mean" and uniform[0] is not None and _mean_overflows(uniform[0], inputs[0].size, old.size):
+            uniform[0] = None  # mean(c, ..., c) is c only while the sum stays finite: computed as written
         if all(u is not None for u in uniform) and (is_elementwise_op(old) or old.op in _SAME_VALUE):
             if old.op in _SAME_VALUE:
                 value = uniform[0].value.reshape(())
