@@ -5,7 +5,9 @@ Uniform tensors (every element equal: ``broadcast_to(c, S)``) are folded whateve
 an elementwise op, a reshape, a transpose or a broadcast of uniform inputs is computed once on
 the one-element values and broadcast to its shape. Any other result with more than ``limit``
 elements is left as it is, so large constants are not baked into the graph. A folded result
-whose elements are all equal is written as a one-element constant broadcast to the shape.
+whose elements are all equal is written as a one-element constant broadcast to the shape. The
+mean of a uniform tensor is its value only while the sum stays finite (IEEE: NumPy's mean of
+[1e308, 1e308] is inf).
 """
 from __future__ import annotations
 
