@@ -16,7 +16,7 @@ import time
 from typing import Any, Sequence
 
 from ...ir import Graph, Node
-from .cache import Entry, cache_key, cache_root, locked, writable_root
+from .cache import Entry, cache_key, cache_root, locked, op_definitions, writable_root
 from .codegen import lower
 from .executable import NumbaExecutable
 from .program import Program
@@ -64,7 +64,7 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
     graph = program.graph
     positions = [graph.nodes.index(n) for n in program.inputs]
     options = {k: program.options.get(k) for k in _CODEGEN_OPTIONS}
-    key = cache_key(graph.structural_hash(), positions, options)
+    key = cache_key(graph.structural_hash(), positions, options, op_definitions(graph))
     stats: dict[str, Any] = {"cache_key": key}
     # A read-only or missing home: compile into a per-user temporary cache.
     root, unusable = writable_root(cache_root(cache_dir))
