@@ -177,21 +177,22 @@ def test_a_batch_size_that_is_not_a_positive_whole_number_is_refused(call, batch
 
 @pytest.fixture(scope="module")
 def zero_row_graph():
-    """One cpu compile of a graph whose input has 0 rows: a dense layer, a softmax and a sum over them."""
+    """One cpu compile of a graph whose input has 0 rows: a dense layer, a softmax, a sum and a mean over them."""
     w = np.arange(6, dtype=np.float32).reshape(3, 2) / 7
     with graphc.Graph("zero_rows") as g:
         x = graphc.input("x", (0, 3))
         h = graphc.relu(x @ graphc.param("W", w))
-        outs = [h, graphc.softmax(h), graphc.sum(h)]
+        outs = [h, graphc.softmax(h), graphc.sum(h), graphc.mean(h)]
     return g, outs, w
 
 
 def test_a_zero_row_input_compiles_on_cpu_and_agrees_with_numpy(zero_row_graph):
     """cpu: `graphc.input("x", (0, 3))` compiles (today: ZeroDivisionError in the epoch generator) and gives
-    NumPy's answers: empty rows and a sum of 0; the reference backend agrees."""
+    NumPy's answers: empty rows, a sum of 0 and a mean of NaN (the stability pass divided by the count of
+    no elements); the reference backend agrees."""
     _, outs, w = zero_row_graph
     x = np.zeros((0, 3), np.float32)
-    want = [np.maximum(x @ w, 0), np.zeros((0, 2), np.float32), 0.0]
+    want = [np.maximum(x @ w, 0), np.zeros((0, 2), np.float32), 0.0, np.nan]
     for backend in ("cpu", "reference"):
         got = graphc.compile(outs, backend=backend)(x)
         for g_, w_ in zip(got, want):

@@ -150,7 +150,10 @@ def _softmax_ce(rw: Rewriter, old: Node):
             factor, node = factor * uniform_value(node.inputs[0]), node.inputs[1]
         elif node.op in ("sum", "mean"):
             if node.op == "mean":
-                factor /= node.inputs[0].size // max(node.size, 1)
+                count = node.inputs[0].size // max(node.size, 1)
+                if count == 0:  # the mean of no elements is NaN: nothing to stabilize
+                    return None
+                factor /= count
             node, reduced = node.inputs[0], True
         elif node.op == "reshape":
             node = node.inputs[0]
