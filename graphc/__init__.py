@@ -33,9 +33,11 @@ from .ir import (
     int64,
 )
 from .ir.errors import NonFiniteError
+from .ir.graph import DuplicateNameError
 from .ops import registry
 from .ops.conv import avg_pool2d, conv2d, conv_transpose2d, max_pool2d
 from .ops.elementwise import (
+    UndefinedDerivativeError,
     abs,
     add,
     cast,
@@ -91,8 +93,10 @@ from .ops.nn import (
 from .ops.random import random_uniform
 from .ops.reduce import argmax, broadcast_to, max, mean, min, sum
 from .ops.shape import concatenate, reshape, transpose
+from .optim.hyperparams import HyperparameterError
 from .passes import OptimizeResult, optimize
 from .train import fit
+from .train.checkpoint import CheckpointError
 
 __version__ = "0.1.0"
 
