@@ -51,10 +51,18 @@ def op_names() -> list[str]:
     return [op.name for op in documented_ops()]
 
 
-def _derivatives(op: OpDef) -> list[tuple[sp.Symbol, sp.Expr]]:
-    from graphc.ops.elementwise import _derivative_expr
+def _derivatives(op: OpDef) -> list[tuple[sp.Symbol, sp.Expr | str]]:
+    """Each input symbol and the derivative autodiff uses; a user op SymPy cannot differentiate is
+    documented as such (``grad`` refuses it; the reference must still list it)."""
+    from graphc.ops.elementwise import UndefinedDerivativeError, _derivative_expr
 
-    return [(sym, _derivative_expr(op.name, i)) for i, sym in enumerate(op.symbols)]
+    def derivative(i: int) -> sp.Expr | str:
+        try:
+            return _derivative_expr(op.name, i)
+        except UndefinedDerivativeError as err:
+            return f"undefined ({str(err).split(': ', 1)[-1].split(' (')[0]})"
+
+    return [(sym, derivative(i)) for i, sym in enumerate(op.symbols)]
 
 
 def _gradient_kind(op: OpDef) -> str:

@@ -82,6 +82,13 @@ def test_user_activation_appears_once_registered():
     assert "- ∂/∂x: `3*x**2`" in section(text, "docs_test_cube")
 
 
+def test_a_user_op_without_a_derivative_is_documented_as_such():
+    # grad refuses it (UndefinedDerivativeError); the reference still lists it rather than failing whole
+    graphc.elementwise("docs_test_mystery", lambda x: sp.Function("f")(x) * x)
+    block = section(docs.ops_markdown(), "docs_test_mystery")
+    assert "- ∂/∂x: `undefined (SymPy leaves Derivative(f(x), x) unevaluated)`" in block, block
+
+
 def _parse_derivative(block: str, symbol: str = "x") -> sp.Expr:
     code = re.search(rf"- ∂/∂{symbol}: `([^`]+)`", block).group(1)
     return sp.sympify(code, locals={"x": sp.Symbol("x", real=True), "alpha": sp.Symbol("alpha", real=True)})
