@@ -52,3 +52,15 @@ def graphc_cache_dir(request, tmp_path_factory) -> Path:
     if cache is None:
         return tmp_path_factory.mktemp("graphc-compile-cache")
     return Path(cache.mkdir("graphc-compile-cache"))
+
+
+@pytest.fixture
+def scratch_registry():
+    """Ops a test registers are removed after it: a test's deliberately broken op (one SymPy cannot
+    differentiate) must not reach the tests that walk every registered op."""
+    from graphc.ops import registry
+
+    saved = dict(registry._REGISTRY)
+    yield registry
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)

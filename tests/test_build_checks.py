@@ -329,7 +329,7 @@ def test_frac_mod_and_floor_of_a_product_are_differentiated():
                                atol=1e-7)
 
 
-def test_an_expression_sympy_cannot_differentiate_fails_at_grad_time_naming_the_op_and_line():
+def test_an_expression_sympy_cannot_differentiate_fails_at_grad_time_naming_the_op_and_line(scratch_registry):
     mystery = graphc.elementwise("test_build_checks_mystery", lambda x: sp.Function("f")(x) + x)
     with graphc.Graph():
         x = graphc.input("x", (3,), "float64")

@@ -82,7 +82,7 @@ def test_user_activation_appears_once_registered():
     assert "- ∂/∂x: `3*x**2`" in section(text, "docs_test_cube")
 
 
-def test_a_user_op_without_a_derivative_is_documented_as_such():
+def test_a_user_op_without_a_derivative_is_documented_as_such(scratch_registry):
     # grad refuses it (UndefinedDerivativeError); the reference still lists it rather than failing whole
     graphc.elementwise("docs_test_mystery", lambda x: sp.Function("f")(x) * x)
     block = section(docs.ops_markdown(), "docs_test_mystery")
