@@ -6,6 +6,7 @@ import io
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -129,6 +130,48 @@ def test_a_checkpoint_killed_halfway_through_writing_leaves_the_previous_one(tmp
         assert not path.exists()
         with pytest.raises(CheckpointError, match=r"ckpt\.npz does not exist"):
             load_checkpoint(str(path))
+
+
+def stalled_writer(path: Path) -> subprocess.Popen:
+    """A process that saved ``path``'s version 1 and stopped halfway through writing version 2."""
+    proc = start(STALLED_WRITER, str(path), "1")
+    assert proc.stdout.readline().strip() == "half"
+    return proc
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".tmp-"))
+
+
+def save_version(path: Path, v: int) -> None:
+    save_checkpoint(str(path), {"w": np.full((1024, 1024), float(v)), "version": np.array(v)}, {"version": v})
+
+
+def test_the_next_save_removes_the_temporary_file_of_a_killed_writer(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    kill(stalled_writer(path))
+    assert len(leftovers(tmp_path)) == 1  # what the killed write left
+    assert_whole(path, {1})
+    save_version(path, 3)
+    assert leftovers(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.npz"]
+    assert_whole(path, {3})
+
+
+def test_a_live_writers_temporary_file_is_left_alone_until_it_dies(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    proc = stalled_writer(path)
+    try:
+        (live,) = leftovers(tmp_path)
+        assert live.startswith(f".tmp-ckpt.npz.{socket.gethostname()}.{proc.pid}.")  # it names its writer
+        size = (tmp_path / live).stat().st_size
+        save_version(path, 3)  # another process is writing the same checkpoint right now: not ours to remove
+        assert leftovers(tmp_path) == [live] and (tmp_path / live).stat().st_size == size
+        assert_whole(path, {3})
+    finally:
+        kill(proc)
+    save_version(path, 4)  # now its writer is dead
+    assert leftovers(tmp_path) == []
+    assert_whole(path, {4})
 
 
 # -- damaged files --------------------------------------------------------------------------------------------

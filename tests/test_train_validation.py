@@ -7,14 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +19,7 @@ from graphc import optim
 from graphc.ir import DTypeError, GraphcError, InputError
 from graphc.nn import Dense, Sequential
 from graphc.optim import HyperparameterError
-from graphc.train import CheckpointError, EarlyStopping, evaluate, load_checkpoint, predict, save_checkpoint, schedules
+from graphc.train import CheckpointError, EarlyStopping, evaluate, load_checkpoint, predict, schedules
 
 BACKEND = "reference"
 HERE = r"test_train_validation\.py:\d+"  # the user's line every message ends with
@@ -455,89 +449,3 @@ def test_an_array_whose_dtype_disagrees_with_its_manifest_entry_is_refused(damag
 def test_checkpoint_error_is_a_graphc_error_and_still_a_value_error():
     assert issubclass(CheckpointError, GraphcError) and issubclass(CheckpointError, ValueError)
     assert issubclass(HyperparameterError, GraphcError) and issubclass(HyperparameterError, ValueError)
-
-
-# -- temporary files of killed writers ---------------------------------------------------------------------------------
-
-# Saves version 1, then starts version 2 and stops for good halfway through writing it.
-STALLED_WRITER = textwrap.dedent("""
-    import os, sys, time
-    import numpy as np
-    import graphc.io
-    from graphc.train.checkpoint import save_checkpoint
-    path = sys.argv[1]
-    save_checkpoint(path, {"w": np.full(300_000, 1.0), "version": np.array(1)}, {"version": 1})
-    real_fdopen = os.fdopen
-
-    class HalfThenStall:
-        def __init__(self, f):
-            self.f = f
-        def __enter__(self):
-            return self
-        def __exit__(self, *exc):
-            return False
-        def write(self, data):
-            self.f.write(data[: len(data) // 2])
-            self.f.flush()
-            print("half", flush=True)
-            time.sleep(60)
-
-    graphc.io.os.fdopen = lambda fd, mode: HalfThenStall(real_fdopen(fd, mode))
-    save_checkpoint(path, {"w": np.full(300_000, 2.0), "version": np.array(2)}, {"version": 2})
-""")
-
-
-def stalled_writer(path: Path) -> subprocess.Popen:
-    """A process stopped halfway through writing ``path``'s second version (the graphc this test imports)."""
-    root = str(Path(graphc.__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-c", STALLED_WRITER, str(path)], stdout=subprocess.PIPE, text=True,
-                            env=env, cwd=root)
-    assert proc.stdout.readline().strip() == "half"
-    return proc
-
-
-def kill(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)  # reaped: no zombie keeps its pid alive
-    assert proc.returncode == -signal.SIGKILL
-
-
-def leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".tmp-"))
-
-
-def save_version(path: Path, v: int) -> None:
-    save_checkpoint(str(path), {"w": np.full(300_000, float(v)), "version": np.array(v)}, {"version": v})
-
-
-def assert_version(path: Path, v: int) -> None:
-    params, meta = load_checkpoint(str(path))
-    assert meta["version"] == v and int(params["version"]) == v and (params["w"] == v).all()
-
-
-def test_the_next_save_removes_the_temporary_file_of_a_killed_writer(tmp_path):
-    path = tmp_path / "ckpt.npz"
-    kill(stalled_writer(path))
-    assert len(leftovers(tmp_path)) == 1  # what the killed write left
-    assert_version(path, 1)
-    save_version(path, 3)
-    assert leftovers(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.npz"]
-    assert_version(path, 3)
-
-
-def test_a_live_writers_temporary_file_is_left_alone_until_it_dies(tmp_path):
-    path = tmp_path / "ckpt.npz"
-    proc = stalled_writer(path)
-    try:
-        (live,) = leftovers(tmp_path)
-        assert live.startswith(f".tmp-ckpt.npz.{socket.gethostname()}.{proc.pid}.")  # it names its writer
-        size = (tmp_path / live).stat().st_size
-        save_version(path, 3)  # another process is writing the same checkpoint right now: not ours to remove
-        assert leftovers(tmp_path) == [live] and (tmp_path / live).stat().st_size == size
-        assert_version(path, 3)
-    finally:
-        kill(proc)
-    save_version(path, 4)  # now its writer is dead
-    assert leftovers(tmp_path) == []
-    assert_version(path, 4)
