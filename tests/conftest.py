@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -52,3 +53,13 @@ def graphc_cache_dir(request, tmp_path_factory) -> Path:
     if cache is None:
         return tmp_path_factory.mktemp("graphc-compile-cache")
     return Path(cache.mkdir("graphc-compile-cache"))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """The fuzz counts (tests/test_fuzz.py), e.g. ``fuzz: 1000 graphs through optimize levels 0-3, 0 disagreements;
+    60 graphs through cpu, 0 disagreements``, when fuzz tests ran in this session."""
+    fuzz = sys.modules.get("fuzzgraphs")
+    line = fuzz.summary_line() if fuzz is not None else None
+    if line:
+        terminalreporter.write_sep("-", "fuzz")
+        terminalreporter.write_line(line)
