@@ -119,13 +119,18 @@ SIMPLIFY_CASES = {
 }
 
 
+#: Identities false for NaN, infinities or overflow: made only under fast_math (tests/test_ieee_semantics.py
+#: checks the default keeps them).
+FAST_MATH_ONLY = {"exp(log x)", "log(exp x)", "x-x"}
+
+
 @pytest.mark.parametrize("case", SIMPLIFY_CASES)
 def test_simplify_identities(case):
     build, expected, left = SIMPLIFY_CASES[case]
     with graphc.Graph() as g:
         x = graphc.input("x", (2, 3, 4), "float64")
         g.output(build(x))
-    out = passes.simplify(g)
+    out = passes.simplify(g, fast_math=case in FAST_MATH_ONLY)
     assert [o for o in ops(out) if o != "input"] == left, ops(out)
     xv = np.abs(f64(2, 3, 4)) + 0.1   # positive: exp(log x) is x only there
     got = values(out, {"x": xv})[0]
@@ -369,12 +374,13 @@ def test_simplify_expressions_shortens_and_stays_equal():
     with graphc.Graph() as g:
         p, q = graphc.input("p", (6,), "float64"), graphc.input("q", (6,), "float64")
         g.output(fused(x0 * (x1 / x0 - 1) + sp.log(sp.exp(x1)) * 0, [p, q], "float64"))
-    out = passes.simplify_expressions(g)
+    assert passes.simplify_expressions(g) is g  # IEEE semantics by default: x0*(x1/x0 - 1) is NaN at x0 = 0
+    out = passes.simplify_expressions(g, fast_math=True)
     assert out.nodes[-1].attrs["expr"] == x1 - x0
     pv, qv = f64(6), f64(6)
     np.testing.assert_allclose(values(out, {"p": pv, "q": qv})[0], qv - pv, rtol=1e-13, atol=1e-15)
     # with no time budget nothing is touched
-    assert passes.simplify_expressions(g, budget_s=0.0).nodes[-1].attrs["expr"] == g.nodes[-1].attrs["expr"]
+    assert passes.simplify_expressions(g, budget_s=0.0, fast_math=True).nodes[-1].attrs["expr"] == g.nodes[-1].attrs["expr"]
 
 
 def test_simplest_equivalent_takes_a_shorter_form_only_if_it_is_as_finite(monkeypatch):

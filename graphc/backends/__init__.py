@@ -16,18 +16,23 @@ BACKENDS = ("reference", "cpu")
 
 
 def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "reference",
-            name: str | None = None, optimize: int | None = None, **options: Any) -> Executable:
+            name: str | None = None, optimize: int | None = None, fast_math: bool = False,
+            **options: Any) -> Executable:
     """Compile ``outputs`` (a Tensor or a list) of their graph into an :class:`Executable`.
 
     ``inputs`` fixes the positional call order (default: the graph's inputs that are needed,
-    in creation order). Parameter updates registered with ``Graph.update`` run in place on
-    every call. ``options`` go to the backend (``backend="cpu"``: see graphc.backends.numba_cpu.build).
+    in creation order); an input the passes made unused (``x - x`` under ``fast_math``) is still
+    accepted, checked and ignored. Parameter updates registered with ``Graph.update`` run in place
+    on every call. ``fast_math`` allows the passes' rewrites that do not hold for NaN, infinities or
+    overflow (see graphc.optimize and docs/passes.md; the default keeps IEEE semantics). ``options``
+    go to the backend (``backend="cpu"``: see graphc.backends.numba_cpu.build).
     """
     single = not isinstance(outputs, (list, tuple))
     tensors = [outputs] if single else list(outputs)
     if not tensors:
         raise GraphcError("compile: nothing to compile (no outputs)")
     source: Graph = tensors[0].graph
+    _check_one_graph(tensors, source)
     if backend not in BACKENDS:
         raise GraphcError(f"compile: unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     t0 = time.perf_counter()
@@ -50,9 +55,8 @@ def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "r
     if optimize is not None:  # graphc.passes: level 0..3; inputs are matched to their copies by name
         from ..passes import optimize as run_passes
 
-        optimized = run_passes(graph, optimize)
-        copies = {n.name: n for n in optimized.graph.inputs}
-        graph, call_inputs = optimized.graph, [copies.get(n.name, n) for n in call_inputs]
+        optimized = run_passes(graph, optimize, fast_math=fast_math)
+        graph, call_inputs = optimized.graph, _inputs_of(optimized.graph, call_inputs)
     if backend == "cpu":
         from . import numba_cpu
 
@@ -65,6 +69,29 @@ def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "r
     if optimized is not None:
         exe.stats["optimize"] = optimized  # the OptimizeResult: per-pass statistics and the buffer plan
     return exe
+
+
+def _check_one_graph(tensors: list, source: Graph) -> None:
+    """All outputs must come from one graph (a KeyError deep in the cloning otherwise)."""
+    for t in tensors[1:]:
+        graph = getattr(t, "graph", None)
+        if graph is not source:
+            where = f" ({t.node.loc})" if getattr(getattr(t, "node", None), "loc", None) else ""
+            raise GraphcError(f"compile: the outputs come from two graphs, {source.name!r} and "
+                              f"{getattr(graph, 'name', '?')!r}{where}; compile the outputs of one graph together")
+
+
+def _inputs_of(graph: Graph, call_inputs: list[Node]) -> list[Node]:
+    """The optimized graph's copies of ``call_inputs``, matched by name. An input the passes made
+    unused (``x*0 + y`` under fast_math) is added back to ``graph`` without readers, so that the
+    executable still takes it in its place (checked for shape and dtype, then ignored)."""
+    copies = {n.name: n for n in graph.inputs}
+    out = []
+    for n in call_inputs:
+        if n.name not in copies:
+            copies[n.name] = graph.add(Node("input", (), n.attrs, n.shape, n.dtype, name=n.name, loc=n.loc))
+        out.append(copies[n.name])
+    return out
 
 
 __all__ = ["BACKENDS", "Executable", "Node", "compile"]

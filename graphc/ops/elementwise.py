@@ -14,6 +14,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import sympy as sp
+from sympy.logic.boolalg import BooleanFunction
+from sympy.printing.numpy import NumPyPrinter
 
 from ..dsl import Tensor, apply
 from ..ir import Attrs, DType, Node, ShapeError, as_dtype, bool_, promote, to_float
@@ -91,7 +93,85 @@ def _make_reference(op_name: str):
 def _lambdified(op_name: str):
     op = get(op_name)
     param_syms = [sp.Symbol(p, real=True) for p in op.params]
-    return sp.lambdify(list(op.symbols) + param_syms, op.expr, modules="numpy")
+    return numpy_function(list(op.symbols) + param_syms, op.expr)
+
+
+# -- the scalar semantics every backend shares ----------------------------------------------------------
+# SymPy expressions are printed as NumPy code (the reference backend, constant folding) and as scalar code
+# (the cpu backend). Where NumPy itself is not one function, graphc fixes the meaning here, once.
+
+class IsNaN(BooleanFunction):
+    """``isnan(x)`` as a Piecewise condition: how an activation sends a NaN input through.
+
+    The op symbols are real, so SymPy drops a branch that only NaN could reach (after ``x > 0`` it
+    proves ``x <= 0``); an explicit ``isnan`` condition it cannot prove false keeps NaN's branch.
+    """
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.is_number:
+            return sp.true if arg is sp.nan else sp.false
+        return None
+
+    def _numpycode(self, printer) -> str:
+        return f"{printer._module_format('numpy.isnan')}({printer._print(self.args[0])})"
+
+
+class _Cast(sp.Function):
+    """A conversion to a float dtype inside an expression: a value (the rounding of float64 to float32,
+    the precision later operations compute in), never dropped. Its derivative is 1, like the cast op's."""
+
+    nargs = 1
+    dtype_name = ""
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.is_Number and arg.is_finite:
+            return sp.Float(repr(float(np.dtype(cls.dtype_name).type(float(arg)))), 17)
+        if arg.is_Number:  # inf, -inf, nan convert to themselves
+            return arg
+        return None
+
+    def fdiff(self, argindex: int = 1):
+        return sp.S.One
+
+    def _numpycode(self, printer) -> str:
+        return f"{printer._module_format('numpy.' + self.dtype_name)}({printer._print(self.args[0])})"
+
+
+#: dtype name -> the SymPy function converting to it (``float32(x0)`` in a fused expression).
+CAST_FUNCTIONS: dict[str, type] = {d: type(d, (_Cast,), {"dtype_name": d}) for d in ("float32", "float64")}
+
+
+def numpy_power(x, y):
+    """``x ** y`` with one meaning whatever the layout: NumPy computes a scalar exponent 0.5 as sqrt
+    (pow(-inf, 0.5) = nan) but an array of 0.5 with C's pow (+inf). graphc's pow: a negative base
+    (-inf included) with a finite non-integer exponent is NaN, as sqrt(-inf) is; otherwise C's pow."""
+    with np.errstate(all="ignore"):
+        result = np.power(x, y)
+        undefined = (np.asarray(x) < 0) & (np.mod(y, 1) != 0) & np.isfinite(y)
+    if not np.any(undefined):
+        return result
+    return np.where(undefined, np.nan, result).astype(np.result_type(result), copy=False)
+
+
+class _NumPyPrinter(NumPyPrinter):
+    """SymPy's NumPy printer with graphc's pow (:func:`numpy_power`) for non-integer exponents."""
+
+    def _print_Pow(self, expr, rational=False):
+        exponent = expr.exp
+        if exponent.is_Integer or exponent == sp.Rational(1, 2) or exponent == -sp.Rational(1, 2):
+            return super()._print_Pow(expr, rational=rational)
+        return f"graphc_power({self._print(expr.base)}, {self._print(exponent)})"
+
+
+def numpy_function(symbols: Sequence[sp.Symbol], expr: sp.Expr) -> Callable:
+    """``expr`` as a NumPy function of ``symbols`` with graphc's scalar semantics (the oracle's code)."""
+    return sp.lambdify(list(symbols), expr, modules=[{"graphc_power": numpy_power}, "numpy"],
+                       printer=_NumPyPrinter({"fully_qualified_modules": False, "inline": True,
+                                              "allow_unknown_functions": True, "user_functions": {}}))
 
 
 def define(name: str, expr_fn: Callable[..., sp.Expr], arity: int = 1, params: dict[str, Any] | None = None,
@@ -239,7 +319,7 @@ def _shortest_stable(expr, raw, whole, symbols, param_values):
 
 def _evaluate_on(expr, symbols, grid, param_values):
     try:
-        fn = sp.lambdify(list(symbols), expr.subs(param_values), modules="numpy")
+        fn = numpy_function(symbols, expr.subs(param_values))
         with np.errstate(all="ignore"):
             return np.broadcast_to(np.asarray(fn(*grid), dtype=np.float64), grid.shape[1:]).copy()
     except Exception:  # not numerically evaluable (unknown functions): no check possible
@@ -305,12 +385,14 @@ define("log", sp.log)
 define("sqrt", sp.sqrt)
 define("abs", sp.Abs, dtype_rule=dtype_promote, notes="abs'(0) = 0")
 define("sign", sp.sign, dtype_rule=dtype_promote, notes="derivative 0 everywhere")
-define("maximum", lambda x, y: P((x, x >= y), (y, True)), 2, dtype_rule=dtype_promote,
-       notes="ties pass the gradient to the first input")
-define("minimum", lambda x, y: P((x, x <= y), (y, True)), 2, dtype_rule=dtype_promote,
-       notes="ties pass the gradient to the first input")
+define("maximum", lambda x, y: P((x, (x >= y) | IsNaN(x)), (y, True)), 2, dtype_rule=dtype_promote,
+       notes="ties pass the gradient to the first input; a NaN in either input gives NaN (as numpy.maximum), "
+             "its gradient going to the NaN input")
+define("minimum", lambda x, y: P((x, (x <= y) | IsNaN(x)), (y, True)), 2, dtype_rule=dtype_promote,
+       notes="ties pass the gradient to the first input; a NaN in either input gives NaN (as numpy.minimum), "
+             "its gradient going to the NaN input")
 define("clip", lambda x, lo, hi: P((lo, x < lo), (hi, x > hi), (x, True)), params={"lo": 0.0, "hi": 1.0},
-       notes="gradient 1 inside [lo, hi], 0 outside")
+       notes="gradient 1 inside [lo, hi], 0 outside; clip(NaN) = NaN with gradient 1 (JAX: 0)")
 define("square", lambda x: x ** 2, dtype_rule=dtype_promote)
 define("cast", lambda x: x, dtype_rule=dtype_cast, doc="cast: x converted to the dtype attribute")
 define("where", lambda c, x, y: P((x, sp.Ne(c, 0)), (y, True)), 3, dtype_rule=dtype_where,
@@ -323,15 +405,21 @@ for _name, _rel in [("less", sp.StrictLessThan), ("less_equal", sp.LessThan), ("
 define("identity", lambda x: x, dtype_rule=dtype_promote)
 define("sigmoid", sympy_sigmoid, doc="sigmoid: 1/(1 + exp(-x)) (two overflow-free branches)")
 define("tanh", sp.tanh)
-define("relu", lambda x: P((x, x > 0), (0, True)), dtype_rule=dtype_promote, notes="relu'(0) = 0")
+define("relu", lambda x: P((0, x <= 0), (x, True)), dtype_rule=dtype_promote,
+       notes="relu'(0) = 0; relu(NaN) = NaN (as numpy.maximum(x, 0), PyTorch and JAX), with relu'(NaN) = 1 "
+             "(PyTorch's choice; JAX's is 0): one compare and select per element")
 define("leaky_relu", lambda x, alpha: P((x, x > 0), (alpha * x, True)), params={"alpha": 0.01},
-       notes="the course's max(0.1x, x) is leaky_relu(x, alpha=0.1); default alpha 0.01 as in PyTorch")
-define("elu", lambda x, alpha: P((x, x >= 0), (alpha * (sp.exp(x) - 1), True)), params={"alpha": 1.0})
-define("selu", lambda x: _SELU_SCALE * P((x, x > 0), (_SELU_ALPHA * (sp.exp(x) - 1), True)))
+       notes="the course's max(0.1x, x) is leaky_relu(x, alpha=0.1); default alpha 0.01 as in PyTorch; "
+             "NaN gives NaN, with gradient alpha (as JAX)")
+define("elu", lambda x, alpha: P((x, x >= 0), (alpha * (sp.exp(x) - 1), True)), params={"alpha": 1.0},
+       notes="NaN gives NaN, with gradient NaN (as JAX)")
+define("selu", lambda x: _SELU_SCALE * P((x, x > 0), (_SELU_ALPHA * (sp.exp(x) - 1), True)),
+       notes="NaN gives NaN, with gradient NaN (as JAX)")
 define("softplus", sympy_softplus, doc="softplus: log(1 + exp(x)) (two overflow-free branches)")
 define("softsign", lambda x: x / (1 + sp.Abs(x)))
-define("step", lambda x, a, b, c: P((b, x > c), (a, True)), params={"a": 0.0, "b": 1.0, "c": 0.0},
-       doc="step: a if x <= c, b if x > c (the course's neuron model)", notes="derivative 0 everywhere")
+define("step", lambda x, a, b, c: P((sp.nan, IsNaN(x)), (b, x > c), (a, True)), params={"a": 0.0, "b": 1.0, "c": 0.0},
+       doc="step: a if x <= c, b if x > c (the course's neuron model)",
+       notes="derivative 0 everywhere; step(NaN) = NaN (as numpy.heaviside)")
 define("ramp", lambda x, a, b, c, d: P((a, x < c), (b, x > d), (a + (x - c) * (b - a) / (d - c), True)),
        params={"a": 0.0, "b": 1.0, "c": 0.0, "d": 1.0},
        doc="ramp: a below c, b above d, linear from (c, a) to (d, b) between (the course's neuron model)")
@@ -412,7 +500,7 @@ def _fused_rule(inputs: Sequence[Node], attrs: Attrs):
 
 @functools.lru_cache(maxsize=4096)
 def _lambdified_fused(expr: sp.Expr, n: int):
-    return sp.lambdify(list(fused_symbols(n)), expr, modules="numpy")
+    return numpy_function(fused_symbols(n), expr)
 
 
 def _fused_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:

@@ -4,12 +4,13 @@ autodiff computes relu'(z) from the pre-activation z, which keeps z alive until 
 pass and gives z a second reader, so the activation cannot be fused into the GEMM that produces
 z. For activations whose derivative is a function of their output, rewrite
 
-  drelu_dx(z) -> (h > 0)       dsigmoid_dx(z) -> h (1 - h)      dtanh_dx(z) -> 1 - h^2
+  drelu_dx(z) -> (h <= 0 ? 0 : 1)   dsigmoid_dx(z) -> h (1 - h)      dtanh_dx(z) -> 1 - h^2
   dexp_dx(z)  -> h             dleaky_relu_dx(z) -> (h > 0 ? 1 : alpha)   delu_dx(z) -> (h >= 0 ? 1 : h + alpha)
 
 where h = act(z) is already in the graph. Each identity is checked numerically (grid including
-0 and +-1000, the op's parameters substituted) before it is used, so a parameter value for which
-it fails (leaky_relu with alpha < 0) leaves the node alone.
+0, +-1000, +-inf and NaN, where the derivative's NaN must stay NaN; the op's parameters
+substituted) before it is used, so a parameter value for which it fails (leaky_relu with
+alpha < 0) leaves the node alone.
 """
 from __future__ import annotations
 
@@ -21,14 +22,14 @@ import sympy as sp
 
 from ..ir import Attrs, Graph, Node
 from ..ops import registry
-from ..ops.elementwise import derivative_name, derivative_op, fused_symbols
+from ..ops.elementwise import derivative_name, derivative_op, fused_symbols, numpy_function
 from .core import Rewriter, copy_node, make, rewrite
 
 _y = fused_symbols(1)[0]
 
 #: activation -> its derivative as a function of its output y and its parameters.
 FROM_OUTPUT: dict[str, Callable[..., sp.Expr]] = {
-    "relu": lambda y: sp.Piecewise((1, y > 0), (0, True)),
+    "relu": lambda y: sp.Piecewise((0, y <= 0), (1, True)),  # relu'(NaN) = 1 as relu's own derivative
     "leaky_relu": lambda y, alpha: sp.Piecewise((1, y > 0), (alpha, True)),
     "elu": lambda y, alpha: sp.Piecewise((1, y >= 0), (y + alpha, True)),
     "sigmoid": lambda y: y * (1 - y),
@@ -37,7 +38,8 @@ FROM_OUTPUT: dict[str, Callable[..., sp.Expr]] = {
     "identity": lambda y: sp.Integer(1),
 }
 
-_GRID = np.array([-1000.0, -30.0, -2.5, -1.0, -0.3, -1e-3, 0.0, 1e-3, 0.3, 1.0, 2.5, 30.0, 1000.0])
+_GRID = np.array([-1000.0, -30.0, -2.5, -1.0, -0.3, -1e-3, 0.0, 1e-3, 0.3, 1.0, 2.5, 30.0, 1000.0,
+                  np.inf, -np.inf, np.nan])
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,13 +58,15 @@ def from_output_expr(act: str, attrs: Attrs) -> sp.Expr | None:
     values = {sp.Symbol(p, real=True): float(attrs[p]) for p in op.params}
     x = op.symbols[0]
     with np.errstate(all="ignore"):
-        f = sp.lambdify([x], op.expr.subs(values), "numpy")
-        d = sp.lambdify([x], deriv.expr.subs(values), "numpy")
-        c = sp.lambdify([_y], candidate, "numpy")
+        f = numpy_function([x], op.expr.subs(values))
+        d = numpy_function([x], deriv.expr.subs(values))
+        c = numpy_function([_y], candidate)
         expected = np.broadcast_to(np.asarray(d(_GRID), dtype=np.float64), _GRID.shape)
         got = np.broadcast_to(np.asarray(c(np.asarray(f(_GRID), dtype=np.float64)), dtype=np.float64), _GRID.shape)
     ok = np.isfinite(expected)
     if not np.all(np.isfinite(got[ok])) or not np.allclose(got[ok], expected[ok], rtol=1e-7, atol=1e-12):
+        return None
+    if np.any(np.isnan(got) != np.isnan(expected)):  # a NaN input's derivative stays what the op's own gives
         return None
     return candidate
 

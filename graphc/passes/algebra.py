@@ -1,15 +1,19 @@
 """Algebraic simplification: identities that remove nodes without changing any value.
 
-x*1, 1*x, x/1, x+0, 0+x, x-0 -> x;  x*-1, x/-1, 0-x -> -x;  x-x -> 0;  neg(neg x) -> x;
-exp(log x) -> x;  log(exp x) -> x;  x**1 -> x;  transpose(transpose x) -> one transpose (or x);
+x*1, 1*x, x/1, x+0, 0+x, x-0 -> x;  x*-1, x/-1, 0-x -> -x;  neg(neg x) -> x;
+x**1 -> x;  transpose(transpose x) -> one transpose (or x);
 reshape(reshape x) -> one reshape (or x);  broadcast_to chains -> one;  a broadcast feeding an
 elementwise op whose other operands already have the full shape -> dropped (``x * broadcast_to(2, S)``
 is ``x * 2``);  cast to the same dtype, sum/mean over no axes -> x.
 
 Every replacement has the replaced node's shape and dtype (a smaller result is broadcast up;
-a rewrite that would change the dtype is not done). Two identities hold only where the original
-is defined: ``exp(log x) -> x`` (x > 0) and ``x - x -> 0`` (finite x); the rewritten graph then
-gives the mathematically intended value where the original gave nan.
+a rewrite that would change the dtype is not done). These keep IEEE values, NaN and infinities
+included (``x + 0 -> x`` may turn a -0 result into +0: the sign of a zero is not kept).
+
+Only with ``fast_math=True`` (identities of real numbers that are false for NaN, infinities or
+overflow, as a C compiler's -ffast-math): ``x - x -> 0`` (inf - inf is NaN), ``x * 0``, ``0 * x -> 0``
+(inf * 0 is NaN), ``x / x -> 1`` (0/0 is NaN), ``exp(log x) -> x`` (NaN for x < 0), ``log(exp x) -> x``
+(inf for x > 709).
 """
 from __future__ import annotations
 
@@ -19,8 +23,9 @@ from ..ir import Graph, Node
 from .core import Rewriter, conform, is_elementwise_op, make, make_constant, rewrite, uniform_value
 
 
-def simplify(graph: Graph) -> Graph:
-    """Apply the algebraic identities above once over the graph (inputs first, so chains collapse).
+def simplify(graph: Graph, fast_math: bool = False) -> Graph:
+    """Apply the algebraic identities above once over the graph (inputs first, so chains collapse);
+    the fast-math ones too when ``fast_math``.
 
     >>> import graphc
     >>> with graphc.Graph() as g:
@@ -29,11 +34,16 @@ def simplify(graph: Graph) -> Graph:
     >>> [n.op for n in simplify(g).nodes]
     ['input']
     """
-    return rewrite(graph, _visit)
+    rules = _FAST_MATH_RULES if fast_math else _RULES
+
+    def visit(rw: Rewriter, old: Node, inputs: tuple) -> Node | None:
+        return _visit(rules, old, inputs)
+
+    return rewrite(graph, visit)
 
 
-def _visit(rw: Rewriter, old: Node, inputs: tuple) -> Node | None:
-    rule = _RULES.get(old.op)
+def _visit(rules: dict, old: Node, inputs: tuple) -> Node | None:
+    rule = rules.get(old.op)
     out = rule(old, inputs) if rule is not None else None
     if out is None and is_elementwise_op(old) and old.op != "fused":
         out = _drop_broadcasts(old, inputs)
@@ -57,8 +67,6 @@ def _add(old, ins):
 
 def _sub(old, ins):
     x, y = ins
-    if x is y:
-        return _zeros(old)
     if _is(uniform_value(y), 0.0):
         return x
     if _is(uniform_value(x), 0.0) and y.shape == old.shape:
@@ -85,6 +93,24 @@ def _div(old, ins):
     if _is(v, -1.0) and x.shape == old.shape and x.dtype == old.dtype:
         return make("neg", [x], like=old)
     return None
+
+
+def _fast_sub(old, ins):
+    return _zeros(old) if ins[0] is ins[1] else _sub(old, ins)
+
+
+def _fast_mul(old, ins):
+    if _is(uniform_value(ins[0]), 0.0) or _is(uniform_value(ins[1]), 0.0):
+        return _zeros(old)
+    return _mul(old, ins)
+
+
+def _fast_div(old, ins):
+    x, y = ins
+    if x is y:
+        one = make_constant(1, old.dtype, like=old)
+        return one if not old.shape else make("broadcast_to", [one], {"shape": old.shape}, like=old)
+    return _div(old, ins)
 
 
 def _pow(old, ins):
@@ -163,7 +189,9 @@ def _drop_broadcasts(old: Node, ins: tuple) -> Node | None:
 
 
 _RULES = {
-    "add": _add, "sub": _sub, "mul": _mul, "div": _div, "pow": _pow, "neg": _neg, "exp": _exp, "log": _log,
+    "add": _add, "sub": _sub, "mul": _mul, "div": _div, "pow": _pow, "neg": _neg,
     "transpose": _transpose, "reshape": _collapse_chain, "broadcast_to": _collapse_chain, "cast": _cast,
     "sum": _reduce, "mean": _reduce,
 }
+#: The rules under fast_math: identities of real numbers that NaN, infinities or overflow break.
+_FAST_MATH_RULES = dict(_RULES, sub=_fast_sub, mul=_fast_mul, div=_fast_div, exp=_exp, log=_log)

@@ -18,6 +18,7 @@ import sympy as sp
 from ..ir import Graph, Node
 from ..ops.elementwise import fused_symbols
 from .core import Rewriter, absorbed_of, make, rewrite
+from .fusion import same_values_when_written
 
 _PRODUCERS = frozenset({"matmul", "dense", "conv2d", "matmul_epilogue", "conv2d_epilogue"})
 _CONV_ATTRS = ("stride", "padding", "dilation")
@@ -69,8 +70,9 @@ def _fold_transposes(product: _Product) -> bool:
     return changed
 
 
-def _plan(graph: Graph) -> dict[int, Node]:
-    """id(fused consumer) -> the producer it absorbs."""
+def _plan(graph: Graph, fast_math: bool = False) -> dict[int, Node]:
+    """id(fused consumer) -> the producer it absorbs (unless fast_math, only where SymPy's composed
+    expression computes what the two nodes compute, NaN and infinities included)."""
     users = graph.consumers()
     update_values = {id(v) for _, v in graph.updates}
     kept = {id(n) for n in graph.outputs} | update_values
@@ -84,11 +86,12 @@ def _plan(graph: Graph) -> dict[int, Node]:
         f = readers[0]
         if (f.op == "fused" and id(f) not in update_values and f.shape == p.shape and f.dtype.is_float
                 and sum(1 for i in f.inputs if i is p) == 1):
-            plan[id(f)] = p
+            if fast_math or _absorb(_as_product(p), f, p, check=True):
+                plan[id(f)] = p
     return plan
 
 
-def fuse_epilogue(graph: Graph) -> Graph:
+def fuse_epilogue(graph: Graph, fast_math: bool = False) -> Graph:
     """Fuse bias/activation/mask epilogues and operand transposes into GEMMs and convolutions.
 
     >>> import graphc, numpy as np
@@ -100,7 +103,7 @@ def fuse_epilogue(graph: Graph) -> Graph:
     >>> [n.op for n in fuse_epilogue(fuse_elementwise(g)).nodes]
     ['input', 'param', 'param', 'matmul_epilogue']
     """
-    plan = _plan(graph)
+    plan = _plan(graph, fast_math)
     absorbed_producers = {id(p) for p in plan.values()}
 
     def build(rw: Rewriter, product: _Product, like: Node, dtype, absorbed) -> Node:
@@ -124,8 +127,9 @@ def fuse_epilogue(graph: Graph) -> Graph:
     return rewrite(graph, visit)
 
 
-def _absorb(product: _Product, consumer: Node, producer: Node) -> None:
-    """Compose the consumer's expression over the producer's epilogue: extras are merged."""
+def _absorb(product: _Product, consumer: Node, producer: Node, check: bool = False) -> bool:
+    """Compose the consumer's expression over the producer's epilogue: extras are merged. With
+    ``check``, whether the composition SymPy evaluated computes what the two nodes compute."""
     index = {id(e): k + 1 for k, e in enumerate(product.extras)}
     n_in = len(consumer.inputs)
     syms = fused_symbols(n_in)
@@ -138,4 +142,6 @@ def _absorb(product: _Product, consumer: Node, producer: Node) -> None:
             product.extras.append(node)
             index[id(node)] = len(product.extras)
         mapping[syms[j]] = sp.Symbol(f"x{index[id(node)]}", real=True)
-    product.expr = consumer.attrs["expr"].xreplace(mapping)
+    written = consumer.attrs["expr"]
+    product.expr = written.xreplace(mapping)
+    return not check or same_values_when_written(written, mapping, product.expr)

@@ -15,6 +15,13 @@ The forward ReLU output read by a GEMM is materialized once, and the backward ma
 
 Each fused node lists the nodes it absorbed (``Node.absorbed``), in the order the expression was
 built; :func:`graphc.passes.fused_provenance` prints them with their source lines.
+
+IEEE semantics: SymPy simplifies an expression as it is built (``x - x`` is 0, ``x*0`` is 0, ``x/x``
+is 1, ``exp(log(x))`` is x, ``2*(x + y)`` is ``2x + 2y``): identities of real numbers that are false
+for NaN, infinities or overflow. Unless ``fast_math``, each node's expression is compared with the
+node's operation written out unevaluated (:func:`faithful`); a node SymPy changed is not fused (it
+stays its own op, computed as written). A cast to another float dtype is a value
+(``float32(x0)``: the rounding, and the precision what follows computes in), never dropped.
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ import sympy as sp
 
 from ..ir import Attrs, Graph, Node
 from ..ops import registry
-from ..ops.elementwise import fused_symbols
+from ..ops.elementwise import CAST_FUNCTIONS, fused_symbols, numpy_function
 from .core import Rewriter, absorbed_of, copy_node, make, make_constant, rewrite
 
 #: Largest expression tree (in graph nodes, a value read twice counted twice) one fused node builds.
@@ -39,7 +46,7 @@ def fusible(node: Node) -> bool:
     if node.op == "broadcast_to":
         return True
     if node.op == "cast":
-        return node.dtype.is_float
+        return node.dtype.name in CAST_FUNCTIONS
     if node.op == "fused":
         return True
     if not registry.is_registered(node.op):
@@ -61,9 +68,12 @@ def op_template(op_name: str, attrs: Attrs) -> tuple[sp.Expr, tuple[sp.Symbol, .
 
 
 def node_expr(node: Node, args: list[sp.Expr]) -> sp.Expr:
-    """The expression ``node`` computes from the expressions of its inputs."""
-    if node.op in _FREE:
+    """The expression ``node`` computes from the expressions of its inputs (SymPy evaluates it as it
+    builds it: see :func:`faithful`)."""
+    if node.op == "broadcast_to" or (node.op == "cast" and node.inputs[0].dtype == node.dtype):
         return args[0]
+    if node.op == "cast":
+        return CAST_FUNCTIONS[node.dtype.name](args[0])
     if node.op == "fused":
         expr = node.attrs["expr"]
         return expr.xreplace(dict(zip(fused_symbols(len(args)), args)))
@@ -85,6 +95,67 @@ def constant_number(node: Node) -> sp.Expr | None:
     # The shortest decimal that gives the same value in the constant's own dtype: the f32 constant
     # 0.01 reads 0.01, not 0.00999999977648258, in the expression and in generated code.
     return sp.Float(str(v), 17 if node.dtype.name == "float64" else 9)
+
+
+#: Values every input of an expression takes in :func:`faithful`: IEEE specials, signed zeros, the
+#: extremes of float32 and float64 (where a rewrite overflows), and ordinary numbers.
+_IEEE_POINTS = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 0.5, -2.5, 3.0, 1e-300, 30.0, -30.0, 1000.0,
+                         -1000.0, 3.4e38, -3.4e38, 1e308, -1e308])
+
+
+def _ieee_points(n: int) -> np.ndarray:
+    """[n, k] points: every value for each input (the others random), and every value for all at once."""
+    rng = np.random.default_rng(4321 + n)
+    m = len(_IEEE_POINTS)
+    pts = rng.choice(_IEEE_POINTS, size=(n, 2 * m + 12 * m))
+    for i in range(n):
+        pts[i, :m] = _IEEE_POINTS
+    pts[:, m:2 * m] = _IEEE_POINTS
+    return pts
+
+
+def faithful(node: Node, args: list[sp.Expr], expr: sp.Expr) -> bool:
+    """Whether ``expr`` (``node_expr(node, args)``, as SymPy evaluated it) computes what the node's
+    operation applied to ``args`` computes, NaN, infinities and overflow included.
+
+    SymPy's automatic simplifications assume real (finite) numbers; the node's operation is written
+    out unevaluated and the two are compared on :data:`_IEEE_POINTS` wherever SymPy changed the
+    expression's structure (an unchanged operation count and inputs mean reordering or ``x + x -> 2x``).
+    """
+    with sp.evaluate(False):
+        literal = node_expr(node, args)
+    return _same_as_written(literal, expr)
+
+
+def same_values_when_written(template: sp.Expr, mapping: dict, expr: sp.Expr) -> bool:
+    """Whether ``expr`` (``template.xreplace(mapping)`` as SymPy evaluated it) computes what the
+    substitution written out unevaluated computes (see :func:`faithful`)."""
+    with sp.evaluate(False):
+        literal = template.xreplace(mapping)
+    return _same_as_written(literal, expr)
+
+
+def _same_as_written(literal: sp.Expr, expr: sp.Expr) -> bool:
+    if literal == expr or (literal.free_symbols == expr.free_symbols and sp.count_ops(literal) == sp.count_ops(expr)):
+        return True
+    return _same_values(literal, expr)
+
+
+@functools.lru_cache(maxsize=8192)
+def _same_values(written: sp.Expr, evaluated: sp.Expr) -> bool:
+    symbols = sorted(written.free_symbols | evaluated.free_symbols, key=lambda s: s.name)
+    pts = _ieee_points(max(len(symbols), 1))[: len(symbols)]
+    shape = pts.shape[1:]
+    try:
+        with np.errstate(all="ignore"):
+            a = np.broadcast_to(np.asarray(numpy_function(symbols, written)(*pts), dtype=np.float64), shape)
+            b = np.broadcast_to(np.asarray(numpy_function(symbols, evaluated)(*pts), dtype=np.float64), shape)
+    except Exception:  # noqa: BLE001 - not evaluable numerically: cannot be shown equal, so it is not fused
+        return False
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    if np.any(nan_a != nan_b):
+        return False
+    return bool(np.all(np.isclose(a[~nan_a], b[~nan_a], rtol=1e-6, atol=1e-290)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -116,7 +187,7 @@ class _Group:
         return sp.Symbol(f"x{k}", real=True)
 
 
-def _assign_roots(graph: Graph) -> dict[int, Node]:
+def _assign_roots(graph: Graph, excluded: frozenset[int] = frozenset()) -> dict[int, Node]:
     """id(fusible node) -> the node whose fused node computes it (itself when materialized).
 
     An expression is a tree over the graph's DAG: a value read twice inside one fused node appears
@@ -127,7 +198,7 @@ def _assign_roots(graph: Graph) -> dict[int, Node]:
     users = graph.consumers()
     forced: set[int] = set()
     while True:
-        root_of = _roots(graph, users, forced)
+        root_of = _roots(graph, users, forced, excluded)
         size: dict[int, int] = {}
         grew = False
         for n in graph.nodes:
@@ -145,14 +216,18 @@ def _assign_roots(graph: Graph) -> dict[int, Node]:
             return root_of
 
 
-def _roots(graph: Graph, users, forced: set[int]) -> dict[int, Node]:
+def _roots(graph: Graph, users, forced: set[int], excluded: frozenset[int]) -> dict[int, Node]:
     kept = {id(n) for n in graph.outputs} | {id(v) for _, v in graph.updates} | forced
+
+    def inside(node: Node) -> bool:
+        return fusible(node) and id(node) not in excluded
+
     root_of: dict[int, Node] = {}
     for n in reversed(graph.nodes):
-        if not fusible(n):
+        if not inside(n):
             continue
         readers = users[id(n)]
-        if id(n) in kept or not readers or any(not fusible(r) for r in readers):
+        if id(n) in kept or not readers or any(not inside(r) for r in readers):
             root_of[id(n)] = n
             continue
         if n.op in _FREE:
@@ -173,8 +248,11 @@ def _free_roots(node: Node, users, root_of) -> list[Node]:
     return out
 
 
-def fuse_elementwise(graph: Graph) -> Graph:
+def fuse_elementwise(graph: Graph, fast_math: bool = False) -> Graph:
     """Turn every elementwise region into ``fused`` nodes (see the module docstring).
+
+    Unless ``fast_math``, a node whose expression SymPy simplified into something that differs for
+    NaN, infinities or overflow (:func:`faithful`) is left out of fusion and computed as written.
 
     >>> import graphc
     >>> with graphc.Graph() as g:
@@ -184,34 +262,80 @@ def fuse_elementwise(graph: Graph) -> Graph:
     >>> [n.op for n in fused.nodes], fused.nodes[-1].attrs["expr"]
     (['input', 'fused'], Piecewise((2.0*x0 + 1.0, 2.0*x0 + 1.0 > 0), (0, True)))
     """
-    root_of = _assign_roots(graph)
+    excluded: set[int] = set()
+    while True:
+        root_of = _assign_roots(graph, frozenset(excluded))
+        unfaithful = [] if fast_math else _unfaithful_nodes(graph, root_of)
+        if not unfaithful:
+            break
+        excluded.update(unfaithful)
+    return _fuse(graph, root_of)
 
+
+def _unfaithful_nodes(graph: Graph, root_of: dict[int, Node]) -> list[int]:
+    """The nodes whose expressions, built into their fused nodes, SymPy changed (see :func:`faithful`)."""
+    found: list[int] = []
+    for root in {id(r): r for r in root_of.values() if r is not None}.values():
+        group = _Group(root)
+
+        def check(node: Node, args: list[sp.Expr], expr: sp.Expr) -> None:
+            if node.op != "broadcast_to" and not faithful(node, args, expr):
+                found.append(id(node))
+
+        _build(group, root, root_of, check)
+    return found
+
+
+def _build(group: _Group, node: Node, root_of: dict[int, Node], check=None, round_f32: bool = False) -> sp.Expr:
+    """The expression of ``node`` inside ``group``: its inputs inlined when they belong to the group.
+
+    ``round_f32``: the group mixes float32 and float64 values, so a kernel computes in float64; each
+    float32 node's result is then rounded to float32 (``float32(...)``) as the node itself would round it.
+    """
+    memo = group.memo.get(id(node))
+    if memo is not None:
+        return memo
+    inside = node is group.root or (
+        fusible(node) and id(node) in root_of and (root_of[id(node)] is None or root_of[id(node)] is group.root))
+    if not inside:
+        number = constant_number(node)
+        expr = number if number is not None else group.leaf(node)
+    else:
+        args = [_build(group, i, root_of, check, round_f32) for i in node.inputs]
+        expr = node_expr(node, args)
+        if check is not None:
+            check(node, args, expr)
+        if round_f32 and node.dtype.name == "float32" and node.op not in _FREE:
+            expr = CAST_FUNCTIONS["float32"](expr)
+        group.members.append(node)
+        if node.op not in _FREE:
+            group.real_ops += 1
+    group.memo[id(node)] = expr
+    return expr
+
+
+def _mixes_float_widths(group: _Group) -> bool:
+    """Whether a group computes float32 values next to float64 ones (its kernel computes in float64)."""
+    widths = {n.dtype.name for n in group.members + group.leaves if n.dtype.is_float}
+    return {"float32", "float64"} <= widths
+
+
+def _fuse(graph: Graph, root_of: dict[int, Node]) -> Graph:
     def build(group: _Group, node: Node) -> sp.Expr:
-        memo = group.memo.get(id(node))
-        if memo is not None:
-            return memo
-        inside = node is group.root or (
-            fusible(node) and id(node) in root_of and (root_of[id(node)] is None or root_of[id(node)] is group.root))
-        if not inside:
-            number = constant_number(node)
-            expr = number if number is not None else group.leaf(node)
-        else:
-            expr = node_expr(node, [build(group, i) for i in node.inputs])
-            group.members.append(node)
-            if node.op not in _FREE:
-                group.real_ops += 1
-        group.memo[id(node)] = expr
-        return expr
+        return _build(group, node, root_of)
 
     def visit(rw: Rewriter, old: Node, inputs: tuple) -> Node | None:
         if root_of.get(id(old), False) is not old:
             return None
         group = _Group(old)
         expr = build(group, old)
+        if _mixes_float_widths(group):
+            group = _Group(old)
+            expr = _build(group, old, root_of, round_f32=True)
         if group.real_ops == 0:
             return None  # only broadcasts/casts: nothing to fuse
-        if not group.leaves and expr.is_number and expr.is_real:
-            value = make_constant(float(expr), old.dtype, like=old)  # nothing left to compute at run time
+        if expr.is_number and expr.is_real:  # no inputs, or (fast_math) SymPy's x*0 -> 0: nothing to compute
+            value = make_constant(float(expr), old.dtype, like=old)
             return value if not old.shape else make("broadcast_to", [value], {"shape": old.shape}, like=old)
         leaves = [rw.new(leaf) for leaf in group.leaves]
         node = make("fused", leaves, {"expr": expr, "dtype": old.dtype.name}, like=old,

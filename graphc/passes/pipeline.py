@@ -3,6 +3,7 @@ after each one, and reports per-pass statistics and the buffer plan.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -74,6 +75,8 @@ class OptimizeResult:
     level: int
     passes: list[PassStats] = field(default_factory=list)
     buffer_plan: BufferPlan | None = None
+    #: Whether the fast-math rewrites were allowed (see :func:`optimize`).
+    fast_math: bool = False
     #: Bytes of intermediates in the input graph when each gets its own buffer.
     input_intermediate_bytes: int = 0
     plan_seconds: float = 0.0
@@ -101,7 +104,7 @@ class OptimizeResult:
         """The statistics as plain data (for benchmarks and dumps)."""
         plan = self.buffer_plan
         return {
-            "graph": self.graph.name, "level": self.level, "seconds": self.seconds,
+            "graph": self.graph.name, "level": self.level, "fast_math": self.fast_math, "seconds": self.seconds,
             "passes": [asdict(p) for p in self.passes],
             "plan_seconds": self.plan_seconds,
             "input_intermediate_bytes": self.input_intermediate_bytes,
@@ -113,8 +116,15 @@ class OptimizeResult:
         }
 
 
-def optimize(graph: Graph, level: int = DEFAULT_LEVEL, dump_dir: str | None = None) -> OptimizeResult:
+def optimize(graph: Graph, level: int = DEFAULT_LEVEL, dump_dir: str | None = None,
+             fast_math: bool = False) -> OptimizeResult:
     """Optimize ``graph`` with the passes of ``level`` (0..3); the input graph is not modified.
+
+    The passes keep IEEE semantics (NaN and infinities come out where the graph as written gives
+    them) unless ``fast_math=True``, which allows identities of real numbers that NaN, infinities
+    or overflow break, as a C compiler's -ffast-math: ``x*0 -> 0``, ``x - x -> 0``, ``x/x -> 1``,
+    ``exp(log x) -> x``, ``log(exp x) -> x``, SymPy's own simplifications inside fused expressions,
+    and (level 3) ``simplify_expressions``. See docs/passes.md.
 
     Levels: 0 dead-code elimination only; 1 + constant folding, algebraic simplification, CSE;
     2 + reduction fusion, stability rewrites, activation derivatives from outputs, elementwise
@@ -141,14 +151,14 @@ def optimize(graph: Graph, level: int = DEFAULT_LEVEL, dump_dir: str | None = No
     if dump_dir:
         os.makedirs(dump_dir, exist_ok=True)
         _dump(dump_dir, "00_input", graph, None)
-    result = OptimizeResult(graph, level)
+    result = OptimizeResult(graph, level, fast_math=bool(fast_math))
     input_plan = plan_buffers(graph)
     result.input_intermediate_bytes = input_plan.naive_bytes
     current = graph
     for k, (name, fn) in enumerate(LEVELS[level], start=1):
         before_nodes, before_kernels = len(current.nodes), count_kernels(current)
         t0 = time.perf_counter()
-        current = fn(current)
+        current = fn(current, fast_math=fast_math) if _takes_fast_math(fn) else fn(current)
         seconds = time.perf_counter() - t0
         stats = PassStats(name, before_nodes, len(current.nodes), before_kernels, count_kernels(current), seconds)
         result.passes.append(stats)
@@ -166,6 +176,11 @@ def optimize(graph: Graph, level: int = DEFAULT_LEVEL, dump_dir: str | None = No
         with open(os.path.join(dump_dir, "stats.txt"), "w") as f:
             f.write(result.table())
     return result
+
+
+def _takes_fast_math(fn: Pass) -> bool:
+    """Whether a pass has rewrites that only ``fast_math`` allows (its ``fast_math`` keyword)."""
+    return "fast_math" in inspect.signature(fn).parameters
 
 
 def _dump(directory: str, stem: str, graph: Graph, stats: PassStats | None) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ...ir import Graph, Node
-from .cache import Entry, cache_key, cache_root, locked
+from .cache import Entry, cache_key, cache_root, locked, op_definitions
 from .codegen import lower
 from .executable import NumbaExecutable
 from .program import Program
@@ -67,7 +67,7 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
     graph = program.graph
     positions = [graph.nodes.index(n) for n in program.inputs]
     options = {k: program.options.get(k) for k in _CODEGEN_OPTIONS}
-    key = cache_key(graph.structural_hash(), positions, options)
+    key = cache_key(graph.structural_hash(), positions, options, op_definitions(graph))
     root = cache_root(cache_dir)
     stats: dict[str, Any] = {"cache_key": key}
     try:

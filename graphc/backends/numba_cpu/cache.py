@@ -4,9 +4,10 @@ An entry is ``<root>/<key>/`` (root: ``$GRAPHC_CACHE_DIR`` or ``~/.cache/graphc`
 generated module ``graph.py``, Numba's cache files in ``__pycache__/`` (``cache=True`` keeps the
 machine code next to the module it came from) and ``manifest.json``: the key, the versions that
 went into it and a SHA-256 of every file. The key hashes the graph's structure (ops, attributes,
-shapes, dtypes, constants, topology), the call order of its inputs, the codegen options, graphc's,
-Numba's, llvmlite's, NumPy's and SymPy's versions, this backend's own source, and the CPU
-(name and feature flags) that Numba compiles for.
+shapes, dtypes, constants, topology), the definitions (SymPy expressions) of the elementwise ops
+it uses, user activations included, the call order of its inputs, the codegen options, graphc's,
+Numba's, llvmlite's, NumPy's and SymPy's versions, this backend's own source and the op
+registry's (graphc/ops), and the CPU (name and feature flags) that Numba compiles for.
 
 Every read is verified against the manifest: a truncated or modified file means the entry is wiped
 and rebuilt, never trusted. Writers take an exclusive ``fcntl`` lock on ``<root>/<key>.lock``, and
@@ -59,23 +60,45 @@ def environment() -> dict[str, Any]:
         import graphc
 
         backend_dir = Path(__file__).parent
-        src = hashlib.sha256()
-        for path in sorted(backend_dir.glob("*.py")):
-            src.update(path.name.encode())
-            src.update(path.read_bytes())
+        src = _sources_hash(backend_dir)
+        ops = _sources_hash(backend_dir.parent.parent / "ops")
         _FINGERPRINT = {
             "format": FORMAT, "graphc": graphc.__version__, "numba": numba.__version__,
             "llvmlite": llvmlite.__version__, "numpy": numpy.__version__, "sympy": sympy.__version__,
             "python": platform.python_version(), "machine": platform.machine(),
             "cpu": numba.config.CPU_NAME or llvm.get_host_cpu_name(),
             "cpu_features": numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten(),
-            "numba_opt": numba.config.OPT, "backend_source": src.hexdigest(),
+            "numba_opt": numba.config.OPT, "backend_source": src, "ops_source": ops,
         }
     return dict(_FINGERPRINT)
 
 
-def cache_key(graph_hash: str, input_positions: list[int], options: dict[str, Any]) -> str:
-    material = json.dumps({"graph": graph_hash, "inputs": input_positions,
+def _sources_hash(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(directory.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def op_definitions(graph) -> str:
+    """A hash of the SymPy expressions and parameters of the elementwise ops ``graph`` uses: the
+    structural hash names an op, and the generated code prints its expression (a user activation
+    redefined under the same name, or relu's definition changed, must not find the old code)."""
+    import sympy
+
+    from ...ops import registry
+
+    digest = hashlib.sha256()
+    for name in sorted({n.op for n in graph.nodes if registry.is_registered(n.op)}):
+        op = registry.get(name)
+        if op.expr is not None:
+            digest.update(f"{name}\n{sympy.srepr(op.expr)}\n{sorted(op.params.items())}\n".encode())
+    return digest.hexdigest()
+
+
+def cache_key(graph_hash: str, input_positions: list[int], options: dict[str, Any], op_definitions: str = "") -> str:
+    material = json.dumps({"graph": graph_hash, "inputs": input_positions, "ops": op_definitions,
                            "options": {k: repr(v) for k, v in sorted(options.items())},
                            "env": environment()}, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()

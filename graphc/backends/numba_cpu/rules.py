@@ -207,7 +207,8 @@ def emit_elementwise(em: Emitter, node: Node, expr: sp.Expr, symbols: Sequence[s
         value = em.literal(i)
         if value is not None:
             literals[s] = sp.Integer(int(value)) if isinstance(value, (bool, int)) else sp.Float(value)
-    expr = sp.sympify(expr).xreplace(literals)
+    with sp.evaluate(False):  # a literal 0 in x*y stays x*0: NaN for x = inf (IEEE), not 0
+        expr = sp.sympify(expr).xreplace(literals)
     loaded = [k for k, s in enumerate(symbols) if s in expr.free_symbols]
     groups = broadcast_groups(node.shape, [inputs[k].shape for k in loaded])
     names = [f"i{d}" for d in range(len(groups))]

@@ -83,11 +83,32 @@ class ScalarPrinter(PythonCodePrinter):
             return "(" + "*".join([b] * int(exp)) + ")"
         if exp == -1:
             return f"({self._print_Integer(sp.Integer(1))}/{b})"
-        if exp == sp.Rational(1, 2):
+        if exp == sp.Rational(1, 2) or exp == sp.Float(0.5):
             return f"math.sqrt({self._print(base)})"
         if exp == -sp.Rational(1, 2):
             return f"({self._print_Integer(sp.Integer(1))}/math.sqrt({self._print(base)}))"
-        return f"({b}**{self.parenthesize(exp, 1000)})"
+        power = f"({b}**{self.parenthesize(exp, 1000)})"
+        zero = self._print_Integer(sp.Integer(0))
+        # graphc's pow (graphc.ops.elementwise.numpy_power): a negative base, -inf included, with a
+        # finite non-integer exponent is NaN (C's pow gives +inf for -inf).
+        if exp.is_number:
+            value = float(exp)
+            if not np.isfinite(value) or value == int(value):
+                return power
+            return f"({self._print_NaN(sp.nan)} if {b} < {zero} else {power})"
+        e = self.parenthesize(exp, 1000)
+        return f"({self._print_NaN(sp.nan)} if {b} < {zero} and {e} % 1.0 != 0 and abs({e}) < math.inf else {power})"
+
+    # graphc.ops.elementwise.CAST_FUNCTIONS: a conversion inside an expression is a value (rounding).
+    def _print_float32(self, expr) -> str:
+        return f"f32({self._print(expr.args[0])})"
+
+    def _print_float64(self, expr) -> str:
+        return f"f64({self._print(expr.args[0])})"
+
+    def _print_IsNaN(self, expr) -> str:
+        x = self._print(expr.args[0])
+        return f"({x} != {x})"
 
     # float32 kernels: exp and tanh inline and vectorizable (runtime.exp_f32/tanh_f32, within a few ulp)
     # instead of a libm call per element, which also keeps LLVM from vectorizing the loop.
@@ -136,9 +157,12 @@ def scalar_statements(expr: sp.Expr, names: dict[sp.Symbol, str], float_alias: s
 
     ``names`` maps each free symbol to the variable holding its scalar value.
     """
-    renamed = expr.xreplace({s: sp.Symbol(n, real=True) for s, n in names.items()})
-    temps = sp.numbered_symbols(temp_prefix, real=True)
-    replacements, (reduced,) = sp.cse(renamed, symbols=temps)
+    # Unevaluated: SymPy would otherwise re-simplify what the passes left alone on purpose (a literal
+    # 0 substituted into x*y is x*0, which is NaN for x = inf, not 0).
+    with sp.evaluate(False):
+        renamed = expr.xreplace({s: sp.Symbol(n, real=True) for s, n in names.items()})
+        temps = sp.numbered_symbols(temp_prefix, real=True)
+        replacements, (reduced,) = sp.cse(renamed, symbols=temps)
     printer = ScalarPrinter(float_alias)
     statements = [f"{sym} = {printer.doprint(value)}" for sym, value in replacements]
     return statements, printer.doprint(reduced)
