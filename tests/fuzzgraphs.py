@@ -21,6 +21,8 @@ finite values within a tolerance relative to the output's largest finite magnitu
 from __future__ import annotations
 
 import dataclasses
+import traceback
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,7 +71,10 @@ class Case:
     #: Rounding steps a value passes through on its longest path: one per elementwise op, n per
     #: reduction over n elements (sum, mean, matmul's inner dimension, a conv window, softmax).
     rounding_steps: int
-    has_batch_norm: bool
+    #: The case computes values as the difference of much larger terms by construction: batch-norm gradients
+    #: (analytically zero in places), the rounding error of a cast round trip, pow(a, 0.5) - sqrt(a) (and
+    #: their gradients).
+    cancellation: bool
     rule: str                        # "grad" (gradients as outputs, hand-written SGD), "sgd" or "momentum" (graphc.optim)
     graph: Graph | None = None       # the case's own graph (None while built into a shared one)
 
@@ -94,7 +99,7 @@ class _Builder:
         self.draw = RngDraw(rng)
         self.feeds: dict[str, np.ndarray] = {}
         self.steps: dict[int, int] = {}
-        self.has_batch_norm = False
+        self.cancellation = False
         self._labels: graphc.Tensor | None = None
 
     # -- leaves ------------------------------------------------------------------------------------
@@ -152,7 +157,8 @@ class _Builder:
             return graphc.exp(graphc.tanh(t) * 2.0)
         if kind == "log_abs":
             return graphc.log(graphc.abs(t) + 0.5)
-        if kind == "pow_half":
+        if kind == "pow_half":  # zero, as the difference of two equal values (and so is its gradient)
+            self.cancellation = True
             return graphc.pow(graphc.abs(t) + 0.25, 0.5) - graphc.sqrt(graphc.abs(t) + 0.25)
         if kind == "div_self":
             return t / t + t          # 1 + t for finite nonzero t; NaN for 0, Inf, NaN (IEEE)
@@ -161,6 +167,7 @@ class _Builder:
         if kind == "sub_self":
             return (t - t) * 3.0 + t  # t for finite t; NaN for Inf (IEEE)
         if kind == "cast_round_trip":
+            self.cancellation = True
             return graphc.cast(graphc.cast(t, other), self.dtype) - t  # the rounding error (0 in float32)
         if kind == "cast_compute":
             return graphc.cast(graphc.tanh(graphc.cast(t, other)) * 1.5, self.dtype)
@@ -235,10 +242,10 @@ def _dense(b: _Builder, g: Graph) -> tuple[list, list, graphc.Tensor]:
             else:
                 pool.append(b.track(getattr(graphc, form)(full, axis=1), 3 * F + 1, full))
         else:
-            if not b.has_batch_norm:  # one batch norm per case (its gamma and beta are named)
+            if all(p.name != b.prefix + "gamma" for p in params):  # one batch norm per case (names are unique)
                 gamma, beta = b.param("gamma", (F,), 1.0), b.param("beta", (F,), 0.5)
                 params += [gamma, beta]
-                b.has_batch_norm = True
+                b.cancellation = True
                 pool.append(b.track(graphc.batch_norm(full, gamma, beta), 3 * B + 4, full))
     picked = [pool[int(k)] for k in rng.choice(np.arange(1, len(pool)), size=min(len(pool) - 1, int(rng.integers(1, 4))),
                                                     replace=False)] if len(pool) > 1 else [x]
@@ -266,7 +273,7 @@ def _conv(b: _Builder, g: Graph) -> tuple[list, list, graphc.Tensor]:
     if rng.random() < 0.3 and n * h.shape[2] * h.shape[3] > 1:
         gamma, beta = b.param("gamma", (o,), 1.0), b.param("beta", (o,), 0.5)
         params += [gamma, beta]
-        b.has_batch_norm = True
+        b.cancellation = True
         h = b.track(graphc.batch_norm(h, gamma, beta), 3 * n * h.shape[2] * h.shape[3] + 4, h)
     h = b.unary(h) if rng.random() < 0.3 else b.track(b.activation(h), 3, h)
     if rng.random() < 0.6 and h.shape[2] >= 2 and h.shape[3] >= 2:
@@ -317,7 +324,7 @@ def build_into(seed: int, index: int, prefix: str = "") -> Case:
     graph.output(*outputs)
     steps = 2 * max(b.steps.values(), default=1) + 4  # the backward pass retraces the forward path
     return Case(seed, index, family, dtype, b.special, b.feeds, [o.node for o in outputs],
-                list(graph.updates[first_update:]), steps, b.has_batch_norm, rule)
+                list(graph.updates[first_update:]), steps, b.cancellation, rule)
 
 
 def build_case(seed: int, index: int) -> Case:
@@ -414,6 +421,13 @@ class Finding:
                 f"reproduce: python bench/fuzz.py --seed {c.seed} --only {c.index}\n{text}")
 
 
+def crash(err: Exception) -> Disagreement:
+    """An exception where a value was expected, with the line that raised it."""
+    frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+    at = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+    return Disagreement("crash", (), None, None, f"{type(err).__name__}: {err}{at}")
+
+
 def expected(case: Case, graph: Graph) -> tuple[list[np.ndarray], float]:
     """The reference values of the case's roots in ``graph`` (the unoptimized graph), and the largest
     finite magnitude of any value the case computes on the way (the scale of its absolute floor)."""
@@ -429,12 +443,14 @@ def expected(case: Case, graph: Graph) -> tuple[list[np.ndarray], float]:
 
 
 def floor(case: Case, largest: float) -> float:
-    """The absolute floor of a case with batch norm: its gradients are analytically zero in places (the
-    bias feeding a batch norm, a weight whose normalized output cannot change), and what a correct
-    evaluation computes there is rounding noise: the cancellation of terms as large as the case's
-    largest intermediate value. So values agree within tolerance * (that magnitude). Cases without
-    batch norm get no floor."""
-    return tolerance(case) * largest if case.has_batch_norm else 0.0
+    """The absolute floor of a case that computes values by cancellation: batch-norm gradients are
+    analytically zero in places (the bias feeding a batch norm; any weight when the normalized output
+    cannot move); the rounding error of a cast round trip, cast(cast(t, f32), f64) - t, is ~1e-8 of the
+    terms that cancel, pow(a, 0.5) - sqrt(a) is zero, and so are their gradients. What a correct evaluation computes there is the rounding
+    noise of terms as large as the case's largest intermediate value (any change of 1 ulp in such a term,
+    e.g. from summing in another order, changes the result by that much), so values agree within
+    tolerance * (that magnitude). Cases without such cancellations get no floor."""
+    return tolerance(case) * largest if case.cancellation else 0.0
 
 
 def disagreements(case: Case, got: list, want: list, largest: float, where: str) -> list[Finding]:
@@ -453,11 +469,15 @@ def check_optimize(case: Case, levels=(0, 1, 2, 3)) -> list[Finding]:
     want, largest = expected(case, case.graph)
     found = []
     for level in levels:
-        optimized = graphc.optimize(case.graph, level=level).graph
-        feeds = {n.name: case.feeds[n.name] for n in optimized.inputs}
-        roots = list(optimized.outputs) + [v for _, v in optimized.updates]
-        with np.errstate(all="ignore"):
-            got = reference.evaluate(optimized, feeds, roots)
+        try:
+            optimized = graphc.optimize(case.graph, level=level).graph
+            feeds = {n.name: case.feeds[n.name] for n in optimized.inputs}
+            roots = list(optimized.outputs) + [v for _, v in optimized.updates]
+            with np.errstate(all="ignore"):
+                got = reference.evaluate(optimized, feeds, roots)
+        except Exception as err:  # a crash is a finding too
+            found.append(Finding(case, f"optimize level {level}", crash(err)))
+            continue
         found += disagreements(case, got, want, largest, f"optimize level {level}")
     return found
 
@@ -481,8 +501,7 @@ def check_cpu(seed: int, indices, level: int = 2, **options) -> tuple[list[Case]
         with np.errstate(all="ignore"):
             got = list(exe(**{name: feeds[name] for name in exe.input_names}))
     except Exception as err:  # a crash is a finding too (reported for every case of the module)
-        problem = Disagreement("compile and run", (), None, None, f"{type(err).__name__}: {err}")
-        return cases, [Finding(c, where, problem) for c in cases]
+        return cases, [Finding(c, where, crash(err)) for c in cases]
     found, start = [], 0
     for c in cases:
         want, largest = expected(c, g)
