@@ -478,7 +478,7 @@ def test_derivative_expressions_are_the_readable_textbook_forms():
     v = sp.Symbol("x", real=True)
     assert sp.simplify(_derivative_expr("tanh", 0) - (1 - sp.tanh(v) ** 2)) == 0
     assert _derivative_expr("softsign", 0) == 1 / (1 + sp.Abs(v)) ** 2
-    assert _derivative_expr("relu", 0) == sp.Piecewise((1, v > 0), (0, True))
+    assert _derivative_expr("relu", 0) == sp.Piecewise((0, v <= 0), (1, True))  # relu'(0) = 0, relu'(NaN) = 1
     assert derivative_op("step", 0) is None and derivative_op("sign", 0) is None   # zero: no node at all
     assert _derivative_expr("sigmoid", 0).has(sp.Piecewise)  # both overflow-free branches kept
 

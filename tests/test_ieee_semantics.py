@@ -307,3 +307,21 @@ def test_relu_derivative_from_its_output_agrees_at_nan():
     f = graphc.ops.elementwise.numpy_function(sorted(expr.free_symbols, key=str), expr)
     h = np.array([NAN, 0.0, 2.0])
     np.testing.assert_array_equal(np.broadcast_to(f(h), h.shape), [1.0, 0.0, 1.0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_folding_the_mean_of_a_uniform_tensor_keeps_its_overflow(dtype):
+    """fold_constants writes mean(c, c, c, c) as c only while the sum is finite: NumPy's mean of four
+    BIG values is inf (the sum overflows), and so is graphc's at every level."""
+    with graphc.Graph() as g:
+        c = graphc.broadcast_to(graphc.constant(np.array(BIG[dtype], dtype)), (4,))
+        small = graphc.broadcast_to(graphc.constant(np.array(2.5, dtype)), (4,))
+        g.output(graphc.mean(c), graphc.mean(small))
+    with np.errstate(all="ignore"):
+        want = [np.mean(np.full(4, BIG[dtype], dtype)), np.mean(np.full(4, 2.5, dtype))]
+    assert np.isinf(want[0])
+    for level in LEVELS:
+        with np.errstate(all="ignore"):
+            got = reference.evaluate(graphc.optimize(g, level).graph, {})
+        for value, expected in zip(got, want):
+            np.testing.assert_array_equal(value, expected, err_msg=f"O{level}")

@@ -115,6 +115,10 @@ class IsNaN(BooleanFunction):
             return sp.true if arg is sp.nan else sp.false
         return None
 
+    def _eval_as_set(self):
+        # The set of reals where x is NaN would be empty, which would let SymPy drop the branch.
+        raise NotImplementedError("isnan(x) is not a set of real numbers")
+
     def _numpycode(self, printer) -> str:
         return f"{printer._module_format('numpy.isnan')}({printer._print(self.args[0])})"
 

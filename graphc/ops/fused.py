@@ -26,7 +26,7 @@ import sympy as sp
 
 from ..dsl import Tensor, apply
 from ..ir import Attrs, GraphcError, Node, ShapeError, as_dtype
-from .elementwise import broadcast_shapes, cast, fused, fused_derivative, fused_symbols
+from .elementwise import broadcast_shapes, cast, fused, fused_derivative, fused_symbols, numpy_function
 from .reduce import sum_to_shape
 from .registry import OpDef, get, register
 from .shape import transpose
@@ -48,13 +48,14 @@ def _check_extras(acc_shape: tuple[int, ...], extras: Sequence[Node]) -> None:
 
 @functools.lru_cache(maxsize=4096)
 def _lambdified(expr: sp.Expr, n: int):
-    return sp.lambdify(list(fused_symbols(n)), expr, modules="numpy")
+    return numpy_function(fused_symbols(n), expr)
 
 
 def _apply_epilogue(acc: np.ndarray, extras: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
     fn = _lambdified(attrs["expr"], 1 + len(extras))
     with np.errstate(all="ignore"):  # Piecewise evaluates every branch; the unused ones may overflow
-        result = np.asarray(fn(acc, *extras))
+        # broadcast first: a compound condition (x >= y) | isnan(x) is a logical_or.reduce over a tuple
+        result = np.asarray(fn(*np.broadcast_arrays(acc, *extras)))
     return np.broadcast_to(result, acc.shape)
 
 

@@ -5,7 +5,9 @@ Uniform tensors (every element equal: ``broadcast_to(c, S)``) are folded whateve
 an elementwise op, a reshape, a transpose or a broadcast of uniform inputs is computed once on
 the one-element values and broadcast to its shape. Any other result with more than ``limit``
 elements is left as it is, so large constants are not baked into the graph. A folded result
-whose elements are all equal is written as a one-element constant broadcast to the shape.
+whose elements are all equal is written as a one-element constant broadcast to the shape. The
+mean of a uniform tensor is its value only while the sum stays finite (IEEE: NumPy's mean of
+[1e308, 1e308] is inf).
 """
 from __future__ import annotations
 
@@ -36,6 +38,17 @@ def _uniform_constant(node: Node) -> Node | None:
     if np.all(flat == flat[0]):
         return make_constant(flat[0], node.dtype, like=node)
     return None
+
+
+def _mean_overflows(value: Node, in_size: int, out_size: int) -> bool:
+    """Whether summing the uniform value over the reduced elements overflows its dtype (IEEE: the
+    mean of 1e308 twice is inf in float64, not 1e308)."""
+    if not value.dtype.is_float:
+        return False
+    count = in_size // max(out_size, 1)
+    with np.errstate(all="ignore"):
+        total = np.abs(value.value.reshape(())).astype(value.dtype.np) * value.dtype.np.type(count)
+    return not np.isfinite(total)
 
 
 def _evaluate(op_node: Node) -> np.ndarray | None:
@@ -77,6 +90,8 @@ def fold_constants(graph: Graph, limit: int = FOLD_LIMIT) -> Graph:
         if old.op == "broadcast_to" and inputs[0].op == "constant" and inputs[0].size == 1:
             return None  # already the canonical form of a uniform tensor
         uniform = [_uniform_constant(i) for i in inputs]
+        if old.op == "mean" and uniform[0] is not None and _mean_overflows(uniform[0], inputs[0].size, old.size):
+            uniform[0] = None  # mean(c, ..., c) is c only while the sum stays finite: computed as written
         if all(u is not None for u in uniform) and (is_elementwise_op(old) or old.op in _SAME_VALUE):
             if old.op in _SAME_VALUE:
                 value = uniform[0].value.reshape(())

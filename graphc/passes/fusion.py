@@ -118,44 +118,55 @@ def faithful(node: Node, args: list[sp.Expr], expr: sp.Expr) -> bool:
     """Whether ``expr`` (``node_expr(node, args)``, as SymPy evaluated it) computes what the node's
     operation applied to ``args`` computes, NaN, infinities and overflow included.
 
-    SymPy's automatic simplifications assume real (finite) numbers; the node's operation is written
-    out unevaluated and the two are compared on :data:`_IEEE_POINTS` wherever SymPy changed the
-    expression's structure (an unchanged operation count and inputs mean reordering or ``x + x -> 2x``).
+    SymPy's automatic simplifications assume real (finite) numbers. Where SymPy changed the
+    structure (the operation count or the inputs differ from the node's operation over ``args``:
+    equal counts mean reordering or ``x + x -> 2x``), the node's operation is evaluated with NumPy
+    on the values of ``args`` at :data:`_IEEE_POINTS` and compared with ``expr`` there.
     """
-    with sp.evaluate(False):
-        literal = node_expr(node, args)
-    return _same_as_written(literal, expr)
+    if node.op == "cast":
+        template, symbols = CAST_FUNCTIONS[node.dtype.name](fused_symbols(1)[0]), fused_symbols(1)
+    else:
+        template, symbols = op_template(node.op, node.attrs)
+    return same_values_when_written(template, dict(zip(symbols, args)), expr)
 
 
 def same_values_when_written(template: sp.Expr, mapping: dict, expr: sp.Expr) -> bool:
-    """Whether ``expr`` (``template.xreplace(mapping)`` as SymPy evaluated it) computes what the
-    substitution written out unevaluated computes (see :func:`faithful`)."""
-    with sp.evaluate(False):
-        literal = template.xreplace(mapping)
-    return _same_as_written(literal, expr)
-
-
-def _same_as_written(literal: sp.Expr, expr: sp.Expr) -> bool:
-    if literal == expr or (literal.free_symbols == expr.free_symbols and sp.count_ops(literal) == sp.count_ops(expr)):
+    """Whether ``expr`` (``template.xreplace(mapping)`` as SymPy evaluated it) computes what
+    ``template`` computes on the values of the expressions ``mapping`` gives its symbols (see
+    :func:`faithful`)."""
+    symbols = tuple(mapping)
+    args = tuple(mapping[s] for s in symbols)
+    written_ops = _ops(template) + sum(template.count(s) * _ops(a) for s, a in zip(symbols, args))
+    inputs = set().union(*(a.free_symbols for a in args)) if args else set()
+    if written_ops == _ops(expr) and inputs == expr.free_symbols:
         return True
-    return _same_values(literal, expr)
+    return _same_values(template, symbols, args, expr)
+
+
+@functools.lru_cache(maxsize=16384)
+def _ops(expr: sp.Expr) -> int:
+    return sp.count_ops(expr)
 
 
 @functools.lru_cache(maxsize=8192)
-def _same_values(written: sp.Expr, evaluated: sp.Expr) -> bool:
-    symbols = sorted(written.free_symbols | evaluated.free_symbols, key=lambda s: s.name)
-    pts = _ieee_points(max(len(symbols), 1))[: len(symbols)]
+def _same_values(template: sp.Expr, symbols: tuple, args: tuple, evaluated: sp.Expr) -> bool:
+    inputs = sorted(set().union(evaluated.free_symbols, *(a.free_symbols for a in args)), key=lambda s: s.name)
+    pts = _ieee_points(max(len(inputs), 1))[: len(inputs)]
     shape = pts.shape[1:]
+
+    def values(expr: sp.Expr, over, at) -> np.ndarray:
+        return np.broadcast_to(np.asarray(numpy_function(over, expr)(*at), dtype=np.float64), shape)
+
     try:
         with np.errstate(all="ignore"):
-            a = np.broadcast_to(np.asarray(numpy_function(symbols, written)(*pts), dtype=np.float64), shape)
-            b = np.broadcast_to(np.asarray(numpy_function(symbols, evaluated)(*pts), dtype=np.float64), shape)
+            written = values(template, symbols, [values(a, inputs, pts) for a in args])
+            b = values(evaluated, inputs, pts)
     except Exception:  # noqa: BLE001 - not evaluable numerically: cannot be shown equal, so it is not fused
         return False
-    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    nan_a, nan_b = np.isnan(written), np.isnan(b)
     if np.any(nan_a != nan_b):
         return False
-    return bool(np.all(np.isclose(a[~nan_a], b[~nan_a], rtol=1e-6, atol=1e-290)))
+    return bool(np.all(np.isclose(written[~nan_a], b[~nan_a], rtol=1e-6, atol=1e-290)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -260,7 +271,7 @@ def fuse_elementwise(graph: Graph, fast_math: bool = False) -> Graph:
     ...     y = g.output(graphc.relu(x * 2.0 + 1.0))
     >>> fused = fuse_elementwise(g)
     >>> [n.op for n in fused.nodes], fused.nodes[-1].attrs["expr"]
-    (['input', 'fused'], Piecewise((2.0*x0 + 1.0, 2.0*x0 + 1.0 > 0), (0, True)))
+    (['input', 'fused'], Piecewise((0, 2.0*x0 + 1.0 <= 0), (2.0*x0 + 1.0, True)))
     """
     excluded: set[int] = set()
     while True:

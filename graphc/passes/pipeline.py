@@ -143,7 +143,7 @@ def optimize(graph: Graph, level: int = DEFAULT_LEVEL, dump_dir: str | None = No
     >>> [n.op for n in result.graph.nodes]
     ['input', 'fused']
     >>> result.passes[0].name, result.graph.nodes[1].attrs["expr"]
-    ('dce', 2.0*Piecewise((x0, x0 > 0), (0, True)))
+    ('dce', 2.0*Piecewise((0, x0 <= 0), (x0, True)))
     """
     if level not in LEVELS:
         raise ValueError(f"optimize: level must be one of {sorted(LEVELS)}, got {level!r}")
