@@ -251,7 +251,17 @@ def _dense(b: _Builder, g: Graph) -> tuple[list, list, graphc.Tensor]:
                                                     replace=False)] if len(pool) > 1 else [x]
     loss = None
     for t in picked:
-        term = graphc.sum(t * t) if rng.random() < 0.5 else graphc.mean(graphc.tanh(t))
+        form = b.choice(["sum_squares", "mean_tanh", "mse", "bce_logits", "l2"])
+        if form == "sum_squares":
+            term = graphc.sum(t * t)
+        elif form == "mse":
+            term = graphc.mse(t, graphc.constant(np.full(t.shape, 0.5, t.dtype.np)))
+        elif form == "bce_logits":
+            term = graphc.binary_cross_entropy_with_logits(t, graphc.constant(np.full(t.shape, 0.25, t.dtype.np)))
+        elif form == "l2":
+            term = graphc.mean(graphc.tanh(t)) + graphc.l2_penalty([W, V], 0.01)
+        else:
+            term = graphc.mean(graphc.tanh(t))
         term = graphc.cast(term, b.dtype)
         loss = term if loss is None else loss + term
     b.track(loss, max(t.size for t in picked) + len(picked), *picked)
@@ -265,10 +275,11 @@ def _conv(b: _Builder, g: Graph) -> tuple[list, list, graphc.Tensor]:
     n, c, o = int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(1, 4))
     k, pad, stride = int(rng.integers(1, 4)), int(rng.integers(0, 2)), int(rng.integers(1, 3))
     size = int(rng.integers(k + 1, 7))
+    dilation = 2 if rng.random() < 0.25 and size + 2 * pad >= 2 * k - 1 else 1
     x = b.input("x", (n, c, size, size))
     w, bias = b.param("w", (o, c, k, k), 0.5), b.param("bc", (o,), 0.1)
     params = [w, bias]
-    h = graphc.conv2d(x, w, stride=stride, padding=pad) + graphc.reshape(bias, (1, o, 1, 1))
+    h = graphc.conv2d(x, w, stride=stride, padding=pad, dilation=dilation) + graphc.reshape(bias, (1, o, 1, 1))
     b.track(h, c * k * k + 2, x)
     if rng.random() < 0.3 and n * h.shape[2] * h.shape[3] > 1:
         gamma, beta = b.param("gamma", (o,), 1.0), b.param("beta", (o,), 0.5)
@@ -370,6 +381,8 @@ class Disagreement:
     detail: str
 
     def __str__(self) -> str:
+        if self.what == "crash":
+            return f"crash: {self.detail}"
         return f"{self.what}: first difference at {self.index}: got {self.got!r}, want {self.want!r} ({self.detail})"
 
 
