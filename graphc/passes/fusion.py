@@ -175,7 +175,8 @@ def fused_cse(expr: sp.Expr) -> tuple[list[tuple[sp.Symbol, sp.Expr]], sp.Expr]:
 
     The form backends print as scalar code: one line per temporary, then the result.
     """
-    replacements, (reduced,) = sp.cse([expr], symbols=sp.numbered_symbols("t"), optimizations=None)
+    with sp.evaluate(False):  # as the cpu backend's scalar printer: no re-simplification (IEEE semantics)
+        replacements, (reduced,) = sp.cse([expr], symbols=sp.numbered_symbols("t"), optimizations=None)
     return list(replacements), reduced
 
 
