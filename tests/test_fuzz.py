@@ -3,8 +3,8 @@ backend, each compared with the reference evaluation of the unoptimized graph.
 
 * 1,000 graphs through ``graphc.optimize`` at every level 0..3, the optimized graph evaluated by the reference
   backend (``test_optimize_agrees_with_reference_at_every_level``);
-* 60 graphs through ``backend="cpu"`` at its default level, one native call (outputs and in-place parameter
-  updates) each (``test_cpu_agrees_with_reference``).
+* 60 graphs through ``backend="cpu"``, half at its default level 2 and half at level 0, one native call (outputs
+  and in-place parameter updates) each (``test_cpu_agrees_with_reference``).
 
 The graphs mix the registry's ops in float32 and float64, dense and conv families, with gradients and SGD or
 momentum updates; a quarter of them get inputs with NaN, +-Inf, 0 and -0.0. Agreement (fuzzgraphs.compare):
@@ -26,10 +26,24 @@ one per module, 18.9 s two per module, 24.2 s four per module), so one case per 
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
-from fuzzgraphs import build_case, check_cpu, check_optimize, record, report
+from fuzzgraphs import (
+    build_case,
+    check_cpu,
+    check_optimize,
+    compare,
+    crash,
+    disagreements,
+    expected,
+    record,
+    report,
+    tolerance,
+)
 
 SEED = int(os.environ.get("GRAPHC_FUZZ_SEED", "20261129"))
 OPTIMIZE_GRAPHS = 1000
@@ -56,9 +70,15 @@ def cpu_cache(graphc_cache_dir, monkeypatch):
     return graphc_cache_dir
 
 
+def cpu_level(index: int) -> int:
+    """Even cases at the cpu backend's default level 2 (fused kernels, GEMM/conv epilogues), odd ones at level 0
+    (every op through its own lowering rule)."""
+    return 2 if index % 2 == 0 else 0
+
+
 @pytest.mark.parametrize("index", range(CPU_GRAPHS))
 def test_cpu_agrees_with_reference(index, cpu_cache):
-    cases, findings = check_cpu(SEED, [index])
+    cases, findings = check_cpu(SEED, [index], level=cpu_level(index))
     record("cpu", cases, findings)
     if findings:
         pytest.fail(report(findings))
@@ -83,3 +103,48 @@ def test_the_cpu_cases_cover_what_the_issue_asks():
     assert {c.rule for c in cases} == {"grad", "sgd", "momentum"}
     assert all(c.updates for c in cases)
     assert any(p.name.endswith(".velocity") for c in cases for p, _ in c.updates)  # Momentum's state, updated too
+
+
+def test_a_disagreement_names_the_seed_the_graph_the_place_and_the_reproducer():
+    """The harness itself: a value off by 10x the tolerance, a NaN where a number belongs, an infinity where
+    the reference has another value are each found at their position and reported with what is needed to
+    reproduce them (the oracle here is the reference evaluation, perturbed); so is a crash."""
+    case = next(c for c in map(lambda k: build_case(SEED, k), range(20)) if not c.cancellation and not c.special)
+    want, largest = expected(case, case.graph)
+    assert disagreements(case, want, want, largest, "optimize level 2") == []
+    for change in ["off", "nan", "inf"]:
+        got = [w.copy() for w in want]
+        flat = got[0].reshape(-1)  # the loss
+        flat[0] = {"off": flat[0] + 10 * tolerance(case) * (abs(flat[0]) + 1), "nan": np.nan,
+                   "inf": np.inf if flat[0] != np.inf else -np.inf}[change]
+        (finding,) = disagreements(case, got, want, largest, "optimize level 2")
+        text = finding.report()
+        assert f"seed {SEED} case {case.index}" in text and "at optimize level 2" in text
+        assert "output 0: first difference at ()" in text
+        assert f"python bench/fuzz.py --seed {SEED} --only {case.index}" in text
+        assert str(case.graph).splitlines()[-1] in text  # the graph's text
+    assert "crash: ZeroDivisionError: boom" in str(crash(ZeroDivisionError("boom")))
+
+
+def test_float32_tolerance_follows_the_rounding_steps():
+    """float64 cases: the issue's 1e-9; float32: 16 * u * steps (fuzzgraphs.tolerance), larger for deeper cases."""
+    cases = [build_case(SEED, k) for k in range(20)]
+    for c in cases:
+        want = 1e-9 if c.dtype == "float64" else 16 * c.rounding_steps * 2.0 ** -24
+        assert tolerance(c) == pytest.approx(want)
+    assert compare(np.array([1.0, np.nan, -np.inf, -0.0]), np.array([1.0 + 5e-10, np.nan, -np.inf, 0.0]), 1e-9) is None
+    assert compare(np.array([1.0, 0.0]), np.array([1.0, np.nan]), 1e-9)[0] == (1,)
+    assert compare(np.array([np.inf]), np.array([-np.inf]), 1e-9)[0] == (0,)
+    assert compare(np.array([1.0, 1e-12]), np.array([1.0, 0.0]), 1e-9) is None  # within 1e-9 of the output's scale
+    assert compare(np.array([1.0, 3e-9]), np.array([1.0, 0.0]), 1e-9)[0] == (1,)
+
+
+def test_the_reproducer_runs_one_case(capsys, cpu_cache):
+    """``python bench/fuzz.py --seed S --only K`` prints case K's graph and its verdict at every level and on cpu."""
+    spec = importlib.util.spec_from_file_location("bench_fuzz", Path(__file__).resolve().parents[1] / "bench" / "fuzz.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    status = bench.main(["--seed", str(SEED), "--only", "0", "--cache-dir", str(cpu_cache)])
+    out = capsys.readouterr().out
+    assert f"graph fuzz_{SEED}_0" in out and "return %" in out
+    assert status == 0 and "agrees at optimize levels 0-3 and on cpu" in out
