@@ -510,6 +510,11 @@ def check_optimize(case: Case, levels=(0, 1, 2, 3)) -> list[Finding]:
     return found
 
 
+def cpu_reports(seed: int, index: int, level: int, cache_dir: str | None = None) -> list[str]:
+    """:func:`check_cpu` of one case as plain data, for a worker process: the report of each finding."""
+    return [f.report() for f in check_cpu(seed, [index], level=level, cache_dir=cache_dir)[1]]
+
+
 def build_batch(seed: int, indices) -> tuple[Graph, list[Case]]:
     """Cases ``indices`` of campaign ``seed`` as disjoint subgraphs of one graph (one compiled module)."""
     with graphc.Graph(f"fuzz_{seed}_{indices[0]}_{indices[-1]}") as g:
@@ -547,10 +552,10 @@ RECORD: dict[str, dict[str, int]] = {"optimize": {"graphs": 0, "disagreements": 
                                      "cpu": {"graphs": 0, "disagreements": 0}}
 
 
-def record(part: str, cases: list[Case], findings: list[Finding]) -> None:
-    """Count ``cases`` as checked by ``part`` and those with a finding as disagreeing."""
-    RECORD[part]["graphs"] += len(cases)
-    RECORD[part]["disagreements"] += len({f.case.index for f in findings})
+def record(part: str, graphs: int, disagreeing: int) -> None:
+    """Count ``graphs`` as checked by ``part``, ``disagreeing`` of them with a finding."""
+    RECORD[part]["graphs"] += graphs
+    RECORD[part]["disagreements"] += disagreeing
 
 
 def summary_line() -> str | None:
