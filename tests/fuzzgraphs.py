@@ -88,7 +88,7 @@ class Case:
     #: (analytically zero in places), the rounding error of a cast round trip, pow(a, 0.5) - sqrt(a) (and
     #: their gradients).
     cancellation: bool
-    rule: str                        # "grad" (gradients as outputs, hand-written SGD), "sgd" or "momentum" (graphc.optim)
+    rule: str                        # "grad" (gradients out, hand-written SGD), "sgd" or "momentum" (graphc.optim)
     graph: Graph | None = None       # the case's own graph (None while built into a shared one)
 
     @property
@@ -261,8 +261,9 @@ def _dense(b: _Builder, g: Graph) -> tuple[list, list, graphc.Tensor]:
                 params += [gamma, beta]
                 b.cancellation = True
                 pool.append(b.track(graphc.batch_norm(full, gamma, beta), 3 * B + 4, full))
-    picked = [pool[int(k)] for k in rng.choice(np.arange(1, len(pool)), size=min(len(pool) - 1, int(rng.integers(1, 4))),
-                                                    replace=False)] if len(pool) > 1 else [x]
+    count = min(len(pool) - 1, int(rng.integers(1, 4)))
+    picked = [pool[int(k)] for k in rng.choice(np.arange(1, len(pool)), size=count, replace=False)] \
+        if len(pool) > 1 else [x]
     loss = None
     for t in picked:
         form = b.choice(["sum_squares", "mean_tanh", "mse", "bce_logits", "l2"])
@@ -474,9 +475,9 @@ def floor(case: Case, largest: float) -> float:
     """The absolute floor of a case that computes values by cancellation: batch-norm gradients are
     analytically zero in places (the bias feeding a batch norm; any weight when the normalized output
     cannot move); the rounding error of a cast round trip, cast(cast(t, f32), f64) - t, is ~1e-8 of the
-    terms that cancel, pow(a, 0.5) - sqrt(a) is zero, and so are their gradients. What a correct evaluation computes there is the rounding
-    noise of terms as large as the case's largest intermediate value (any change of 1 ulp in such a term,
-    e.g. from summing in another order, changes the result by that much), so values agree within
+    terms that cancel, pow(a, 0.5) - sqrt(a) is zero, and so are their gradients. What a correct
+    evaluation computes there is the rounding noise of terms as large as the case's largest intermediate
+    value (any change of 1 ulp in such a term, e.g. from summing in another order, changes the result by that much), so values agree within
     tolerance * (that magnitude). Cases without such cancellations get no floor."""
     return tolerance(case) * largest if case.cancellation else 0.0
 

@@ -13,9 +13,9 @@ NaN where the reference has NaN and the same infinities, position by position; f
 the unit roundoff, the steps counted along the case's longest path: one per elementwise op, n per n-term
 reduction, the backward pass again), relative to the output's largest finite magnitude. Cases that compute
 values by cancellation (batch norm, whose gradients are analytically zero in places; the rounding error of a
-cast round trip; pow(a, 0.5) - sqrt(a)) also accept an absolute floor of tolerance * (the largest magnitude the case computes), see ``fuzzgraphs.floor``:
-there a correct result is the rounding noise of terms that large. Cases with NaN/Inf inputs leave out the
-stabilize pass's patterns (``fuzzgraphs.STABILIZED_FORMS``: the pass gives the finite answer where the written
+cast round trip; pow(a, 0.5) - sqrt(a)) also accept an absolute floor of tolerance * (the largest magnitude
+the case computes), see ``fuzzgraphs.floor``: there a correct result is the rounding noise of terms that
+large. Cases with NaN/Inf inputs leave out the stabilize pass's patterns (``fuzzgraphs.STABILIZED_FORMS``: the pass gives the finite answer where the written
 form overflows, by design).
 
 A disagreement fails with the seed, the level or backend, the first differing element, the graph's text and a
@@ -59,7 +59,8 @@ CHUNK = 100
 CPU_WORKERS = 2
 
 
-@pytest.mark.parametrize("chunk", range(OPTIMIZE_GRAPHS // CHUNK), ids=lambda k: f"graphs{k * CHUNK}-{k * CHUNK + CHUNK - 1}")
+@pytest.mark.parametrize("chunk", range(OPTIMIZE_GRAPHS // CHUNK),
+                         ids=lambda k: f"graphs{k * CHUNK}-{k * CHUNK + CHUNK - 1}")
 def test_optimize_agrees_with_reference_at_every_level(chunk):
     cases, findings = [], []
     for index in range(chunk * CHUNK, (chunk + 1) * CHUNK):
@@ -161,7 +162,8 @@ def test_float32_tolerance_follows_the_rounding_steps():
 
 def test_the_reproducer_runs_one_case(capsys, cpu_cache):
     """``python bench/fuzz.py --seed S --only K`` prints case K's graph and its verdict at every level and on cpu."""
-    spec = importlib.util.spec_from_file_location("bench_fuzz", Path(__file__).resolve().parents[1] / "bench" / "fuzz.py")
+    path = Path(__file__).resolve().parents[1] / "bench" / "fuzz.py"
+    spec = importlib.util.spec_from_file_location("bench_fuzz", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     status = bench.main(["--seed", str(SEED), "--only", "0", "--cache-dir", str(cpu_cache)])
