@@ -40,6 +40,7 @@ import numpy as np
 import pytest
 from fuzzgraphs import (
     build_case,
+    check_cpu,
     check_optimize,
     compare,
     cpu_reports,
@@ -50,6 +51,8 @@ from fuzzgraphs import (
     report,
     tolerance,
 )
+
+import graphc
 
 SEED = int(os.environ.get("GRAPHC_FUZZ_SEED", "20261129"))
 OPTIMIZE_GRAPHS = 1000
@@ -171,3 +174,26 @@ def test_the_reproducer_runs_one_case(capsys, cpu_cache):
     out = capsys.readouterr().out
     assert f"graph fuzz_{SEED}_0" in out and "return %" in out
     assert status == 0 and "agrees at optimize levels 0-3 and on cpu" in out
+
+
+# -- regressions: bugs the fuzzer found ---------------------------------------------------------------------------
+
+def test_cpu_float32_tanh_is_exactly_one_where_numpy_rounds_to_one(cpu_cache):
+    """Found as seed 20261129 case 102 (bench/fuzz.py): the inline float32 tanh of the cpu backend saturated at
+    0.99999976, so tanh(inf) was not 1, tanh'(inf) = 1 - tanh^2 was 4.8e-7 instead of 0, and the conv weight
+    gradient inf * tanh'(inf) was inf where NumPy gives NaN. Oracle: the reference backend (NumPy float32)."""
+    z = np.array([np.inf, -np.inf, 9.02, 20.0, -20.0, np.nan, 0.5, -0.0, 3.0], np.float32)
+    with graphc.Graph("tanh_saturation") as g:
+        x = graphc.input("x", z.shape, "float32")
+        t = graphc.tanh(x)
+        (d,) = graphc.grad(graphc.sum(t), [x])
+        g.output(t, d, x * d)
+    for level in (0, 2):
+        got = graphc.compile([t, d, x * 1.0], backend="cpu", optimize=level)(z)[:2]
+        want = graphc.compile([t, d])(z)
+        assert got[0][:5].tolist() == [1.0, -1.0, 1.0, 1.0, -1.0] and got[1][:5].tolist() == [0.0] * 5
+        for a, b in zip(got, want):
+            assert compare(a, b, 16 * 4 * 2.0 ** -24) is None, (level, a, b)
+    exe = graphc.compile(graphc.Tensor(g.outputs[2], g), backend="cpu")
+    assert np.isnan(exe(z)[:2]).all()  # inf * 0 is NaN, as NumPy computes it
+    assert check_cpu(SEED, [102], level=2)[1] == []  # the case that found it
