@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -64,3 +65,13 @@ def scratch_registry():
     yield registry
     registry._REGISTRY.clear()
     registry._REGISTRY.update(saved)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """The fuzz counts (tests/test_fuzz.py), e.g. ``fuzz: 1000 graphs through optimize levels 0-3, 0 disagreements;
+    60 graphs through cpu, 0 disagreements``, when fuzz tests ran in this session."""
+    fuzz = sys.modules.get("fuzzgraphs")
+    line = fuzz.summary_line() if fuzz is not None else None
+    if line:
+        terminalreporter.write_sep("-", "fuzz")
+        terminalreporter.write_line(line)

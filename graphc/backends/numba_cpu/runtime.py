@@ -306,7 +306,11 @@ KERNELS = (im2col, conv2d_direct, conv2d_im2col, col2im_add, max_pool, avg_pool,
 # loop. tanh_f32 is the rational approximation XLA and Eigen use for float32 (at most a few ulp from the
 # correctly rounded result), emitted inline as LLVM IR so the loop around it vectorizes.
 
-_TANH_CLAMP = 7.90531110763549805  # beyond this, the float32 tanh is +-1
+_TANH_CLAMP = 7.90531110763549805  # the approximation's range: beyond it, its value at the clamp (1 - 2.4e-7)
+#: Beyond 13 ln 2, 1 - tanh(x) < 2**-25 (half an ulp below 1): the correctly rounded float32 tanh is exactly +-1,
+#: as NumPy's is. (The rational approximation clamped at 7.9 gives 0.99999976 there, so tanh(inf) was not 1,
+#: tanh'(inf) = 1 - tanh^2 was 4.8e-7 instead of 0, and inf * tanh'(inf) was inf instead of NumPy's NaN.)
+_TANH_ONE = 9.01091334
 _TANH_P = (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
            1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03)
 _TANH_Q = (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03)
@@ -338,7 +342,10 @@ def tanh_f32(typingctx, x):
             return acc
 
         p = builder.fmul(horner(_TANH_P), v, flags=flags)
-        return builder.fdiv(p, horner(_TANH_Q))
+        y = builder.fdiv(p, horner(_TANH_Q))
+        # Saturate to exactly +-1 (ordered comparisons: NaN stays NaN).
+        y = builder.select(builder.fcmp_ordered(">", args[0], const(_TANH_ONE)), const(1.0), y)
+        return builder.select(builder.fcmp_ordered("<", args[0], const(-_TANH_ONE)), const(-1.0), y)
 
     return types.float32(types.float32), codegen
 
