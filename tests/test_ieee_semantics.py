@@ -280,6 +280,33 @@ def test_fusion_does_not_merge_what_sympy_would_simplify():
     assert all(o.op in ("constant", "broadcast_to") for o in fast.outputs[:3])
 
 
+@pytest.mark.parametrize("fast_math", [False, True])
+def test_a_nan_branch_that_sympy_cannot_fold_into_a_comparison_is_computed_on_its_own(fast_math):
+    """step's NaN branch composed into elu's `x >= 0` makes SymPy raise "Invalid NaN comparison": fusion
+    leaves elu (and relu) unfused instead of crashing optimize (found by the fuzzer, seed 20261129)."""
+    xv = np.array([-1.0, 0.0, 2.0, np.nan])
+    step = np.where(np.isnan(xv), np.nan, (xv > 0).astype(float))  # numpy.heaviside's NaN, the course's step
+    for activation in (graphc.elu, graphc.relu):
+        with graphc.Graph() as g:  # step read once, so fusion would inline it into the activation
+            x = graphc.input("x", (4,), "float64")
+            g.output(activation(graphc.step(x)))
+        (out,) = reference.evaluate(graphc.optimize(g, 2, fast_math=fast_math).graph, {"x": xv})
+        np.testing.assert_array_equal(out, step)  # elu and relu of 0/1/NaN are 0/1/NaN
+
+
+def test_the_reference_evaluates_a_folded_nan_condition_as_written():
+    """SymPy's NumPy printer simplified an ITE condition as if no input were NaN and printed
+    maximum(x, relu(x))'s fused condition as True: the optimized graph gave -1.5 for x = -1.5."""
+    with graphc.Graph() as g:
+        x = graphc.input("x", (4,), "float64")
+        g.output(graphc.maximum(x, graphc.relu(x)))
+    xv = np.array([-1.5, 0.0, 2.0, np.nan])
+    optimized = graphc.optimize(g, 2).graph
+    assert any(n.op == "fused" and "ITE" in str(n.attrs["expr"]) for n in optimized.nodes)
+    (got,) = reference.evaluate(optimized, {"x": xv})
+    np.testing.assert_array_equal(got, np.maximum(xv, np.maximum(xv, 0)))
+
+
 def test_compile_cache_key_covers_the_op_definitions(monkeypatch):
     """Item 5: the key changes when an op's expression changes (relu redefined), and the environment
     hashes graphc/ops' sources."""

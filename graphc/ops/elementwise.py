@@ -163,13 +163,25 @@ def numpy_power(x, y):
 
 
 class _NumPyPrinter(NumPyPrinter):
-    """SymPy's NumPy printer with graphc's pow (:func:`numpy_power`) for non-integer exponents."""
+    """SymPy's NumPy printer with graphc's pow (:func:`numpy_power`) for non-integer exponents and
+    IEEE-faithful ``ITE`` conditions."""
 
     def _print_Pow(self, expr, rational=False):
         exponent = expr.exp
         if exponent.is_Integer or exponent == sp.Rational(1, 2) or exponent == -sp.Rational(1, 2):
             return super()._print_Pow(expr, rational=rational)
         return f"graphc_power({self._print(expr.base)}, {self._print(exponent)})"
+
+    def _print_Piecewise(self, expr):
+        # SymPy's version runs simplify_logic on a condition holding an ITE, which treats the relations
+        # as independent of NaN (``ITE(x <= 0, isnan(x) | (x >= 0), True)`` printed as ``True``).
+        conds = ", ".join(self._print(arg.cond) for arg in expr.args)
+        values = ", ".join(self._print(arg.expr) for arg in expr.args)
+        return f"{self._module_format('numpy.select')}([{conds}], [{values}], default={self._print(sp.nan)})"
+
+    def _print_ITE(self, expr):
+        cond, then, otherwise = (self._print(arg) for arg in expr.args)
+        return f"{self._module_format('numpy.where')}({cond}, {then}, {otherwise})"
 
 
 def numpy_function(symbols: Sequence[sp.Symbol], expr: sp.Expr) -> Callable:

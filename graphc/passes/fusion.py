@@ -277,21 +277,22 @@ def fuse_elementwise(graph: Graph, fast_math: bool = False) -> Graph:
     excluded: set[int] = set()
     while True:
         root_of = _assign_roots(graph, frozenset(excluded))
-        unfaithful = [] if fast_math else _unfaithful_nodes(graph, root_of)
+        unfaithful = _unfaithful_nodes(graph, root_of, fast_math)
         if not unfaithful:
             break
         excluded.update(unfaithful)
     return _fuse(graph, root_of)
 
 
-def _unfaithful_nodes(graph: Graph, root_of: dict[int, Node]) -> list[int]:
-    """The nodes whose expressions, built into their fused nodes, SymPy changed (see :func:`faithful`)."""
+def _unfaithful_nodes(graph: Graph, root_of: dict[int, Node], fast_math: bool = False) -> list[int]:
+    """The nodes whose expressions SymPy could not build from their inputs' (``expr`` None: a NaN branch
+    reaching a comparison) or, unless ``fast_math``, changed while building them (see :func:`faithful`)."""
     found: list[int] = []
     for root in {id(r): r for r in root_of.values() if r is not None}.values():
         group = _Group(root)
 
-        def check(node: Node, args: list[sp.Expr], expr: sp.Expr) -> None:
-            if node.op != "broadcast_to" and not faithful(node, args, expr):
+        def check(node: Node, args: list[sp.Expr], expr: sp.Expr | None) -> None:
+            if expr is None or (not fast_math and node.op != "broadcast_to" and not faithful(node, args, expr)):
                 found.append(id(node))
 
         _build(group, root, root_of, check)
@@ -314,7 +315,15 @@ def _build(group: _Group, node: Node, root_of: dict[int, Node], check=None, roun
         expr = number if number is not None else group.leaf(node)
     else:
         args = [_build(group, i, root_of, check, round_f32) for i in node.inputs]
-        expr = node_expr(node, args)
+        try:
+            expr = node_expr(node, args)
+        except TypeError:  # SymPy folding step's NaN branch into elu's `x >= 0`: "Invalid NaN comparison"
+            if check is None:
+                raise
+            check(node, args, None)  # computed on its own, from its inputs' values
+            expr = group.leaf(node)
+            group.memo[id(node)] = expr
+            return expr
         if check is not None:
             check(node, args, expr)
         if round_f32 and node.dtype.name == "float32" and node.op not in _FREE:
