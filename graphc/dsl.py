@@ -33,7 +33,7 @@ from .ir import (
     to_float,
     user_location,
 )
-from .ir.errors import at_op
+from .ir.errors import at_op, line_text
 
 _provenance: contextvars.ContextVar[Provenance | None] = contextvars.ContextVar("graphc_provenance", default=None)
 _location: contextvars.ContextVar[SourceLoc | None] = contextvars.ContextVar("graphc_location", default=None)
@@ -251,8 +251,7 @@ def _source(op: str, shape, dtype: DType, name: str | None, value: np.ndarray | 
     try:
         shape = dims("shape", shape)
     except ShapeError as err:
-        where = f"\n  at {current_location()}" if current_location() is not None else ""
-        raise ShapeError(f"{op} {name!r}: {err}{where}") from None
+        raise ShapeError(f"{op} {name!r}: {err}{line_text(current_location())}") from None
     node = Node(op, (), Attrs(attrs), shape, dtype, name=name, loc=current_location(), value=value,
                 provenance=_provenance.get())
     return Tensor(graph.add(node), graph)

@@ -34,9 +34,14 @@ class NonFiniteError(GraphcError, FloatingPointError):
         self.node, self.index, self.value, self.epoch, self.step = node, index, value, epoch, step
 
 
+def line_text(loc: SourceLoc | None) -> str:
+    """``\n  at file:line``: how every graphc error message ends when it knows the user's line."""
+    return f"\n  at {loc}" if loc is not None else ""
+
+
 def at_op(err: GraphcError, op: str, operands: str, loc: SourceLoc | None) -> GraphcError:
     """Re-create ``err`` with the op name, its operand types and the user's line in the message."""
-    where = f"\n  at {loc}" if loc is not None else ""
+    where = line_text(loc)
     operand_text = f" (operands: {operands})" if operands else ""
     text = str(err)
     # Errors raised by an op's own checks may already start with its name.

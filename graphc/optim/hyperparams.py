@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..ir import GraphcError, user_location
+from ..ir.errors import line_text
 
 
 class HyperparameterError(GraphcError, ValueError):
@@ -23,8 +24,7 @@ class HyperparameterError(GraphcError, ValueError):
 
 def at_user_line() -> str:
     """``\\n  at file:line`` of the user's calling line (empty when there is none), for error messages."""
-    loc = user_location()
-    return f"\n  at {loc}" if loc is not None else ""
+    return line_text(user_location())
 
 
 def _real(value: Any) -> float | None:
