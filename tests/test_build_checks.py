@@ -329,6 +329,23 @@ def test_frac_mod_and_floor_of_a_product_are_differentiated():
                                atol=1e-7)
 
 
+def test_frac_and_mod_inside_products_compute_numpys_values_on_cpu():
+    """The cpu printer wrote y*frac(x) as `y*x % 1` (frac of the product): found when the suite's walk over
+    every registered op met the sawtooth op above; its value and gradients against NumPy's formulas."""
+    op = graphc.elementwise("test_build_checks_frac_product", lambda x, y: sp.frac(x) * y + 2 * sp.Mod(x, y), 2)
+    with graphc.Graph():
+        x = graphc.input("x", (5,), "float64")
+        y = graphc.input("y", (5,), "float64")
+        out = op(x, y)
+        dx, dy = graphc.grad(graphc.sum(out * out), [x, y])
+    got = graphc.compile([out, dx, dy], backend="cpu", optimize=0)(X_POINTS, Y_POINTS)
+    value = np.mod(X_POINTS, 1) * Y_POINTS + 2 * np.mod(X_POINTS, Y_POINTS)
+    np.testing.assert_allclose(got[0], value, rtol=1e-12)
+    np.testing.assert_allclose(got[1], 2 * value * (Y_POINTS + 2), rtol=1e-12)   # d/dx: y + 2 between jumps
+    np.testing.assert_allclose(got[2], 2 * value * (np.mod(X_POINTS, 1) - 2 * np.floor(X_POINTS / Y_POINTS)),
+                               rtol=1e-12)
+
+
 def test_an_expression_sympy_cannot_differentiate_fails_at_grad_time_naming_the_op_and_line(scratch_registry):
     mystery = graphc.elementwise("test_build_checks_mystery", lambda x: sp.Function("f")(x) + x)
     with graphc.Graph():

@@ -128,6 +128,11 @@ class ScalarPrinter(PythonCodePrinter):
         # np.sign: 1, -1, 0 for zero, NaN for NaN (x itself in the last branch covers both).
         return f"({one} if {x} > {zero} else (-{one} if {x} < {zero} else {x}))"
 
+    def _print_frac(self, expr) -> str:
+        # SymPy's Python printer writes frac(x) as a bare `x % 1`, which binds to a product before it:
+        # y*frac(x) came out as `y*x % 1`, i.e. frac(y*x).
+        return f"({self._print(expr.args[0])} % {self._print_Integer(sp.Integer(1))})"
+
     def _print_Abs(self, expr) -> str:
         return f"abs({self._print(expr.args[0])})"
 
