@@ -65,12 +65,7 @@ class Executable:
         missing = [n for n in self.input_names if n not in values]
         if missing:
             raise InputError(f"{self.graph.name}: missing input(s) {missing}")
-        return unaliased([validate(node, values[node.name]) for node in self.inputs], self.written_memory())
-
-    def written_memory(self) -> list[np.ndarray]:
-        """The arrays this executable writes while it runs (its parameters; a compiled backend adds its
-        workspace): an input overlapping one of them is copied by :meth:`bind`."""
-        return list(self.params.values())
+        return [validate(node, values[node.name]) for node in self.inputs]
 
     def __call__(self, *args: Any, **kwargs: Any):
         arrays = self.bind(args, kwargs)
@@ -88,18 +83,6 @@ class Executable:
             if k not in by_key:
                 raise InputError(f"{self.graph.name}: no parameter {k!r}; parameters are {list(self.params)}")
             self.params[k][...] = validate(by_key[k], v, "param")
-
-
-def unaliased(arrays: list[np.ndarray], written: list[np.ndarray]) -> list[np.ndarray]:
-    """``arrays``, each one that overlaps ``written`` replaced by a copy.
-
-    A training step reads its inputs while it writes its parameters (the weight-gradient GEMM
-    accumulates into the weights it reads ``x`` beside): an input that is a view of a parameter
-    would be read half-updated. The user means the step on the values passed, so those are copied.
-    The arrays are contiguous (validate() made them so), so the bounds check of
-    ``numpy.may_share_memory`` is exact and O(1).
-    """
-    return [np.array(a, order="C") if any(np.may_share_memory(a, w) for w in written) else a for a in arrays]
 
 
 def validate(node: Node, value: Any, role: str = "input") -> np.ndarray:

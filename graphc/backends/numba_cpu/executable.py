@@ -9,7 +9,7 @@ import numpy as np
 from ...ir import InputError, Node
 from ...ir.errors import NonFiniteError
 from .. import finite
-from ..executable import Executable, param_key, unaliased, validate
+from ..executable import Executable, param_key, validate
 from .codegen import op_label
 from .program import ErrorSite, Program
 
@@ -120,7 +120,7 @@ class NumbaExecutable(Executable):
                 flags = a.flags
                 if not (flags.c_contiguous and flags.aligned and flags.writeable):
                     break
-                if not flags.owndata and np.may_share_memory(a, self._written):  # bind() copies it
+                if not flags.owndata and np.may_share_memory(a, self._written):  # run() copies it
                     break
             else:
                 outs = self._step(*args, self._state, self._ws, self._status)
@@ -128,9 +128,6 @@ class NumbaExecutable(Executable):
                     self._raise_status(list(args))
                 return outs[0] if len(outs) == 1 else outs
         return super().__call__(*args, **kwargs)
-
-    def written_memory(self) -> list[np.ndarray]:
-        return [self._written]
 
     def bind(self, args: tuple, kwargs: Mapping[str, Any]) -> list[np.ndarray]:
         if self.strict:
@@ -151,7 +148,7 @@ class NumbaExecutable(Executable):
                     and a.flags.aligned and a.flags.writeable):
                 raise InputError(f"input {node.name!r}: run() needs a C-contiguous, aligned, writable {dtype} array "
                                  f"of shape {list(shape)}; got {_describe(a)} (call the executable to have it converted)")
-        arrays = unaliased(arrays, self.written_memory())
+        arrays = self._unaliased(arrays)
         before = None
         if self.check_finite:
             self._check_finite(arrays)
@@ -162,6 +159,16 @@ class NumbaExecutable(Executable):
         if self.check_finite:
             finite.check_outputs(self, arrays, outs, before, label=op_label)
         return list(outs)
+
+    def _unaliased(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """``arrays``, each one that overlaps the parameter store or the workspace replaced by a copy.
+
+        The native step reads its inputs while it writes its parameters (the weight-gradient GEMM
+        accumulates into the weights it reads ``x`` beside): an input that is a view of a parameter would
+        be read half-updated. The user means the step on the values passed, so those are copied. The
+        arrays are contiguous, so the bounds check of ``numpy.may_share_memory`` is exact and O(1).
+        """
+        return [np.array(a, order="C") if np.may_share_memory(a, self._written) else a for a in arrays]
 
     def _check_finite(self, arrays: list[np.ndarray]) -> None:
         finite.check_inputs(self, arrays)
@@ -256,7 +263,7 @@ class NumbaExecutable(Executable):
         for k, (node, is_batched) in enumerate(zip(self.inputs, batched)):
             if not is_batched:
                 arrays[k] = self._per_step(node, arrays[k], steps)
-        arrays = unaliased(arrays, self.written_memory())  # data that aliases the parameters is read as passed
+        arrays = self._unaliased(arrays)  # data that aliases the parameters is read as passed
         before = None
         if self.check_finite:
             self._check_finite(arrays)

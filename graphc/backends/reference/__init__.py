@@ -99,7 +99,8 @@ class ReferenceExecutable(Executable):
                            {p: state[id(p)] for p in self.graph.params})
         outs = [values[id(o)].copy() for o in self.outputs]
         # All updates read the old values: every new value is copied before any is written, since one
-        # can be another parameter's array itself (g.update(a, b); g.update(b, a) swaps them).
+        # can be another parameter's array itself (g.update(a, b); g.update(b, a) swaps them). So an input
+        # that is a view of a parameter is read as passed too: nothing is written while anything is read.
         new_values = [values[id(v)].copy() for _, v in self.graph.updates]
         for (p, _), value in zip(self.graph.updates, new_values):
             state[id(p)][...] = value
