@@ -19,6 +19,7 @@ from ..ir import Graph, GraphcError, InputError, Node
 from ..ir.errors import NonFiniteError
 from ..ir.printer import node_text
 from ..ops import registry
+from ..ops.elementwise import numpy_function
 from .executable import param_key
 
 # -- finding bad elements ---------------------------------------------------------------------------------
@@ -67,6 +68,26 @@ def snapshot(params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.array(v, copy=True) for k, v in params.items()}
 
 
+def restore(params: Mapping[str, np.ndarray], saved: Mapping[str, np.ndarray]) -> None:
+    """Write ``saved`` (a :func:`snapshot`) back into the parameter arrays, in place."""
+    for k, v in saved.items():
+        params[k][...] = v
+
+
+def minibatches(perm: np.ndarray, steps: int, batch_size: int, last_batch: str) -> list[np.ndarray]:
+    """The row indices of each step of an epoch, in the order a native epoch (``run_epoch``) visits them:
+    with "wrap" the last batch is filled from the start of the permutation, with "partial" it is shorter
+    (the re-run of a non-finite epoch, one step at a time, must visit the same rows)."""
+    order = np.resize(perm, steps * batch_size) if last_batch == "wrap" else perm
+    return [order[s * batch_size:(s + 1) * batch_size] for s in range(steps)]
+
+
+def rows_text(rows: np.ndarray) -> str:
+    """``[37, 38, 17, ...]``: the first rows of a minibatch, for messages."""
+    shown = ", ".join(str(int(i)) for i in rows[:8])
+    return f"[{shown}{', ...' if len(rows) > 8 else ''}]"
+
+
 def check_outputs(exe, arrays: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
                   before: Mapping[str, np.ndarray], label: Callable[[Node], str] = lambda n: n.op) -> None:
     """After a call with check_finite=True: when an output or an updated parameter is not finite, put the
@@ -75,8 +96,7 @@ def check_outputs(exe, arrays: Sequence[np.ndarray], outputs: Sequence[np.ndarra
     problem = nonfinite_result(exe, outputs, exe.params, label)
     if problem is None:
         return
-    for k, v in before.items():
-        exe.params[k][...] = v
+    restore(exe.params, before)
     origin = find_origin(exe.source_graph, feeds_by_name(exe.inputs, arrays), before)
     note = "The parameters are left at their values before this call." if before else ""
     raise nonfinite_error(f"{exe.graph.name}: {problem} (compiled with check_finite=True)", origin, note)
@@ -255,7 +275,7 @@ def _culprit(opdef, attrs: dict, operands: tuple[Any, ...]):
 
     def value(e):
         with np.errstate(all="ignore"):
-            return np.asarray(sp.lambdify(symbols, e, modules="numpy")(*values)).reshape(())[()]
+            return np.asarray(numpy_function(symbols, e)(*values)).reshape(())[()]
 
     expr = opdef.expr
     try:

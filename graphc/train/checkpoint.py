@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.finite import first_bad
 from ..io import atomic_write
 from ..ir import GraphcError
 
@@ -104,9 +105,9 @@ def check_arrays(path: str, arrays: dict[str, np.ndarray], expected: dict[str, n
     for k, v in expected.items():
         if arrays[k].dtype != v.dtype:
             raise CheckpointError(f"checkpoint {path}: array {k!r} is {arrays[k].dtype} where the model's is {v.dtype}")
-        if arrays[k].dtype.kind == "f":
-            bad = ~np.isfinite(arrays[k])
-            if bad.any():
-                first = tuple(int(i) for i in np.argwhere(bad)[0])
-                raise CheckpointError(f"checkpoint {path}: array {k!r} holds {arrays[k][first]} at index {first} "
-                                      f"({int(bad.sum())} of {bad.size} values are NaN or Inf): not resumable")
+        found = first_bad(arrays[k])
+        if found is not None:
+            first, value = found
+            bad = int(np.count_nonzero(~np.isfinite(arrays[k])))
+            raise CheckpointError(f"checkpoint {path}: array {k!r} holds {value} at index {first} "
+                                  f"({bad} of {arrays[k].size} values are NaN or Inf): not resumable")

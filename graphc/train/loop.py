@@ -248,7 +248,7 @@ class Trainer:
         else:
             loss, acc = self._stepwise_epoch(x, y, perm, lrs, keys, batch_size, last_batch)
         if not (math.isfinite(loss) and finite.all_finite(self.state.values())):
-            self._restore_state(start)
+            finite.restore(self.state, start)
             self.step_count = first_step
             self._find_nonfinite_step(x, y, perm, lrs, keys, batch_size, last_batch, native, epoch)
         return loss, acc
@@ -262,14 +262,10 @@ class Trainer:
             np.copyto(saved[k], v)
         return saved
 
-    def _restore_state(self, saved: dict[str, np.ndarray]) -> None:
-        for k, v in saved.items():
-            self.state[k][...] = v
-
     def _stepwise_epoch(self, x, y, perm, lrs, keys, batch_size, last_batch) -> tuple[float, float]:
         """An epoch one step executable call per minibatch (backends without a native epoch)."""
         total_loss, total_correct, rows = 0.0, 0.0, 0
-        for s, idx in enumerate(minibatches(perm, len(lrs), batch_size, last_batch)):
+        for s, idx in enumerate(finite.minibatches(perm, len(lrs), batch_size, last_batch)):
             exe = self.step_executable(len(idx))
             loss, correct = self.run_step(exe, {"x": x[idx], "y": y[idx], "lr": lrs[s], "key": keys[s]})
             total_loss += float(loss) * len(idx)
@@ -307,7 +303,7 @@ class Trainer:
         """Re-run an epoch that ended non-finite one step at a time, from its start (same permutation, rates
         and keys); at the first step whose loss or state is not finite, put the state back to before that
         step, replay the step on the reference backend and raise the NonFiniteError naming the origin."""
-        batches = minibatches(perm, len(lrs), batch_size, last_batch)
+        batches = finite.minibatches(perm, len(lrs), batch_size, last_batch)
         label = f"epoch {epoch}, " if epoch is not None else ""
         for s, idx in enumerate(batches):
             before = finite.snapshot(self.state)
@@ -319,17 +315,17 @@ class Trainer:
             problem = _nonfinite_step_result(loss, self.state)
             if problem is None:
                 continue
-            self._restore_state(before)
+            finite.restore(self.state, before)
             self.step_count -= 1
             origin = finite.find_origin(exe.source_graph, feeds, before)
-            where = f"fit: {label}step {s + 1} of {len(batches)} (minibatch rows {_rows_text(idx)} of the training data)"
+            where = f"fit: {label}step {s + 1} of {len(batches)} (minibatch rows {finite.rows_text(idx)} of the training data)"
             note = (f"The model's parameters are left at their values before {label}step {s + 1}. "
                     f"Inspect them with model.named_values().")
             if isinstance(origin, finite.Origin) and origin.node.op == "input" and origin.node.name in ("x", "y") and origin.index:
                 note = (f"Row {origin.index[0]} of this minibatch is row {int(idx[origin.index[0]])} of the training "
                         f"data: {origin.node.name}[{int(idx[origin.index[0]])}] is not finite.\n  " + note)
             raise finite.nonfinite_error(f"{where}: {problem}", origin, note, epoch=epoch, step=s + 1)
-        self._restore_state(self._epoch_start)
+        finite.restore(self.state, self._epoch_start)
         self.step_count -= len(batches)
         raise NonFiniteError(f"fit: {label}ended with a non-finite loss or state, but re-running its steps one at a "
                              f"time stayed finite (non-deterministic native code?); the parameters are left at their "
@@ -368,13 +364,6 @@ def _check_last_batch(last_batch: str) -> None:
         raise HyperparameterError(f"fit: last_batch must be one of {LAST_BATCH}, got {last_batch!r}")
 
 
-def minibatches(perm: np.ndarray, steps: int, batch_size: int, last_batch: str) -> list[np.ndarray]:
-    """The row indices of each step of an epoch, in the order the native epoch visits them: with "wrap"
-    the last batch is filled from the start of the permutation, with "partial" it is shorter."""
-    order = np.resize(perm, steps * batch_size) if last_batch == "wrap" else perm
-    return [order[s * batch_size:(s + 1) * batch_size] for s in range(steps)]
-
-
 def _nonfinite_step_result(loss: Any, state) -> str | None:
     """What a step left non-finite: its loss, else the first parameter or optimizer state; None if nothing."""
     if not np.isfinite(loss):
@@ -383,11 +372,6 @@ def _nonfinite_step_result(loss: Any, state) -> str | None:
         if finite.first_bad(value) is not None:
             return f"parameter {name!r} became non-finite, {finite.bad_text(value)}"
     return None
-
-
-def _rows_text(idx: np.ndarray) -> str:
-    shown = ", ".join(str(int(i)) for i in idx[:8])
-    return f"[{shown}{', ...' if len(idx) > 8 else ''}]"
 
 
 def steps_per_epoch(n: int, batch_size: int, last_batch: str = "partial") -> int:

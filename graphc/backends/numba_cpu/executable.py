@@ -281,21 +281,15 @@ class NumbaExecutable(Executable):
                              before: dict[str, np.ndarray]) -> None:
         """check_finite: an epoch left a NaN or Inf. Re-run it from its start one checked call per step (same
         rows and per-step values), so that the failing step's NonFiniteError names the node it came from."""
-        for k, v in before.items():
-            self.params[k][...] = v
-        batch = self.inputs[0].shape[0]
-        order = np.resize(perm, steps * batch)  # the native epoch's rows: "wrap" fills from the start
-        for s in range(steps):
-            rows = order[s * batch:(s + 1) * batch]
+        finite.restore(self.params, before)
+        for s, rows in enumerate(finite.minibatches(perm, steps, self.inputs[0].shape[0], "wrap")):
             step_arrays = [np.array(a[rows] if is_batched else a[s], order="C") for a, is_batched in zip(arrays, batched)]
             try:
                 self.run(step_arrays)
             except NonFiniteError as err:
-                raise NonFiniteError(f"run_epoch: step {s + 1} of {steps} (rows {rows[:8].tolist()}"
-                                     f"{' ...' if batch > 8 else ''}): {err}", node=err.node, index=err.index,
-                                     value=err.value, step=s + 1) from None
-        for k, v in before.items():
-            self.params[k][...] = v
+                raise NonFiniteError(f"run_epoch: step {s + 1} of {steps} (rows {finite.rows_text(rows)}): {err}",
+                                     node=err.node, index=err.index, value=err.value, step=s + 1) from None
+        finite.restore(self.params, before)
         raise NonFiniteError(f"{self.graph.name}: run_epoch left a NaN or Inf, but its steps run one call at a time "
                              f"stayed finite; the parameters are left at their values before the epoch "
                              f"(compiled with check_finite=True)")
