@@ -22,7 +22,7 @@ class HyperparameterError(GraphcError, ValueError):
     """An optimizer's, a schedule's or fit's setting outside its allowed range (or not a number)."""
 
 
-def at_user_line() -> str:
+def user_line_text() -> str:
     """``\\n  at file:line`` of the user's calling line (empty when there is none), for error messages."""
     return line_text(user_location())
 
@@ -70,9 +70,9 @@ class Range:
         v = _real(value)
         allowed = f"{name} must be {self}" + (" (or None)" if self.optional else "")
         if v is None:
-            raise HyperparameterError(f"{owner}: {name}={value!r} is not a number; {allowed}{at_user_line()}")
+            raise HyperparameterError(f"{owner}: {name}={value!r} is not a number; {allowed}{user_line_text()}")
         if not self.contains(v):
-            raise HyperparameterError(f"{owner}: {name}={value!r} is out of range; {allowed}{at_user_line()}")
+            raise HyperparameterError(f"{owner}: {name}={value!r} is out of range; {allowed}{user_line_text()}")
         return v
 
 
@@ -85,16 +85,16 @@ def check_count(owner: str, name: str, value: Any, minimum: int = 1) -> int:
     """A whole number >= ``minimum`` (steps, epochs, patience); 3.0 is accepted as 3, 2.5 is not."""
     v = _real(value)
     if v is None or not math.isfinite(v) or v != int(v) or v < minimum:
-        raise HyperparameterError(f"{owner}: {name}={value!r} must be a whole number >= {minimum}{at_user_line()}")
+        raise HyperparameterError(f"{owner}: {name}={value!r} must be a whole number >= {minimum}{user_line_text()}")
     return int(v)
 
 
 def check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
     """One of the strings ``choices``."""
     if not isinstance(value, str) or value not in choices:
-        raise HyperparameterError(f"{owner}: {name}={value!r} must be one of {list(choices)}{at_user_line()}")
+        raise HyperparameterError(f"{owner}: {name}={value!r} must be one of {list(choices)}{user_line_text()}")
     return value
 
 
-__all__ = ["HyperparameterError", "NON_NEGATIVE", "POSITIVE", "Range", "UNIT", "at_user_line", "check_choice",
+__all__ = ["HyperparameterError", "NON_NEGATIVE", "POSITIVE", "Range", "UNIT", "user_line_text", "check_choice",
            "check_count"]

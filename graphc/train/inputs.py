@@ -14,14 +14,14 @@ import numpy as np
 
 from ..ir import DTypeError, InputError
 from ..nn.layers import Module
-from ..optim.hyperparams import at_user_line, check_count
+from ..optim.hyperparams import check_count, user_line_text
 
 
 def data_pair(data: Any, where: str, arg: str) -> tuple[Any, Any]:
     """``data`` unpacked as (x, y)."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         got = f"a {type(data).__name__} of {len(data)}" if isinstance(data, (tuple, list)) else type(data).__name__
-        raise InputError(f"{where}: {arg} must be a pair (x, y), got {got}{at_user_line()}")
+        raise InputError(f"{where}: {arg} must be a pair (x, y), got {got}{user_line_text()}")
     return data[0], data[1]
 
 
@@ -30,10 +30,10 @@ def as_array(value: Any, where: str, arg: str) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except ValueError as err:  # ragged nested lists
-        raise InputError(f"{where}: {arg} is not a rectangular array ({err}){at_user_line()}") from None
+        raise InputError(f"{where}: {arg} is not a rectangular array ({err}){user_line_text()}") from None
     if arr.dtype == object:
         raise InputError(f"{where}: {arg} is not a rectangular array of numbers (NumPy made an object array "
-                         f"of shape {list(arr.shape)}){at_user_line()}")
+                         f"of shape {list(arr.shape)}){user_line_text()}")
     return arr
 
 
@@ -41,30 +41,30 @@ def features(x: Any, model: Module, where: str, arg: str = "x") -> np.ndarray:
     """``x`` as a C-contiguous array of the model's float dtype, shape [N, *model.in_shape]."""
     if model.in_shape is None:
         raise InputError(f"{where}: the model has no input shape yet: give it one, "
-                         f"e.g. Sequential([...], input_shape=...){at_user_line()}")
+                         f"e.g. Sequential([...], input_shape=...){user_line_text()}")
     arr = as_array(x, where, arg)
     dtype = np.dtype(getattr(model, "dtype", np.float32))
     if arr.dtype.kind != "f":
         raise DTypeError(f"{where}: {arg} has dtype {arr.dtype}; the model takes floating-point inputs ({dtype}): "
-                         f"convert (and scale) it, e.g. x.astype(np.{dtype}){at_user_line()}")
+                         f"convert (and scale) it, e.g. x.astype(np.{dtype}){user_line_text()}")
     expected = ["N", *model.in_shape]
     if arr.ndim != len(expected) or arr.shape[1:] != tuple(model.in_shape):
         raise InputError(f"{where}: {arg} has shape {list(arr.shape)}; the model takes "
-                         f"[{', '.join(map(str, expected))}] (rows of {list(model.in_shape)}){at_user_line()}")
+                         f"[{', '.join(map(str, expected))}] (rows of {list(model.in_shape)}){user_line_text()}")
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
 def require_rows(x: np.ndarray, where: str, arg: str, why: str) -> None:
     """Refuse an empty data set (``why`` says what needs rows)."""
     if len(x) == 0:
-        raise InputError(f"{where}: {arg} has 0 rows: {why}{at_user_line()}")
+        raise InputError(f"{where}: {arg} has 0 rows: {why}{user_line_text()}")
 
 
 def classes_of(model: Module, where: str) -> int:
     """The number of classes: the width of the model's outputs [N, C]."""
     if model.out_shape is None or len(model.out_shape) != 1:
         shape = None if model.out_shape is None else ["N", *model.out_shape]
-        raise InputError(f"{where}: a classifier's outputs are [N, classes]; the model's are {shape}{at_user_line()}")
+        raise InputError(f"{where}: a classifier's outputs are [N, classes]; the model's are {shape}{user_line_text()}")
     return int(model.out_shape[0])
 
 
@@ -73,16 +73,16 @@ def labels(y: Any, rows: int, classes: int, where: str, arg: str = "y", x_arg: s
     arr = as_array(y, where, arg)
     if arr.dtype.kind not in "iu":
         raise DTypeError(f"{where}: {arg} has dtype {arr.dtype}; class labels must be integers (as for PyTorch's "
-                         f"cross_entropy with class indices): convert with y.astype(np.int64){at_user_line()}")
+                         f"cross_entropy with class indices): convert with y.astype(np.int64){user_line_text()}")
     if arr.shape != (rows,):
         raise InputError(f"{where}: {arg} has shape {list(arr.shape)}; expected [{rows}], one class index per row "
-                         f"of {x_arg}{_shape_hint(arr, rows, classes)}{at_user_line()}")
+                         f"of {x_arg}{_shape_hint(arr, rows, classes)}{user_line_text()}")
     bad = np.flatnonzero((arr < 0) | (arr >= classes))
     if bad.size:
         first = int(bad[0])
         raise InputError(f"{where}: {arg}: label {int(arr[first])} at index {first} is out of range [0, {classes}) "
                          f"for a model with {classes} outputs; {bad.size} of {rows} labels are out of range"
-                         f"{at_user_line()}")
+                         f"{user_line_text()}")
     return arr.astype(np.int64, copy=False)
 
 

@@ -26,7 +26,7 @@ from ..ops import elementwise as ew
 from ..ops import nn as nn_ops
 from ..ops import reduce
 from ..optim import SGD, Optimizer
-from ..optim.hyperparams import NON_NEGATIVE, HyperparameterError, at_user_line, check_count
+from ..optim.hyperparams import NON_NEGATIVE, HyperparameterError, check_count, user_line_text
 from . import inputs
 from .checkpoint import CheckpointError, check_arrays, load_checkpoint, save_checkpoint
 from .schedules import ReduceOnPlateau, Schedule, constant
@@ -66,7 +66,7 @@ class EarlyStopping:
         if self.monitor not in MONITORS:
             raise HyperparameterError(f"EarlyStopping: monitor={self.monitor!r} must be one of {list(MONITORS)}: "
                                       f"it stops when a loss stops decreasing (accuracies are not watched)"
-                                      f"{at_user_line()}")
+                                      f"{user_line_text()}")
 
 
 @dataclass
@@ -169,7 +169,7 @@ class Trainer:
     def __init__(self, model: Module, optimizer: Optimizer | None = None, loss: str = "softmax_cross_entropy",
                  l2: float = 0.0, backend: str | None = None, optimize: int | None = None):
         if loss not in LOSSES:
-            raise HyperparameterError(f"fit trains classifiers with {sorted(LOSSES)}; got loss={loss!r}{at_user_line()}")
+            raise HyperparameterError(f"fit trains classifiers with {sorted(LOSSES)}; got loss={loss!r}{user_line_text()}")
         l2 = NON_NEGATIVE.check("fit", "l2", l2)
         self.model, self.optimizer, self.loss, self.l2 = model, optimizer or SGD(0.01), loss, l2
         self.backend = backend or _default_backend()
@@ -501,11 +501,11 @@ def _check_monitoring(early_stopping: EarlyStopping | None, schedule: Schedule, 
         if validation_data is None and early_stopping.monitor.startswith("val_"):
             raise HyperparameterError(f"fit: EarlyStopping(monitor={early_stopping.monitor!r}) needs validation_data="
                                       f"(x_val, y_val); to watch the training loss, say EarlyStopping(monitor='loss')"
-                                      f"{at_user_line()}")
+                                      f"{user_line_text()}")
     if validation_data is None and isinstance(schedule, ReduceOnPlateau):
         raise HyperparameterError(f"fit: {schedule!r} lowers the rate when the validation loss stops improving: it "
                                   f"needs validation_data=(x_val, y_val) (without it, it would never lower the rate)"
-                                  f"{at_user_line()}")
+                                  f"{user_line_text()}")
 
 
 # -- resuming from a checkpoint ------------------------------------------------------------------------------------
