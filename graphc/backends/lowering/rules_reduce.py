@@ -1,0 +1,2 @@
+"""Reductions: sum, mean, max, min over axes; argmax."""
+from __future__ import annotations

@@ -1,0 +1,2 @@
+"""Shape ops: transpose, slice, unslice, concatenate (copies with index arithmetic)."""
+from __future__ import annotations
