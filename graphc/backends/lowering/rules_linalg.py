@@ -9,7 +9,6 @@ from .context import Lowering, Operand, assign, rule
 from .ir import Gemm, Load, Ref, Store, index_var, linear, nest, scalar_var
 from .rules_elementwise import compute_dtype, cse_assignments, elementwise_kernel
 
-
 ONE, ZERO = sp.Float(1.0), sp.Float(0.0)
 
 
