@@ -16,10 +16,10 @@ from .ir import Loop, index_var, linear, nest
 STORE_REDUCE = {"sum": "add", "mean": "add", "max": "max", "min": "min"}
 
 
-def divided(numerator: sp.Expr, denominator: int) -> sp.Expr:
-    """``numerator / denominator`` as a division (SymPy would turn ``x / 3`` into ``x * (1/3)``, which
-    rounds differently)."""
-    return sp.Mul(numerator, sp.Pow(sp.Integer(denominator), -1, evaluate=False), evaluate=False)
+def divided(numerator: sp.Expr, denominator: sp.Expr | int) -> sp.Expr:
+    """``numerator / denominator`` as a division (SymPy would turn ``x / 3`` into ``x * (1/3)`` and
+    ``g / sqrt(v)`` into ``g * v**(-1/2)``, which round differently)."""
+    return sp.Mul(numerator, sp.Pow(sp.sympify(denominator), -1, evaluate=False), evaluate=False)
 
 
 def reduce_blocks(shape: Sequence[int], axes: Sequence[int]) -> list[list]:
