@@ -98,7 +98,7 @@ from .passes import OptimizeResult, optimize
 from .train import fit
 from .train.checkpoint import CheckpointError
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def evaluate(outputs: Tensor | Sequence[Tensor], feeds: Mapping[Any, Any] | None = None,
