@@ -1,5 +1,5 @@
 """Constant folding: a node whose inputs are all constants becomes a constant, computed by the
-NumPy reference backend (the same code that defines what the node means).
+NumPy interpreter of nodes (:mod:`graphc.ops.interpret`, the same code that defines what the node means).
 
 Uniform tensors (every element equal: ``broadcast_to(c, S)``) are folded whatever their size:
 an elementwise op, a reshape, a transpose or a broadcast of uniform inputs is computed once on
@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, GraphcError, Node
+from ..ops import interpret
 from .core import Rewriter, copy_node, is_elementwise_op, make, make_constant, rewrite
 
 #: Results with more elements than this are not baked into the graph: a broadcast of a scalar to
@@ -52,14 +53,12 @@ def _mean_overflows(value: Node, in_size: int, out_size: int) -> bool:
 
 
 def _evaluate(op_node: Node) -> np.ndarray | None:
-    """Evaluate one node over constant inputs with the reference backend (None if it raises)."""
-    from ..backends import reference
-
+    """Evaluate one node over constant inputs with NumPy (None if it raises)."""
     single = Graph("fold")
     args = [single.add(copy_node(i, ())) for i in op_node.inputs]
     node = single.add(copy_node(op_node, tuple(args), provenance=None, absorbed=()))
     try:
-        (value,) = reference.evaluate(single, {}, [node])
+        (value,) = interpret.evaluate(single, {}, [node])
     except (GraphcError, ArithmeticError, ValueError):
         return None  # e.g. an out-of-range label: leave it to fail at run time, where it is reported
     return value
