@@ -17,10 +17,10 @@ import sympy as sp
 from sympy.logic.boolalg import BooleanFunction
 from sympy.printing.numpy import NumPyPrinter
 
-from ..dsl import Tensor, apply
 from ..ir import Attrs, DType, GraphcError, Node, ShapeError, as_dtype, bool_, promote, to_float
 from ..ir.errors import at_op
 from .registry import OpDef, get, is_registered, register
+from .tensor import Tensor, apply
 
 # -- shapes ---------------------------------------------------------------------------------------------
 

@@ -24,12 +24,12 @@ from typing import Sequence
 import numpy as np
 import sympy as sp
 
-from ..dsl import Tensor, apply
 from ..ir import Attrs, GraphcError, Node, ShapeError, as_dtype
 from .elementwise import broadcast_shapes, cast, fused, fused_derivative, fused_symbols, numpy_function
 from .reduce import sum_to_shape
 from .registry import OpDef, get, register
 from .shape import transpose
+from .tensor import Tensor, apply
 
 
 def _check_expr(attrs: Attrs, n_symbols: int) -> None:

@@ -5,12 +5,12 @@ from typing import Sequence
 
 import numpy as np
 
-from ..dsl import Tensor, apply
 from ..ir import Attrs, Node, ShapeError
 from .elementwise import broadcast_shapes
 from .reduce import sum, sum_to_shape
 from .registry import OpDef, float_operands, register
 from .shape import reshape, transpose
+from .tensor import Tensor, apply
 
 
 def _matmul_rule(inputs: Sequence[Node], attrs: Attrs):

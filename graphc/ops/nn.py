@@ -10,7 +10,6 @@ from typing import Sequence
 
 import numpy as np
 
-from ..dsl import Tensor, apply
 from ..ir import Attrs, DTypeError, InputError, Node, ShapeError, as_dtype
 from . import checks
 from . import elementwise as ew
@@ -18,6 +17,7 @@ from .linalg import matmul
 from .reduce import max, mean, sum
 from .registry import OpDef, no_gradient, register
 from .shape import reshape
+from .tensor import Tensor, apply
 
 
 def _axis_rule(inputs: Sequence[Node], attrs: Attrs):

@@ -5,10 +5,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..dsl import Tensor, apply
 from ..ir import Attrs, GraphcError, Node, ShapeError
 from . import checks
 from .registry import OpDef, register
+from .tensor import Tensor, apply
 
 
 def _located(err: GraphcError, x: Tensor, op: str = "slice") -> GraphcError:
