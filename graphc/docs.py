@@ -68,6 +68,8 @@ def _derivatives(op: OpDef) -> list[tuple[sp.Symbol, sp.Expr | str]]:
 def _gradient_kind(op: OpDef) -> str:
     if op.vjp is None:
         return "none yet (no VJP rule registered)"
+    if op.source:
+        return "a leaf: its value is given, not computed; gradients stop there (graphc.grad is taken with respect to inputs and parameters)"
     if op.vjp is registry.no_gradient:
         return "not differentiable (no gradient flows through it)"
     if op.is_elementwise:

@@ -130,7 +130,7 @@ register(OpDef("matmul_epilogue", "linalg",
                "op(a) @ op(b) (op: optional swap of the last two axes) followed by an elementwise epilogue "
                "expr(x0 = product, x1.. = extra inputs)",
                _matmul_epilogue_rule, _matmul_epilogue_reference, _matmul_epilogue_vjp,
-               notes="built by the epilogue fusion pass; the VJP recomputes the product"))
+               notes="built by the epilogue fusion pass; the VJP recomputes the product", gemm_product=True))
 
 
 # -- conv2d_epilogue --------------------------------------------------------------------------------

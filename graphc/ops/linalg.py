@@ -39,7 +39,7 @@ def _matmul_reference(arrays, attrs):
 
 
 register(OpDef("matmul", "linalg", "matrix product over the last two axes, batch axes broadcast (numpy.matmul)",
-               _matmul_rule, _matmul_reference, _matmul_vjp))
+               _matmul_rule, _matmul_reference, _matmul_vjp, gemm_product=True))
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:

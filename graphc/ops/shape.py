@@ -31,7 +31,7 @@ def _reshape_vjp(node, g, inputs):
 
 
 register(OpDef("reshape", "shape", "reshape (numpy.reshape, C order)", _reshape_rule,
-               lambda a, at: np.reshape(a[0], at["shape"]), _reshape_vjp))
+               lambda a, at: np.reshape(a[0], at["shape"]), _reshape_vjp, view=True))
 
 
 def _resolve_shape(size: int, shape: Sequence[int], type_str: str) -> tuple[int, ...]:
