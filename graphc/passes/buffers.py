@@ -165,8 +165,8 @@ def plan_buffers(graph: Graph) -> BufferPlan:
         plan.inplace_updates[id(vb)] = p
 
     # -- slots -------------------------------------------------------------------------------------------
-    owned = [n for n in nodes if not (is_source(n) or is_view(n))]
-    plan.naive_bytes = sum(_aligned(_nbytes(n)) for n in owned)
+    owned = [n for n in nodes if _owns_storage(n)]
+    plan.naive_bytes = naive_bytes(graph)
     lasting_ids = pinned | {id(v) for v in update_values if id(v) not in plan.inplace_updates}
     for n in owned:
         plan.lifetime[id(n)] = (step[id(n)], end if id(n) in lasting_ids else last.get(id(n), step[id(n)]))
@@ -242,3 +242,13 @@ def _best_fit(free: list[int], sizes: list[int], size: int) -> int | None:
     if fitting:
         return min(fitting, key=lambda k: (sizes[k], k))
     return max(free, key=lambda k: (sizes[k], -k))
+
+
+def _owns_storage(node: Node) -> bool:
+    """Whether ``node`` needs memory of its own: a computed value (not a source, not a view of another)."""
+    return not (is_source(node) or is_view(node))
+
+
+def naive_bytes(graph: Graph) -> int:
+    """The intermediate memory when every value that needs storage gets a buffer of its own."""
+    return sum(_aligned(_nbytes(n)) for n in graph.nodes if _owns_storage(n))

@@ -1,0 +1,373 @@
+"""The kernel IR: what every target renders. A :class:`Program` is a layout plus a schedule of kernels.
+
+Target-independent on purpose: nothing here is Python, CUDA or LLVM text. Scalars are SymPy
+expressions over named variables (loop indices, loaded values, temporaries); memory is a set of
+flat :class:`Buffer` s, each a run of elements of one dtype inside one store (an input, an output,
+the parameter store or the workspace); indices are integer SymPy expressions over loop variables
+(and, for gathers, over loaded integers). A kernel's body is a list of statements:
+
+==============  ===========================================================================
+``Loop``        ``for var in range(extent)``; ``parallel``: iterations are independent
+``Load``        ``var = buffer[index]`` (``guard``: 0 when the guard is false, never read)
+``Assign``      ``var = value`` computed in ``dtype``; a variable may be assigned again
+                (loop-carried accumulators)
+``Store``       ``buffer[index] = value`` or, with ``reduce``, ``buffer[index] op= value``
+``Check``       stop the step, reporting (index, value), when ``failed`` holds
+``Gemm``        ``C = alpha * op(A) @ op(B) + beta * C`` (BLAS's contract, leading dimensions)
+``Call``        a library kernel every target provides (im2col convolution, pooling, ...)
+``Seed/Draw``   the legacy Mersenne Twister NumPy and Numba share: seed it, draw a uniform
+==============  ===========================================================================
+
+``print(program)`` shows it like a jaxpr for kernels (see :func:`program_text`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence, Union
+
+import sympy as sp
+
+from ...ir import Graph, Node
+
+#: Byte alignment of every block in the parameter store and the workspace (cache lines, SIMD).
+ALIGN = 64
+
+
+def aligned(nbytes: int) -> int:
+    """``nbytes`` rounded up to a whole number of ALIGN-byte blocks (at least one)."""
+    return (max(nbytes, 1) + ALIGN - 1) // ALIGN * ALIGN
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Buffer:
+    """A flat run of ``size`` elements of ``dtype`` where a value (or a kernel's scratch) lives.
+
+    ``store`` is ``"input"`` (argument ``arg`` of the step), ``"output"`` (output ``arg``, a fresh
+    array), ``"state"`` (the parameter store: parameters, updated in place, and constants) or
+    ``"workspace"`` (intermediates, reused once dead; per-kernel scratch). ``offset`` counts
+    elements of ``dtype`` from the store's start (always a multiple of ALIGN bytes).
+    """
+
+    name: str
+    store: str
+    offset: int
+    size: int
+    dtype: str
+    shape: tuple[int, ...]
+    note: str = ""
+    arg: int = -1
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Element ``offset`` of ``buffer``: where a library call's operand starts."""
+
+    buffer: Buffer
+    offset: sp.Expr = sp.Integer(0)
+
+
+# -- statements -----------------------------------------------------------------------------------
+
+@dataclass
+class Loop:
+    var: sp.Symbol
+    extent: int
+    body: list
+    parallel: bool = True
+
+
+@dataclass
+class Load:
+    var: sp.Symbol
+    buffer: Buffer
+    index: sp.Expr
+    guard: sp.Expr | None = None
+
+
+@dataclass
+class Assign:
+    var: sp.Symbol
+    value: sp.Expr
+    dtype: str
+
+
+@dataclass
+class Store:
+    buffer: Buffer
+    index: sp.Expr
+    value: sp.Expr
+    #: None: overwrite; "add", "max", "min": combine with the element already there (max/min
+    #: propagate NaN, as NumPy's reductions do).
+    reduce: str | None = None
+    #: The value is known to have the buffer's dtype already: a target need not convert it.
+    exact: bool = False
+
+
+@dataclass(frozen=True)
+class ErrorSite:
+    """A run-time check; a step that stops on it reports ``(code, index, value)``."""
+
+    code: int
+    kind: str            # "label"
+    op: str
+    node: int            # position of the checking node in the graph (%k)
+    where: str           # the user's file:line, or ""
+    input: str | None    # the input the checked values come from, when they come straight from one
+    classes: int = 0
+
+
+@dataclass
+class Check:
+    failed: sp.Expr
+    site: ErrorSite
+    index: sp.Expr
+    value: sp.Expr
+
+
+@dataclass
+class Gemm:
+    """``c[m, n] = alpha * op(a)[m, k] @ op(b)[k, n] + beta * c``, row-major with leading dimensions;
+    ``trans_a``: ``a`` is stored [k, m] (read transposed). alpha and beta are expressions over the
+    kernel's variables, so an SGD or momentum update can ride inside the gradient's GEMM."""
+
+    m: int
+    n: int
+    k: int
+    alpha: sp.Expr
+    a: Ref
+    trans_a: bool
+    lda: int
+    b: Ref
+    trans_b: bool
+    ldb: int
+    beta: sp.Expr
+    c: Ref
+    ldc: int
+
+
+@dataclass
+class Call:
+    """A library kernel by name (see :data:`LIBRARY`): operands are Refs and integers, in order."""
+
+    name: str
+    args: tuple
+
+
+@dataclass
+class Seed:
+    value: sp.Expr
+
+
+@dataclass
+class Draw:
+    var: sp.Symbol
+
+
+Statement = Union[Loop, Load, Assign, Store, Check, Gemm, Call, Seed, Draw]
+
+#: The library kernels a target provides besides GEMM, with their operands (Refs marked "*").
+LIBRARY: dict[str, str] = {
+    "conv2d_im2col": "*x, *w, N, C, H, W, O, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, *col, *y",
+    "conv2d_direct": "*x, *w, N, C, H, W, O, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, *y",
+    "col2im_add": "*cols, O, kh, kw, H, W, sh, sw, ph, pw, dh, dw, Ho, Wo, *y",
+    "max_pool": "*x, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, *y",
+    "avg_pool": "*x, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, *y",
+    "max_pool_backward": "*x, *g, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, *y",
+    "max_pool_gather": "*x, *g, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, *y",
+}
+
+
+# -- the program ----------------------------------------------------------------------------------
+
+@dataclass
+class Kernel:
+    """One step of the schedule and where it comes from: the node (``%k``), its op (with the ops
+    fusion absorbed), the lowering rule, and the user's file:line."""
+
+    node: int
+    op: str
+    rule: str
+    where: str
+    body: list
+    #: What the kernel does when it is not the node's own value: "labels of", "update W <-", ...
+    role: str = ""
+    #: A remark after the op: ", accumulated into W by its GEMM".
+    note: str = ""
+
+    @property
+    def title(self) -> str:
+        head = f"{self.role} %{self.node} {self.op}" if self.role else f"%{self.node} {self.op}"
+        return f"{head}{self.note}  {self.where}".rstrip()
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a parameter or constant lives in the parameter store (bytes)."""
+
+    offset: int
+    nbytes: int
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass
+class Program:
+    """A lowered graph: the layout (buffers, inputs, outputs, updates, checks) and the schedule.
+
+    >>> import graphc
+    >>> from graphc.backends.lowering import lower
+    >>> with graphc.Graph("double") as g:
+    ...     x = graphc.input("x", (4,))
+    ...     y = g.output(graphc.relu(x * 2.0))
+    >>> print(lower(g))  # doctest: +ELLIPSIS
+    program 'double': 1 input, 1 output, 0 updates
+    ...
+    """
+
+    graph: Graph
+    inputs: list[Node]
+    #: The step's argument name per input (identifiers derived from the input names).
+    input_args: list[str]
+    #: Every value's buffer (views share their source's), by node position.
+    buffers: dict[int, Buffer]
+    #: Storage class by node position: input, state, ws, out, alias (a reshape), tview (a transpose
+    #: read in place by GEMMs), inplace (an update computed into its parameter), accumulate (a product
+    #: added straight into a parameter by its GEMM).
+    plan: dict[int, str]
+    #: Parameters and constants in the parameter store: id(node) -> slot.
+    state: dict[int, Slot]
+    state_bytes: int
+    workspace_bytes: int
+    outputs: list[Buffer]
+    #: (parameter position, value position, "inplace" | "copy") for each update.
+    updates: list[tuple[int, int, str]]
+    #: Label-range checks on inputs, done before anything is computed.
+    checks: list[Kernel]
+    kernels: list[Kernel]
+    errors: list[ErrorSite]
+    #: Which inputs an epoch feeds by minibatch (leading axis = the first input's): the others (a
+    #: learning rate, a random key) take one value per step.
+    batched: list[bool]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.graph.name
+
+    def summary(self) -> str:
+        kinds: dict[str, int] = {}
+        for k in self.plan.values():
+            kinds[k] = kinds.get(k, 0) + 1
+        return (f"{len(self.graph.nodes)} nodes, {len(self.kernels)} kernels, workspace {self.workspace_bytes} B, "
+                f"parameter store {self.state_bytes} B, buffers {kinds}")
+
+    def __str__(self) -> str:
+        return program_text(self)
+
+
+# -- text -----------------------------------------------------------------------------------------
+
+def program_text(program: Program) -> str:
+    """The program as text: layout, checks, then every kernel's statements."""
+    n_in, n_out = len(program.inputs), len(program.outputs)
+    lines = [f"program {program.name!r}: {n_in} input{'s' * (n_in != 1)}, {n_out} output{'s' * (n_out != 1)}, "
+             f"{len(program.updates)} updates",
+             f"  layout: parameter store {program.state_bytes} B, workspace {program.workspace_bytes} B"]
+    seen: set[int] = set()
+    for buf in list(program.buffers.values()) + list(program.outputs):
+        if id(buf) in seen:
+            continue
+        seen.add(id(buf))
+        lines.append(f"    {buf.name:<8} {_place(buf):<16} {buf.note}")
+    for kernel in program.checks + program.kernels:
+        lines.append(f"  # {kernel.title}")
+        lines += statement_lines(kernel.body, 2)
+    return "\n".join(lines)
+
+
+def _place(buf: Buffer) -> str:
+    if buf.store in ("input", "output"):
+        return f"{buf.store} {buf.arg}"
+    return f"{buf.store}[{buf.offset}:]"
+
+
+def _idx(buf: Buffer, index: sp.Expr) -> str:
+    return f"{buf.name}[{index}]"
+
+
+def statement_lines(body: Sequence, depth: int) -> list[str]:
+    pad = "  " * depth
+    out: list[str] = []
+    for s in body:
+        if isinstance(s, Loop):
+            out.append(f"{pad}for {s.var} in range({s.extent}){'' if s.parallel else '  # sequential'}:")
+            out += statement_lines(s.body, depth + 1)
+        elif isinstance(s, Load):
+            guard = f" if {s.guard} else 0" if s.guard is not None else ""
+            out.append(f"{pad}{s.var} = {_idx(s.buffer, s.index)}{guard}")
+        elif isinstance(s, Assign):
+            out.append(f"{pad}{s.var}: {s.dtype} = {s.value}")
+        elif isinstance(s, Store):
+            op = {None: "=", "add": "+=", "max": "max=", "min": "min="}[s.reduce]
+            out.append(f"{pad}{_idx(s.buffer, s.index)} {op} {s.value}")
+        elif isinstance(s, Check):
+            out.append(f"{pad}check {s.site.kind} #{s.site.code}: stop if {s.failed}, report ({s.index}, {s.value})")
+        elif isinstance(s, Gemm):
+            ta, tb = "T" if s.trans_a else "N", "T" if s.trans_b else "N"
+            out.append(f"{pad}gemm {ta}{tb} m={s.m} n={s.n} k={s.k}: {_ref(s.c)} (ld {s.ldc}) = {s.alpha} * "
+                       f"{_ref(s.a)} (ld {s.lda}) @ {_ref(s.b)} (ld {s.ldb}) + {s.beta} * {_ref(s.c)}")
+        elif isinstance(s, Call):
+            out.append(f"{pad}{s.name}({', '.join(_ref(a) if isinstance(a, Ref) else str(a) for a in s.args)})")
+        elif isinstance(s, Seed):
+            out.append(f"{pad}seed({s.value})")
+        elif isinstance(s, Draw):
+            out.append(f"{pad}{s.var} = uniform()")
+        else:  # pragma: no cover - a new statement kind must be printed here
+            raise TypeError(f"unknown statement {s!r}")
+    return out
+
+
+def _ref(ref: Ref) -> str:
+    return f"&{ref.buffer.name}[{ref.offset}]"
+
+
+# -- building blocks for lowering rules -----------------------------------------------------------
+
+def index_var(name: str) -> sp.Symbol:
+    """A loop or index variable (an integer)."""
+    return sp.Symbol(name, integer=True)
+
+
+def scalar_var(name: str) -> sp.Symbol:
+    """A scalar value variable (loaded, computed)."""
+    return sp.Symbol(name, real=True)
+
+
+def nest(sizes: Sequence[int], names: Sequence[str], body: list, parallel: bool = True) -> list:
+    """Loops over ``sizes`` (outermost first) around ``body``; returns the statement list."""
+    for size, name in reversed(list(zip(sizes, names))):
+        body = [Loop(index_var(name), int(size), body, parallel)]
+    return list(body)
+
+
+def linear(names: Sequence[str | sp.Expr], sizes: Sequence[int]) -> sp.Expr:
+    """The row-major linear index of ``names`` over ``sizes``."""
+    index, stride = sp.Integer(0), 1
+    for name, size in reversed(list(zip(names, sizes))):
+        var = index_var(name) if isinstance(name, str) else name
+        index += var * stride
+        stride *= int(size)
+    return index
+
+
+def strides(shape: Sequence[int]) -> list[int]:
+    out, s = [], 1
+    for d in reversed(shape):
+        out.append(s)
+        s *= int(d)
+    return out[::-1]
