@@ -97,12 +97,12 @@ def test_the_linter_reports_an_import_that_runs_backwards(tmp_path):
     assert "graphc.dsl -> graphc.ops.tensor" in result.stdout, report(result)
 
 
-# The numba_cpu backend is being rewritten into graphc/backends/lowering plus a renderer (issue 11). Until
-# that lands, its own imports break the contracts (codegen and cache import the package root for
-# __version__, rules and codegen import each other); everything else must keep them already.
+# graphc/backends/numba_cpu is another engineer's (issue 11's renderer). Its one remaining break:
+# numba_cpu/cache.py imports the package root for graphc.__version__ (graphc._version is the place to read
+# it); the package root imports every stage, so the backend depends on nn, optim, train, datasets and the
+# reference backend. Everything else must keep the contracts already.
 NUMBA_CPU_EXCEPTIONS = {
     "layers": {"ignore_imports": ["graphc.backends.numba_cpu.* -> graphc"], "unmatched_ignore_imports_alerting": "none"},
-    "acyclic_siblings": {"skip_descendants": ["graphc.ops", "graphc.backends.numba_cpu"]},
 }
 
 
