@@ -202,3 +202,22 @@ def test_is_elementwise_is_fused_nodes_and_ops_with_an_expression():
                                                                                        "float32"),
                  "derivative": graphc.apply(derivative_op("tanh", 0), [x])}
     assert [k for k, t in kinds.items() if is_elementwise(t.node)] == ["relu", "leaky_relu", "fused", "derivative"]
+
+
+def test_a_gradient_product_waits_for_a_reader_of_its_parameter_through_a_transpose():
+    # Regression guard (passes before this change too): reconciling "is a view" to reshape alone must keep
+    # schedule.py's reading of transposes, which a backend may not compute where they stand (a GEMM reads
+    # a transposed operand in place), so w is read when x @ w.T runs, and the product that will be
+    # accumulated into w (BLAS beta) must come after it, not just after the transpose node.
+    from graphc.passes.schedule import sink_update_products
+
+    with graphc.Graph() as g:
+        x = graphc.input("x", (2, 3))
+        w = graphc.param("w", np.ones((3, 3), np.float32))
+        dw = graphc.transpose(x) @ x                   # w's gradient product, built first
+        g.output(graphc.sum(x @ graphc.transpose(w)))
+        g.update(w, w - dw)
+    order = [(n.op, [i.op for i in n.inputs], [j.op for i in n.inputs for j in i.inputs]) for n in sink_update_products(g).nodes]
+    product = order.index(("matmul", ["transpose", "input"], ["input"]))
+    reader = order.index(("matmul", ["input", "transpose"], ["param"]))
+    assert order[product - 1:product + 1] == [order[reader], order[product]]  # just after the reader
