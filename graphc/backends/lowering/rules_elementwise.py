@@ -96,6 +96,10 @@ def elementwise_kernel(lw: Lowering, node: Node, expr: sp.Expr, symbols: Sequenc
     body += statements
     # Float kernels whose operands all have the result's dtype compute in it already: no conversion.
     exact = node.dtype.is_float and all(inputs[k].dtype == node.dtype for k in loaded)
+    if not exact and not result.is_Atom:  # computed in `dtype`, then converted by the store
+        var = scalar_var(f"y{n}")
+        body.append(assign(var, result, dtype))
+        result = var
     body.append(Store(lw.buffer(node), out_index, result, exact=exact))
     return nest(sizes, names, body)
 

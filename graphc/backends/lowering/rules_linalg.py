@@ -6,12 +6,15 @@ import sympy as sp
 
 from ...ir import Node
 from .context import Lowering, Operand, assign, rule
-from .ir import Gemm, Ref, Store, index_var, linear, nest, scalar_var
+from .ir import Gemm, Load, Ref, Store, index_var, linear, nest, scalar_var
 from .rules_elementwise import compute_dtype, cse_assignments, elementwise_kernel
 
 
+ONE, ZERO = sp.Float(1.0), sp.Float(0.0)
+
+
 def gemm(a: Operand, b: Operand, c: Operand, m: int, n: int, k: int, a_plus=0, b_plus=0, c_plus=0,
-         alpha: sp.Expr = sp.Float(1.0), beta: sp.Expr = sp.Float(0.0)) -> Gemm:
+         alpha: sp.Expr = ONE, beta: sp.Expr = ZERO) -> Gemm:
     """``c[m, n] = alpha * a[m, k] @ b[k, n] + beta * c`` where an operand stored transposed is read so."""
     return Gemm(m, n, k, sp.sympify(alpha),
                 Ref(a.buffer, sp.sympify(a_plus)), a.transposed, m if a.transposed else k,
@@ -118,7 +121,5 @@ def lower_dense(lw: Lowering, node: Node) -> None:
     bias = lw.converted(b, node.dtype).buffer
     body = [] if k == 0 else [gemm(lw.converted(x, node.dtype), lw.converted(w, node.dtype), lw.operand(node), m, n, k)]
     i0, i1, v = index_var("i0"), index_var("i1"), scalar_var(f"b{lw.number[id(node)]}")
-    from .ir import Load
-
     add = Store(lw.buffer(node), i0 * n + i1, v, reduce="add" if k else None, exact=True)
     lw.emit(body + nest([m, n], ["i0", "i1"], [Load(v, bias, i1), add]))

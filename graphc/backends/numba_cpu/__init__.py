@@ -1,9 +1,10 @@
-"""The Numba CPU backend: Graph -> one generated Python module -> one native call per run.
+"""The Numba CPU backend: a renderer of lowered Programs -> one Python module -> one native call per run.
 
-    lower(graph, inputs) -> Program          codegen: the module's source, buffer plan, checks
-    build_program(program) -> Executable     cache lookup / write, import, Numba compile
+    lowering.lower(graph, inputs) -> Program     the kernel IR (target-independent)
+    render(program) -> str                       the module's source (render.py)
+    build_program(program) -> Executable         render, cache lookup / write, import, Numba compile
 
-:func:`build` does both; ``graphc.compile(outputs, backend="cpu")`` calls it. Compile options:
+:func:`build` does all three; ``graphc.compile(outputs, backend="cpu")`` calls it. Compile options:
 ``check_finite`` (NaN/Inf checks on inputs, parameters and outputs), ``boundscheck`` (Numba's
 index checks, for debugging the generator), ``fastmath`` (LLVM flags; default reassociation and
 contraction, which keep NaN/Inf semantics), ``cache_dir`` (default ``$GRAPHC_CACHE_DIR`` or
@@ -16,11 +17,10 @@ import time
 from typing import Any, Sequence
 
 from ...ir import Graph, Node
+from ..lowering import Program, has_rule, lower
 from .cache import Entry, cache_key, cache_root, locked, op_definitions, writable_root
-from .codegen import lower
 from .executable import NumbaExecutable
-from .program import Program
-from .rules import LOWERINGS, has_lowering, lowering_for
+from .render import render
 
 #: LLVM fast-math flags used by default: reassociate (vectorized reductions) and contract (FMA);
 #: not nnan/ninf, which would break the overflow-free branches of sigmoid and softplus.
@@ -45,23 +45,37 @@ def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check
         return build_program(graph, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
     t0 = time.perf_counter()
     options = {"boundscheck": bool(boundscheck), "part_lines": part_lines,
-               "fastmath": tuple(sorted(DEFAULT_FASTMATH if fastmath is None else fastmath)),
-               "conv": conv, "autotune_dir": str(writable_root(cache_root(cache_dir))[0])}
-    program = lower(graph, inputs, options)
+               "fastmath": tuple(sorted(DEFAULT_FASTMATH if fastmath is None else fastmath))}
+    program = lower(graph, inputs, options, choose_conv=conv_chooser(conv, cache_dir))
     codegen_s = time.perf_counter() - t0
     exe = build_program(program, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
     exe.stats["codegen_s"] = codegen_s
     return exe
 
 
+def conv_chooser(conv: str, cache_dir: str | None):
+    """How this target computes a conv2d node: ``conv`` ("im2col", "direct"), or "auto": the faster
+    of the two runtime kernels for the node's shapes on this machine (autotune, remembered on disk)."""
+    from .autotune import conv2d_method
+
+    autotune_dir = str(writable_root(cache_root(cache_dir))[0])
+
+    def choose(node: Node, geometry) -> str:
+        return conv2d_method(geometry, node.dtype.name, autotune_dir, conv)
+    return choose
+
+
 def build_program(program: Program, *, check_finite: bool = False, strict: bool = False,
                   cache_dir: str | None = None) -> NumbaExecutable:
-    """Compile ``program`` through the on-disk cache and wrap it in an Executable.
+    """Render ``program``, compile it through the on-disk cache and wrap it in an Executable.
 
     The cache entry is looked up and written under an exclusive file lock; an entry whose files do
     not match their manifest checksums is wiped and rebuilt (``stats["cache"] == "rebuilt"``).
     """
+    from ..._version import __version__
+
     graph = program.graph
+    source_text = render(program, __version__)
     positions = [graph.nodes.index(n) for n in program.inputs]
     options = {k: program.options.get(k) for k in _CODEGEN_OPTIONS}
     key = cache_key(graph.structural_hash(), positions, options, op_definitions(graph))
@@ -78,7 +92,7 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
         if problems:
             stats["cache"] = "miss" if problems == ["absent"] else "rebuilt"
             stats["cache_problems"] = problems
-            source_sha = entry.reset(program.source)
+            source_sha = entry.reset(source_text)
         else:
             stats["cache"] = "hit"
             source_sha = entry.read_manifest()["files"]["graph.py"]
@@ -95,7 +109,7 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
             # Files that passed their checksums still failed to load (another Numba build?): rebuild.
             stats["cache"] = "rebuilt"
             stats["cache_problems"] = [f"numba could not load the cached code: {type(err).__name__}: {err}"]
-            source_sha = entry.reset(program.source)
+            source_sha = entry.reset(source_text)
             module = entry.import_module(reuse=False)
             before = _counts(module.step)
             _compile(module.step, step_sig)
@@ -172,5 +186,11 @@ def fresh_dispatcher(exe: NumbaExecutable):
     return module.step
 
 
-__all__ = ["DEFAULT_FASTMATH", "LOWERINGS", "NumbaExecutable", "Program", "build", "build_program", "cache_root",
-           "has_lowering", "lower", "lowering_for"]
+def has_lowering(op: str) -> bool:
+    """Whether this backend computes ``op``: every op with a lowering rule (the renderer covers the
+    whole kernel IR)."""
+    return has_rule(op)
+
+
+__all__ = ["DEFAULT_FASTMATH", "NumbaExecutable", "Program", "build", "build_program", "cache_root",
+           "has_lowering", "lower", "render"]

@@ -100,7 +100,8 @@ def environment() -> dict[str, Any]:
         import graphc
 
         backend_dir = Path(__file__).parent
-        src = _sources_hash(backend_dir)
+        # The renderer and the lowering it renders: a change to either changes the generated code.
+        src = _sources_hash(backend_dir) + _sources_hash(backend_dir.parent / "lowering")
         ops = _sources_hash(backend_dir.parent.parent / "ops")
         _FINGERPRINT = {
             "format": FORMAT, "graphc": graphc.__version__, "numba": numba.__version__,

@@ -10,10 +10,7 @@ from ...ir import InputError, Node
 from ...ir.errors import NonFiniteError
 from .. import finite
 from ..executable import Executable, param_key, validate
-from .codegen import op_label
-from .program import ErrorSite, Program
-
-ALIGN = 64
+from ..lowering import ALIGN, ErrorSite, Program, op_label
 
 
 def aligned_bytes(nbytes: int) -> np.ndarray:
@@ -211,9 +208,7 @@ class NumbaExecutable(Executable):
 
         >>> losses = exe.run_epoch(X_train, y_train, seed=epoch)   # doctest: +SKIP
         """
-        from .codegen import batched_inputs
-
-        batched = batched_inputs(self.inputs)
+        batched = self.program.batched
         if not any(batched) or not hasattr(self.module, "epoch"):
             raise InputError(f"{self.graph.name}: run_epoch needs an input with a batch axis")
         if len(data) != len(self.inputs):
@@ -272,7 +267,7 @@ class NumbaExecutable(Executable):
         outs = epoch(*arrays, perm, steps, self._state, self._ws, self._status)
         if self._status[0]:
             self._raise_status(None, context=f" of minibatch {int(self._status[3])}", data={})
-        results = [o.reshape((steps,) + shape) for o, (shape, _) in zip(outs, self.program.outputs)]
+        results = [o.reshape((steps,) + shape) for o, shape in zip(outs, (b.shape for b in self.program.outputs))]
         if self.check_finite and not finite.all_finite(results + list(self.params.values())):
             self._find_nonfinite_step(arrays, batched, perm, steps, before)
         return results[0] if len(results) == 1 else tuple(results)
