@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import sympy as sp
+from sympy.logic.boolalg import Boolean
 
 from ...ir import GraphcError, InputError
 from ..executable import param_key, validate
@@ -188,7 +189,10 @@ class _Run:
             elif kind is Load:
                 env[s.var] = self.load(s, env, lanes)
             elif kind is Assign:
-                env[s.var] = _convert(self.value(s.value, env), s.dtype)
+                # A condition stays a truth value whatever dtype the kernel computes in (cse_assignments
+                # names shared conditions of Piecewise expressions with the kernel's float dtype).
+                dtype = "bool" if isinstance(s.value, Boolean) else s.dtype
+                env[s.var] = _convert(self.value(s.value, env), dtype)
             elif kind is Store:
                 self.store(s, env, lanes)
             elif kind is Check:
