@@ -244,7 +244,13 @@ class _Run:
         if expr.is_Number:
             return int(expr) if expr.is_Integer else float(expr)
         symbols, fn = _compiled(expr)
-        return fn(*(self.variable(v, env) for v in symbols))
+        args = [self.variable(v, env) for v in symbols]
+        lanes = [isinstance(a, np.ndarray) for a in args]
+        if any(lanes) and not all(lanes):
+            # Lane arrays beside scalars: broadcast them all, as the reference backend does its operands
+            # (a compound Piecewise condition is a logical_or.reduce over a tuple, which needs one shape).
+            args = np.broadcast_arrays(*args)
+        return fn(*args)
 
     def variable(self, var: sp.Symbol, env: dict) -> Any:
         try:
