@@ -22,7 +22,7 @@ from test_numba_cpu import ELEMENTWISE_SKIP, GRAPHS, TOL, assert_same, mlp_step,
 import graphc
 from graphc.backends.lowering import Program, lower
 from graphc.backends.lowering.interpret import Interpreter, InterpretError, interpret
-from graphc.backends.lowering.ir import Gemm, Loop, Store
+from graphc.backends.lowering.ir import Gemm, Loop, Store, index_var, nest
 from graphc.ir.rewrite import clone
 from graphc.ops import registry
 from graphc.ops.elementwise import derivative_op
@@ -338,6 +338,20 @@ def test_inputs_are_read_only_and_kept_by_the_caller():
         s, buffer=dataclasses.replace(s.buffer, store="input", arg=0)))
     with pytest.raises(InterpretError, match="writes into o0, an input"):
         interpret(broken, x)
+
+
+def test_integer_division_in_kernels_is_exact():
+    # floor(j/49) printed as NumPy code is floor((1/49)*j), which is 0 at j = 49: the interpreter divides
+    # integers exactly, as the target's integer code does.
+    with graphc.Graph("floor_division") as g:
+        x = graphc.input("x", (64,))
+        y = g.output(x * 2.0)
+    program = lowered([y], [x])
+    j = index_var("j")
+    body = nest([64], ["j"], [Store(program.outputs[0], j, sympy.floor(j / 49))])
+    kernel = dataclasses.replace(program.kernels[-1], body=body)
+    (got,), _ = interpret(dataclasses.replace(program, kernels=[kernel]), np.zeros(64, np.float32))
+    np.testing.assert_array_equal(got, np.arange(64) // 49)
 
 
 # -- the printed Program ----------------------------------------------------------------------------------------

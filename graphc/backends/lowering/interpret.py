@@ -415,7 +415,7 @@ def _exact_floor(expr: sp.Basic) -> sp.Basic:
     return expr
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=8192)
 def _compiled(expr: sp.Basic) -> tuple[tuple[sp.Symbol, ...], Callable]:
     """(the variables ``expr`` reads, its NumPy function): compiled once per distinct expression."""
     from ...ops.elementwise import numpy_function
