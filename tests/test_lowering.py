@@ -22,7 +22,19 @@ from test_numba_cpu import ELEMENTWISE_SKIP, GRAPHS, TOL, assert_same, mlp_step,
 import graphc
 from graphc.backends.lowering import Program, lower
 from graphc.backends.lowering.interpret import Interpreter, InterpretError, interpret
-from graphc.backends.lowering.ir import Gemm, Loop, Store, index_var, nest
+from graphc.backends.lowering.ir import (
+    Assign,
+    Buffer,
+    Draw,
+    Gemm,
+    Load,
+    Loop,
+    Seed,
+    Store,
+    index_var,
+    nest,
+    scalar_var,
+)
 from graphc.ir.rewrite import clone
 from graphc.ops import registry
 from graphc.ops.elementwise import derivative_op
@@ -340,18 +352,54 @@ def test_inputs_are_read_only_and_kept_by_the_caller():
         interpret(broken, x)
 
 
+def vector_program(size: int) -> tuple[Program, Buffer, Buffer]:
+    """A lowered program of x [size] -> x * 2 (float32), with its input and output buffers, whose kernels a
+    test replaces by statements of its own."""
+    with graphc.Graph("vector") as g:
+        x = graphc.input("x", (size,))
+        y = g.output(x * 2.0)
+    program = lowered([y], [x])
+    return program, program.buffers[0], program.outputs[0]
+
+
+def run_kernel(program: Program, body: list, *inputs) -> np.ndarray:
+    """The output of ``program`` with ``body`` as its only kernel."""
+    kernel = dataclasses.replace(program.kernels[-1], body=body)
+    (out,), _ = interpret(dataclasses.replace(program, kernels=[kernel]), *inputs)
+    return out
+
+
 def test_integer_division_in_kernels_is_exact():
     # floor(j/49) printed as NumPy code is floor((1/49)*j), which is 0 at j = 49: the interpreter divides
     # integers exactly, as the target's integer code does.
-    with graphc.Graph("floor_division") as g:
-        x = graphc.input("x", (64,))
-        y = g.output(x * 2.0)
-    program = lowered([y], [x])
+    program, _, out = vector_program(64)
     j = index_var("j")
-    body = nest([64], ["j"], [Store(program.outputs[0], j, sympy.floor(j / 49))])
-    kernel = dataclasses.replace(program.kernels[-1], body=body)
-    (got,), _ = interpret(dataclasses.replace(program, kernels=[kernel]), np.zeros(64, np.float32))
+    got = run_kernel(program, nest([64], ["j"], [Store(out, j, sympy.floor(j / 49))]), np.zeros(64, np.float32))
     np.testing.assert_array_equal(got, np.arange(64) // 49)
+
+
+def test_a_reduction_marked_parallel_is_a_lowering_error():
+    program, x, out = vector_program(4)
+    j, v, acc = index_var("j"), scalar_var("v"), scalar_var("acc")
+    summed = [Assign(acc, sympy.Float(0.0), "float32"),
+              Loop(j, 4, [Load(v, x, j), Assign(acc, acc + v, "float32")], parallel=False),
+              Store(out, sympy.Integer(0), acc)]
+    feed = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    assert run_kernel(program, summed, feed)[0] == 10.0
+    summed[1] = dataclasses.replace(summed[1], parallel=True)
+    with pytest.raises(InterpretError, match="parallel loop j are not independent: it updates acc, defined before"):
+        run_kernel(program, summed, feed)
+
+
+def test_random_draws_in_a_parallel_loop_are_a_lowering_error():
+    program, _, out = vector_program(4)
+    j, u = index_var("j"), scalar_var("u")
+    draws = [Seed(sympy.Integer(7)), Loop(j, 4, [Draw(u), Store(out, j, u)], parallel=False)]
+    got = run_kernel(program, draws, np.zeros(4, np.float32))
+    np.testing.assert_array_equal(got, np.random.RandomState(7).random_sample(4).astype(np.float32))
+    draws[1] = dataclasses.replace(draws[1], parallel=True)
+    with pytest.raises(InterpretError, match="parallel loop j are not independent: it seeds or draws random"):
+        run_kernel(program, draws, np.zeros(4, np.float32))
 
 
 # -- the printed Program ----------------------------------------------------------------------------------------

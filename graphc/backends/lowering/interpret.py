@@ -83,8 +83,10 @@ class Interpreter:
         for node in graph.nodes:
             if node.op == "constant" and id(node) in program.state:
                 self._slot(node)[...] = node.value
-        #: id(loop) -> whether its iterations can run as lanes (the program's loops live as long as it).
+        #: id(loop) -> whether its iterations can run as lanes, and what its body assigns (the program's
+        #: loops live as long as it does).
         self.vectorizable: dict[int, bool] = {}
+        self.loop_facts: dict[int, tuple[set, bool]] = {}
 
     def _slot(self, node) -> np.ndarray:
         slot = self.program.state[id(node)]
@@ -216,26 +218,48 @@ class _Run:
     def loop(self, s: Loop, env: dict, lanes: int | None) -> None:
         if s.extent <= 0:
             return
-        if not s.parallel or not self.vectorizable(s):
+        if not s.parallel:
             for t in range(s.extent):
                 env[s.var] = t
                 self.block(s.body, env, lanes)
             return
-        # Parallel iterations run as lanes; in a vectorized loop already, lane (outer, t) is outer*extent + t.
+        why = self.dependence(s, env)
+        if why:
+            raise self.error(f"the iterations of parallel loop {s.var} are not independent: {why}")
         before = dict(env)
-        if lanes is None:
-            env[s.var] = np.arange(s.extent)
-            inner = s.extent
-        else:
-            for var, value in before.items():
-                if isinstance(value, np.ndarray):
-                    env[var] = np.repeat(value, s.extent)
-            env[s.var] = np.tile(np.arange(s.extent), lanes)
-            inner = lanes * s.extent
-        self.block(s.body, env, inner)
+        if not self.vectorizable(s):  # GEMMs and library calls: one iteration at a time
+            for t in range(s.extent):
+                env[s.var] = t
+                self.block(s.body, env, lanes)
+        else:  # as lanes; in a vectorized loop already, lane (outer, t) is outer*extent + t
+            if lanes is None:
+                env[s.var] = np.arange(s.extent)
+                inner = s.extent
+            else:
+                for var, value in before.items():
+                    if isinstance(value, np.ndarray):
+                        env[var] = np.repeat(value, s.extent)
+                env[s.var] = np.tile(np.arange(s.extent), lanes)
+                inner = lanes * s.extent
+            self.block(s.body, env, inner)
         # Variables of the iterations do not outlive a parallel loop (each iteration has its own).
         env.clear()
         env.update(before)
+
+    def dependence(self, loop: Loop, env: dict) -> str:
+        """Why one iteration of parallel ``loop`` depends on another ("" if none): it draws random numbers
+        (their order is the stream's), or it reads a variable defined before the loop that it also assigns
+        before assigning it (a value carried from iteration to iteration)."""
+        facts = self.machine.loop_facts.get(id(loop))
+        if facts is None:
+            facts = self.machine.loop_facts[id(loop)] = _assignments(loop.body)
+        assigned, draws = facts
+        if draws:
+            return "it seeds or draws random numbers, whose order is the stream's"
+        carried = _read_before_assigned(loop.body, assigned & env.keys())
+        if carried:
+            return f"it updates {', '.join(sorted(map(str, carried)))}, defined before the loop"
+        return ""
 
     def value(self, expr: sp.Basic, env: dict) -> Any:
         """``expr`` evaluated on the current variables (scalars or lane arrays)."""
@@ -397,6 +421,64 @@ def _vectorizable(body: Sequence) -> bool:
     random draw), so that the iterations of a parallel loop around it can run as NumPy lanes."""
     return all(isinstance(s, (Load, Assign, Store, Check)) or (isinstance(s, Loop) and _vectorizable(s.body))
                for s in body)
+
+
+def _assignments(body: Sequence) -> tuple[set, bool]:
+    """(the variables ``body`` assigns, loop variables included; whether it seeds or draws)."""
+    assigned: set = set()
+    draws = False
+    for s in body:
+        if isinstance(s, (Load, Assign, Draw)):
+            assigned.add(s.var)
+        if isinstance(s, (Seed, Draw)):
+            draws = True
+        if isinstance(s, Loop):
+            inner, inner_draws = _assignments(s.body)
+            assigned |= inner | {s.var}
+            draws = draws or inner_draws
+    return assigned, draws
+
+
+def _reads(s) -> set:
+    """The variables statement ``s`` reads (not those of the statements inside a loop)."""
+    if isinstance(s, Load):
+        exprs = [s.index] + ([s.guard] if s.guard is not None else [])
+    elif isinstance(s, Assign):
+        exprs = [s.value]
+    elif isinstance(s, Store):
+        exprs = [s.index, s.value]
+    elif isinstance(s, Check):
+        exprs = [s.failed, s.index, s.value]
+    elif isinstance(s, Gemm):
+        exprs = [s.alpha, s.beta, s.a.offset, s.b.offset, s.c.offset]
+    elif isinstance(s, Call):
+        exprs = [a.offset if isinstance(a, Ref) else a for a in s.args]
+    elif isinstance(s, Seed):
+        exprs = [s.value]
+    else:
+        exprs = []
+    return set().union(*(sp.sympify(e).free_symbols for e in exprs))
+
+
+def _read_before_assigned(body: Sequence, watched: set) -> set:
+    """The variables of ``watched`` that an iteration of ``body`` reads before it assigns them."""
+    if not watched:
+        return set()
+    found: set = set()
+    assigned: set = set()
+
+    def walk(statements: Sequence) -> None:
+        for s in statements:
+            if isinstance(s, Loop):
+                assigned.add(s.var)
+                walk(s.body)
+                continue
+            found.update((_reads(s) & watched) - assigned)
+            if isinstance(s, (Load, Assign, Draw)):
+                assigned.add(s.var)
+
+    walk(body)
+    return found
 
 
 class _FloorDiv(sp.Function):
