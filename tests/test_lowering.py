@@ -25,10 +25,12 @@ from graphc.backends.lowering.interpret import Interpreter, InterpretError, inte
 from graphc.backends.lowering.ir import (
     Assign,
     Buffer,
+    Call,
     Draw,
     Gemm,
     Load,
     Loop,
+    Ref,
     Seed,
     Store,
     index_var,
@@ -367,6 +369,21 @@ def run_kernel(program: Program, body: list, *inputs) -> np.ndarray:
     kernel = dataclasses.replace(program.kernels[-1], body=body)
     (out,), _ = interpret(dataclasses.replace(program, kernels=[kernel]), *inputs)
     return out
+
+
+def test_a_gemm_or_call_writing_over_its_operand_is_a_lowering_error():
+    # Targets write while they read (BLAS, the library kernels): a result over an operand would read values
+    # already overwritten, though NumPy, which reads copies, would compute the right numbers.
+    program, x, out = vector_program(8)
+    zero = sympy.Float(0.0)
+    gemm = Gemm(2, 2, 2, sympy.Float(1.0), Ref(out), False, 2, Ref(x), False, 2, zero, Ref(out, sympy.Integer(2)), 2)
+    with pytest.raises(InterpretError, match=r"GEMM writes C \(o0\) over its operand A \(o0\)"):
+        run_kernel(program, [gemm], np.ones(8, np.float32))
+    pool = Call("avg_pool", (Ref(out), 1, 2, 2, 1, 1, 1, 1, 0, 0, 2, 2, Ref(out, sympy.Integer(2))))
+    with pytest.raises(InterpretError, match="avg_pool writes o0 over its operand o0"):
+        run_kernel(program, [pool], np.ones(8, np.float32))
+    apart = [Call("avg_pool", (Ref(x), 1, 2, 2, 1, 1, 1, 1, 0, 0, 2, 2, Ref(out, sympy.Integer(4))))]
+    np.testing.assert_array_equal(run_kernel(program, apart, np.arange(8, dtype=np.float32))[4:], [0, 1, 2, 3])
 
 
 def test_integer_division_in_kernels_is_exact():

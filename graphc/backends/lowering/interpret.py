@@ -9,8 +9,11 @@ involved. So it is strict where a renderer would be silently wrong:
 * the workspace and the outputs start as garbage (all bits set: NaN for floats, -1 for integers), so
   a kernel that reads memory nobody wrote, or a GEMM with ``beta == 0`` that reads C, shows in the numbers;
 * inputs are read-only; a store into one is an error;
-* the iterations of a ``parallel`` loop run as NumPy vectors (one lane per iteration), and two lanes
-  writing one element is an error: a race on a real target.
+* the iterations of a ``parallel`` loop run as NumPy vectors (one lane per iteration); two lanes
+  writing one element, a value carried from one iteration to the next and random draws are errors
+  (races and schedule-dependent results on a real target); an iteration's variables die with it;
+* a GEMM or library call whose result overlaps another of its operands is an error: NumPy reads
+  copies, a target reads memory it is overwriting.
 
 Scalars follow the IR's rules: a Load gives the buffer's dtype, an Assign converts its value to its
 dtype, a Store converts to the buffer's (``!= 0`` for bool) and combines with ``reduce`` ("max"/"min"
@@ -130,6 +133,9 @@ class _Run:
         self.views: dict[int, np.ndarray] = {}
         self.rng: np.random.RandomState | None = None
         self.current: Kernel | None = None
+        #: The library call being run and the operands it read: (buffer name, region).
+        self.call_name = ""
+        self.call_reads: list[tuple[str, tuple]] = []
 
     def vectorizable(self, loop: Loop) -> bool:
         known = self.machine.vectorizable.get(id(loop))
@@ -171,6 +177,21 @@ class _Run:
             bad = low if low < 0 else high
             raise self.error(f"{what} {buf.name}[{bad}], outside its {buf.size} elements ({buf.note})")
         return index
+
+    def region(self, buf: Buffer, start: int, count: int) -> tuple:
+        """(memory, first byte, end byte) of ``count`` elements of ``buf`` from element ``start``: where they
+        lie, to tell whether two operands of one GEMM or call overlap (buffers of reused workspace slots do)."""
+        memory = (buf.store, buf.arg) if buf.store in ("input", "output") else (buf.store,)
+        itemsize = np.dtype(buf.dtype).itemsize
+        return memory, (buf.offset + start) * itemsize, (buf.offset + start + count) * itemsize
+
+    def span(self, buf: Buffer, index: np.ndarray) -> tuple:
+        """The region from the lowest to the highest element of ``index`` (not empty) in ``buf``."""
+        low, high = int(index.min()), int(index.max())
+        return self.region(buf, low, high + 1 - low)
+
+    def overlapping(self, written: tuple, read: tuple) -> bool:
+        return written[0] == read[0] and written[1] < read[2] and read[1] < written[2]
 
     def error(self, message: str) -> InterpretError:
         title = self.current.title if self.current is not None else "the layout"
@@ -350,13 +371,22 @@ class _Run:
         return self.view(ref.buffer), start
 
     def read(self, ref: Ref, env: dict, shape: Sequence[int]) -> np.ndarray:
-        view, start = self.operand(ref, env, int(np.prod(shape)), "reads")
-        return view[start:start + int(np.prod(shape))].reshape(shape)
+        """A copy of the operand at ``ref`` (of ``shape``), recorded as read by the current call."""
+        count = int(np.prod(shape))
+        view, start = self.operand(ref, env, count, "reads")
+        self.call_reads.append((ref.buffer.name, self.region(ref.buffer, start, count)))
+        return view[start:start + count].reshape(shape).copy()
 
     def write(self, ref: Ref, env: dict, value: np.ndarray) -> None:
+        """Write a call's result at ``ref``. A target writes while it reads: a result that overlaps another
+        operand of the call (anything but exactly the operand it accumulates into) is a lowering error."""
         view, start = self.operand(ref, env, value.size, "writes")
         if not view.flags.writeable:
             raise self.error(f"writes into {ref.buffer.name}, an input ({ref.buffer.note})")
+        written = self.region(ref.buffer, start, value.size)
+        for name, read in self.call_reads:
+            if read != written and self.overlapping(written, read):
+                raise self.error(f"{self.call_name} writes {ref.buffer.name} over its operand {name}")
         view[start:start + value.size] = value.reshape(-1)
 
     def strided(self, ref: Ref, env: dict, rows: int, cols: int, ld: int) -> np.ndarray:
@@ -380,12 +410,17 @@ class _Run:
             return
         a_shape = (s.k, s.m) if s.trans_a else (s.m, s.k)
         b_shape = (s.n, s.k) if s.trans_b else (s.k, s.n)
-        a = self.view(s.a.buffer)[self.strided(s.a, env, *a_shape, s.lda)]
-        b = self.view(s.b.buffer)[self.strided(s.b, env, *b_shape, s.ldb)]
+        a_index = self.strided(s.a, env, *a_shape, s.lda)
+        b_index = self.strided(s.b, env, *b_shape, s.ldb)
         c_index = self.strided(s.c, env, s.m, s.n, s.ldc)
+        a, b = self.view(s.a.buffer)[a_index], self.view(s.b.buffer)[b_index]
         c = self.view(s.c.buffer)
         if not c.flags.writeable:
             raise self.error(f"GEMM writes into {s.c.buffer.name}, an input")
+        written = self.span(s.c.buffer, c_index)
+        for name, ref, index in (("A", s.a, a_index), ("B", s.b, b_index)):
+            if index.size and self.overlapping(written, self.span(ref.buffer, index)):  # BLAS reads what it wrote
+                raise self.error(f"GEMM writes C ({s.c.buffer.name}) over its operand {name} ({ref.buffer.name})")
         alpha, beta = (dtype.type(self.value(e, env)) for e in (s.alpha, s.beta))
         product = (a.T if s.trans_a else a) @ (b.T if s.trans_b else b)
         result = alpha * product
@@ -397,6 +432,7 @@ class _Run:
         implementation = LIBRARY_IMPLEMENTATIONS.get(s.name)
         if implementation is None:
             raise self.error(f"no NumPy implementation of library call {s.name!r}")
+        self.call_name, self.call_reads = s.name, []
         implementation(self, env, *s.args)
 
 
