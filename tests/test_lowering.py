@@ -9,6 +9,8 @@ No Numba compile here except the one tiny graph that compares the label errors w
 from __future__ import annotations
 
 import dataclasses
+import doctest
+import importlib
 import re
 
 import numpy as np
@@ -198,6 +200,22 @@ def test_mlp_training_steps_equal_reference(level):
         # The first layer's weight gradient is read by its update only: its GEMM adds -lr * x^T @ g into W0.
         assert "accumulate" in program.plan.values()
         assert any(not g.beta.is_zero for g in gemms(program))
+
+
+def test_given_parameters_replace_the_initial_values_and_come_back_updated():
+    loss, inputs = mlp_step(dtype="float64", name="lowering_given_params")
+    program = lowered([loss], inputs, DEFAULT_LEVEL)
+    r = rng(12)
+    start = {p.name: r.standard_normal(p.shape) for p in program.graph.params}
+    x, y = mlp_batches(1, 13)[0]
+    (got,), params = interpret(program, x, y, params=start)
+    ref = graphc.compile(loss, inputs=inputs)
+    ref.set_params(start)
+    np.testing.assert_allclose(got, ref(x, y), **TOL["float64"])
+    for k in ref.params:
+        np.testing.assert_allclose(params[k], ref.params[k], **TOL["float64"], err_msg=k)
+    with pytest.raises(graphc.InputError, match=r"no parameter\(s\) \['nope'\]; parameters are \['W0', 'b0'"):
+        interpret(program, x, y, params={"nope": 1.0})
 
 
 def optimizer_step(kind: str):
@@ -417,6 +435,12 @@ def test_random_draws_in_a_parallel_loop_are_a_lowering_error():
     draws[1] = dataclasses.replace(draws[1], parallel=True)
     with pytest.raises(InterpretError, match="parallel loop j are not independent: it seeds or draws random"):
         run_kernel(program, draws, np.zeros(4, np.float32))
+
+
+def test_the_interpreters_doctests_pass():
+    for name in ("graphc.backends.lowering.interpret", "graphc.backends.lowering.status"):
+        module = importlib.import_module(name)  # the module, even if the package exports a function so named
+        assert doctest.testmod(module).failed == 0, name
 
 
 # -- the printed Program ----------------------------------------------------------------------------------------
