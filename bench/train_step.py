@@ -14,6 +14,10 @@ graphc runs twice per round: ``graphc-cold`` compiles into an empty cache direct
 ``graphc-warm`` is a new process that loads the same cache (its ``compile_s`` is the warm start).
 ``first_result_s`` is the time from process start to the first step's loss.
 
+``--baseline DIR`` adds ``graphc-base``: graphc from another checkout (a ``git worktree`` of the commit
+before a change), run by that checkout's own copy of this script, interleaved with the others in the
+same rounds, so that "no step got slower" is measured in one run on one machine.
+
 Workloads: mlp 784-512-256-10 ReLU, softmax cross-entropy, SGD lr 0.01, batch 128; tiny 64-32-10
 tanh, batch 32; cnn 1x28x28 -> conv 6@5x5 pad 2 -> ReLU -> maxpool 2 -> conv 16@5x5 -> ReLU ->
 maxpool 2 -> dense 400-120-84-10 (ReLU), batch 64. Threads: OPENBLAS/OMP/MKL_NUM_THREADS, torch's
@@ -312,24 +316,29 @@ def worker(args) -> dict:
 
 # -- the parent: processes, interleaving, the table ------------------------------------------------------------------
 
-def thread_env(threads: int) -> dict:
+def thread_env(threads: int, root: Path = ROOT) -> dict:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
     flags = env.get("XLA_FLAGS", "")
     env["XLA_FLAGS"] = (flags + f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
                         f"intra_op_parallelism_threads={threads}").strip()
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     return env
 
 
 def run_worker(framework: str, workload: str, threads: int, cache_dir: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", framework, "--workload", workload, "--threads", str(threads),
-           "--cache-dir", cache_dir, "--graphc-epoch", args.graphc_epoch]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads), timeout=900)
+    """One measurement in a fresh process; ``graphc-base-*`` runs the baseline checkout's script and graphc."""
+    root = Path(args.baseline).resolve() if framework.startswith("graphc-base") else ROOT
+    name = framework.replace("graphc-base", "graphc")
+    cmd = [sys.executable, str(root / "bench" / "train_step.py"), "--worker", name, "--workload", workload,
+           "--threads", str(threads), "--cache-dir", cache_dir, "--graphc-epoch", args.graphc_epoch]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads, root), timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"{framework} worker failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["framework"] = framework
+    return result
 
 
 def summarize(results: list[dict], frameworks: list[str]) -> dict:
@@ -337,15 +346,15 @@ def summarize(results: list[dict], frameworks: list[str]) -> dict:
     for threads in sorted({r["threads"] for r in results}):
         rows = {}
         for fw in frameworks:
-            names = ["graphc-cold", "graphc-warm"] if fw == "graphc" else [fw]
+            names = [f"{fw}-cold", f"{fw}-warm"] if fw.startswith("graphc") else [fw]
             runs = [r for r in results if r["threads"] == threads and r["framework"] in names]
             if not runs:
                 continue
             row = {"processes": len(runs), "ms_per_step": statistics.median(r["ms_per_step"] for r in runs),
                    "ms_per_step_all": [round(r["ms_per_step"], 4) for r in runs]}
-            if fw == "graphc":
-                cold = [r for r in runs if r["framework"] == "graphc-cold"]
-                warm = [r for r in runs if r["framework"] == "graphc-warm"]
+            if fw.startswith("graphc"):
+                cold = [r for r in runs if r["framework"] == f"{fw}-cold"]
+                warm = [r for r in runs if r["framework"] == f"{fw}-warm"]
                 row["compile_cold_s"] = statistics.median(r["compile_s"] for r in cold)
                 row["compile_warm_s"] = statistics.median(r["compile_s"] for r in warm)
                 row["first_result_warm_s"] = statistics.median(r["first_result_s"] for r in warm)
@@ -376,7 +385,7 @@ def print_table(workload: str, table: dict) -> None:
         print(f"{'framework':10s} {'ms/step':>10s} {'x graphc':>9s} {'compile s':>22s} {'epoch s':>9s} "
               f"{'loss diff':>10s}  procs")
         for fw, row in rows.items():
-            if fw == "graphc":
+            if fw.startswith("graphc"):
                 comp = f"{row['compile_cold_s']:.2f} cold/{row['compile_warm_s']:.3f} warm"
             else:
                 comp = f"{row['compile_s']:.2f} first step"
@@ -394,6 +403,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--graphc-epoch", choices=("fit", "run_epoch"), default="fit",
                         help="mlp epoch: through graphc.fit (the default) or one bare Executable.run_epoch call")
+    parser.add_argument("--baseline", help="another checkout of graphc, measured as framework graphc-base")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
     global args  # the workers' helpers and run_worker read the options
@@ -403,13 +413,15 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    if args.baseline:
+        frameworks.insert(1, "graphc-base")
     results = []
     for threads in [int(t) for t in args.threads.split(",")]:
         for round_ in range(args.procs):
             with tempfile.TemporaryDirectory(prefix="graphc-bench-cache-") as cache_dir:
                 order = frameworks[round_ % len(frameworks):] + frameworks[:round_ % len(frameworks)]
                 for fw in order:
-                    names = ["graphc-cold", "graphc-warm"] if fw == "graphc" else [fw]
+                    names = [f"{fw}-cold", f"{fw}-warm"] if fw.startswith("graphc") else [fw]
                     for name in names:
                         r = run_worker(name, args.workload, threads, cache_dir)
                         print(f"  {threads} thr, round {round_ + 1}: {name:12s} {r['ms_per_step']:.4f} ms/step, "

@@ -67,7 +67,8 @@ def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "r
     if backend == "cpu":
         from . import numba_cpu
 
-        exe = numba_cpu.build(graph, call_inputs, **options)
+        plan = optimized.buffer_plan if optimized is not None else None  # planned once, by the passes
+        exe = numba_cpu.build(graph, call_inputs, plan=plan, **options)
     else:
         from . import reference
 

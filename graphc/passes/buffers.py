@@ -166,7 +166,7 @@ def plan_buffers(graph: Graph) -> BufferPlan:
 
     # -- slots -------------------------------------------------------------------------------------------
     owned = [n for n in nodes if n.op not in SOURCE_OPS and n.op not in _VIEW_OPS]
-    plan.naive_bytes = sum(_aligned(_nbytes(n)) for n in owned)
+    plan.naive_bytes = naive_bytes(graph)
     lasting_ids = pinned | {id(v) for v in update_values if id(v) not in plan.inplace_updates}
     for n in owned:
         plan.lifetime[id(n)] = (step[id(n)], end if id(n) in lasting_ids else last.get(id(n), step[id(n)]))
@@ -242,3 +242,8 @@ def _best_fit(free: list[int], sizes: list[int], size: int) -> int | None:
     if fitting:
         return min(fitting, key=lambda k: (sizes[k], k))
     return max(free, key=lambda k: (sizes[k], -k))
+
+
+def naive_bytes(graph: Graph) -> int:
+    """The intermediate memory when every value that needs storage gets a buffer of its own."""
+    return sum(_aligned(_nbytes(n)) for n in graph.nodes if n.op not in SOURCE_OPS and n.op not in _VIEW_OPS)

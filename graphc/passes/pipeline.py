@@ -13,7 +13,7 @@ from typing import Callable
 from ..ir import Graph
 from .activations import derivatives_from_outputs
 from .algebra import simplify
-from .buffers import BufferPlan, plan_buffers
+from .buffers import BufferPlan, naive_bytes, plan_buffers
 from .cleanup import cse, dce
 from .core import count_kernels
 from .epilogue import fuse_epilogue
@@ -152,8 +152,7 @@ def optimize(graph: Graph, level: int = DEFAULT_LEVEL, dump_dir: str | None = No
         os.makedirs(dump_dir, exist_ok=True)
         _dump(dump_dir, "00_input", graph, None)
     result = OptimizeResult(graph, level, fast_math=bool(fast_math))
-    input_plan = plan_buffers(graph)
-    result.input_intermediate_bytes = input_plan.naive_bytes
+    result.input_intermediate_bytes = naive_bytes(graph)
     current = graph
     for k, (name, fn) in enumerate(LEVELS[level], start=1):
         before_nodes, before_kernels = len(current.nodes), count_kernels(current)

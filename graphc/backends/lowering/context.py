@@ -223,16 +223,17 @@ class Lowering:
         self.options.setdefault("conv_methods", []).append(method)
         return method
 
-    def emit(self, body: list, rule: str | None = None, role: str = "", node: Node | None = None) -> None:
+    def emit(self, body: list, rule: str | None = None, role: str = "", node: Node | None = None,
+             note: str = "") -> None:
         """Append a kernel computing (part of) ``node`` (default: the node being lowered)."""
         node = node if node is not None else self.current
         if not body:
             return
-        self.kernels.append(self.kernel(node, body, rule, role))
+        self.kernels.append(self.kernel(node, body, rule, role, note))
 
-    def kernel(self, node: Node, body: list, rule: str | None, role: str = "") -> Kernel:
+    def kernel(self, node: Node, body: list, rule: str | None, role: str = "", note: str = "") -> Kernel:
         return Kernel(node=self.number[id(node)], op=op_label(node), rule=rule or node.op,
-                      where=comment_text(node, self.number), body=body, role=role)
+                      where=comment_text(node, self.number), body=body, role=role, note=note)
 
 
 def assign(var: sp.Symbol, value, dtype) -> Assign:

@@ -196,11 +196,13 @@ class Kernel:
     body: list
     #: What the kernel does when it is not the node's own value: "labels of", "update W <-", ...
     role: str = ""
+    #: A remark after the op: ", accumulated into W by its GEMM".
+    note: str = ""
 
     @property
     def title(self) -> str:
         head = f"{self.role} %{self.node} {self.op}" if self.role else f"%{self.node} {self.op}"
-        return f"{head}  {self.where}".rstrip()
+        return f"{head}{self.note}  {self.where}".rstrip()
 
 
 @dataclass(frozen=True)

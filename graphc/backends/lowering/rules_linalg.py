@@ -9,7 +9,6 @@ from .context import Lowering, Operand, assign, rule
 from .ir import Gemm, Load, Ref, Store, index_var, linear, nest, scalar_var
 from .rules_elementwise import compute_dtype, cse_assignments, elementwise_kernel
 
-
 ONE, ZERO = sp.Float(1.0), sp.Float(0.0)
 
 
@@ -100,16 +99,24 @@ def epilogue(lw: Lowering, node: Node) -> list:
     return elementwise_kernel(lw, node, expr, symbols, [node] + list(node.inputs[2:]))
 
 
+def accumulation_note(lw: Lowering, node: Node) -> str:
+    accumulation = lw.accumulate.get(id(node))
+    if accumulation is None:
+        return ""
+    p = accumulation.param
+    return f", accumulated into the parameter {p.name or '%' + str(lw.number[id(p)])} by its GEMM"
+
+
 @rule("matmul")
 def lower_matmul(lw: Lowering, node: Node) -> None:
-    lw.emit(matmul_product(lw, node, *node.inputs))
+    lw.emit(matmul_product(lw, node, *node.inputs), note=accumulation_note(lw, node))
 
 
 @rule("matmul_epilogue")
 def lower_matmul_epilogue(lw: Lowering, node: Node) -> None:
     a, b = node.inputs[:2]
     lw.emit(matmul_product(lw, node, a, b, node.attrs["transpose_a"], node.attrs["transpose_b"])
-            + epilogue(lw, node))
+            + epilogue(lw, node), note=accumulation_note(lw, node))
 
 
 @rule("dense")

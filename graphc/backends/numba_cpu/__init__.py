@@ -31,7 +31,8 @@ _CODEGEN_OPTIONS = ("boundscheck", "fastmath", "part_lines", "conv_methods")
 
 def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check_finite: bool = False,
           strict: bool = False, boundscheck: bool = False, fastmath: Sequence[str] | None = None,
-          cache_dir: str | None = None, part_lines: int | None = None, conv: str = "auto") -> NumbaExecutable:
+          cache_dir: str | None = None, part_lines: int | None = None, conv: str = "auto",
+          plan=None) -> NumbaExecutable:
     """Lower ``graph`` and build it (see :func:`build_program`).
 
     ``check_finite``: raise on NaN/Inf in inputs and parameters (before the call) and in outputs
@@ -40,13 +41,14 @@ def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check
     ``fastmath``: LLVM fast-math flags. ``cache_dir``: the compile cache. ``part_lines``: split
     the driver into functions of about this many lines (compile time of very large graphs).
     ``conv``: how conv2d nodes are computed ("auto", "im2col" or "direct"; see ``autotune``).
+    ``plan``: the graph's buffer plan when the passes made one (else it is made here).
     """
     if isinstance(graph, Program):
         return build_program(graph, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
     t0 = time.perf_counter()
     options = {"boundscheck": bool(boundscheck), "part_lines": part_lines,
                "fastmath": tuple(sorted(DEFAULT_FASTMATH if fastmath is None else fastmath))}
-    program = lower(graph, inputs, options, choose_conv=conv_chooser(conv, cache_dir))
+    program = lower(graph, inputs, options, plan=plan, choose_conv=conv_chooser(conv, cache_dir))
     codegen_s = time.perf_counter() - t0
     exe = build_program(program, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
     exe.stats["codegen_s"] = codegen_s

@@ -244,9 +244,21 @@ def render(program: Program, version: str) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+LINE = 120
+
+
 def _kernel_chunks(r: Renderer, kernels) -> list[list[str]]:
     """One chunk of lines per kernel: its heading comment, then its statements."""
-    return [[f"    # {k.title}"] + r.lines(k.body) for k in kernels]
+    return [_heading(k) + r.lines(k.body) for k in kernels]
+
+
+def _heading(kernel) -> list[str]:
+    """The kernel's comment: the node and its op, then where it comes from (a second line if long)."""
+    line = f"    # {kernel.title}"
+    if len(line) <= LINE or not kernel.where:
+        return [line]
+    head = kernel.title[: -len(kernel.where)].rstrip()
+    return [f"    # {head}", f"    #   {kernel.where}"]
 
 
 def _declarations(r: Renderer, program: Program) -> dict[str, str]:
