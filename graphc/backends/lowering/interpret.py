@@ -9,8 +9,11 @@ involved. So it is strict where a renderer would be silently wrong:
 * the workspace and the outputs start as garbage (all bits set: NaN for floats, -1 for integers), so
   a kernel that reads memory nobody wrote, or a GEMM with ``beta == 0`` that reads C, shows in the numbers;
 * inputs are read-only; a store into one is an error;
-* the iterations of a ``parallel`` loop run as NumPy vectors (one lane per iteration), and two lanes
-  writing one element is an error: a race on a real target.
+* the iterations of a ``parallel`` loop run as NumPy vectors (one lane per iteration); two lanes
+  writing one element, a value carried from one iteration to the next and random draws are errors
+  (races and schedule-dependent results on a real target); an iteration's variables die with it;
+* a GEMM or library call whose result overlaps another of its operands is an error: NumPy reads
+  copies, a target reads memory it is overwriting.
 
 Scalars follow the IR's rules: a Load gives the buffer's dtype, an Assign converts its value to its
 dtype, a Store converts to the buffer's (``!= 0`` for bool) and combines with ``reduce`` ("max"/"min"
@@ -24,6 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import sympy as sp
+from sympy.logic.boolalg import Boolean
 
 from ...ir import GraphcError, InputError
 from ..executable import param_key, validate
@@ -82,8 +86,10 @@ class Interpreter:
         for node in graph.nodes:
             if node.op == "constant" and id(node) in program.state:
                 self._slot(node)[...] = node.value
-        #: id(loop) -> whether its iterations can run as lanes (the program's loops live as long as it).
+        #: id(loop) -> whether its iterations can run as lanes, and what its body assigns (the program's
+        #: loops live as long as it does).
         self.vectorizable: dict[int, bool] = {}
+        self.loop_facts: dict[int, tuple[set, bool]] = {}
 
     def _slot(self, node) -> np.ndarray:
         slot = self.program.state[id(node)]
@@ -127,6 +133,9 @@ class _Run:
         self.views: dict[int, np.ndarray] = {}
         self.rng: np.random.RandomState | None = None
         self.current: Kernel | None = None
+        #: The library call being run and the operands it read: (buffer name, region).
+        self.call_name = ""
+        self.call_reads: list[tuple[str, tuple]] = []
 
     def vectorizable(self, loop: Loop) -> bool:
         known = self.machine.vectorizable.get(id(loop))
@@ -169,6 +178,21 @@ class _Run:
             raise self.error(f"{what} {buf.name}[{bad}], outside its {buf.size} elements ({buf.note})")
         return index
 
+    def region(self, buf: Buffer, start: int, count: int) -> tuple:
+        """(memory, first byte, end byte) of ``count`` elements of ``buf`` from element ``start``: where they
+        lie, to tell whether two operands of one GEMM or call overlap (buffers of reused workspace slots do)."""
+        memory = (buf.store, buf.arg) if buf.store in ("input", "output") else (buf.store,)
+        itemsize = np.dtype(buf.dtype).itemsize
+        return memory, (buf.offset + start) * itemsize, (buf.offset + start + count) * itemsize
+
+    def span(self, buf: Buffer, index: np.ndarray) -> tuple:
+        """The region from the lowest to the highest element of ``index`` (not empty) in ``buf``."""
+        low, high = int(index.min()), int(index.max())
+        return self.region(buf, low, high + 1 - low)
+
+    def overlapping(self, written: tuple, read: tuple) -> bool:
+        return written[0] == read[0] and written[1] < read[2] and read[1] < written[2]
+
     def error(self, message: str) -> InterpretError:
         title = self.current.title if self.current is not None else "the layout"
         return InterpretError(f"{self.program.name}: kernel {title}: {message}")
@@ -188,7 +212,10 @@ class _Run:
             elif kind is Load:
                 env[s.var] = self.load(s, env, lanes)
             elif kind is Assign:
-                env[s.var] = _convert(self.value(s.value, env), s.dtype)
+                # A condition stays a truth value whatever dtype the kernel computes in (cse_assignments
+                # names shared conditions of Piecewise expressions with the kernel's float dtype).
+                dtype = "bool" if isinstance(s.value, Boolean) else s.dtype
+                env[s.var] = _convert(self.value(s.value, env), dtype)
             elif kind is Store:
                 self.store(s, env, lanes)
             elif kind is Check:
@@ -212,26 +239,48 @@ class _Run:
     def loop(self, s: Loop, env: dict, lanes: int | None) -> None:
         if s.extent <= 0:
             return
-        if not s.parallel or not self.vectorizable(s):
+        if not s.parallel:
             for t in range(s.extent):
                 env[s.var] = t
                 self.block(s.body, env, lanes)
             return
-        # Parallel iterations run as lanes; in a vectorized loop already, lane (outer, t) is outer*extent + t.
+        why = self.dependence(s, env)
+        if why:
+            raise self.error(f"the iterations of parallel loop {s.var} are not independent: {why}")
         before = dict(env)
-        if lanes is None:
-            env[s.var] = np.arange(s.extent)
-            inner = s.extent
-        else:
-            for var, value in before.items():
-                if isinstance(value, np.ndarray):
-                    env[var] = np.repeat(value, s.extent)
-            env[s.var] = np.tile(np.arange(s.extent), lanes)
-            inner = lanes * s.extent
-        self.block(s.body, env, inner)
+        if not self.vectorizable(s):  # GEMMs and library calls: one iteration at a time
+            for t in range(s.extent):
+                env[s.var] = t
+                self.block(s.body, env, lanes)
+        else:  # as lanes; in a vectorized loop already, lane (outer, t) is outer*extent + t
+            if lanes is None:
+                env[s.var] = np.arange(s.extent)
+                inner = s.extent
+            else:
+                for var, value in before.items():
+                    if isinstance(value, np.ndarray):
+                        env[var] = np.repeat(value, s.extent)
+                env[s.var] = np.tile(np.arange(s.extent), lanes)
+                inner = lanes * s.extent
+            self.block(s.body, env, inner)
         # Variables of the iterations do not outlive a parallel loop (each iteration has its own).
         env.clear()
         env.update(before)
+
+    def dependence(self, loop: Loop, env: dict) -> str:
+        """Why one iteration of parallel ``loop`` depends on another ("" if none): it draws random numbers
+        (their order is the stream's), or it reads a variable defined before the loop that it also assigns
+        before assigning it (a value carried from iteration to iteration)."""
+        facts = self.machine.loop_facts.get(id(loop))
+        if facts is None:
+            facts = self.machine.loop_facts[id(loop)] = _assignments(loop.body)
+        assigned, draws = facts
+        if draws:
+            return "it seeds or draws random numbers, whose order is the stream's"
+        carried = _read_before_assigned(loop.body, assigned & env.keys())
+        if carried:
+            return f"it updates {', '.join(sorted(map(str, carried)))}, defined before the loop"
+        return ""
 
     def value(self, expr: sp.Basic, env: dict) -> Any:
         """``expr`` evaluated on the current variables (scalars or lane arrays)."""
@@ -240,7 +289,13 @@ class _Run:
         if expr.is_Number:
             return int(expr) if expr.is_Integer else float(expr)
         symbols, fn = _compiled(expr)
-        return fn(*(self.variable(v, env) for v in symbols))
+        args = [self.variable(v, env) for v in symbols]
+        lanes = [isinstance(a, np.ndarray) for a in args]
+        if any(lanes) and not all(lanes):
+            # Lane arrays beside scalars: broadcast them all, as the reference backend does its operands
+            # (a compound Piecewise condition is a logical_or.reduce over a tuple, which needs one shape).
+            args = np.broadcast_arrays(*args)
+        return fn(*args)
 
     def variable(self, var: sp.Symbol, env: dict) -> Any:
         try:
@@ -316,13 +371,22 @@ class _Run:
         return self.view(ref.buffer), start
 
     def read(self, ref: Ref, env: dict, shape: Sequence[int]) -> np.ndarray:
-        view, start = self.operand(ref, env, int(np.prod(shape)), "reads")
-        return view[start:start + int(np.prod(shape))].reshape(shape)
+        """A copy of the operand at ``ref`` (of ``shape``), recorded as read by the current call."""
+        count = int(np.prod(shape))
+        view, start = self.operand(ref, env, count, "reads")
+        self.call_reads.append((ref.buffer.name, self.region(ref.buffer, start, count)))
+        return view[start:start + count].reshape(shape).copy()
 
     def write(self, ref: Ref, env: dict, value: np.ndarray) -> None:
+        """Write a call's result at ``ref``. A target writes while it reads: a result that overlaps another
+        operand of the call (anything but exactly the operand it accumulates into) is a lowering error."""
         view, start = self.operand(ref, env, value.size, "writes")
         if not view.flags.writeable:
             raise self.error(f"writes into {ref.buffer.name}, an input ({ref.buffer.note})")
+        written = self.region(ref.buffer, start, value.size)
+        for name, read in self.call_reads:
+            if read != written and self.overlapping(written, read):
+                raise self.error(f"{self.call_name} writes {ref.buffer.name} over its operand {name}")
         view[start:start + value.size] = value.reshape(-1)
 
     def strided(self, ref: Ref, env: dict, rows: int, cols: int, ld: int) -> np.ndarray:
@@ -346,12 +410,17 @@ class _Run:
             return
         a_shape = (s.k, s.m) if s.trans_a else (s.m, s.k)
         b_shape = (s.n, s.k) if s.trans_b else (s.k, s.n)
-        a = self.view(s.a.buffer)[self.strided(s.a, env, *a_shape, s.lda)]
-        b = self.view(s.b.buffer)[self.strided(s.b, env, *b_shape, s.ldb)]
+        a_index = self.strided(s.a, env, *a_shape, s.lda)
+        b_index = self.strided(s.b, env, *b_shape, s.ldb)
         c_index = self.strided(s.c, env, s.m, s.n, s.ldc)
+        a, b = self.view(s.a.buffer)[a_index], self.view(s.b.buffer)[b_index]
         c = self.view(s.c.buffer)
         if not c.flags.writeable:
             raise self.error(f"GEMM writes into {s.c.buffer.name}, an input")
+        written = self.span(s.c.buffer, c_index)
+        for name, ref, index in (("A", s.a, a_index), ("B", s.b, b_index)):
+            if index.size and self.overlapping(written, self.span(ref.buffer, index)):  # BLAS reads what it wrote
+                raise self.error(f"GEMM writes C ({s.c.buffer.name}) over its operand {name} ({ref.buffer.name})")
         alpha, beta = (dtype.type(self.value(e, env)) for e in (s.alpha, s.beta))
         product = (a.T if s.trans_a else a) @ (b.T if s.trans_b else b)
         result = alpha * product
@@ -363,6 +432,7 @@ class _Run:
         implementation = LIBRARY_IMPLEMENTATIONS.get(s.name)
         if implementation is None:
             raise self.error(f"no NumPy implementation of library call {s.name!r}")
+        self.call_name, self.call_reads = s.name, []
         implementation(self, env, *s.args)
 
 
@@ -389,6 +459,64 @@ def _vectorizable(body: Sequence) -> bool:
                for s in body)
 
 
+def _assignments(body: Sequence) -> tuple[set, bool]:
+    """(the variables ``body`` assigns, loop variables included; whether it seeds or draws)."""
+    assigned: set = set()
+    draws = False
+    for s in body:
+        if isinstance(s, (Load, Assign, Draw)):
+            assigned.add(s.var)
+        if isinstance(s, (Seed, Draw)):
+            draws = True
+        if isinstance(s, Loop):
+            inner, inner_draws = _assignments(s.body)
+            assigned |= inner | {s.var}
+            draws = draws or inner_draws
+    return assigned, draws
+
+
+def _reads(s) -> set:
+    """The variables statement ``s`` reads (not those of the statements inside a loop)."""
+    if isinstance(s, Load):
+        exprs = [s.index] + ([s.guard] if s.guard is not None else [])
+    elif isinstance(s, Assign):
+        exprs = [s.value]
+    elif isinstance(s, Store):
+        exprs = [s.index, s.value]
+    elif isinstance(s, Check):
+        exprs = [s.failed, s.index, s.value]
+    elif isinstance(s, Gemm):
+        exprs = [s.alpha, s.beta, s.a.offset, s.b.offset, s.c.offset]
+    elif isinstance(s, Call):
+        exprs = [a.offset if isinstance(a, Ref) else a for a in s.args]
+    elif isinstance(s, Seed):
+        exprs = [s.value]
+    else:
+        exprs = []
+    return set().union(*(sp.sympify(e).free_symbols for e in exprs))
+
+
+def _read_before_assigned(body: Sequence, watched: set) -> set:
+    """The variables of ``watched`` that an iteration of ``body`` reads before it assigns them."""
+    if not watched:
+        return set()
+    found: set = set()
+    assigned: set = set()
+
+    def walk(statements: Sequence) -> None:
+        for s in statements:
+            if isinstance(s, Loop):
+                assigned.add(s.var)
+                walk(s.body)
+                continue
+            found.update((_reads(s) & watched) - assigned)
+            if isinstance(s, (Load, Assign, Draw)):
+                assigned.add(s.var)
+
+    walk(body)
+    return found
+
+
 class _FloorDiv(sp.Function):
     """``floor(p / q)`` of integers as ``p // q``: exact, where NumPy's ``floor((1/q)*p)`` rounds."""
 
@@ -405,7 +533,7 @@ def _exact_floor(expr: sp.Basic) -> sp.Basic:
     return expr
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=8192)
 def _compiled(expr: sp.Basic) -> tuple[tuple[sp.Symbol, ...], Callable]:
     """(the variables ``expr`` reads, its NumPy function): compiled once per distinct expression."""
     from ...ops.elementwise import numpy_function
