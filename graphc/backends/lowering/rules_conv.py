@@ -1,2 +1,95 @@
-"""Convolutions and pooling: library calls (im2col + GEMM, direct, col2im, pooling kernels)."""
+"""Convolution and pooling: library calls (``ir.LIBRARY``) and GEMMs, with the target's choice of
+convolution method (``lw.conv_method``: im2col + GEMM or the direct loop nest)."""
 from __future__ import annotations
+
+from ...ir import Node
+from .context import Lowering, Operand, rule
+from .geometry import ConvGeometry
+from .ir import Call, Ref, index_var, nest
+from .rules_linalg import epilogue, flagged, gemm
+
+
+def conv_geometry(node: Node, x: Node, w: Node) -> ConvGeometry:
+    N, C, H, W = x.shape
+    Co, _, kh, kw = w.shape
+    _, _, Ho, Wo = node.shape
+    (sh, sw), (ph, pw), (dh, dw) = node.attrs["stride"], node.attrs["padding"], node.attrs["dilation"]
+    return ConvGeometry(N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)
+
+
+def conv2d_product(lw: Lowering, node: Node, x: Node, w: Node) -> list:
+    """A pointwise conv is one GEMM per image: out[n] [O, H*W] = W [O, C] @ x[n] [C, H*W]; otherwise
+    the library kernel the target chose: im2col + one GEMM per image (a scratch column matrix of
+    C*kh*kw x Ho*Wo), or the direct loop nest."""
+    Xc, Wc = lw.converted(x, node.dtype), lw.converted(w, node.dtype)
+    g = conv_geometry(node, x, w)
+    method = lw.conv_method(node, g)  # recorded even for a pointwise conv, as the compile options are
+    y = Ref(lw.buffer(node))
+    if g.is_pointwise:
+        n = index_var("n")
+        K, P = g.C, g.H * g.W
+        return nest([g.N], ["n"], [gemm(Wc, Xc, lw.operand(node), g.Co, P, K, b_plus=n * (K * P),
+                                        c_plus=n * (g.Co * P))])
+    if method == "direct":
+        return [Call("conv2d_direct", (Xc.ref(), Wc.ref(), *g, y))]
+    col = lw.scratch(g.C * g.kh * g.kw * g.Ho * g.Wo, node.dtype)
+    return [Call("conv2d_im2col", (Xc.ref(), Wc.ref(), *g, Ref(col), y))]
+
+
+@rule("conv2d")
+def lower_conv2d(lw: Lowering, node: Node) -> None:
+    lw.emit(conv2d_product(lw, node, *node.inputs[:2]))
+
+
+@rule("conv2d_epilogue")
+def lower_conv2d_epilogue(lw: Lowering, node: Node) -> None:
+    """The convolution into the output, then the epilogue expression over it in place."""
+    lw.emit(conv2d_product(lw, node, *node.inputs[:2]) + epilogue(lw, node))
+
+
+@rule("conv_transpose2d")
+def lower_conv_transpose2d(lw: Lowering, node: Node) -> None:
+    """GEMM + col2im per image: cols [O*kh*kw, H*W] = W^T @ x[n]; cols scatter-added into the zeroed
+    output. The images share the scratch cols: the loop over them is sequential."""
+    x, w = node.inputs
+    N, C, H, W = x.shape
+    _, Co, kh, kw = w.shape
+    _, _, Ho, Wo = node.shape
+    (sh, sw), (ph, pw), (dh, dw) = node.attrs["stride"], node.attrs["padding"], node.attrs["dilation"]
+    K, P = Co * kh * kw, H * W
+    Xc, Wc = lw.converted(x, node.dtype), lw.converted(w, node.dtype)
+    cols = lw.scratch(K * P, node.dtype)
+    n = index_var("n")
+    # W is stored [C, O*kh*kw]: the GEMM reads it transposed.
+    body = [gemm(flagged(Wc, True), Xc, Operand(cols), K, P, C, b_plus=n * (C * P)),
+            Call("col2im_add", (Ref(cols), Co, kh, kw, H, W, sh, sw, ph, pw, dh, dw, Ho, Wo,
+                                Ref(lw.buffer(node), n * (Co * Ho * Wo))))]
+    lw.emit(lw.fill(node, 0) + nest([N], ["n"], body, parallel=False))
+
+
+def pool_geometry(node: Node, x: Node) -> tuple[int, ...]:
+    """The pooling kernels' integer operands: planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo."""
+    from ...ops.conv import conv_output_size
+
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
+    Ho, Wo = conv_output_size(H, kh, sh, ph), conv_output_size(W, kw, sw, pw)
+    return N * C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo
+
+
+@rule("max_pool2d", "avg_pool2d")
+def lower_pool(lw: Lowering, node: Node) -> None:
+    (x,) = node.inputs
+    X = lw.converted(x, node.dtype)
+    kernel = "max_pool" if node.op == "max_pool2d" else "avg_pool"
+    lw.emit([Call(kernel, (X.ref(), *pool_geometry(node, x), Ref(lw.buffer(node))))])
+
+
+@rule("max_pool2d_backward", "max_pool2d_gather")
+def lower_max_pool2d_backward(lw: Lowering, node: Node) -> None:
+    """Windows' first maxima found in x (as it is), values taken from g (in the node's dtype)."""
+    x, g = node.inputs
+    X, G = lw.operand(x), lw.converted(g, node.dtype)
+    kernel = "max_pool_backward" if node.op == "max_pool2d_backward" else "max_pool_gather"
+    lw.emit([Call(kernel, (X.ref(), G.ref(), *pool_geometry(node, x), Ref(lw.buffer(node))))])
+

@@ -14,42 +14,17 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from ...io import atomic_write
+from ..lowering.geometry import ConvGeometry
 from .cache import environment
 
 CONV_METHODS = ("im2col", "direct")
 _FILE = "autotune.json"
 _VERSION = 1
 _memo: dict[tuple[str, str], str] = {}
-
-
-class ConvGeometry(NamedTuple):
-    """One conv2d node's shapes: input [N, C, H, W], weight [Co, C, kh, kw], output [N, Co, Ho, Wo]."""
-
-    N: int
-    C: int
-    H: int
-    W: int
-    Co: int
-    kh: int
-    kw: int
-    sh: int
-    sw: int
-    ph: int
-    pw: int
-    dh: int
-    dw: int
-    Ho: int
-    Wo: int
-
-    @property
-    def is_pointwise(self) -> bool:
-        """1x1, stride 1, no padding: already a plain GEMM, nothing to choose."""
-        return (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (1, 1, 1, 1, 0, 0)
 
 
 def conv2d_method(geometry: ConvGeometry, dtype: str, cache_dir: Path, requested: str = "auto") -> str:
