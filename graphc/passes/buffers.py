@@ -40,7 +40,8 @@ def _nbytes(node: Node) -> int:
     return node.size * node.dtype.np.itemsize
 
 
-def _aligned(n: int) -> int:
+def aligned(n: int) -> int:
+    """``n`` bytes rounded up to a multiple of ALIGN."""
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
@@ -187,7 +188,7 @@ def plan_buffers(graph: Graph) -> BufferPlan:
             else:
                 still.append((last_step, slot, holder_id))
         expiring = still
-        size = _aligned(_nbytes(n))
+        size = aligned(_nbytes(n))
         slot = _take_over(n, plan, holder, step, pinned)
         if slot is None:
             slot = _best_fit(free, plan.slot_bytes, size)
@@ -251,4 +252,4 @@ def _owns_storage(node: Node) -> bool:
 
 def naive_bytes(graph: Graph) -> int:
     """The intermediate memory when every value that needs storage gets a buffer of its own."""
-    return sum(_aligned(_nbytes(n)) for n in graph.nodes if _owns_storage(n))
+    return sum(aligned(_nbytes(n)) for n in graph.nodes if _owns_storage(n))

@@ -7,8 +7,9 @@ A target provides a renderer of Programs and the library calls of :data:`ir.LIBR
 """
 from __future__ import annotations
 
+from ...passes.buffers import ALIGN
 from .context import RULES, has_rule, op_label, rule_for
-from .ir import ALIGN, Buffer, ErrorSite, Kernel, Program, Slot, aligned
+from .ir import Buffer, ErrorSite, Kernel, Program, Slot, aligned
 from .layout import batched_inputs
 from .lower import lower
 

@@ -28,14 +28,12 @@ from typing import Any, Sequence, Union
 import sympy as sp
 
 from ...ir import Graph, Node
-
-#: Byte alignment of every block in the parameter store and the workspace (cache lines, SIMD).
-ALIGN = 64
+from ...passes.buffers import aligned as round_up
 
 
 def aligned(nbytes: int) -> int:
-    """``nbytes`` rounded up to a whole number of ALIGN-byte blocks (at least one)."""
-    return (max(nbytes, 1) + ALIGN - 1) // ALIGN * ALIGN
+    """``nbytes`` rounded up to whole ALIGN-byte blocks, at least one: every buffer has an address of its own."""
+    return round_up(max(nbytes, 1))
 
 
 # -- memory ---------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from ...ir import InputError, Node
 from ...ir.errors import NonFiniteError
 from .. import finite
 from ..executable import Executable, param_key, validate
-from ..lowering import ALIGN, ErrorSite, Program, op_label
+from ..lowering import ALIGN, ErrorSite, Program, aligned, op_label
+from ..lowering.status import label_error
 
 
 def aligned_bytes(nbytes: int) -> np.ndarray:
@@ -84,7 +85,7 @@ class NumbaExecutable(Executable):
         # The parameter store and the workspace are two aligned parts of one buffer, the memory the native
         # code writes: one overlap check per input keeps an input that aliases it from being read half-written.
         state_bytes, ws_bytes = max(program.state_bytes, 1), max(program.workspace_bytes, 1)
-        state_end = -(-state_bytes // ALIGN) * ALIGN
+        state_end = aligned(state_bytes)
         self._written = aligned_bytes(state_end + ws_bytes)
         self._state, self._ws = self._written[:state_bytes], self._written[state_end:]
         self._status = np.zeros(4, np.int64)
@@ -176,21 +177,13 @@ class NumbaExecutable(Executable):
         site: ErrorSite | None = self._errors.get(code)
         if site is None:
             raise InputError(f"{self.graph.name}: native code reported unknown status {code}")
-        where = f" at {site.where}" if site.where else ""
-        count = ""
-        source = site.input
-        if source is not None:
-            arr = None
+        labels = None
+        if site.input is not None:
             if data is not None:
-                arr = data.get(source)
+                labels = data.get(site.input)
             elif arrays is not None:
-                arr = arrays[self.input_names.index(source)]
-            if arr is not None:
-                bad = int(np.count_nonzero((arr < 0) | (arr >= site.classes)))
-                count = f"; {bad} of {arr.size} labels are out of range"
-        label = f"input {source!r}" if source is not None else f"the labels of %{site.node}"
-        raise InputError(f"{label}: label {value} at index {index}{context} is out of range [0, {site.classes}) "
-                         f"for {site.op} (%{site.node}{where}){count}")
+                labels = arrays[self.input_names.index(site.input)]
+        raise label_error(site, index, value, labels, context)
 
     # -- a whole epoch in one native call -------------------------------------------------------------
     def run_epoch(self, *data: Any, seed: int = 0, perm: Any = None, last_batch: str = "wrap",

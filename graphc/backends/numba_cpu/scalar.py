@@ -6,15 +6,14 @@ typed literals, so a float32 kernel stays in float32 (``f32(0.5) * a0``, not a f
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
-#: The names the generated module binds to NumPy's scalar types.
-FLOAT_ALIAS = {"float32": "f32", "float64": "f64"}
-CAST = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "bool"}
+#: dtype name -> the name the generated module binds to its NumPy scalar type.
+NP_TYPE = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "b8"}
+#: The float types, whose literals a kernel computing in them writes typed (``f32(0.5)``).
+FLOAT_ALIAS = {name: NP_TYPE[name] for name in ("float32", "float64")}
 
 
 class ScalarPrinter(PythonCodePrinter):
@@ -148,33 +147,8 @@ class ScalarPrinter(PythonCodePrinter):
         return text
 
 
-def float_alias_for(dtypes: Sequence[str]) -> str | None:
-    """The float type a kernel computes in: the widest float among its operand and result dtypes."""
-    floats = [d for d in dtypes if d in FLOAT_ALIAS]
-    if not floats:
-        return None
-    return FLOAT_ALIAS["float64" if "float64" in floats else "float32"]
-
-
-def scalar_statements(expr: sp.Expr, names: dict[sp.Symbol, str], float_alias: str | None,
-                      temp_prefix: str = "t") -> tuple[list[str], str]:
-    """``expr`` as (statements, result expression) after common-subexpression elimination.
-
-    ``names`` maps each free symbol to the variable holding its scalar value.
-    """
-    # Unevaluated: SymPy would otherwise re-simplify what the passes left alone on purpose (a literal
-    # 0 substituted into x*y is x*0, which is NaN for x = inf, not 0).
-    with sp.evaluate(False):
-        renamed = expr.xreplace({s: sp.Symbol(n, real=True) for s, n in names.items()})
-        temps = sp.numbered_symbols(temp_prefix, real=True)
-        replacements, (reduced,) = sp.cse(renamed, symbols=temps)
-    printer = ScalarPrinter(float_alias)
-    statements = [f"{sym} = {printer.doprint(value)}" for sym, value in replacements]
-    return statements, printer.doprint(reduced)
-
-
 def store_cast(result: str, dtype: str) -> str:
     """The result converted to the output dtype (a no-op conversion costs nothing after LLVM)."""
     if dtype == "bool":
         return f"({result}) != 0"
-    return f"{CAST[dtype]}({result})"
+    return f"{NP_TYPE[dtype]}({result})"
