@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import autodiff, datasets, nn, optim, train  # noqa: E402  (layers and training sit on top of the ops)
+from ._version import __version__
 from .autodiff import check_grad, grad, hvp, jvp
 from .backends import Executable, compile
 from .dsl import Tensor, TensorSpec, apply, constant, input, param, trace
@@ -97,8 +98,6 @@ from .optim.hyperparams import HyperparameterError
 from .passes import OptimizeResult, optimize
 from .train import fit
 from .train.checkpoint import CheckpointError
-
-__version__ = "0.1.0"
 
 
 def evaluate(outputs: Tensor | Sequence[Tensor], feeds: Mapping[Any, Any] | None = None,

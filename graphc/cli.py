@@ -14,7 +14,7 @@ from typing import Sequence
 
 
 def _version() -> str:
-    from graphc import __version__
+    from graphc._version import __version__
 
     return __version__
 

@@ -68,6 +68,8 @@ def _derivatives(op: OpDef) -> list[tuple[sp.Symbol, sp.Expr | str]]:
 def _gradient_kind(op: OpDef) -> str:
     if op.vjp is None:
         return "none yet (no VJP rule registered)"
+    if op.source:
+        return "a leaf: its value is given, not computed; gradients stop there (graphc.grad is taken with respect to inputs and parameters)"
     if op.vjp is registry.no_gradient:
         return "not differentiable (no gradient flows through it)"
     if op.is_elementwise:
@@ -129,11 +131,16 @@ def _anchor(name: str) -> str:
 
 
 def _composite_functions() -> list[tuple[str, object]]:
-    """Public graphc functions from graphc.ops that are not ops themselves: they build graphs of ops."""
+    """Public graphc functions from graphc.ops that are not ops themselves: they build graphs of ops.
+
+    graphc.ops.tensor's ``apply`` and ``constant`` are the DSL's node builders (graphc.dsl re-exports them),
+    documented with it, not op builders."""
     found = []
     for name in sorted(graphc.__all__):
         fn = getattr(graphc, name)
-        if inspect.isfunction(fn) and fn.__module__.startswith("graphc.ops") and not is_registered(name):
+        module = getattr(fn, "__module__", "")
+        if (inspect.isfunction(fn) and module.startswith("graphc.ops.") and module != "graphc.ops.tensor"
+                and not is_registered(name)):
             found.append((name, fn))
     return found
 

@@ -41,10 +41,13 @@ def test_version_prints_the_package_version():
 
 
 def test_pyproject_takes_its_version_from_the_package():
-    # One place for the version: pyproject reads graphc.__version__, so the two cannot disagree.
+    # One place for the version: pyproject and the package root read graphc/_version.py, so they cannot disagree.
+    import graphc._version
+
     text = (ROOT / "pyproject.toml").read_text()
     assert 'dynamic = ["version"]' in text
-    assert re.search(r'version\s*=\s*\{\s*attr\s*=\s*"graphc.__version__"\s*\}', text)
+    assert re.search(r'version\s*=\s*\{\s*attr\s*=\s*"graphc\._version\.__version__"\s*\}', text)
+    assert graphc.__version__ == graphc._version.__version__
     assert re.search(r'^graphc = "graphc.cli:main"$', text, re.M)
 
 

@@ -10,8 +10,9 @@ from test_passes_support import values
 
 import graphc
 from graphc import passes
+from graphc.ops import is_elementwise
 from graphc.ops.elementwise import derivative_op, fused, fused_symbols
-from graphc.passes.core import count_kernels, is_elementwise_op
+from graphc.passes.core import count_kernels
 
 RNG = np.random.default_rng(7)
 
@@ -405,7 +406,7 @@ def test_optimized_mlp_step_has_no_elementwise_node_outside_fused_nodes_and_epil
 
     g = load_bench().mlp_step()   # 784-512-256-10, batch 128
     out = graphc.optimize(g, level=2).graph
-    loose = [n.op for n in out.nodes if is_elementwise_op(n) and n.op != "fused"]
+    loose = [n.op for n in out.nodes if is_elementwise(n) and n.op != "fused"]
     assert loose == []
     assert {"fused", "matmul_epilogue"} <= set(ops(out))
     relu_epilogues = [n for n in out.nodes if n.op == "matmul_epilogue" and any(a.op == "relu" for a in n.absorbed)]

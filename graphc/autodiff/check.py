@@ -1,7 +1,7 @@
 """check_grad: compare symbolic gradients with central finite differences, in float64.
 
 "Check the gradients using finite differences" (the course's tricks for gradient descent).
-The loss and the gradients are evaluated by the NumPy reference backend on a float64 copy
+The loss and the gradients are evaluated with NumPy (:mod:`graphc.ops.interpret`) on a float64 copy
 of the graph, so float32 networks are checked without float32 rounding noise.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from ..dsl import Tensor
 from ..ir import Attrs, Graph, GraphcError, Node, float64
 from ..ir.rewrite import rebuild
-from ..ops import registry
+from ..ops import interpret, registry
 
 
 @dataclass
@@ -91,9 +91,7 @@ def float64_copy(graph: Graph, roots: Sequence[Node]) -> tuple[Graph, dict[int, 
 
 def _copies(graph: Graph, mapping: dict[int, Node], values: Mapping[Any, Any] | None) -> list[tuple[Node, Any]]:
     """(copied node, value) for each of ``values`` (keyed by name or tensor) whose node was copied."""
-    from ..backends import reference
-
-    nodes = ((reference._key_node(graph, k), v) for k, v in (values or {}).items())
+    nodes = ((interpret.key_node(graph, k), v) for k, v in (values or {}).items())
     return [(mapping[id(node)], v) for node, v in nodes if id(node) in mapping]
 
 
@@ -127,7 +125,6 @@ def check_grad(loss: Tensor, wrt: Sequence[Tensor], feeds: Mapping[Any, Any] | N
     >>> result.ok, result.max_rel_error < 1e-7
     (True, True)
     """
-    from ..backends import reference
     from .reverse import _as_tensor_list, grad
 
     wrt_list, _ = _as_tensor_list(wrt, "check_grad: wrt")
@@ -172,7 +169,7 @@ def check_grad(loss: Tensor, wrt: Sequence[Tensor], feeds: Mapping[Any, Any] | N
     def run(roots: Sequence[Node], override: dict[int, np.ndarray]) -> list[np.ndarray]:
         feeds_now = {by_id[k]: override.get(k, v) for k, v in fed.items()}
         params_now = {by_id[k]: override.get(k, v) for k, v in state.items()}
-        values = reference.run_nodes(copy, roots, feeds_now, params_now)
+        values = interpret.run_nodes(copy, roots, feeds_now, params_now)
         return [values[id(r)] for r in roots]
 
     symbolic = run(grad_nodes, {})

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..ir import Graph, InputError, Node
+from ..ops.interpret import validate
 
 
 def param_key(node: Node, index: int) -> str:
@@ -83,22 +84,3 @@ class Executable:
             if k not in by_key:
                 raise InputError(f"{self.graph.name}: no parameter {k!r}; parameters are {list(self.params)}")
             self.params[k][...] = validate(by_key[k], v, "param")
-
-
-def validate(node: Node, value: Any, role: str = "input") -> np.ndarray:
-    """The array for ``node``: right shape, a dtype that converts without changing meaning, C order."""
-    label = f"{role} {node.name!r}" if node.name else role
-    try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError) as err:  # ragged nested lists and the like
-        raise InputError(f"{label}: expected an array {node.type_str}, got {type(value).__name__} ({err})") from None
-    if arr.shape != node.shape:
-        raise InputError(f"{label}: expected shape {list(node.shape)} ({node.type_str}), got {list(arr.shape)}")
-    ok = arr.dtype.kind in "fiub" and (node.dtype.kind == "f" or arr.dtype.kind in "iub")
-    if not ok or (node.dtype.kind == "b" and arr.dtype.kind != "b"):
-        raise InputError(f"{label}: expected dtype {node.dtype.name}, got {arr.dtype.name}")
-    if node.dtype.kind == "i" and arr.size and not np.can_cast(arr.dtype, node.dtype.np):
-        info, low, high = np.iinfo(node.dtype.np), arr.min(), arr.max()
-        if low < info.min or high > info.max:  # narrowing would wrap around silently
-            raise InputError(f"{label}: values in [{low}, {high}] do not fit in {node.dtype.name}")
-    return np.ascontiguousarray(arr, dtype=node.dtype.np) if arr.ndim else np.asarray(arr, dtype=node.dtype.np)

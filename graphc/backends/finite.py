@@ -20,6 +20,7 @@ from ..ir.errors import NonFiniteError
 from ..ir.printer import node_text
 from ..ops import registry
 from ..ops.elementwise import numpy_function
+from ..ops.interpret import run_nodes
 from .executable import param_key
 
 # -- finding bad elements ---------------------------------------------------------------------------------
@@ -135,11 +136,9 @@ class Origin:
 
 
 def replay(graph: Graph, feeds: Mapping[str, Any], params: Mapping[str, np.ndarray]) -> Origin | None:
-    """Evaluate ``graph`` (outputs and updates) on the reference backend, node by node, from ``feeds`` and
-    ``params`` (by name); return where the first NaN or Inf that reaches a result came from, or None when
-    the replay stays finite."""
-    from .reference import run_nodes
-
+    """Evaluate ``graph`` (outputs and updates) with NumPy, node by node, as the reference backend does,
+    from ``feeds`` and ``params`` (by name); return where the first NaN or Inf that reaches a result came
+    from, or None when the replay stays finite."""
     roots = list(graph.outputs) + [v for _, v in graph.updates]
     by_name = {n.name: n for n in graph.inputs}
     fed = {by_name[k]: v for k, v in feeds.items() if k in by_name}

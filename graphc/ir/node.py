@@ -1,6 +1,8 @@
 """Node: one operation in a graph, with its static type and where it came from."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
@@ -50,6 +52,24 @@ class Provenance:
     forward: "Node"
     rule: str
     wrt: "Node | None" = None  # the parameter/input whose gradient this node is (when it is one)
+
+
+_provenance: contextvars.ContextVar[Provenance | None] = contextvars.ContextVar("graphc_provenance", default=None)
+
+
+@contextlib.contextmanager
+def provenance(forward: "Node", rule: str, wrt: "Node | None" = None):
+    """Nodes built inside this block record that ``rule`` applied to ``forward`` produced them."""
+    token = _provenance.set(Provenance(forward, rule, wrt))
+    try:
+        yield
+    finally:
+        _provenance.reset(token)
+
+
+def current_provenance() -> Provenance | None:
+    """The provenance nodes built now record (see :func:`provenance`), if any."""
+    return _provenance.get()
 
 
 _ids = itertools.count()

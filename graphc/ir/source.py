@@ -1,6 +1,8 @@
 """Source locations: the user's file:line that created a node, so errors and generated code point back to it."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import sys
 from dataclasses import dataclass
@@ -35,3 +37,21 @@ def user_location() -> SourceLoc | None:
             return SourceLoc(frame.f_code.co_filename, frame.f_lineno)
         frame = frame.f_back
     return None
+
+
+_location: contextvars.ContextVar[SourceLoc | None] = contextvars.ContextVar("graphc_location", default=None)
+
+
+@contextlib.contextmanager
+def located_at(loc: SourceLoc | None):
+    """Nodes built inside this block are attributed to ``loc`` (e.g. the line that created a layer)."""
+    token = _location.set(loc)
+    try:
+        yield
+    finally:
+        _location.reset(token)
+
+
+def current_location() -> SourceLoc | None:
+    """The user's line that the node being built is attributed to (see :func:`located_at`)."""
+    return _location.get() or user_location()

@@ -12,9 +12,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..dsl import current_location
 from ..ir import GraphcError, ShapeError
 from ..ir.errors import at_op
+from ..ir.source import current_location
 
 
 def is_integer(value: Any) -> bool:

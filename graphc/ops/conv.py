@@ -10,10 +10,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..dsl import Tensor, apply
 from ..ir import Attrs, Node, ShapeError
 from .checks import int_pair, located
 from .registry import OpDef, float_operands, register
+from .tensor import Tensor, apply
 
 #: The smallest value of each geometry attribute: a window, a stride or a dilation is at least 1.
 GEOMETRY_LOW = {"kernel": 1, "stride": 1, "dilation": 1, "padding": 0, "output_padding": 0}
@@ -303,8 +303,8 @@ register(OpDef("max_pool2d_gather", "conv",
 def _avg_pool2d_vjp(node, g, inputs):
     # Average pooling is a conv2d of each channel with a uniform kh x kw kernel: its input gradient is the
     # conv_transpose2d of that kernel, applied to every (n, c) plane as a batch of one-channel images.
-    from ..dsl import constant
     from .shape import reshape
+    from .tensor import constant
 
     (x,) = inputs
     (kh, kw), stride, padding = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]

@@ -17,10 +17,10 @@ import sympy as sp
 from sympy.logic.boolalg import BooleanFunction
 from sympy.printing.numpy import NumPyPrinter
 
-from ..dsl import Tensor, apply
 from ..ir import Attrs, DType, GraphcError, Node, ShapeError, as_dtype, bool_, promote, to_float
 from ..ir.errors import at_op
 from .registry import OpDef, get, is_registered, register
+from .tensor import Tensor, apply
 
 # -- shapes ---------------------------------------------------------------------------------------------
 
@@ -192,8 +192,10 @@ def numpy_function(symbols: Sequence[sp.Symbol], expr: sp.Expr) -> Callable:
 
 
 def define(name: str, expr_fn: Callable[..., sp.Expr], arity: int = 1, params: dict[str, Any] | None = None,
-           dtype_rule: Callable = dtype_float, doc: str = "", notes: str = "") -> OpDef:
-    """Register an elementwise op from a function of SymPy symbols (inputs, then parameters)."""
+           dtype_rule: Callable = dtype_float, doc: str = "", notes: str = "",
+           from_output: Callable[..., sp.Expr] | None = None) -> OpDef:
+    """Register an elementwise op from a function of SymPy symbols (inputs, then parameters);
+    ``from_output``: its derivative as a function of its output and parameters (see OpDef.from_output)."""
     params = dict(params or {})
     syms = _symbols(arity)
     param_syms = [sp.Symbol(p, real=True) for p in params]
@@ -201,6 +203,7 @@ def define(name: str, expr_fn: Callable[..., sp.Expr], arity: int = 1, params: d
     op = OpDef(
         name=name, family="elementwise", doc=doc or f"{name}: {expr}", shape_rule=_make_shape_rule(dtype_rule),
         reference=_make_reference(name), vjp=elementwise_vjp, expr=expr, symbols=syms, params=params, notes=notes,
+        from_output=from_output,
     )
     op.dtype_rule = dtype_rule
     return register(op)
@@ -444,7 +447,7 @@ define("sub", lambda x, y: x - y, 2, dtype_rule=dtype_promote)
 define("mul", lambda x, y: x * y, 2, dtype_rule=dtype_promote)
 define("div", lambda x, y: x / y, 2)
 define("pow", lambda x, y: x ** y, 2)
-define("exp", sp.exp)
+define("exp", sp.exp, from_output=lambda y: y)
 define("log", sp.log)
 define("sqrt", sp.sqrt)
 define("abs", sp.Abs, dtype_rule=dtype_promote, notes="abs'(0) = 0")
@@ -466,17 +469,20 @@ for _name, _rel in [("less", sp.StrictLessThan), ("less_equal", sp.LessThan), ("
     define(_name, (lambda rel: lambda x, y: P((1, rel(x, y)), (0, True)))(_rel), 2, dtype_rule=dtype_bool)
 
 # Activations from the course material.
-define("identity", lambda x: x, dtype_rule=dtype_promote)
-define("sigmoid", sympy_sigmoid, doc="sigmoid: 1/(1 + exp(-x)) (two overflow-free branches)")
-define("tanh", sp.tanh)
+define("identity", lambda x: x, dtype_rule=dtype_promote, from_output=lambda y: sp.Integer(1))
+define("sigmoid", sympy_sigmoid, doc="sigmoid: 1/(1 + exp(-x)) (two overflow-free branches)",
+       from_output=lambda y: y * (1 - y))
+define("tanh", sp.tanh, from_output=lambda y: 1 - y ** 2)
 define("relu", lambda x: P((0, x <= 0), (x, True)), dtype_rule=dtype_promote,
        notes="relu'(0) = 0; relu(NaN) = NaN (as numpy.maximum(x, 0), PyTorch and JAX), with relu'(NaN) = 1 "
-             "(PyTorch's choice; JAX's is 0): one compare and select per element")
+             "(PyTorch's choice; JAX's is 0): one compare and select per element",
+       from_output=lambda y: P((0, y <= 0), (1, True)))  # relu'(NaN) = 1, as relu's own derivative
 define("leaky_relu", lambda x, alpha: P((x, x > 0), (alpha * x, True)), params={"alpha": 0.01},
        notes="the course's max(0.1x, x) is leaky_relu(x, alpha=0.1); default alpha 0.01 as in PyTorch; "
-             "NaN gives NaN, with gradient alpha (as JAX)")
+             "NaN gives NaN, with gradient alpha (as JAX)",
+       from_output=lambda y, alpha: P((1, y > 0), (alpha, True)))
 define("elu", lambda x, alpha: P((x, x >= 0), (alpha * (sp.exp(x) - 1), True)), params={"alpha": 1.0},
-       notes="NaN gives NaN, with gradient NaN (as JAX)")
+       notes="NaN gives NaN, with gradient NaN (as JAX)", from_output=lambda y, alpha: P((1, y >= 0), (y + alpha, True)))
 define("selu", lambda x: _SELU_SCALE * P((x, x > 0), (_SELU_ALPHA * (sp.exp(x) - 1), True)),
        notes="NaN gives NaN, with gradient NaN (as JAX)")
 define("softplus", sympy_softplus, doc="softplus: log(1 + exp(x)) (two overflow-free branches)")
@@ -596,6 +602,35 @@ def _fused_vjp(node: Node, g: Tensor, inputs: Sequence[Tensor]) -> list[Tensor |
 
 register(OpDef("fused", "elementwise", "one SymPy expression over inputs x0..x{n-1}, evaluated elementwise "
                "with broadcasting (built by the fusion pass)", _fused_rule, _fused_reference, _fused_vjp))
+
+
+def is_elementwise(node: Node) -> bool:
+    """Whether ``node`` computes output element i from input elements i alone (broadcast), by one scalar
+    expression: a ``fused`` node, or an op defined by a SymPy expression (built-ins, derivative ops
+    ``d<op>_d<x>``, user activations)."""
+    return node.op == "fused" or get(node.op).expr is not None
+
+
+def node_expression(node: Node) -> tuple[sp.Expr, tuple[sp.Symbol, ...]]:
+    """The scalar expression an elementwise ``node`` computes, over one symbol per input.
+
+    A ``fused`` node's expression is its ``expr`` attribute over x0..x{n-1}; an op's is its registered
+    expression with its parameters replaced by the node's attributes (their defaults when absent).
+    """
+    if node.op == "fused":
+        return node.attrs["expr"], fused_symbols(len(node.inputs))
+    return _op_expression(node.op, node.attrs)
+
+
+@functools.lru_cache(maxsize=None)
+def _op_expression(name: str, attrs: Attrs) -> tuple[sp.Expr, tuple[sp.Symbol, ...]]:
+    """:func:`node_expression` of a registered op (cached: passes ask it for every node they visit)."""
+    op = get(name)
+    if op.expr is None:
+        raise GraphcError(f"op {name!r} is not elementwise: it has no scalar expression")
+    values = {sp.Symbol(p, real=True): sp.Float(float(attrs[p] if p in attrs else default))
+              for p, default in op.params.items()}
+    return (op.expr.xreplace(values) if values else op.expr), tuple(op.symbols)
 
 
 def fused(expr: sp.Expr, inputs: Sequence[Any], dtype: Any) -> Tensor:

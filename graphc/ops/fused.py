@@ -24,12 +24,12 @@ from typing import Sequence
 import numpy as np
 import sympy as sp
 
-from ..dsl import Tensor, apply
 from ..ir import Attrs, GraphcError, Node, ShapeError, as_dtype
 from .elementwise import broadcast_shapes, cast, fused, fused_derivative, fused_symbols, numpy_function
 from .reduce import sum_to_shape
 from .registry import OpDef, get, register
 from .shape import transpose
+from .tensor import Tensor, apply
 
 
 def _check_expr(attrs: Attrs, n_symbols: int) -> None:
@@ -130,7 +130,7 @@ register(OpDef("matmul_epilogue", "linalg",
                "op(a) @ op(b) (op: optional swap of the last two axes) followed by an elementwise epilogue "
                "expr(x0 = product, x1.. = extra inputs)",
                _matmul_epilogue_rule, _matmul_epilogue_reference, _matmul_epilogue_vjp,
-               notes="built by the epilogue fusion pass; the VJP recomputes the product"))
+               notes="built by the epilogue fusion pass; the VJP recomputes the product", gemm_product=True))
 
 
 # -- conv2d_epilogue --------------------------------------------------------------------------------

@@ -5,12 +5,12 @@ from typing import Sequence
 
 import numpy as np
 
-from ..dsl import Tensor, apply
 from ..ir import Attrs, Node, ShapeError
 from .elementwise import broadcast_shapes
 from .reduce import sum, sum_to_shape
 from .registry import OpDef, float_operands, register
 from .shape import reshape, transpose
+from .tensor import Tensor, apply
 
 
 def _matmul_rule(inputs: Sequence[Node], attrs: Attrs):
@@ -39,7 +39,7 @@ def _matmul_reference(arrays, attrs):
 
 
 register(OpDef("matmul", "linalg", "matrix product over the last two axes, batch axes broadcast (numpy.matmul)",
-               _matmul_rule, _matmul_reference, _matmul_vjp))
+               _matmul_rule, _matmul_reference, _matmul_vjp, gemm_product=True))
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:

@@ -10,7 +10,6 @@ from typing import Sequence
 
 import numpy as np
 
-from ..dsl import Tensor, apply
 from ..ir import Attrs, DTypeError, InputError, Node, ShapeError, as_dtype
 from . import checks
 from . import elementwise as ew
@@ -18,6 +17,7 @@ from .linalg import matmul
 from .reduce import max, mean, sum
 from .registry import OpDef, no_gradient, register
 from .shape import reshape
+from .tensor import Tensor, apply
 
 
 def _axis_rule(inputs: Sequence[Node], attrs: Attrs):
@@ -97,8 +97,12 @@ def one_hot_reference(arrays, attrs):
     return (labels[..., None] == np.arange(attrs["classes"])).astype(attrs["dtype"])
 
 
+def _one_hot_labels(node: Node) -> tuple[int, int]:
+    return 0, int(node.attrs["classes"])
+
+
 register(OpDef("one_hot", "nn", "integer labels -> one-hot rows of length `classes`", _one_hot_rule,
-               one_hot_reference, no_gradient, notes="not differentiable"))
+               one_hot_reference, no_gradient, notes="not differentiable", labels=_one_hot_labels))
 
 
 def one_hot(labels: Tensor, classes: int, dtype="float32") -> Tensor:
@@ -148,9 +152,16 @@ def _sce_vjp(node, g, inputs):
     return [d_logits, d_labels]
 
 
+def _sce_labels(node: Node) -> tuple[int, int] | None:
+    """Integer labels index the logits' classes (axis 1); one-hot rows are floats and hold no index."""
+    logits, labels = node.inputs
+    return (1, logits.shape[1]) if labels.dtype.is_int else None
+
+
 register(OpDef("softmax_cross_entropy", "nn",
                "mean over the batch of -log softmax(logits)[label]; labels are int indices or one-hot rows",
-               _sce_rule, sce_reference, _sce_vjp, notes="gradient (softmax(logits) - onehot) / N"))
+               _sce_rule, sce_reference, _sce_vjp, notes="gradient (softmax(logits) - onehot) / N",
+               labels=_sce_labels))
 
 
 def softmax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

@@ -10,10 +10,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..dsl import Tensor, apply
 from ..ir import Attrs, DTypeError, Node, ShapeError, as_dtype
 from . import checks
 from .registry import OpDef, no_gradient, register
+from .tensor import Tensor, apply
 
 KEY_MULTIPLIER = 1_000_003
 

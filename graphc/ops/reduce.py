@@ -5,10 +5,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..dsl import Tensor, apply
 from ..ir import Attrs, Node, ShapeError, int64, to_float
 from . import checks
 from .registry import OpDef, no_gradient, register
+from .tensor import Tensor, apply
 
 
 def normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
@@ -108,7 +108,7 @@ register(OpDef("broadcast_to", "reduce", "broadcast to a larger shape (numpy.bro
 # -- builders ---------------------------------------------------------------------------------------------
 
 def _reduce(op: str, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
-    from ..dsl import _as_node, _graph_of
+    from .tensor import _as_node, _graph_of
 
     graph = _graph_of([x])
     t = x if isinstance(x, Tensor) else Tensor(_as_node(x, graph, None), graph)

@@ -3,6 +3,8 @@
 An entry holds the op's shape/dtype rule, its NumPy reference implementation and its
 derivative (a vector-Jacobian-product rule that builds graph nodes). Elementwise ops add
 the one SymPy expression all of those are derived from (see :mod:`graphc.ops.elementwise`).
+The facts passes and backends ask about an op are fields of its entry too (``source``, ``view``,
+``gemm_product``, ``label_operand``, ``from_output``), never a list of op names kept elsewhere.
 Backends keep their own lowering tables keyed by op name.
 """
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import sympy as sp
 
 from ..ir import Attrs, DType, Node, Shape
 
@@ -20,6 +23,8 @@ ShapeRule = Callable[[Sequence[Node], Attrs], "tuple[Shape, DType]"]
 Reference = Callable[[Sequence[np.ndarray], Attrs], np.ndarray]
 #: vjp: (forward node, cotangent Tensor, input Tensors) -> one Tensor or None per input.
 VJP = Callable[..., "list[Any]"]
+#: labels: node -> (index of the operand holding integer class labels, number of classes), or None.
+Labels = Callable[[Node], "tuple[int, int] | None"]
 
 
 def float_operands(inputs: Sequence[Node]) -> DType:
@@ -39,6 +44,8 @@ def no_gradient(node, g, inputs):
 
 @dataclass
 class OpDef:
+    """Everything graphc knows about one op (see the module docstring)."""
+
     name: str
     family: str
     doc: str
@@ -51,10 +58,28 @@ class OpDef:
     params: dict = field(default_factory=dict)
     #: Other conventions worth documenting (non-differentiable points, padding semantics, ...).
     notes: str = ""
+    #: A value that exists before the first kernel runs (input, param, constant): it is stored, not computed.
+    source: bool = False
+    #: The output is the input's memory read again with another shape (reshape: every buffer is C-contiguous).
+    view: bool = False
+    #: A matrix product computed by one GEMM, whose alpha and beta can absorb a scaling of the product and
+    #: an accumulation into the output's buffer (matmul, matmul_epilogue).
+    gemm_product: bool = False
+    #: Which operand holds integer class labels, and how many classes (see :meth:`label_operand`).
+    labels: Labels | None = None
+    #: Elementwise activations: their derivative as an expression of their output y (and their parameters),
+    #: ``from_output(y, *params)``; graphc.passes.activations checks it before using it.
+    from_output: Callable[..., sp.Expr] | None = None
 
     @property
     def is_elementwise(self) -> bool:
+        """Whether the op is defined by a scalar SymPy expression (``fused`` nodes carry theirs in attrs)."""
         return self.expr is not None
+
+    def label_operand(self, node: Node) -> tuple[int, int] | None:
+        """(index of ``node``'s operand holding integer class labels, number of classes), or None when
+        ``node`` reads no labels: a backend checks that every label lies in [0, classes)."""
+        return None if self.labels is None else self.labels(node)
 
 
 _REGISTRY: dict[str, OpDef] = {}
@@ -68,6 +93,7 @@ def register(op: OpDef) -> OpDef:
 
 
 def get(name: str) -> OpDef:
+    """The entry of op ``name``; a KeyError names an op nobody registered."""
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -80,3 +106,13 @@ def all_ops() -> list[OpDef]:
 
 def is_registered(name: str) -> bool:
     return name in _REGISTRY
+
+
+def is_source(node: Node) -> bool:
+    """Whether ``node`` is stored before the first kernel runs (an input, a parameter or a constant)."""
+    return get(node.op).source
+
+
+def is_view(node: Node) -> bool:
+    """Whether ``node`` is its input's memory read with another shape (it computes nothing)."""
+    return get(node.op).view

@@ -5,10 +5,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..dsl import Tensor, apply
 from ..ir import Attrs, GraphcError, Node, ShapeError
 from . import checks
 from .registry import OpDef, register
+from .tensor import Tensor, apply
 
 
 def _located(err: GraphcError, x: Tensor, op: str = "slice") -> GraphcError:
@@ -31,7 +31,7 @@ def _reshape_vjp(node, g, inputs):
 
 
 register(OpDef("reshape", "shape", "reshape (numpy.reshape, C order)", _reshape_rule,
-               lambda a, at: np.reshape(a[0], at["shape"]), _reshape_vjp))
+               lambda a, at: np.reshape(a[0], at["shape"]), _reshape_vjp, view=True))
 
 
 def _resolve_shape(size: int, shape: Sequence[int], type_str: str) -> tuple[int, ...]:

@@ -7,7 +7,8 @@ z. For activations whose derivative is a function of their output, rewrite
   drelu_dx(z) -> (h <= 0 ? 0 : 1)   dsigmoid_dx(z) -> h (1 - h)      dtanh_dx(z) -> 1 - h^2
   dexp_dx(z)  -> h             dleaky_relu_dx(z) -> (h > 0 ? 1 : alpha)   delu_dx(z) -> (h >= 0 ? 1 : h + alpha)
 
-where h = act(z) is already in the graph. Each identity is checked numerically (grid including
+where h = act(z) is already in the graph. Each identity is the activation's ``from_output`` fact
+(its registry entry, :class:`graphc.ops.OpDef`); each is checked numerically (grid including
 0, +-1000, +-inf and NaN, where the derivative's NaN must stay NaN; the op's parameters
 substituted) before it is used, so a parameter value for which it fails (leaky_relu with
 alpha < 0) leaves the node alone.
@@ -15,7 +16,6 @@ alpha < 0) leaves the node alone.
 from __future__ import annotations
 
 import functools
-from typing import Callable
 
 import numpy as np
 import sympy as sp
@@ -27,17 +27,6 @@ from .core import Rewriter, copy_node, make, rewrite
 
 _y = fused_symbols(1)[0]
 
-#: activation -> its derivative as a function of its output y and its parameters.
-FROM_OUTPUT: dict[str, Callable[..., sp.Expr]] = {
-    "relu": lambda y: sp.Piecewise((0, y <= 0), (1, True)),  # relu'(NaN) = 1 as relu's own derivative
-    "leaky_relu": lambda y, alpha: sp.Piecewise((1, y > 0), (alpha, True)),
-    "elu": lambda y, alpha: sp.Piecewise((1, y >= 0), (y + alpha, True)),
-    "sigmoid": lambda y: y * (1 - y),
-    "tanh": lambda y: 1 - y ** 2,
-    "exp": lambda y: y,
-    "identity": lambda y: sp.Integer(1),
-}
-
 _GRID = np.array([-1000.0, -30.0, -2.5, -1.0, -0.3, -1e-3, 0.0, 1e-3, 0.3, 1.0, 2.5, 30.0, 1000.0,
                   np.inf, -np.inf, np.nan])
 
@@ -45,10 +34,10 @@ _GRID = np.array([-1000.0, -30.0, -2.5, -1.0, -0.3, -1e-3, 0.0, 1e-3, 0.3, 1.0, 
 @functools.lru_cache(maxsize=None)
 def from_output_expr(act: str, attrs: Attrs) -> sp.Expr | None:
     """The derivative of ``act`` as an expression of x0 = act(x), or None when no checked identity exists."""
-    rule = FROM_OUTPUT.get(act)
-    if rule is None or not registry.is_registered(act):
+    if not registry.is_registered(act) or registry.get(act).from_output is None:
         return None
     op = registry.get(act)
+    rule = op.from_output
     params = [float(attrs[p]) for p in op.params]
     candidate = sp.sympify(rule(_y, *params))
     dname = derivative_op(act, 0)
@@ -71,7 +60,9 @@ def from_output_expr(act: str, attrs: Attrs) -> sp.Expr | None:
     return candidate
 
 
-_DERIVATIVES = {derivative_name(a, 0): a for a in FROM_OUTPUT if registry.is_registered(a)}
+def _activations_by_derivative() -> dict[str, str]:
+    """derivative op name -> the activation whose entry says how to compute it from its output."""
+    return {derivative_name(op.name, 0): op.name for op in registry.all_ops() if op.from_output is not None}
 
 
 def derivatives_from_outputs(graph: Graph) -> Graph:
@@ -88,13 +79,14 @@ def derivatives_from_outputs(graph: Graph) -> Graph:
     ['input', 'relu', 'fused']
     """
     forward: dict = {}  # (activation, attrs, id(new input)) -> the new activation node
+    activation_of = _activations_by_derivative()
 
     def visit(rw: Rewriter, old: Node, inputs: tuple) -> Node | None:
-        if old.op in FROM_OUTPUT and len(inputs) == 1:
+        if registry.get(old.op).from_output is not None and len(inputs) == 1:
             node = copy_node(old, inputs)
             forward.setdefault((old.op, old.attrs, id(inputs[0])), node)
             return node
-        act = _DERIVATIVES.get(old.op)
+        act = activation_of.get(old.op)
         if act is None:
             return None
         h = forward.get((act, old.attrs, id(inputs[0])))

@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Node
-from .core import Rewriter, conform, is_elementwise_op, make, make_constant, rewrite, uniform_value
+from ..ops import registry
+from .core import Rewriter, conform, make, make_constant, rewrite, uniform_value
 
 
 def simplify(graph: Graph, fast_math: bool = False) -> Graph:
@@ -45,7 +46,7 @@ def simplify(graph: Graph, fast_math: bool = False) -> Graph:
 def _visit(rules: dict, old: Node, inputs: tuple) -> Node | None:
     rule = rules.get(old.op)
     out = rule(old, inputs) if rule is not None else None
-    if out is None and is_elementwise_op(old) and old.op != "fused":
+    if out is None and registry.get(old.op).is_elementwise:  # an op defined by its expression (not a fused node)
         out = _drop_broadcasts(old, inputs)
     if out is None:
         return None

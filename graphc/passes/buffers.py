@@ -28,12 +28,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..ir import Graph, Node
-from .core import SOURCE_OPS, is_elementwise_op
+from ..ops import is_elementwise
+from ..ops.registry import is_source, is_view
 
-#: Slot sizes are rounded up to this many bytes (cache-line / SIMD alignment).
+#: Slot sizes are rounded up to this many bytes (cache-line / SIMD alignment). The one definition: backends
+#: that align their own buffers import it.
 ALIGN = 64
-
-_VIEW_OPS = frozenset({"reshape"})
 
 
 def _nbytes(node: Node) -> int:
@@ -69,14 +69,14 @@ class BufferPlan:
 
     def base(self, node: Node) -> Node:
         """The node whose storage ``node`` uses (itself, or the node a chain of reshapes views)."""
-        while node.op in _VIEW_OPS:
+        while is_view(node):
             node = node.inputs[0]
         return node
 
     def storage(self, node: Node) -> tuple[str, object]:
         """("input"|"param"|"constant", node), ("slot", k), or ("param", p) for an in-place update."""
         b = self.base(node)
-        if b.op in SOURCE_OPS:
+        if is_source(b):
             return (b.op, b)
         if id(b) in self.inplace_updates:
             return ("param", self.inplace_updates[id(b)])
@@ -89,14 +89,14 @@ class BufferPlan:
                  f"{self.arena_bytes} bytes (every intermediate in its own buffer: {self.naive_bytes} bytes; "
                  f"peak live: {self.peak_live_bytes} bytes)"]
         for n in self.graph.nodes:
-            if n.op in SOURCE_OPS:
+            if is_source(n):
                 continue
             kind, where = self.storage(n)
             if kind == "slot":
                 place = f"slot {where} ({self.slot_bytes[where]} B)"
             else:
                 place = f"in place into {kind} %{number[id(where)]}" + (f" {where.name}" if where.name else "")
-            if n.op in _VIEW_OPS:
+            if is_view(n):
                 place = f"view of %{number[id(self.base(n))]} ({place})"
             elif id(n) in self.in_place:
                 place += f", overwriting %{number[id(self.in_place[id(n)])]}"
@@ -110,7 +110,7 @@ class BufferPlan:
 
 def _reads_elementwise(node: Node) -> bool:
     """Kernels that read operand element i only to write output element i."""
-    return is_elementwise_op(node)
+    return is_elementwise(node)
 
 
 def plan_buffers(graph: Graph) -> BufferPlan:
@@ -149,7 +149,7 @@ def plan_buffers(graph: Graph) -> BufferPlan:
     claimed: set[int] = set()
     for p, v in graph.updates:
         vb = base(v)
-        if vb is not v or vb.op in SOURCE_OPS or id(vb) in claimed or id(vb) in pinned or id(p) in pinned:
+        if vb is not v or is_source(vb) or id(vb) in claimed or id(vb) in pinned or id(p) in pinned:
             continue
         if _nbytes(vb) != _nbytes(p) or vb.dtype != p.dtype:
             continue
@@ -165,7 +165,7 @@ def plan_buffers(graph: Graph) -> BufferPlan:
         plan.inplace_updates[id(vb)] = p
 
     # -- slots -------------------------------------------------------------------------------------------
-    owned = [n for n in nodes if n.op not in SOURCE_OPS and n.op not in _VIEW_OPS]
+    owned = [n for n in nodes if _owns_storage(n)]
     plan.naive_bytes = naive_bytes(graph)
     lasting_ids = pinned | {id(v) for v in update_values if id(v) not in plan.inplace_updates}
     for n in owned:
@@ -223,7 +223,7 @@ def _take_over(node: Node, plan: BufferPlan, holder: dict, step: dict, pinned: s
     s = step[id(node)]
     for i in node.inputs:
         b = plan.base(i)
-        if b.op in SOURCE_OPS or id(b) in pinned or id(b) not in plan.slot_of:
+        if is_source(b) or id(b) in pinned or id(b) not in plan.slot_of:
             continue
         if id(b) in plan.inplace_updates or i.shape != node.shape or i.dtype.np.itemsize != node.dtype.np.itemsize:
             continue
@@ -244,6 +244,11 @@ def _best_fit(free: list[int], sizes: list[int], size: int) -> int | None:
     return max(free, key=lambda k: (sizes[k], -k))
 
 
+def _owns_storage(node: Node) -> bool:
+    """Whether ``node`` needs memory of its own: a computed value (not a source, not a view of another)."""
+    return not (is_source(node) or is_view(node))
+
+
 def naive_bytes(graph: Graph) -> int:
     """The intermediate memory when every value that needs storage gets a buffer of its own."""
-    return sum(_aligned(_nbytes(n)) for n in graph.nodes if n.op not in SOURCE_OPS and n.op not in _VIEW_OPS)
+    return sum(_aligned(_nbytes(n)) for n in graph.nodes if _owns_storage(n))

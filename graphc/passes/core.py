@@ -15,28 +15,21 @@ from ..ir import Attrs, Graph, Node, Provenance
 from ..ir.rewrite import clone, rebuild
 from ..ops import registry
 
-#: Ops that hold no computation of their own: sources and C-order reshapes (a view of the same memory).
-NON_KERNEL_OPS = frozenset({"input", "param", "constant", "reshape"})
-SOURCE_OPS = frozenset({"input", "param", "constant"})
-
 
 def is_kernel(node: Node) -> bool:
-    """A kernel is a node that computes: anything but an input, a parameter, a constant or a reshape.
+    """A kernel is a node that computes: anything but a source (input, parameter, constant) or a view
+    (a C-order reshape: the same memory) -- the registry entry's ``source`` and ``view`` facts.
 
     This is the unit the pass statistics count: after fusion one kernel is one loop nest (or one
     GEMM/conv call with its epilogue) in generated code.
     """
-    return node.op not in NON_KERNEL_OPS
+    op = registry.get(node.op)
+    return not (op.source or op.view)
 
 
 def count_kernels(graph: Graph) -> int:
     """The number of kernels (see :func:`is_kernel`) in ``graph``."""
     return sum(1 for n in graph.nodes if is_kernel(n))
-
-
-def is_elementwise_op(node: Node) -> bool:
-    """An op of the elementwise family: built-ins, derivative ops ``d<op>_d<x>``, user activations, ``fused``."""
-    return registry.is_registered(node.op) and registry.get(node.op).family == "elementwise"
 
 
 class Rewriter:
@@ -131,18 +124,28 @@ def make_constant(value: Any, dtype, like: Node | None = None) -> Node:
                 value=arr, provenance=like.provenance if like is not None else None)
 
 
-def uniform_value(node: Node) -> float | None:
-    """The one value every element of ``node`` has, when it is a constant (or a broadcast or
-    reshape of one) whose elements are all equal; else None."""
-    while node.op in ("broadcast_to", "reshape"):
+def uniform_constant(node: Node) -> Node | None:
+    """The one-element constant whose value every element of ``node`` has, when ``node`` is a constant
+    (or a broadcast or view of one) whose elements are all equal; else None."""
+    while node.op == "broadcast_to" or registry.is_view(node):
         node = node.inputs[0]
     if node.op != "constant" or node.value is None or node.value.size == 0:
         return None
     flat = node.value.reshape(-1)
-    first = flat[0]
-    if not np.all(flat == first):
+    if flat.size == 1:
+        return node
+    if np.all(flat == flat[0]):
+        return make_constant(flat[0], node.dtype, like=node)
+    return None
+
+
+def uniform_value(node: Node) -> float | None:
+    """The value of :func:`uniform_constant` as a Python float (a boolean as 0.0 or 1.0); else None."""
+    scalar = uniform_constant(node)
+    if scalar is None:
         return None
-    return float(first) if node.dtype.kind != "b" else float(bool(first))
+    value = scalar.value.reshape(())[()]
+    return float(value) if scalar.dtype.kind != "b" else float(bool(value))
 
 
 def conform(node: Node, like: Node) -> Node | None:

@@ -1,5 +1,5 @@
 """Constant folding: a node whose inputs are all constants becomes a constant, computed by the
-NumPy reference backend (the same code that defines what the node means).
+NumPy interpreter of nodes (:mod:`graphc.ops.interpret`, the same code that defines what the node means).
 
 Uniform tensors (every element equal: ``broadcast_to(c, S)``) are folded whatever their size:
 an elementwise op, a reshape, a transpose or a broadcast of uniform inputs is computed once on
@@ -14,30 +14,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, GraphcError, Node
-from .core import Rewriter, copy_node, is_elementwise_op, make, make_constant, rewrite
+from ..ops import interpret, is_elementwise, registry
+from .core import Rewriter, copy_node, make, make_constant, rewrite, uniform_constant
 
 #: Results with more elements than this are not baked into the graph: a broadcast of a scalar to
 #: [128, 784] is cheaper to compute than to store (and would bloat dumps and the compile-cache key).
 FOLD_LIMIT = 1024
 
-#: Ops never folded: sources.
-_NEVER = frozenset({"input", "param", "constant"})
 #: Ops whose result is uniform when their inputs are, with the same value (elementwise ops aside).
 _SAME_VALUE = frozenset({"reshape", "transpose", "broadcast_to", "max", "min", "mean"})
-
-
-def _uniform_constant(node: Node) -> Node | None:
-    """The one-element constant behind a uniform ``node`` (a constant, or broadcasts/reshapes of one)."""
-    while node.op in ("broadcast_to", "reshape"):
-        node = node.inputs[0]
-    if node.op != "constant" or node.value.size == 0:
-        return None
-    flat = node.value.reshape(-1)
-    if flat.size == 1:
-        return node
-    if np.all(flat == flat[0]):
-        return make_constant(flat[0], node.dtype, like=node)
-    return None
 
 
 def _mean_overflows(value: Node, in_size: int, out_size: int) -> bool:
@@ -52,14 +37,12 @@ def _mean_overflows(value: Node, in_size: int, out_size: int) -> bool:
 
 
 def _evaluate(op_node: Node) -> np.ndarray | None:
-    """Evaluate one node over constant inputs with the reference backend (None if it raises)."""
-    from ..backends import reference
-
+    """Evaluate one node over constant inputs with NumPy (None if it raises)."""
     single = Graph("fold")
     args = [single.add(copy_node(i, ())) for i in op_node.inputs]
     node = single.add(copy_node(op_node, tuple(args), provenance=None, absorbed=()))
     try:
-        (value,) = reference.evaluate(single, {}, [node])
+        (value,) = interpret.evaluate(single, {}, [node])
     except (GraphcError, ArithmeticError, ValueError):
         return None  # e.g. an out-of-range label: leave it to fail at run time, where it is reported
     return value
@@ -85,14 +68,14 @@ def fold_constants(graph: Graph, limit: int = FOLD_LIMIT) -> Graph:
     """
 
     def visit(rw: Rewriter, old: Node, inputs: tuple) -> Node | None:
-        if old.op in _NEVER or not inputs:
+        if registry.is_source(old) or not inputs:
             return None
         if old.op == "broadcast_to" and inputs[0].op == "constant" and inputs[0].size == 1:
             return None  # already the canonical form of a uniform tensor
-        uniform = [_uniform_constant(i) for i in inputs]
+        uniform = [uniform_constant(i) for i in inputs]
         if old.op == "mean" and uniform[0] is not None and _mean_overflows(uniform[0], inputs[0].size, old.size):
             uniform[0] = None  # mean(c, ..., c) is c only while the sum stays finite: computed as written
-        if all(u is not None for u in uniform) and (is_elementwise_op(old) or old.op in _SAME_VALUE):
+        if all(u is not None for u in uniform) and (is_elementwise(old) or old.op in _SAME_VALUE):
             if old.op in _SAME_VALUE:
                 value = uniform[0].value.reshape(())
             else:

@@ -30,9 +30,8 @@ import functools
 import numpy as np
 import sympy as sp
 
-from ..ir import Attrs, Graph, Node
-from ..ops import registry
-from ..ops.elementwise import CAST_FUNCTIONS, fused_symbols, numpy_function
+from ..ir import Graph, Node
+from ..ops.elementwise import CAST_FUNCTIONS, fused_symbols, is_elementwise, node_expression, numpy_function
 from .core import Rewriter, absorbed_of, copy_node, make, make_constant, rewrite
 
 #: Largest expression tree (in graph nodes, a value read twice counted twice) one fused node builds.
@@ -49,22 +48,7 @@ def fusible(node: Node) -> bool:
         return node.dtype.name in CAST_FUNCTIONS
     if node.op == "fused":
         return True
-    if not registry.is_registered(node.op):
-        return False
-    op = registry.get(node.op)
-    return op.expr is not None and (node.dtype.is_float or node.dtype.kind == "b")
-
-
-@functools.lru_cache(maxsize=None)
-def op_template(op_name: str, attrs: Attrs) -> tuple[sp.Expr, tuple[sp.Symbol, ...]]:
-    """The scalar expression of one node of ``op_name`` with ``attrs``, and the symbols of its inputs."""
-    if op_name == "fused":
-        expr = attrs["expr"]
-        n = max((int(s.name[1:]) + 1 for s in expr.free_symbols), default=0)
-        return expr, fused_symbols(n)
-    op = registry.get(op_name)
-    values = {sp.Symbol(p, real=True): sp.Float(float(attrs[p])) for p in op.params}
-    return (op.expr.xreplace(values) if values else op.expr), op.symbols
+    return is_elementwise(node) and (node.dtype.is_float or node.dtype.kind == "b")
 
 
 def node_expr(node: Node, args: list[sp.Expr]) -> sp.Expr:
@@ -77,7 +61,7 @@ def node_expr(node: Node, args: list[sp.Expr]) -> sp.Expr:
     if node.op == "fused":
         expr = node.attrs["expr"]
         return expr.xreplace(dict(zip(fused_symbols(len(args)), args)))
-    expr, symbols = op_template(node.op, node.attrs)
+    expr, symbols = node_expression(node)
     return expr.xreplace(dict(zip(symbols, args)))
 
 
@@ -126,7 +110,7 @@ def faithful(node: Node, args: list[sp.Expr], expr: sp.Expr) -> bool:
     if node.op == "cast":
         template, symbols = CAST_FUNCTIONS[node.dtype.name](fused_symbols(1)[0]), fused_symbols(1)
     else:
-        template, symbols = op_template(node.op, node.attrs)
+        template, symbols = node_expression(node)
     return same_values_when_written(template, dict(zip(symbols, args)), expr)
 
 
@@ -368,4 +352,4 @@ def _fuse(graph: Graph, root_of: dict[int, Node]) -> Graph:
     return rewrite(graph, visit)
 
 
-__all__ = ["copy_node", "fuse_elementwise", "fused_cse", "fusible", "node_expr", "op_template"]
+__all__ = ["copy_node", "fuse_elementwise", "fused_cse", "fusible", "node_expr"]

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 from ..ir import Graph, Node
 from ..ir.rewrite import rebuild
-
-#: Ops that only look at their input's storage differently: reading one of them reads the parameter.
-_VIEWS = ("reshape", "transpose")
+from ..ops import registry
 
 
 def sink_update_products(graph: Graph) -> Graph:
@@ -31,7 +29,7 @@ def sink_update_products(graph: Graph) -> Graph:
     consumers = graph.consumers()
     for param, update in graph.updates:
         for product in update.inputs:
-            if product.op not in ("matmul", "matmul_epilogue") or list(consumers[id(product)]) != [update]:
+            if not registry.get(product.op).gemm_product or list(consumers[id(product)]) != [update]:
                 continue
             readers = [r for r in _readers(param, consumers) if r is not update]
             pos = {id(n): k for k, n in enumerate(order)}
@@ -44,10 +42,17 @@ def sink_update_products(graph: Graph) -> Graph:
     return rebuild(graph, order, graph.outputs, graph.updates)[0]
 
 
+def _may_be_read_by_its_readers(node: Node) -> bool:
+    """Whether ``node``'s input may be read only when ``node``'s readers run: a view (reshape: the same
+    memory), or a transpose, which a backend need not compute where it stands (a GEMM reads a transposed
+    operand in place with BLAS's transpose flag). Either way the parameter is read by their readers."""
+    return registry.is_view(node) or node.op == "transpose"
+
+
 def _readers(param: Node, consumers) -> list[Node]:
     """Nodes that read ``param``'s storage, directly or through reshapes and transposes of it."""
     readers, views = [], [param]
     while views:
         for c in consumers[id(views.pop())]:
-            (views if c.op in _VIEWS else readers).append(c)
+            (views if _may_be_read_by_its_readers(c) else readers).append(c)
     return readers

@@ -16,6 +16,7 @@ import sympy as sp
 
 from ...ir import Graph, GraphcError, Node
 from ...ir.printer import comment_text
+from ...ops import registry
 from .ir import (
     Assign,
     Buffer,
@@ -48,8 +49,6 @@ def rule(*names: str) -> Callable[[Rule], Rule]:
 def rule_for(op: str) -> Rule:
     """The rule lowering ``op``: its table entry, or the generic elementwise rule for any op that is
     defined by a SymPy expression (derivative ops registered on first use included)."""
-    from ...ops import registry
-
     if op in RULES:
         return RULES[op]
     if registry.is_registered(op) and registry.get(op).expr is not None:

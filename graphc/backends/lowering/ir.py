@@ -319,8 +319,8 @@ def statement_lines(body: Sequence, depth: int) -> list[str]:
             out.append(f"{pad}check {s.site.kind} #{s.site.code}: stop if {s.failed}, report ({s.index}, {s.value})")
         elif isinstance(s, Gemm):
             ta, tb = "T" if s.trans_a else "N", "T" if s.trans_b else "N"
-            out.append(f"{pad}gemm {ta}{tb} m={s.m} n={s.n} k={s.k}: {_ref(s.c)} (ld {s.ldc}) = {s.alpha} * "
-                       f"{_ref(s.a)} (ld {s.lda}) @ {_ref(s.b)} (ld {s.ldb}) + {s.beta} * {_ref(s.c)}")
+            out.append(f"{pad}gemm {ta}{tb} m={s.m} n={s.n} k={s.k}: {_ref(s.c)} (ld {s.ldc}) = {_num(s.alpha)} * "
+                       f"{_ref(s.a)} (ld {s.lda}) @ {_ref(s.b)} (ld {s.ldb}) + {_num(s.beta)} * {_ref(s.c)}")
         elif isinstance(s, Call):
             out.append(f"{pad}{s.name}({', '.join(_ref(a) if isinstance(a, Ref) else str(a) for a in s.args)})")
         elif isinstance(s, Seed):
@@ -330,6 +330,10 @@ def statement_lines(body: Sequence, depth: int) -> list[str]:
         else:  # pragma: no cover - a new statement kind must be printed here
             raise TypeError(f"unknown statement {s!r}")
     return out
+
+
+def _num(expr: sp.Expr) -> str:
+    return f"{float(expr):g}" if expr.is_number else str(expr)
 
 
 def _ref(ref: Ref) -> str:

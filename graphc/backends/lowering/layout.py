@@ -12,17 +12,12 @@ from __future__ import annotations
 import sympy as sp
 
 from ...ir import Node
+from ...ops import registry
+from ...ops.elementwise import fused_symbols
+from ...ops.registry import is_source, is_view
 from ..executable import param_key
 from .context import Accumulation, Lowering, identifier
 from .ir import Buffer, Slot, aligned
-
-
-def is_source(node: Node) -> bool:
-    from ...ops import registry
-
-    if not registry.is_registered(node.op):  # TODO(merge)
-        return node.op in ("input", "param", "constant")
-    return getattr(registry.get(node.op), "source", False)
 
 
 def classify(lw: Lowering) -> None:
@@ -34,7 +29,7 @@ def classify(lw: Lowering) -> None:
             lw.kind[id(node)] = "input"
         elif is_source(node):
             lw.kind[id(node)] = "state"
-        elif _is_view(node):
+        elif is_view(node):
             lw.kind[id(node)] = "alias"
         elif transposed_operand(lw, node, consumers.get(id(node), []), outputs):
             lw.kind[id(node)] = "tview"
@@ -50,14 +45,6 @@ def classify(lw: Lowering) -> None:
         while lw.kind[id(r)] in ("alias", "tview"):
             r = r.inputs[0]
         lw.root[id(node)] = r
-
-
-def _is_view(node: Node) -> bool:
-    from ...ops import registry
-
-    if not registry.is_registered(node.op):  # TODO(merge)
-        return False
-    return getattr(registry.get(node.op), "view", node.op == "reshape")
 
 
 def transposed_operand(lw: Lowering, node: Node, readers: list[Node], outputs: set[int]) -> bool:
@@ -92,9 +79,6 @@ def accumulate_updates(lw: Lowering) -> None:
     weight decay): the GEMM computes the update in place, so the gradient is never written out and
     read back. Safe when the update runs in place, nothing else reads p from the product's step on,
     p is not an operand of the product, and the scalars are computed before it."""
-    from ...ops import registry
-    from ...ops.elementwise import fused_symbols
-
     graph, pos = lw.graph, lw.number
     consumers = graph.consumers()
     by_id = {id(n): n for n in graph.nodes}
@@ -109,7 +93,7 @@ def accumulate_updates(lw: Lowering) -> None:
             continue
         k_g = big[1 - big.index(k_p)]
         g = node.inputs[k_g]
-        if not getattr(registry.get(g.op), "gemm_product", g.op in ("matmul", "matmul_epilogue")) or g.ndim != 2 or g.shape != p.shape or g.dtype != p.dtype:
+        if not registry.get(g.op).gemm_product or g.ndim != 2 or g.shape != p.shape or g.dtype != p.dtype:
             continue
         if g.op == "matmul_epilogue" and (len(g.inputs) != 2 or g.attrs["expr"] != fused_symbols(1)[0]):
             continue

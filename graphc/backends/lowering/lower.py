@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from ...ir import Graph, Node
+from ...ops import registry
 from . import rules_conv, rules_elementwise, rules_linalg, rules_nn, rules_random, rules_reduce, rules_shape  # noqa: F401
 from .context import Lowering, rule_for
 from .ir import Load, Program, Store, aligned, index_var, nest
@@ -16,20 +17,6 @@ from .layout import (
     place_sources,
     place_workspace,
 )
-
-
-def label_operand(node: Node) -> tuple[int, int] | None:
-    """(operand index, classes) of the integer class labels ``node`` reads, or None."""
-    from ...ops import registry
-
-    entry = registry.get(node.op) if registry.is_registered(node.op) else None
-    if hasattr(entry, "label_operand"):  # TODO(merge)
-        return entry.label_operand(node)
-    if node.op == "one_hot":
-        return 0, node.attrs["classes"]
-    if node.op == "softmax_cross_entropy" and node.inputs[1].dtype.is_int:
-        return 1, node.inputs[0].shape[1]
-    return None
 
 
 def lower(graph: Graph, inputs: Sequence[Node] | None = None, options: dict[str, Any] | None = None, *,
@@ -83,7 +70,7 @@ def _check_input_labels(lw: Lowering) -> None:
     """Labels that come straight from an input are range-checked once, before anything is computed;
     the rules then skip their own check (``lw.labels_checked``)."""
     for node in lw.graph.nodes:
-        found = label_operand(node)
+        found = registry.get(node.op).label_operand(node)
         if found is None:
             continue
         operand, classes = found

@@ -7,6 +7,7 @@ from typing import Sequence
 import sympy as sp
 
 from ...ir import Node
+from ...ops.elementwise import node_expression
 from .context import Lowering, assign, rule
 from .ir import Load, Store, index_var, linear, nest, scalar_var
 
@@ -31,20 +32,6 @@ def cse_assignments(expr: sp.Expr, names: dict[sp.Symbol, sp.Symbol], dtype: str
         temps = sp.numbered_symbols(prefix, real=True)
         replacements, (reduced,) = sp.cse(renamed, symbols=temps)
     return [assign(sym, value, dtype) for sym, value in replacements], reduced
-
-
-def node_expression(node: Node) -> tuple[sp.Expr, tuple[sp.Symbol, ...]]:
-    """The node's scalar expression over one symbol per input, parameters replaced by their values."""
-    from ...ops import elementwise, registry
-
-    if hasattr(elementwise, "node_expression"):  # TODO(merge)
-        return elementwise.node_expression(node)
-    if node.op == "fused":
-        return node.attrs["expr"], elementwise.fused_symbols(len(node.inputs))
-    op = registry.get(node.op)
-    values = {sp.Symbol(p, real=True): sp.Float(float(node.attrs[p]) if p in node.attrs else float(default))
-              for p, default in op.params.items()}
-    return op.expr.xreplace(values), tuple(op.symbols)
 
 
 def broadcast_groups(out_shape: Sequence[int], in_shapes: Sequence[Sequence[int]]) -> list[list]:

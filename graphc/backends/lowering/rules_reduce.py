@@ -22,6 +22,12 @@ def divided(numerator: sp.Expr, denominator: sp.Expr | int) -> sp.Expr:
     return sp.Mul(numerator, sp.Pow(sp.sympify(denominator), -1, evaluate=False), evaluate=False)
 
 
+def integer_var(lw: Lowering, stem: str) -> sp.Symbol:
+    """A fresh integer variable named after the current node (``lw.var`` gives real ones): an argmax
+    position, a label used as an index, a random key or shift."""
+    return index_var(lw.var(stem).name)
+
+
 def reduce_blocks(shape: Sequence[int], axes: Sequence[int]) -> list[list]:
     """Input axes merged into [size, reduced?] blocks (size-1 axes dropped)."""
     blocks: list[list] = []
@@ -133,7 +139,7 @@ def lower_argmax(lw: Lowering, node: Node) -> None:
     outer, n, inner = axis_layout(x.shape, axis)
     o, i, r = index_var("o"), index_var("i"), index_var("r")
     best, val = lw.var("best"), lw.var("val")
-    at = index_var(lw.var("at").name)
+    at = integer_var(lw, "at")
     dtype = x.dtype.name
     later = r + 1  # the loop runs over positions 1 .. n-1
     better = (val > best) | (IsNaN(val) & ~IsNaN(best))

@@ -97,14 +97,14 @@ def environment() -> dict[str, Any]:
         import numpy
         import sympy
 
-        import graphc
+        from ..._version import __version__
 
         backend_dir = Path(__file__).parent
         # The renderer and the lowering it renders: a change to either changes the generated code.
         src = _sources_hash(backend_dir) + _sources_hash(backend_dir.parent / "lowering")
         ops = _sources_hash(backend_dir.parent.parent / "ops")
         _FINGERPRINT = {
-            "format": FORMAT, "graphc": graphc.__version__, "numba": numba.__version__,
+            "format": FORMAT, "graphc": __version__, "numba": numba.__version__,
             "llvmlite": llvmlite.__version__, "numpy": numpy.__version__, "sympy": sympy.__version__,
             "python": platform.python_version(), "machine": platform.machine(),
             "cpu": numba.config.CPU_NAME or llvm.get_host_cpu_name(),

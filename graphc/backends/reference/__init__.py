@@ -1,72 +1,16 @@
 """The NumPy reference backend: evaluates any graph one node at a time.
 
 It is the oracle every other backend and every pass is tested against, so it does the
-obvious thing: each node's registered reference implementation, in topological order.
+obvious thing: each node's registered reference implementation, in topological order
+(:mod:`graphc.ops.interpret`, which constant folding and ``check_grad`` use too).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
-
 import numpy as np
 
-from ...ir import Graph, GraphcError, InputError, Node
-from ...ir.errors import at_op
-from ...ops import registry
-from ..executable import Executable, validate
-
-
-def _key_node(graph: Graph, key: Any) -> Node:
-    node = getattr(key, "node", key)
-    if isinstance(node, Node):
-        return node
-    if isinstance(key, str):
-        try:
-            return graph.find(key)
-        except KeyError:
-            known = ", ".join(repr(n.name) for n in graph.inputs + graph.params)
-            raise InputError(f"graph {graph.name!r} has no input or parameter named {key!r} "
-                             f"(it has {known or 'none'})") from None
-    raise TypeError(f"feeds and params are keyed by name or tensor, got {key!r}")
-
-
-def evaluate(graph: Graph, feeds: Mapping[Any, Any] | None = None, outputs: Sequence[Node] | None = None,
-             params: Mapping[Any, Any] | None = None) -> list[np.ndarray]:
-    """Evaluate ``outputs`` (default: the graph's outputs) with NumPy; returns one array per output.
-
-    ``feeds`` gives every needed input, keyed by name or tensor; ``params`` optionally
-    overrides parameter values (otherwise their initial values are used).
-    """
-    outputs = list(graph.outputs if outputs is None else [getattr(o, "node", o) for o in outputs])
-    values = run_nodes(graph, outputs, feeds, params)
-    return [values[id(o)] for o in outputs]
-
-
-def run_nodes(graph: Graph, roots: Sequence[Node], feeds: Mapping[Any, Any] | None,
-              params: Mapping[Any, Any] | None) -> dict[int, np.ndarray]:
-    """The value of every node ``roots`` depend on, keyed by id(node)."""
-    fed = {id(_key_node(graph, k)): v for k, v in (feeds or {}).items()}
-    overrides = {id(_key_node(graph, k)): v for k, v in (params or {}).items()}
-    values: dict[int, np.ndarray] = {}
-    for node in graph.ancestors(roots):
-        values[id(node)] = _evaluate_node(node, values, fed, overrides)
-    return values
-
-
-def _evaluate_node(node: Node, values, fed, overrides) -> np.ndarray:
-    if node.op == "input":
-        if id(node) not in fed:
-            raise InputError(f"input {node.name!r} ({node.type_str}) was not fed")
-        return validate(node, fed[id(node)])
-    if node.op == "param":
-        return validate(node, overrides[id(node)], "param") if id(node) in overrides else node.value
-    if node.op == "constant":
-        return node.value
-    args = [values[id(i)] for i in node.inputs]
-    try:
-        result = registry.get(node.op).reference(args, node.attrs)
-    except GraphcError as err:
-        raise at_op(err, node.op, ", ".join(i.type_str for i in node.inputs), node.loc) from None
-    return np.array(np.broadcast_to(result, node.shape), dtype=node.dtype.np, order="C")
+from ...ir import Graph, Node
+from ...ops.interpret import evaluate, run_nodes
+from ..executable import Executable
 
 
 class ReferenceExecutable(Executable):
@@ -110,3 +54,6 @@ class ReferenceExecutable(Executable):
 def build(graph: Graph, inputs: list[Node], check_finite: bool = False) -> ReferenceExecutable:
     """The reference executable of ``graph``; ``check_finite``: see :class:`ReferenceExecutable`."""
     return ReferenceExecutable(graph, inputs, check_finite=check_finite)
+
+
+__all__ = ["ReferenceExecutable", "build", "evaluate", "run_nodes"]
