@@ -426,6 +426,19 @@ def test_a_reduction_marked_parallel_is_a_lowering_error():
         run_kernel(program, summed, feed)
 
 
+def test_an_iteration_reading_what_another_writes_is_a_lowering_error():
+    # out[j + 1] = out[j] in place: run in order, every element becomes out[0]; as NumPy lanes (all loads
+    # before any store) it would be a shift. A parallel target races: the interpreter says so.
+    program, x, out = vector_program(4)
+    j, v = index_var("j"), scalar_var("v")
+    copy = nest([4], ["j"], [Load(v, x, j), Store(out, j, v)])
+    spread = Loop(j, 3, [Load(v, out, j), Store(out, j + 1, v)], parallel=False)
+    feed = np.array([5.0, 6.0, 7.0, 8.0], np.float32)
+    np.testing.assert_array_equal(run_kernel(program, copy + [spread], feed), [5.0, 5.0, 5.0, 5.0])
+    with pytest.raises(InterpretError, match=r"parallel loop j are not independent: one writes o0\[1\], another"):
+        run_kernel(program, copy + [dataclasses.replace(spread, parallel=True)], feed)
+
+
 def test_random_draws_in_a_parallel_loop_are_a_lowering_error():
     program, _, out = vector_program(4)
     j, u = index_var("j"), scalar_var("u")

@@ -9,9 +9,10 @@ involved. So it is strict where a renderer would be silently wrong:
 * the workspace and the outputs start as garbage (all bits set: NaN for floats, -1 for integers), so
   a kernel that reads memory nobody wrote, or a GEMM with ``beta == 0`` that reads C, shows in the numbers;
 * inputs are read-only; a store into one is an error;
-* the iterations of a ``parallel`` loop run as NumPy vectors (one lane per iteration); two lanes
-  writing one element, a value carried from one iteration to the next and random draws are errors
-  (races and schedule-dependent results on a real target); an iteration's variables die with it;
+* the iterations of a ``parallel`` loop run as NumPy vectors (one lane per iteration); two iterations
+  writing one element, one reading what another writes, a value carried from one iteration to the next
+  and random draws are errors (races and schedule-dependent results on a real target, which vectorized
+  NumPy, loading every lane before storing any, would hide); an iteration's variables die with it;
 * a GEMM or library call whose result overlaps another of its operands is an error: NumPy reads
   copies, a target reads memory it is overwriting.
 
@@ -133,6 +134,8 @@ class _Run:
         self.views: dict[int, np.ndarray] = {}
         self.rng: np.random.RandomState | None = None
         self.current: Kernel | None = None
+        #: The memory accesses of the vectorized loops being run (see ``access``), None outside them.
+        self.accesses: list[tuple] | None = None
         #: The library call being run and the operands it read: (buffer name, region).
         self.call_name = ""
         self.call_reads: list[tuple[str, tuple]] = []
@@ -262,7 +265,14 @@ class _Run:
                         env[var] = np.repeat(value, s.extent)
                 env[s.var] = np.tile(np.arange(s.extent), lanes)
                 inner = lanes * s.extent
+            outermost = self.accesses is None
+            if outermost:
+                self.accesses = []
+            first = len(self.accesses)
             self.block(s.body, env, inner)
+            self.check_races(s, self.accesses[first:], inner)
+            if outermost:
+                self.accesses = None
         # Variables of the iterations do not outlive a parallel loop (each iteration has its own).
         env.clear()
         env.update(before)
@@ -281,6 +291,48 @@ class _Run:
         if carried:
             return f"it updates {', '.join(sorted(map(str, carried)))}, defined before the loop"
         return ""
+
+    def access(self, buf: Buffer, index: Any, lanes: int | None, write: bool, which: np.ndarray | None = None) -> None:
+        """Record that lanes ``which`` (default: all ``lanes``) of the vectorized loops read or write
+        ``buf[index]``, for :meth:`check_races`."""
+        if lanes is None or self.accesses is None:
+            return
+        which = np.arange(lanes) if which is None else which
+        memory, start, _ = self.region(buf, 0, 0)
+        addresses = start + np.broadcast_to(index, which.shape) * np.dtype(buf.dtype).itemsize
+        self.accesses.append((memory, addresses, which, lanes, write, buf))
+
+    def check_races(self, loop: Loop, accesses: list[tuple], lanes: int) -> None:
+        """The iterations of parallel ``loop`` (``lanes`` of them, counting those of the parallel loops around
+        it) write disjoint elements, and read none that another writes. Vectorized, NumPy loads every lane
+        before it stores any, which would hide such a race; a target does not."""
+        by_memory: dict[tuple, list] = {}
+        for memory, addresses, which, space, write, buf in accesses:
+            # A lane of a deeper parallel loop belongs to iteration lane // (deeper extents) of this one.
+            by_memory.setdefault(memory, []).append((addresses, which // (space // lanes), write, buf))
+        for entries in by_memory.values():
+            writes = [(a, i) for a, i, w, _ in entries if w]
+            if not writes:
+                continue
+            # (address, writing iteration), sorted by address: an address twice is written by two iterations.
+            written, writer = np.unique(np.stack([np.concatenate([a for a, _ in writes]),
+                                                  np.concatenate([i for _, i in writes])]), axis=1)
+            twice = np.flatnonzero(written[1:] == written[:-1])
+            if twice.size:
+                self.race(loop, entries, int(written[twice[0]]))
+            for addresses, which, write, _ in entries:
+                if write:
+                    continue
+                at = np.minimum(np.searchsorted(written, addresses), written.size - 1)
+                other = (written[at] == addresses) & (writer[at] != which)
+                if other.any():
+                    self.race(loop, entries, int(addresses[np.argmax(other)]))
+
+    def race(self, loop: Loop, entries: list, address: int) -> None:
+        buf = next(b for a, _, _, b in entries if (a == address).any())
+        element = (address - self.region(buf, 0, 0)[1]) // np.dtype(buf.dtype).itemsize
+        raise self.error(f"the iterations of parallel loop {loop.var} are not independent: one writes "
+                         f"{buf.name}[{element}], another reads or writes it")
 
     def value(self, expr: sp.Basic, env: dict) -> Any:
         """``expr`` evaluated on the current variables (scalars or lane arrays)."""
@@ -317,12 +369,14 @@ class _Run:
         if np.ndim(guard) == 0:
             if not guard:
                 return view.dtype.type(0)
+            self.access(s.buffer, index, lanes, False)
             return view[self.checked(s.buffer, index, "reads")]
         guard = np.asarray(guard, bool)
         index = np.broadcast_to(index, guard.shape)
         out = np.zeros(guard.shape, view.dtype)
         if guard.any():
             inside = self.checked(s.buffer, index[guard], "reads")
+            self.access(s.buffer, inside, lanes, False, np.flatnonzero(guard))
             out[guard] = view[inside]
         return out
 
@@ -339,6 +393,7 @@ class _Run:
                                  f"(index {s.index}): the loop is not parallel")
             value = np.broadcast_to(value, (lanes,))
         index = self.checked(s.buffer, index, "writes")
+        self.access(s.buffer, index, lanes, True)
         if s.reduce is None:
             view[index] = value
         elif s.reduce in _COMBINE:
