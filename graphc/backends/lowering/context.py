@@ -164,6 +164,11 @@ class Lowering:
         self._var_count += 1
         return scalar_var(f"{stem}{self.number[id(self.current)]}_{self._var_count}")
 
+    def integer_var(self, stem: str) -> sp.Symbol:
+        """A fresh integer variable named after the current node: an argmax position, a label used as an
+        index, a random key or shift."""
+        return index_var(self.var(stem).name)
+
     def load(self, var: str | sp.Symbol, node: Node, index, guard: sp.Expr | None = None) -> Load:
         """``var = node[index]`` (flat, row-major)."""
         sym = scalar_var(var) if isinstance(var, str) else var

@@ -73,6 +73,11 @@ class Ref:
 
 @dataclass
 class Loop:
+    """``for var in range(extent)``. ``parallel`` promises that the iterations are independent: no two
+    write one element (even with ``reduce``), none reads what another writes, no variable is carried
+    from one to the next, no Seed or Draw is inside; variables assigned inside are private to an
+    iteration and dead after the loop. The interpreter checks the promise."""
+
     var: sp.Symbol
     extent: int
     body: list
@@ -131,7 +136,8 @@ class Check:
 class Gemm:
     """``c[m, n] = alpha * op(a)[m, k] @ op(b)[k, n] + beta * c``, row-major with leading dimensions;
     ``trans_a``: ``a`` is stored [k, m] (read transposed). alpha and beta are expressions over the
-    kernel's variables, so an SGD or momentum update can ride inside the gradient's GEMM."""
+    kernel's variables, so an SGD or momentum update can ride inside the gradient's GEMM. A, B and C
+    share one float dtype; C overlaps neither A nor B; with beta == 0, C is not read."""
 
     m: int
     n: int
@@ -158,6 +164,8 @@ class Call:
 
 @dataclass
 class Seed:
+    """Seed the generator with ``value``, an integer in [0, 2**32)."""
+
     value: sp.Expr
 
 
@@ -168,7 +176,11 @@ class Draw:
 
 Statement = Union[Loop, Load, Assign, Store, Check, Gemm, Call, Seed, Draw]
 
-#: The library kernels a target provides besides GEMM, with their operands (Refs marked "*").
+#: The library kernels a target provides besides GEMM, with their operands (Refs marked "*"), all
+#: row-major: x [N, C, H, W], w [O, C, kh, kw], y [N, O, Ho, Wo]; im2col's col [C*kh*kw, Ho*Wo] (scratch);
+#: col2im's cols [O*kh*kw, H*W] scattered into y [O, Ho, Wo] (one image); pooling on planes = N*C, no
+#: dilation. conv and pooling overwrite y, col2im_add adds into it, max_pool_backward zeroes y first and
+#: routes each gradient to its window's first maximum (padding counts as -inf, the first NaN wins).
 LIBRARY: dict[str, str] = {
     "conv2d_im2col": "*x, *w, N, C, H, W, O, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, *col, *y",
     "conv2d_direct": "*x, *w, N, C, H, W, O, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, *y",
@@ -355,6 +367,12 @@ def nest(sizes: Sequence[int], names: Sequence[str], body: list, parallel: bool 
     for size, name in reversed(list(zip(sizes, names))):
         body = [Loop(index_var(name), int(size), body, parallel)]
     return list(body)
+
+
+def divided(numerator: sp.Expr, denominator: sp.Expr | int) -> sp.Expr:
+    """``numerator / denominator`` as a division (SymPy would turn ``x / 3`` into ``x * (1/3)`` and
+    ``g / sqrt(v)`` into ``g * v**(-1/2)``, which round differently)."""
+    return sp.Mul(numerator, sp.Pow(sp.sympify(denominator), -1, evaluate=False), evaluate=False)
 
 
 def linear(names: Sequence[str | sp.Expr], sizes: Sequence[int]) -> sp.Expr:

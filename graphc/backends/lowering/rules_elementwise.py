@@ -31,7 +31,9 @@ def cse_assignments(expr: sp.Expr, names: dict[sp.Symbol, sp.Symbol], dtype: str
         renamed = sp.sympify(expr).xreplace(names)
         temps = sp.numbered_symbols(prefix, real=True)
         replacements, (reduced,) = sp.cse(renamed, symbols=temps)
-    return [assign(sym, value, dtype) for sym, value in replacements], reduced
+    # A shared condition (a Piecewise's test) is a truth value, whatever the kernel computes in.
+    return [assign(sym, value, "bool" if isinstance(value, sp.logic.boolalg.Boolean) else dtype)
+            for sym, value in replacements], reduced
 
 
 def broadcast_groups(out_shape: Sequence[int], in_shapes: Sequence[Sequence[int]]) -> list[list]:

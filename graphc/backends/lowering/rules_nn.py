@@ -12,8 +12,8 @@ import sympy as sp
 
 from ...ir import Node
 from .context import Lowering, assign, rule
-from .ir import Loop, index_var, nest
-from .rules_reduce import axis_layout, divided, integer_var
+from .ir import Loop, divided, index_var, nest
+from .rules_reduce import axis_layout
 
 
 def row_max(lw: Lowering, x: Node, at: sp.Expr, r: sp.Symbol, n: int, dtype: str) -> tuple[list, sp.Symbol]:
@@ -80,7 +80,7 @@ def lower_softmax_cross_entropy(lw: Lowering, node: Node) -> None:
     total, lse, v, d = lw.var("total"), lw.var("lse"), lw.var("x"), lw.var("d")
     body += sums + [assign(lse, m + sp.log(s), "float64")]
     if labels.dtype.is_int:
-        y = integer_var(lw, "y")
+        y = lw.integer_var("y")
         body.append(lw.load(y, labels, r))
         if not lw.labels_checked(labels, classes):
             body.append(lw.label_check(node, y, r, classes, lw.root[id(labels)]))
@@ -101,7 +101,7 @@ def lower_one_hot(lw: Lowering, node: Node) -> None:
     """Zeros, then a one at each label's column (labels checked unless an input check did it)."""
     (labels,) = node.inputs
     classes = node.attrs["classes"]
-    r, y = index_var("r"), integer_var(lw, "y")
+    r, y = index_var("r"), lw.integer_var("y")
     body: list = [lw.load(y, labels, r)]
     if not lw.labels_checked(labels, classes):
         body.append(lw.label_check(node, y, r, classes, lw.root[id(labels)]))

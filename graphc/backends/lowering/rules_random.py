@@ -11,7 +11,6 @@ import sympy as sp
 from ...ir import Node
 from .context import Lowering, assign, rule
 from .ir import Draw, Loop, Seed, index_var, nest
-from .rules_reduce import integer_var
 
 SEED_MODULUS = 2 ** 32
 
@@ -21,7 +20,7 @@ def seeded(lw: Lowering, key: Node, salt: int) -> list:
     the key is reduced first so that the product stays within int64)."""
     from ...ops.random import KEY_MULTIPLIER
 
-    k = integer_var(lw, "key")
+    k = lw.integer_var("key")
     return [lw.load(k, key, 0),
             Seed(sp.Mod(sp.Mod(k, SEED_MODULUS) * KEY_MULTIPLIER + salt, SEED_MODULUS))]
 
@@ -50,7 +49,7 @@ def lower_random_shift2d(lw: Lowering, node: Node) -> None:
     span = 2 * ms + 1
     i, c, r, q = (index_var(n) for n in "icrq")
     uy, ux, v = lw.var("u"), lw.var("u"), lw.var("x")
-    dy, dx = integer_var(lw, "dy"), integer_var(lw, "dx")
+    dy, dx = lw.integer_var("dy"), lw.integer_var("dx")
     draws = [Draw(uy), assign(dy, sp.floor(uy * span) - ms, "int64"),
              Draw(ux), assign(dx, sp.floor(ux * span) - ms, "int64")]
     rr, qq = r - dy, q - dx

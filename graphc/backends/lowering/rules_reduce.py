@@ -10,22 +10,10 @@ import sympy as sp
 from ...ir import Node
 from ...ops.elementwise import IsNaN
 from .context import Lowering, assign, rule
-from .ir import Loop, index_var, linear, nest
+from .ir import Loop, divided, index_var, linear, nest
 
 #: The Store reduction of each reduce op's general sweep.
 STORE_REDUCE = {"sum": "add", "mean": "add", "max": "max", "min": "min"}
-
-
-def divided(numerator: sp.Expr, denominator: sp.Expr | int) -> sp.Expr:
-    """``numerator / denominator`` as a division (SymPy would turn ``x / 3`` into ``x * (1/3)`` and
-    ``g / sqrt(v)`` into ``g * v**(-1/2)``, which round differently)."""
-    return sp.Mul(numerator, sp.Pow(sp.sympify(denominator), -1, evaluate=False), evaluate=False)
-
-
-def integer_var(lw: Lowering, stem: str) -> sp.Symbol:
-    """A fresh integer variable named after the current node (``lw.var`` gives real ones): an argmax
-    position, a label used as an index, a random key or shift."""
-    return index_var(lw.var(stem).name)
 
 
 def reduce_blocks(shape: Sequence[int], axes: Sequence[int]) -> list[list]:
@@ -139,7 +127,7 @@ def lower_argmax(lw: Lowering, node: Node) -> None:
     outer, n, inner = axis_layout(x.shape, axis)
     o, i, r = index_var("o"), index_var("i"), index_var("r")
     best, val = lw.var("best"), lw.var("val")
-    at = integer_var(lw, "at")
+    at = lw.integer_var("at")
     dtype = x.dtype.name
     later = r + 1  # the loop runs over positions 1 .. n-1
     better = (val > best) | (IsNaN(val) & ~IsNaN(best))
