@@ -20,7 +20,7 @@ def row_max(lw: Lowering, x: Node, at: sp.Expr, r: sp.Symbol, n: int, dtype: str
     """(statements, m): m = the maximum of x[at] over r in range(n), in ``dtype``. NaN order does not
     matter here: a NaN in the row makes every result of the row NaN either way."""
     m, v = lw.var("m"), lw.var("x")
-    return [assign(m, -sp.oo, dtype), Loop(r, n, [lw.load(v, x, at), assign(m, sp.Max(m, v), dtype)],
+    return [assign(m, -sp.oo, dtype), Loop(r, n, [lw.load(v, x, at), assign(m, sp.Max(m, v, evaluate=False), dtype)],
                                            parallel=False)], m
 
 

@@ -2,7 +2,7 @@
 
     lowering.lower(graph, inputs) -> Program     the kernel IR (target-independent)
     render(program) -> str                       the module's source (render.py)
-    build_program(program) -> Executable         render, cache lookup / write, import, Numba compile
+    build_program(program) -> Executable         cache lookup; on a miss render and write; import, Numba compile
 
 :func:`build` does all three; ``graphc.compile(outputs, backend="cpu")`` calls it. Compile options:
 ``check_finite`` (NaN/Inf checks on inputs, parameters and outputs), ``boundscheck`` (Numba's
@@ -77,7 +77,6 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
     from ..._version import __version__
 
     graph = program.graph
-    source_text = render(program, __version__)
     positions = [graph.nodes.index(n) for n in program.inputs]
     options = {k: program.options.get(k) for k in _CODEGEN_OPTIONS}
     key = cache_key(graph.structural_hash(), positions, options, op_definitions(graph))
@@ -94,7 +93,7 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
         if problems:
             stats["cache"] = "miss" if problems == ["absent"] else "rebuilt"
             stats["cache_problems"] = problems
-            source_sha = entry.reset(source_text)
+            source_sha = entry.reset(render(program, __version__))
         else:
             stats["cache"] = "hit"
             source_sha = entry.read_manifest()["files"]["graph.py"]
@@ -111,7 +110,7 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
             # Files that passed their checksums still failed to load (another Numba build?): rebuild.
             stats["cache"] = "rebuilt"
             stats["cache_problems"] = [f"numba could not load the cached code: {type(err).__name__}: {err}"]
-            source_sha = entry.reset(source_text)
+            source_sha = entry.reset(render(program, __version__))
             module = entry.import_module(reuse=False)
             before = _counts(module.step)
             _compile(module.step, step_sig)
