@@ -127,30 +127,18 @@ def test_argmax_is_the_first_nan_or_else_the_first_maximum():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_nn_ops_and_their_gradients_match_reference(dtype):
+def test_cross_entropy_and_one_hot_of_labels_computed_in_the_step_match_reference(dtype):
+    # The nn ops on input labels, with their gradients, run in tests/test_lowering.py (test_numba_cpu's
+    # nn_graph); labels computed in the step are range-checked by the kernels that read them.
     r = np.random.default_rng(3)
-    with graphc.Graph(f"nn_{dtype}") as g:
+    with graphc.Graph(f"computed_labels_{dtype}") as g:
         logits = graphc.input("logits", (6, 5), dtype)
-        labels = graphc.input("labels", (6,), "int64")
-        soft = graphc.input("soft", (6, 5), dtype)
-        x3 = graphc.input("x3", (2, 3, 4), dtype)
-        img = graphc.input("img", (3, 2, 3, 3), dtype)
-        gamma = graphc.input("gamma", (2,), dtype)
-        beta = graphc.input("beta", (2,), dtype)
-        picked = graphc.argmax(logits, 1)  # labels computed in the step: the rules check them themselves
-        outs = [graphc.softmax(logits, 0), graphc.softmax(logits), graphc.log_softmax(x3, 1),
-                graphc.log_softmax(logits), graphc.softmax_cross_entropy(logits, labels),
-                graphc.softmax_cross_entropy(logits * 0.5, soft), graphc.softmax_cross_entropy(logits, picked),
-                graphc.one_hot(picked, 5, dtype), graphc.one_hot(labels, 7, dtype) * 2.0,
-                graphc.batch_norm(img, gamma, beta),
-                graphc.batch_norm(logits, graphc.reshape(soft, (30,))[:5], graphc.reshape(soft, (30,))[5:10])]
-        grads = graphc.grad(loss_of(outs, dtype), [logits, soft, x3, img, gamma, beta])
+        picked = graphc.argmax(logits, 1)
+        outs = [graphc.softmax_cross_entropy(logits, picked), graphc.one_hot(picked, 5, dtype) * 2.0]
+        grads = graphc.grad(loss_of(outs, dtype), [logits])
         g.output(*outs, *grads)
-    p = r.uniform(0, 1, (6, 5))
-    feeds = [r.standard_normal((6, 5)).astype(dtype), r.integers(0, 5, 6), (p / p.sum(1, keepdims=True)).astype(dtype),
-             r.standard_normal((2, 3, 4)).astype(dtype), r.standard_normal((3, 2, 3, 3)).astype(dtype),
-             r.uniform(0.5, 1.5, 2).astype(dtype), r.standard_normal(2).astype(dtype)]
-    assert_matches_reference(g, outs + grads, [logits, labels, soft, x3, img, gamma, beta], feeds, dtype)
+    feeds = [r.standard_normal((6, 5)).astype(dtype)]
+    assert_matches_reference(g, outs + grads, [logits], feeds, dtype)
 
 
 def test_labels_from_an_input_are_checked_once_before_the_kernels():

@@ -687,13 +687,18 @@ def _first_max(xs: np.ndarray, kh, kw, sh, sw, ph, pw, Ho, Wo) -> tuple[np.ndarr
     return h, q, (h >= 0) & (h < H) & (q >= 0) & (q < W)
 
 
+def _window_maxima(run: _Run, env: dict, x: Ref, geometry) -> tuple:
+    """((planes, H, W, Ho, Wo), (p, h, q) of each window's first maximum, inside) for a pooling call."""
+    planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo = _ints(run, env, geometry)
+    h, q, inside = _first_max(run.read(x, env, (planes, H, W)), kh, kw, sh, sw, ph, pw, Ho, Wo)
+    p = np.broadcast_to(np.arange(planes)[:, None, None], h.shape)
+    return (planes, H, W, Ho, Wo), (p, h, q), inside
+
+
 def max_pool_backward(run: _Run, env: dict, x: Ref, g: Ref, *rest) -> None:
     """y [planes, H, W] = 0, then y[p, h, q] += g[p, ho, wo] at the first maximum (h, q) of each window."""
-    planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo = _ints(run, env, rest[:11])
-    xs = run.read(x, env, (planes, H, W))
+    (planes, H, W, Ho, Wo), (p, h, q), inside = _window_maxima(run, env, x, rest[:11])
     gs = run.read(g, env, (planes, Ho, Wo))
-    h, q, inside = _first_max(xs, kh, kw, sh, sw, ph, pw, Ho, Wo)
-    p = np.broadcast_to(np.arange(planes)[:, None, None], h.shape)
     out = np.zeros((planes, H, W), rest[11].buffer.dtype)
     np.add.at(out, (p[inside], h[inside], q[inside]), gs[inside])  # in (p, ho, wo) order, overlaps summed
     run.write(rest[11], env, out)
@@ -701,11 +706,8 @@ def max_pool_backward(run: _Run, env: dict, x: Ref, g: Ref, *rest) -> None:
 
 def max_pool_gather(run: _Run, env: dict, x: Ref, v: Ref, *rest) -> None:
     """y[p, ho, wo] = v[p, h, q] at the first maximum (h, q) of window (ho, wo) of x; 0 where it is padding."""
-    planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo = _ints(run, env, rest[:11])
-    xs = run.read(x, env, (planes, H, W))
+    (planes, H, W, Ho, Wo), (p, h, q), inside = _window_maxima(run, env, x, rest[:11])
     vs = run.read(v, env, (planes, H, W))
-    h, q, inside = _first_max(xs, kh, kw, sh, sw, ph, pw, Ho, Wo)
-    p = np.broadcast_to(np.arange(planes)[:, None, None], h.shape)
     out = np.zeros((planes, Ho, Wo), rest[11].buffer.dtype)
     out[inside] = vs[p[inside], h[inside], q[inside]]
     run.write(rest[11], env, out)
