@@ -134,6 +134,12 @@ class Lowering:
         self._scratch_count = 0
         self._var_count = 0
 
+    def begin(self, node: Node) -> None:
+        """Start lowering ``node``: its kernels get fresh scratch space (the previous node's is dead)."""
+        self.current = node
+        self.scratch_top = self.scratch_base
+        self._scratch_count = 0
+
     # -- reading the layout ------------------------------------------------------------------------
     def buffer(self, node: Node) -> Buffer:
         """The buffer holding ``node``'s value, row-major from element 0 (views resolved)."""

@@ -5,6 +5,7 @@ from typing import Any, Callable, Sequence
 
 from ...ir import Graph, Node
 from ...ops import registry
+from ...passes import plan_buffers
 from . import rules_conv, rules_elementwise, rules_linalg, rules_nn, rules_random, rules_reduce, rules_shape  # noqa: F401
 from .context import Lowering, rule_for
 from .ir import Load, Program, Store, aligned, index_var, nest
@@ -33,8 +34,6 @@ def lower(graph: Graph, inputs: Sequence[Node] | None = None, options: dict[str,
     >>> [k.op for k in lower(g).kernels]
     ['fused[mul, relu]']
     """
-    from ...passes import plan_buffers
-
     options = dict(options or {})
     inputs = list(graph.inputs if inputs is None else inputs)
     lw = Lowering(graph, inputs, options, choose_conv)
@@ -49,9 +48,7 @@ def lower(graph: Graph, inputs: Sequence[Node] | None = None, options: dict[str,
         kind = lw.kind[id(node)]
         if kind in ("input", "state", "tview", "alias"):
             continue
-        lw.current = node
-        lw.scratch_top = lw.scratch_base
-        lw._scratch_count = 0
+        lw.begin(node)
         if node.size or kind == "accumulate":
             rule_for(node.op)(lw, node)
     _copy_outputs(lw, copies)
