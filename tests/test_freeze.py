@@ -204,6 +204,14 @@ def test_a_frozen_batchnorm_normalizes_with_its_running_statistics_and_keeps_the
     assert history["loss"][0] == pytest.approx(loss, rel=1e-12)
 
 
+def test_training_a_model_frozen_everywhere_is_refused():
+    x, y = data()
+    model = mlp().freeze()
+    with pytest.raises(graphc.HyperparameterError, match=r"fit: every parameter of model is frozen, so a training "
+                                                         r"step would change nothing.*\n  at .*test_freeze.py:\d+"):
+        graphc.fit(model, (x, y), epochs=1, batch_size=N, backend="reference", verbose=False)
+
+
 # -- loading layers by name from another model's checkpoint ----------------------------------------------------------
 
 @pytest.fixture(scope="module")

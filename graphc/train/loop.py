@@ -137,6 +137,10 @@ def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss:
         logits = model(x, ctx)
         objective = LOSSES[loss](logits, y)
         params = [t for t in ctx._params.values() if t.node.attrs.get("trainable", True)]
+        if not params and model.frozen_names():
+            raise HyperparameterError(f"fit: every parameter of {model.name} is frozen, so a training step would "
+                                      f"change nothing; unfreeze the layers to train (e.g. model.layers[-1]"
+                                      f".unfreeze()){user_line_text()}")
         if l2:
             weights = [p for p in params if p.name.endswith(".W")]
             objective = objective + nn_ops.l2_penalty(weights, l2)
