@@ -1,4 +1,4 @@
-"""Training: fit, evaluate, predict, early stopping, checkpoints, learning-rate schedules."""
+"""Training: fit, evaluate, predict, early stopping, checkpoints, learning-rate and batch-size schedules."""
 from . import schedules
 from .checkpoint import CheckpointError, load_checkpoint, load_layers, save_checkpoint
 from .loop import (
@@ -13,6 +13,7 @@ from .loop import (
     overfit_check,
     predict,
 )
+from .schedules import BatchSizeSchedule
 
-__all__ = ["CheckpointError", "EarlyStopping", "History", "Trainer", "build_eval", "build_train_step", "evaluate",
+__all__ = ["BatchSizeSchedule", "CheckpointError", "EarlyStopping", "History", "Trainer", "build_eval", "build_train_step", "evaluate",
            "fit", "initial_loss_check", "load_checkpoint", "load_layers", "overfit_check", "predict", "save_checkpoint", "schedules"]

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -29,7 +30,7 @@ from ..optim import SGD, Optimizer
 from ..optim.hyperparams import NON_NEGATIVE, HyperparameterError, check_count, user_line_text
 from . import inputs
 from .checkpoint import CheckpointError, check_arrays, load_checkpoint, save_checkpoint
-from .schedules import ReduceOnPlateau, Schedule, constant
+from .schedules import BatchSizeSchedule, ReduceOnPlateau, Schedule, constant
 
 BEST_PREFIX = "__best__."  # checkpoint arrays holding early stopping's best weights
 
@@ -224,14 +225,21 @@ class Trainer:
     def run_step(self, exe, feeds: dict):
         """One call of a step executable on the trainer's state (copied in and back out when the
         executable keeps its own store, as the partial last batch's does)."""
+        with self._on_state(exe):
+            return exe(**{k: feeds[k] for k in exe.input_names})
+
+    @contextmanager
+    def _on_state(self, exe):
+        """Run ``exe`` on the trainer's state. Only the first step compiled holds it; another (the partial
+        batch's, another size of a BatchSizeSchedule) gets it copied in before and back out after. On an
+        error nothing is copied back: the state stays as it was before the call."""
         shared = exe.params is self.state
         if not shared:
             exe.set_params(self.state)
-        outs = exe(**{k: feeds[k] for k in exe.input_names})
+        yield
         if not shared:
             for k, v in exe.params.items():
                 self.state[k][...] = v
-        return outs
 
     def eval_executable(self, batch_size: int):
         if batch_size not in self._eval:
@@ -310,8 +318,9 @@ class Trainer:
         total_loss = total_correct = 0.0
         if native_steps:
             feeds = {"x": x, "y": y, "lr": lrs[:native_steps], "key": keys[:native_steps]}
-            losses, correct = full.run_epoch(*(feeds[k] for k in full.input_names), perm=perm,
-                                             last_batch="wrap" if last_batch == "wrap" else "drop")
+            with self._on_state(full):  # a BatchSizeSchedule's later sizes do not hold the state
+                losses, correct = full.run_epoch(*(feeds[k] for k in full.input_names), perm=perm,
+                                                 last_batch="wrap" if last_batch == "wrap" else "drop")
             total_loss, total_correct = float(np.sum(losses, dtype=np.float64)) * batch_size, float(np.sum(correct))
         rows = native_steps * batch_size
         if rest and last_batch == "partial":
@@ -408,7 +417,8 @@ def steps_per_epoch(n: int, batch_size: int, last_batch: str = "partial") -> int
     return n // batch_size if last_batch == "drop" else math.ceil(n / batch_size)
 
 
-def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int, batch_size: int = 128,
+def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
+        batch_size: int | BatchSizeSchedule = 128,
         optimizer: Optimizer | None = None, schedule: Schedule | None = None,
         validation_data: tuple[np.ndarray, np.ndarray] | None = None, early_stopping: EarlyStopping | None = None,
         loss: str = "softmax_cross_entropy", l2: float = 0.0, seed: int = 0, backend: str | None = None,
@@ -421,6 +431,10 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int, b
     ``"drop"`` skips them (``drop_last=True``), ``"wrap"`` fills the last batch from the start of the
     epoch's permutation, so every step is a full batch and the whole epoch is one native call.
 
+    ``batch_size`` is a number, or a :class:`~graphc.train.schedules.BatchSizeSchedule` giving each
+    epoch's (then each distinct size is compiled once, ``last_batch`` applies to each epoch at its own
+    size, and the History gains a ``batch_size`` series).
+
     >>> import graphc, numpy as np
     >>> from graphc.nn import Sequential, Dense
     >>> x = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32); y = (x[:, 0] > 0).astype(np.int64)
@@ -431,25 +445,28 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int, b
     True
     """
     epochs = check_count("fit", "epochs", epochs, minimum=0)
-    batch_size = inputs.batch_size(batch_size, "fit")
+    batch_size_of = _batch_size_of(batch_size)
     _check_last_batch(last_batch)
     (x, y), validation_data = _fit_data(model, train_data, validation_data)
+    for size in dict.fromkeys(map(batch_size_of, range(epochs))):  # each size's 'drop' check, before compiling
+        steps_per_epoch(len(x), size, last_batch)
     trainer = trainer or Trainer(model, optimizer, loss, l2, backend)
     optimizer = trainer.optimizer
     schedule = schedule or constant(optimizer.lr)
     _check_monitoring(early_stopping, schedule, validation_data)
-    steps = steps_per_epoch(len(x), batch_size, last_batch)
     rng = np.random.default_rng(seed)
     history, start_epoch = History(), 0
     best: tuple[float, dict[str, np.ndarray]] | None = None
     bad_epochs = 0
-    trainer.step_executable(batch_size)
+    trainer.step_executable(batch_size_of(0))
     if resume and checkpoint and os.path.exists(checkpoint):  # nothing saved yet: start from the beginning
         start_epoch, history, best, bad_epochs = _restore(trainer, schedule, rng, checkpoint)
     bar = _progress(epochs, verbose)
     bar.update(start_epoch)
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
+        batch_size = batch_size_of(epoch)
+        steps = steps_per_epoch(len(x), batch_size, last_batch)
         if schedule.per == "step":
             lr_of_step = schedule
         else:
@@ -466,6 +483,8 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int, b
         seconds = time.perf_counter() - t0
         metrics = {"loss": train_loss, "acc": train_acc, "lr": lr_of_step(trainer.step_count - steps),
                    "seconds": seconds}
+        if isinstance(batch_size_of, BatchSizeSchedule):
+            metrics["batch_size"] = batch_size
         if validation_data is not None:
             metrics["val_loss"], metrics["val_acc"] = trainer.evaluate(*validation_data)
             if isinstance(schedule, ReduceOnPlateau):
@@ -499,6 +518,14 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int, b
 
 
 # -- checking fit's arguments (before anything compiles) ----------------------------------------------------------
+
+def _batch_size_of(batch_size: int | BatchSizeSchedule) -> Callable[[int], int]:
+    """The batch size of each epoch (0-based): a BatchSizeSchedule, or a checked constant."""
+    if isinstance(batch_size, BatchSizeSchedule):
+        return batch_size
+    size = inputs.batch_size(batch_size, "fit")
+    return lambda epoch: size
+
 
 def _checked_xy(model: Module, x: Any, y: Any, where: str, arg: str, why_rows: str) -> tuple[np.ndarray, np.ndarray]:
     """x and y checked against the model and each other (``arg``: the argument they came in, if any)."""

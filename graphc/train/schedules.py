@@ -13,7 +13,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..optim.hyperparams import NON_NEGATIVE, POSITIVE, Range, check_choice, check_count
+from ..optim.hyperparams import (
+    NON_NEGATIVE,
+    POSITIVE,
+    HyperparameterError,
+    Range,
+    check_choice,
+    check_count,
+    user_line_text,
+)
 
 PER = ("epoch", "step")
 
@@ -134,3 +142,56 @@ class ReduceOnPlateau(Schedule):
 def reduce_on_plateau(lr0: float, factor: float = 10.0, patience: int = 3, min_delta: float = 0.0,
                       min_lr: float = 0.0) -> ReduceOnPlateau:
     return ReduceOnPlateau(lr0, factor, patience, min_delta, min_lr)
+
+
+class BatchSizeSchedule:
+    """The batch size as a function of the epoch t = 0, 1, 2, ... (the course's "Don't decay the learning
+    rate, increase the batch size", Smith et al. 2018): ``fit(..., batch_size=BatchSizeSchedule(...))``.
+
+    ``sizes`` maps the epoch at which a size starts to that size, e.g. ``{0: 32, 5: 64, 10: 128}``: epochs
+    0-4 train with 32 rows a step, 5-9 with 64, 10 and later with 128. It must say where epoch 0 starts.
+    Each distinct size is one static training graph, compiled once and kept by the Trainer; the
+    parameters and optimizer state carry over from one size to the next. :meth:`increase` builds the
+    multiplicative rule. The schedule is stateless (a checkpoint resumes it from the epoch alone).
+
+    >>> BatchSizeSchedule({0: 32, 5: 64})(7)
+    64
+    >>> BatchSizeSchedule.increase(32, factor=2, every=5, max_batch_size=128).sizes
+    {0: 32, 5: 64, 10: 128}
+    """
+
+    def __init__(self, sizes: dict[int, int]):
+        owner = "BatchSizeSchedule"
+        if not isinstance(sizes, dict) or not sizes:
+            raise HyperparameterError(f"{owner}: sizes={sizes!r} must be a non-empty dict {{first epoch: batch size}}, "
+                                      f"e.g. {{0: 32, 5: 64}}{user_line_text()}")
+        checked = {check_count(owner, "a first epoch", e, minimum=0): check_count(owner, f"the batch size of epoch {e}", b)
+                   for e, b in sizes.items()}
+        if 0 not in checked:
+            raise HyperparameterError(f"{owner}: sizes={sizes!r} does not say the batch size of epoch 0 (the first "
+                                      f"epoch is 0, as for the learning-rate schedules){user_line_text()}")
+        self.sizes = dict(sorted(checked.items()))
+
+    @classmethod
+    def increase(cls, batch_size: int, factor: int = 2, every: int = 5, max_batch_size: int | None = None
+                 ) -> "BatchSizeSchedule":
+        """batch_size * factor ** floor(t / every), held at ``max_batch_size`` once it reaches it (without a
+        maximum, the sizes stop at batch_size * factor ** 16: each size is one compile)."""
+        owner = "BatchSizeSchedule.increase"
+        size = check_count(owner, "batch_size", batch_size)
+        factor = check_count(owner, "factor", factor, minimum=2)
+        every = check_count(owner, "every", every)
+        cap = size * factor ** 16 if max_batch_size is None else check_count(owner, "max_batch_size", max_batch_size,
+                                                                            minimum=size)
+        sizes, epoch = {0: size}, 0
+        while size < cap:
+            size, epoch = min(size * factor, cap), epoch + every
+            sizes[epoch] = size
+        return cls(sizes)
+
+    def __call__(self, t: int) -> int:
+        """The batch size of epoch ``t`` (0-based)."""
+        return next(b for e, b in reversed(self.sizes.items()) if e <= t)
+
+    def __repr__(self) -> str:
+        return f"BatchSizeSchedule({self.sizes})"
