@@ -6,6 +6,7 @@ from .layers import (
     BatchNorm,
     Context,
     Conv2D,
+    ConvTranspose2D,
     Dense,
     Dropout,
     Flatten,
@@ -17,7 +18,8 @@ from .layers import (
     RandomShift,
     Residual,
     Sequential,
+    Upsample,
 )
 
-__all__ = ["Activation", "AvgPool2D", "BatchNorm", "Context", "Conv2D", "Dense", "Dropout", "Flatten", "MaxPool2D",
-           "Maxout", "Module", "RandomFlip", "RandomLayer", "RandomShift", "Residual", "Sequential", "init"]
+__all__ = ["Activation", "AvgPool2D", "BatchNorm", "Context", "Conv2D", "ConvTranspose2D", "Dense", "Dropout", "Flatten", "MaxPool2D",
+           "Maxout", "Module", "RandomFlip", "RandomLayer", "RandomShift", "Residual", "Sequential", "Upsample", "init"]

@@ -24,7 +24,7 @@ from ..ops import elementwise as ew
 from ..ops import nn as nn_ops
 from ..ops import random as random_ops
 from ..ops import shape as shape_ops
-from ..ops.checks import integer, located, positive_int
+from ..ops.checks import int_pair, integer, located, positive_int
 from . import init as initializers
 
 
@@ -230,6 +230,78 @@ class Conv2D(Module):
 
     def describe(self):
         return f"Conv2D({self.filters}, {self.kernel[0]}x{self.kernel[1]}, stride={self.stride}, padding={self.padding})"
+
+
+class ConvTranspose2D(Module):
+    """Transposed 2-D convolution over NCHW input with a per-channel bias (learned upsampling, deck 002):
+    act(conv_transpose2d(x, W) + b), W [in_channels, filters, kh, kw]. The output is
+    (H - 1) stride - 2 padding + dilation (kh - 1) + output_padding + 1 rows (PyTorch's ConvTranspose2d)."""
+
+    kind = "conv_transpose2d"
+
+    def __init__(self, filters: int, kernel, stride=1, padding=0, output_padding=0, dilation=1, activation=None,
+                 init="he_normal", name=None):
+        super().__init__(name)
+        with located("ConvTranspose2D", ()):
+            self.filters = positive_int("filters", filters)
+            self.kernel = conv.pair(kernel, "kernel")
+            self.stride, self.padding, self.dilation, self.output_padding = (
+                conv.pair(v, n) for v, n in ((stride, "stride"), (padding, "padding"), (dilation, "dilation"),
+                                             (output_padding, "output_padding")))
+        self.activation, self.init = _activation(activation), initializers.get(init)
+
+    def _build(self, in_shape, rng, dtype):
+        if len(in_shape) != 3:
+            raise ShapeError(f"{self.name}: ConvTranspose2D expects [channels, height, width] inputs, "
+                             f"got {list(in_shape)}")
+        c, kh, kw = in_shape[0], *self.kernel
+        # Each output pixel sums about c kh kw / (sh sw) products: the fan-in the initialization scales by.
+        fan_in = max(1, c * kh * kw // (self.stride[0] * self.stride[1]))
+        self.add_param("W", self.init((c, self.filters, kh, kw), fan_in, self.filters * kh * kw, rng), dtype)
+        self.add_param("b", np.zeros(self.filters), dtype)
+        out_hw = [(in_shape[1 + k] - 1) * self.stride[k] - 2 * self.padding[k] + self.dilation[k] * (self.kernel[k] - 1)
+                  + self.output_padding[k] + 1 for k in range(2)]
+        if min(out_hw) < 1:
+            raise ShapeError(f"{self.name}: padding {self.padding} leaves an empty output for input {list(in_shape)}")
+        return (self.filters, *out_hw)
+
+    def forward(self, x, ctx):
+        y = conv.conv_transpose2d(x, self.param(ctx, "W"), self.stride, self.padding, self.output_padding,
+                                  self.dilation)
+        y = y + shape_ops.reshape(self.param(ctx, "b"), (1, self.filters, 1, 1))
+        return self.activation(y) if self.activation else y
+
+    def describe(self):
+        return (f"ConvTranspose2D({self.filters}, {self.kernel[0]}x{self.kernel[1]}, stride={self.stride}, "
+                f"padding={self.padding})")
+
+
+class Upsample(Module):
+    """Nearest-neighbour upsampling of NCHW input by integer factors (deck 002's "unpooling"): every pixel
+    becomes a factor_h x factor_w block of copies. No parameters; over reshape and broadcast_to, so its
+    gradient sums each block back onto its pixel."""
+
+    kind = "upsample"
+
+    def __init__(self, factor=2, name=None):
+        super().__init__(name)
+        with located("Upsample", ()):
+            self.factor = int_pair("factor", factor, 1)
+
+    def _build(self, in_shape, rng, dtype):
+        if len(in_shape) != 3:
+            raise ShapeError(f"{self.name}: Upsample expects [channels, height, width] inputs, got {list(in_shape)}")
+        c, h, w = in_shape
+        return (c, h * self.factor[0], w * self.factor[1])
+
+    def forward(self, x, ctx):
+        n, c, h, w = x.shape
+        fh, fw = self.factor
+        blocks = reduce.broadcast_to(shape_ops.reshape(x, (n, c, h, 1, w, 1)), (n, c, h, fh, w, fw))
+        return shape_ops.reshape(blocks, (n, c, h * fh, w * fw))
+
+    def describe(self):
+        return f"Upsample({self.factor[0]}x{self.factor[1]})"
 
 
 class _Pool(Module):
