@@ -261,3 +261,20 @@ def test_a_conv_autoencoder_with_upsample_and_conv_transpose_trains_the_same_on_
     losses = [(float(cpu(xs)), float(ref(xs))) for _ in range(30)]
     np.testing.assert_allclose([c for c, _ in losses], [r for _, r in losses], rtol=1e-9)
     assert losses[-1][0] < 0.7 * losses[0][0]
+
+
+def test_a_scheduled_run_resumed_from_its_checkpoint_equals_the_uninterrupted_run(tmp_path):
+    def run(epochs, **kw):
+        model = mlp()
+        history = graphc.fit(model, data(), epochs=epochs, batch_size=BatchSizeSchedule(SIZES),
+                             optimizer=optim.Momentum(LR, MU), seed=SEED, backend="reference", verbose=False, **kw)
+        return model, history
+
+    whole, whole_history = run(len(SIZES))
+    path = str(tmp_path / "ckpt.npz")
+    run(2, checkpoint=path)  # sizes 4 and 6; the resumed run continues with 4 and 10
+    resumed, resumed_history = run(len(SIZES), checkpoint=path, resume=True)
+    assert resumed_history["batch_size"] == whole_history["batch_size"] == [4.0, 6.0, 4.0, 10.0]
+    np.testing.assert_array_equal(resumed_history["loss"], whole_history["loss"])
+    for k, v in resumed.named_values().items():
+        np.testing.assert_array_equal(v, whole.named_values()[k], err_msg=k)

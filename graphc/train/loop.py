@@ -192,7 +192,7 @@ class Trainer:
 
     def step_executable(self, batch_size: int, backend: str | None = None):
         """The compiled training step for ``batch_size`` rows. The first one compiled holds the trainer's
-        state (``self.state`` is its parameter store); others run through :meth:`run_step`."""
+        state (``self.state`` is its parameter store); the others run on it through :meth:`_on_state`."""
         if self.model.frozen_names() != self._frozen:
             self._follow_frozen_set()
         key = (batch_size, backend or self.backend)
