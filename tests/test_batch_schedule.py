@@ -201,6 +201,15 @@ def test_conv_transpose2d_layer_equals_the_scatter_definition(stride, padding, o
     assert layer.values["W"].shape == (3, 2, 3, 2)  # [in, out, kh, kw], conv_transpose2d's layout
 
 
+def test_conv_transpose2d_is_he_initialized_for_the_products_one_output_pixel_sums():
+    # stride 2, kernel 4: each output pixel sums 32 channels x 16 taps / 4 = 128 products, so W ~ N(0, 2/128)
+    layer = ConvTranspose2D(64, 4, stride=2, padding=1)
+    Sequential([layer], input_shape=(32, 5, 5), seed=0)
+    assert layer.values["W"].shape == (32, 64, 4, 4) and layer.values["W"].dtype == np.float32
+    assert abs(layer.values["W"].std() / np.sqrt(2 / 128) - 1) < 0.03  # 32768 draws: a 0.4% standard error
+    np.testing.assert_array_equal(layer.values["b"], np.zeros(64))
+
+
 def test_upsample_repeats_every_pixel_into_a_block():
     x = np.random.default_rng(1).normal(size=(2, 3, 2, 3))
     layer = Upsample((2, 3))

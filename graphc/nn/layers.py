@@ -272,8 +272,8 @@ class ConvTranspose2D(Module):
         return self.activation(y) if self.activation else y
 
     def describe(self):
-        return (f"ConvTranspose2D({self.filters}, {self.kernel[0]}x{self.kernel[1]}, stride={self.stride}, "
-                f"padding={self.padding})")
+        square = [v[0] if v[0] == v[1] else v for v in (self.stride, self.padding)]  # as the user wrote them
+        return f"ConvTranspose2D({self.filters}, {self.kernel[0]}x{self.kernel[1]}, stride={square[0]}, padding={square[1]})"
 
 
 class Upsample(Module):
