@@ -88,20 +88,27 @@ def numpy_loss_and_gradients(v: dict[str, np.ndarray], x: np.ndarray, y: np.ndar
     return -logp[np.arange(len(y)), y].mean(), grads
 
 
-def numpy_fit(v: dict[str, np.ndarray], x, y, sizes: list[int]) -> list[float]:
-    """Momentum SGD (v <- mu v - lr g; p <- p + v) over shuffled minibatches, the partial last batch
-    included, one epoch per entry of ``sizes``; returns each epoch's row-weighted mean loss."""
+def epoch_batches(perm: np.ndarray, size: int, last_batch: str) -> list[np.ndarray]:
+    """fit's documented minibatches: the leftover rows as a smaller batch ("partial"), skipped ("drop"),
+    or completed from the start of the permutation ("wrap")."""
+    starts = range(0, len(perm) - size + 1 if last_batch == "drop" else len(perm), size)
+    rows = np.concatenate([perm, perm]) if last_batch == "wrap" else perm
+    return [rows[start:start + size] for start in starts]
+
+
+def numpy_fit(v: dict[str, np.ndarray], x, y, sizes: list[int], last_batch: str = "partial") -> list[float]:
+    """Momentum SGD (v <- mu v - lr g; p <- p + v) over shuffled minibatches, one epoch per entry of
+    ``sizes``; returns each epoch's mean loss over the rows it trained on."""
     rng, velocity, losses = np.random.default_rng(SEED), {k: 0.0 for k in v}, []
     for size in sizes:
-        perm, total = rng.permutation(len(x)), 0.0
-        for start in range(0, len(x), size):
-            idx = perm[start:start + size]
+        total, rows = 0.0, 0
+        for idx in epoch_batches(rng.permutation(len(x)), size, last_batch):
             loss, g = numpy_loss_and_gradients(v, x[idx], y[idx])
-            total += loss * len(idx)
+            total, rows = total + loss * len(idx), rows + len(idx)
             for k in v:
                 velocity[k] = MU * velocity[k] - LR * g[k]
                 v[k] = v[k] + velocity[k]
-        losses.append(total / len(x))
+        losses.append(total / rows)
     return losses
 
 
@@ -148,6 +155,20 @@ def test_training_across_batch_sizes_equals_numpy_float64_minibatch_momentum(sch
     losses = numpy_fit(expected, x, y, [SIZES[t] for t in range(len(SIZES))])
     np.testing.assert_allclose(history["loss"], losses, rtol=1e-10)
     for k, v in model.named_values().items():  # parameters and momentum carried over between sizes
+        np.testing.assert_allclose(v, expected[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("last_batch", ["drop", "wrap"])
+def test_last_batch_applies_at_each_size_of_the_schedule(scheduled_fit, last_batch):
+    # scheduled_fit first: its on-disk cache holds these steps (last_batch does not change the step graph)
+    model = mlp()
+    expected = {k: v.copy() for k, v in model.named_values().items()}
+    history = graphc.fit(model, data(), epochs=len(SIZES), batch_size=BatchSizeSchedule(SIZES),
+                         optimizer=optim.Momentum(LR, MU), seed=SEED, backend="cpu", verbose=False,
+                         last_batch=last_batch)
+    losses = numpy_fit(expected, *data(), [SIZES[t] for t in range(len(SIZES))], last_batch)
+    np.testing.assert_allclose(history["loss"], losses, rtol=1e-10)
+    for k, v in model.named_values().items():
         np.testing.assert_allclose(v, expected[k], rtol=1e-9, atol=1e-12, err_msg=k)
 
 
