@@ -254,13 +254,18 @@ def test_the_layers_gradients_equal_float64_central_differences(layer):
     assert result.ok, result
 
 
-def test_layer_arguments_are_checked():
-    with pytest.raises(graphc.GraphcError, match=r"Upsample.*factor"):
+def test_layer_arguments_and_input_shapes_are_checked_at_the_users_line():
+    with pytest.raises(graphc.ShapeError, match=r"Upsample: factor must be >= 1, got 0\n  at .*" + HERE):
         Upsample(0)
-    with pytest.raises(graphc.GraphcError, match=r"ConvTranspose2D.*filters"):
+    with pytest.raises(graphc.ShapeError, match=r"ConvTranspose2D: filters must be >= 1, got 0\n  at .*" + HERE):
         ConvTranspose2D(0, 3)
-    with pytest.raises(graphc.ShapeError, match=r"ConvTranspose2D expects \[channels, height, width\] inputs, got \[4\]"):
+    with pytest.raises(graphc.ShapeError, match=r"ConvTranspose2D expects \[channels, height, width\] inputs, "
+                                                r"got \[4\]\n  at .*" + HERE):
         Sequential([ConvTranspose2D(2, 3)], input_shape=(4,))
+    with pytest.raises(graphc.ShapeError, match=r"upsample_1: Upsample expects .* got \[3, 4\]\n  at .*" + HERE):
+        Sequential([Upsample(2)], input_shape=(3, 4))
+    with pytest.raises(graphc.ShapeError, match=r"padding \(3, 3\) leaves an empty output for input \[1, 2, 2\]"):
+        Sequential([ConvTranspose2D(1, 2, padding=3)], input_shape=(1, 2, 2))
 
 
 # -- a tiny convolutional autoencoder trains, cpu and reference step for step ----------------------------------------

@@ -19,6 +19,7 @@ import numpy as np
 from .. import dsl
 from ..dsl import Tensor
 from ..ir import ShapeError, current_graph, user_location
+from ..ir.errors import line_text
 from ..ops import conv, linalg, reduce
 from ..ops import elementwise as ew
 from ..ops import nn as nn_ops
@@ -253,7 +254,7 @@ class ConvTranspose2D(Module):
     def _build(self, in_shape, rng, dtype):
         if len(in_shape) != 3:
             raise ShapeError(f"{self.name}: ConvTranspose2D expects [channels, height, width] inputs, "
-                             f"got {list(in_shape)}")
+                             f"got {list(in_shape)}{line_text(self.loc)}")
         c, kh, kw = in_shape[0], *self.kernel
         # Each output pixel sums about c kh kw / (sh sw) products: the fan-in the initialization scales by.
         fan_in = max(1, c * kh * kw // (self.stride[0] * self.stride[1]))
@@ -262,7 +263,8 @@ class ConvTranspose2D(Module):
         out_hw = [(in_shape[1 + k] - 1) * self.stride[k] - 2 * self.padding[k] + self.dilation[k] * (self.kernel[k] - 1)
                   + self.output_padding[k] + 1 for k in range(2)]
         if min(out_hw) < 1:
-            raise ShapeError(f"{self.name}: padding {self.padding} leaves an empty output for input {list(in_shape)}")
+            raise ShapeError(f"{self.name}: padding {self.padding} leaves an empty output for input {list(in_shape)}"
+                             f"{line_text(self.loc)}")
         return (self.filters, *out_hw)
 
     def forward(self, x, ctx):
@@ -290,7 +292,8 @@ class Upsample(Module):
 
     def _build(self, in_shape, rng, dtype):
         if len(in_shape) != 3:
-            raise ShapeError(f"{self.name}: Upsample expects [channels, height, width] inputs, got {list(in_shape)}")
+            raise ShapeError(f"{self.name}: Upsample expects [channels, height, width] inputs, got {list(in_shape)}"
+                             f"{line_text(self.loc)}")
         c, h, w = in_shape
         return (c, h * self.factor[0], w * self.factor[1])
 
