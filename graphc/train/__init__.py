@@ -1,5 +1,5 @@
 """Training: fit, evaluate, predict, early stopping, checkpoints, learning-rate schedules."""
-from . import schedules
+from . import losses, schedules
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .loop import (
     EarlyStopping,
@@ -12,7 +12,9 @@ from .loop import (
     initial_loss_check,
     overfit_check,
     predict,
+    predict_outputs,
 )
 
 __all__ = ["CheckpointError", "EarlyStopping", "History", "Trainer", "build_eval", "build_train_step", "evaluate",
-           "fit", "initial_loss_check", "load_checkpoint", "overfit_check", "predict", "save_checkpoint", "schedules"]
+           "fit", "initial_loss_check", "load_checkpoint", "losses", "overfit_check", "predict", "predict_outputs",
+           "save_checkpoint", "schedules"]

@@ -106,8 +106,9 @@ def values(y: Any, rows: int, row_shape: tuple[int, ...], dtype: np.dtype, where
         bad = np.flatnonzero(~((arr >= lo) & (arr <= hi)))
         if bad.size:
             index = [int(i) for i in np.unravel_index(bad[0], arr.shape)]
-            raise InputError(f"{where}: {arg}{index} = {arr.flat[bad[0]]!r} is outside [{lo:g}, {hi:g}], the targets "
-                             f"{what} takes; {bad.size} of {arr.size} are{user_line_text()}")
+            raise InputError(f"{where}: {arg}{index} = {float(arr.flat[bad[0]]):g} is outside [{lo:g}, {hi:g}]: {what} "
+                             f"takes targets in [{lo:g}, {hi:g}]; {bad.size} of {arr.size} are outside"
+                             f"{user_line_text()}")
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
