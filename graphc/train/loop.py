@@ -682,7 +682,7 @@ def evaluate(model: Module, data: tuple[np.ndarray, np.ndarray], batch_size: int
 def predict(model: Module, x: np.ndarray, batch_size: int = 1000, backend: str | None = None) -> np.ndarray:
     """The model's class predictions (argmax of its outputs) for ``x`` [N, *input_shape]; 0 rows give an
     empty array. For a regression model's values, see :func:`predict_outputs`."""
-    return predict_outputs(model, x, batch_size, backend).argmax(axis=1)
+    return _trainer_of(model, backend).predict_logits(x, batch_size).argmax(axis=1)
 
 
 def predict_outputs(model: Module, x: np.ndarray, batch_size: int = 1000, backend: str | None = None) -> np.ndarray:
