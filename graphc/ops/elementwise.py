@@ -273,6 +273,7 @@ def derivative_op(op_name: str, i: int) -> str | None:
     if not is_registered(name):
         # define() rebuilds the same symbols (same names and assumptions), so `d` is used as it is.
         define(name, lambda *_: d, arity=len(op.symbols), params=op.params, dtype_rule=dtype_float,
+               input_names=[str(s) for s in op.symbols],
                doc=f"d{op_name}/d{op.symbols[i]} = {d}", notes=f"derivative of {op_name}, derived by SymPy")
     return name
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -81,7 +81,7 @@ def param_group(owner: str, index: int, spec: Mapping[str, Any] | ParamGroup) ->
         raise ParamGroupError(f"{where}: unknown setting(s) {sorted(unknown)}; a group may set "
                               f"{sorted(GROUP_RANGES)}{user_line_text()}")
     params = spec["params"]
-    params = (params,) if isinstance(params, (str, Tensor)) else tuple(params)
+    params = (params,) if isinstance(params, (str, Tensor)) else tuple(params) if isinstance(params, Iterable) else ()
     if not params or not all(isinstance(q, (str, Tensor)) for q in params):
         raise ParamGroupError(f"{where}: 'params' must be name patterns (str) or parameter tensors; "
                               f"got {spec['params']!r}{user_line_text()}")
