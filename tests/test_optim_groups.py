@@ -82,13 +82,15 @@ def adam_direction(g, state, k, step, b1, b2, eps):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_parameter_groups_have_their_own_rate_and_weight_decay(backend):
-    """Momentum 0.8, lr 0.1, weight decay 0.02; W's group (a name pattern) runs at 3x the fed rate
-    (lr 0.3 against the optimizer's 0.1), b's group (a tensor) has weight decay 0.5 at the fed rate."""
+    """Momentum 0.8, lr 0.1, weight decay 0.02; group 0 (a name pattern, W) runs at 3x the fed rate
+    (lr 0.3 against the optimizer's 0.1), group 1 (a tensor, b) has weight decay 0.5; group 2 (a pattern
+    selecting b again) sets b's rate to 2x: overlapping groups that set different things combine."""
     x, t, w0, b0 = data()
     exe = compiled_step(backend, w0, b0, lambda loss, w, b, lr: optim.Momentum(
         lr=0.1, momentum=0.8, weight_decay=0.02,
-        groups=[{"params": "*.W", "lr": 0.3}, {"params": [b], "weight_decay": 0.5}]).minimize(loss, [w, b], lr))
-    rate = {"lin.W": 3.0, "lin.b": 1.0}
+        groups=[{"params": "*.W", "lr": 0.3}, {"params": [b], "weight_decay": 0.5},
+                {"params": ["*.b"], "lr": 0.2}]).minimize(loss, [w, b], lr))
+    rate = {"lin.W": 3.0, "lin.b": 2.0}
     decay = {"lin.W": 0.02, "lin.b": 0.5}
 
     def rule(p, g, state, k, lr, step):  # v <- mu v - lr (g + wd p); p <- p + v
@@ -98,7 +100,7 @@ def test_parameter_groups_have_their_own_rate_and_weight_decay(backend):
 
     want = numpy_trajectory(x, t, w0, b0, LRS, rule)
     assert_same(graphc_trajectory(exe, x, t, LRS), want)
-    rate.update({"lin.W": 1.0})
+    rate.update({"lin.W": 1.0, "lin.b": 1.0})
     decay.update({"lin.b": 0.02})
     without_groups = numpy_trajectory(x, t, w0, b0, LRS, rule)
     assert all(np.abs(without_groups[-1][k] - want[-1][k]).max() > 1e-3 for k in want[-1])  # groups mattered
@@ -269,10 +271,13 @@ def test_a_group_that_selects_no_parameter_is_an_error():
         minimize_in_a_graph(lambda b: optim.SGD(groups=[{"params": "*.W"}, {"params": "*.bias", "lr": 0.1}]))
 
 
-def test_a_parameter_in_two_groups_is_an_error():
-    with pytest.raises(ParamGroupError, match=r"parameter 'lin\.b' is in group 0 \(lin\.\*\) and group 1 "
-                                              r"\('lin\.b'\); a parameter belongs to one group\n  at .*test_optim_groups\.py:\d+"):
-        minimize_in_a_graph(lambda b: optim.Adam(groups=[{"params": "lin.*"}, {"params": [b], "lr": 0.1}]))
+def test_two_groups_setting_the_same_thing_for_a_parameter_is_an_error():
+    with pytest.raises(ParamGroupError, match=r"Adam: parameter 'lin\.b' gets lr from group 0 \(lin\.\*\) and from "
+                                              r"group 2 \('lin\.b'\); one group may set each setting of a "
+                                              r"parameter\n  at .*test_optim_groups\.py:\d+"):
+        minimize_in_a_graph(lambda b: optim.Adam(groups=[{"params": "lin.*", "lr": 0.2},
+                                                         {"params": "*.b", "weight_decay": 0.0},
+                                                         {"params": [b], "lr": 0.1}]))
 
 
 def test_a_parameter_updated_by_two_optimizers_is_an_error():

@@ -15,7 +15,8 @@ Every hyper-parameter is checked against its range (``RANGES``) when it is given
 :class:`HyperparameterError` naming the optimizer, the argument and the allowed range.
 
 Parameter groups give some parameters their own rate or weight decay (PyTorch's param groups, chosen
-by name so that they work with ``fit``, which builds the parameters itself)::
+by name so that they work with ``fit``, which builds the parameters itself; groups may overlap where
+they set different things)::
 
     Adam(lr=1e-3, groups=[{"params": "conv*", "lr": 1e-4},        # fnmatch patterns of names,
                           {"params": ["*.b"], "weight_decay": 0.0}])  # or the parameter tensors
@@ -43,8 +44,8 @@ from .hyperparams import NON_NEGATIVE, POSITIVE, UNIT, HyperparameterError, Rang
 
 
 class ParamGroupError(GraphcError, ValueError):
-    """A parameter group that selects nothing or overlaps another, an unknown group setting, or a
-    parameter that another optimizer already updates."""
+    """A parameter group that selects nothing, two groups setting the same thing for one parameter, an
+    unknown group setting, or a parameter that another optimizer already updates."""
 
 
 #: the settings a group may override, with their ranges
@@ -63,6 +64,10 @@ class ParamGroup:
     def selects(self, p: Tensor) -> bool:
         return any(p.node is getattr(q, "node", None) if not isinstance(q, str) else fnmatch.fnmatchcase(p.name, q)
                    for q in self.params)
+
+    def settings(self) -> list[str]:
+        """The settings this group sets (the others are the optimizer's)."""
+        return [k for k in GROUP_RANGES if getattr(self, k) is not None]
 
     def describe(self) -> str:
         return ", ".join(q if isinstance(q, str) else repr(q.name) for q in self.params)
@@ -150,10 +155,13 @@ class Optimizer:
         return grads
 
     def settings_of(self, params: Sequence[Tensor]) -> list[tuple[float, float]]:
-        """(rate factor, weight decay) of each parameter: its group's, or (1, ``self.weight_decay``).
-        A group that selects none of ``params``, or a parameter that two groups select, is an error."""
+        """(rate factor, weight decay) of each parameter, from the groups that select it, else the optimizer's.
+
+        Groups may overlap when they set different things ("conv*" a lower rate, "*.b" no decay: a conv
+        bias gets both); a group that selects none of ``params``, or two groups setting the same thing
+        for one parameter, is an error."""
         owner = type(self).__name__
-        chosen: list[int | None] = [None] * len(params)
+        chosen: list[dict[str, int]] = [{} for _ in params]  # per parameter: setting -> the group that sets it
         for k, group in enumerate(self.groups):
             hits = [i for i, p in enumerate(params) if group.selects(p)]
             if not hits:
@@ -161,16 +169,19 @@ class Optimizer:
                 raise ParamGroupError(f"{owner} group {k} ({group.describe()}) selects none of the parameters "
                                       f"it optimizes: {names}{user_line_text()}")
             for i in hits:
-                if chosen[i] is not None:
-                    raise ParamGroupError(f"{owner}: parameter {params[i].name!r} is in group {chosen[i]} "
-                                          f"({self.groups[chosen[i]].describe()}) and group {k} "
-                                          f"({group.describe()}); a parameter belongs to one group{user_line_text()}")
-                chosen[i] = k
+                for setting in group.settings():
+                    if setting in chosen[i]:
+                        first = chosen[i][setting]
+                        raise ParamGroupError(
+                            f"{owner}: parameter {params[i].name!r} gets {setting} from group {first} "
+                            f"({self.groups[first].describe()}) and from group {k} ({group.describe()}); one group "
+                            f"may set each setting of a parameter{user_line_text()}")
+                    chosen[i][setting] = k
         settings = []
-        for k in chosen:
-            group = self.groups[k] if k is not None else ParamGroup(())
-            scale = group.lr / self.lr if group.lr is not None else 1.0
-            settings.append((scale, self.weight_decay if group.weight_decay is None else group.weight_decay))
+        for by in chosen:
+            lr = self.groups[by["lr"]].lr if "lr" in by else self.lr
+            wd = self.groups[by["weight_decay"]].weight_decay if "weight_decay" in by else self.weight_decay
+            settings.append((lr / self.lr, wd))
         return settings
 
     def _check_not_updated(self, loss: Tensor, params: Sequence[Tensor]) -> None:
