@@ -254,6 +254,23 @@ def test_sigmoid_zxy_gradient_matches_central_differences(sigmoid_zxy_step):
     assert dv[6] > 0.1  # not vacuously zero: the slope at v = 0 is x e^-y' / (1 + e^-y')^2 ~ 0.39 * 1.25
 
 
+def test_sigmoid_zxy_fuses_with_its_neighbours_and_its_derivative_on_cpu():
+    """Defined by its SymPy expression, it fuses like any elementwise op: the optimized cpu graph computes
+    3 phi(v) + 1 and its gradient as two fused nodes, with the course's values."""
+    with graphc.Graph("sigmoid_zxy_fused") as g:
+        v = graphc.input("v", V.shape, "float64")
+        out = graphc.sigmoid_zxy(v, z=Z, x=X, y=Y) * 3.0 + 1.0
+        (dv,) = graphc.grad(graphc.sum(out), [v])
+        g.output(out, dv)
+    exe = graphc.compile([graphc.Tensor(o, g) for o in g.outputs], backend="cpu")
+    assert [n.op for n in exe.graph.nodes] == ["input", "fused", "fused"]
+    got, grad = exe(V)
+    np.testing.assert_allclose(got, 3.0 * course_sigmoid(V) + 1.0, rtol=1e-14)
+    h = 1e-6
+    np.testing.assert_allclose(grad, 3.0 * (course_sigmoid(V + h) - course_sigmoid(V - h)) / (2 * h),
+                               rtol=1e-6, atol=1e-9)
+
+
 # -- errors ----------------------------------------------------------------------------------------------------
 
 def minimize_in_a_graph(make_optimizer, second=None):
