@@ -62,8 +62,8 @@ class ParamGroup:
     weight_decay: float | None = None
 
     def selects(self, p: Tensor) -> bool:
-        return any(p.node is getattr(q, "node", None) if not isinstance(q, str) else fnmatch.fnmatchcase(p.name, q)
-                   for q in self.params)
+        """Whether parameter ``p`` is this tensor or its name matches one of the patterns."""
+        return any(fnmatch.fnmatchcase(p.name, q) if isinstance(q, str) else p.node is q.node for q in self.params)
 
     def settings(self) -> list[str]:
         """The settings this group sets (the others are the optimizer's)."""
