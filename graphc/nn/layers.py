@@ -3,6 +3,9 @@
 A layer is built once for an input shape (which creates its initial parameter values, seeded);
 calling it on a symbolic tensor adds its nodes to the tensor's graph, with graph parameters
 named ``<layer>.<param>`` (e.g. ``dense_1.W``).
+
+A frozen layer (:meth:`Module.freeze`, for transfer learning) declares its parameters as
+non-trainable: a training step built from it has no gradient nodes and no update for them.
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ class Module:
         self.trainable: dict[str, bool] = {}
         self.in_shape: tuple[int, ...] | None = None
         self.out_shape: tuple[int, ...] | None = None
+        self._frozen = False
 
     # -- building ------------------------------------------------------------------------------------------
     def build(self, in_shape: tuple[int, ...], rng: np.random.Generator, dtype=np.float32) -> tuple[int, ...]:
@@ -86,9 +90,35 @@ class Module:
             in_graphs = self.__dict__.setdefault("_graph_params", weakref.WeakKeyDictionary())
             made = in_graphs.setdefault(current_graph(), {}) if current_graph() is not None else {}
             if key not in made:
-                made[key] = dsl.param(key, self.values[name], trainable=self.trainable[name])
+                trainable = self.trainable[name] and not self._frozen
+                made[key] = dsl.param(key, self.values[name], trainable=trainable)
             ctx._params[key] = made[key]
         return ctx._params[key]
+
+    # -- transfer learning: freezing --------------------------------------------------------------------------
+    def freeze(self) -> "Module":
+        """Freeze this module and every module inside it: graphs built from now on declare their parameters
+        non-trainable, so a training step has no gradient nodes and no update for them (their values stay
+        exactly as they are). A frozen BatchNorm normalizes with its running statistics and leaves them
+        unchanged. A Trainer whose step was compiled for another frozen set compiles a new one. Returns self."""
+        for m in self.modules():
+            m._frozen = True
+        return self
+
+    def unfreeze(self) -> "Module":
+        """Undo :meth:`freeze` for this module and every module inside it. Returns self."""
+        for m in self.modules():
+            m._frozen = False
+        return self
+
+    @property
+    def frozen(self) -> bool:
+        """Whether this module and every module inside it are frozen (a model with one frozen layer is not)."""
+        return all(m._frozen for m in self.modules())
+
+    def frozen_names(self) -> tuple[str, ...]:
+        """The graph names (``<layer>.<param>``) of the frozen parameters, in model order."""
+        return tuple(f"{m.name}.{k}" for m in self.modules() if m._frozen for k in m.values)
 
     # -- introspection ----------------------------------------------------------------------------------------
     def modules(self) -> list["Module"]:
@@ -354,7 +384,7 @@ class BatchNorm(Module):
     def forward(self, x, ctx):
         gamma, beta = self.param(ctx, "gamma"), self.param(ctx, "beta")
         rm, rv = self.param(ctx, "running_mean"), self.param(ctx, "running_var")
-        if not ctx.training:
+        if not ctx.training or self._frozen:  # frozen: as in evaluation (Keras' rule), the statistics untouched
             return nn_ops.batch_norm(x, gamma, beta, rm, rv, self.eps, training=False)
         axes = (0,) + tuple(range(2, x.ndim))
         n = int(np.prod([x.shape[a] for a in axes]))
@@ -409,11 +439,16 @@ class Sequential(Module):
         """Each layer's output shape and parameter count, like Keras' model.summary()."""
         rows = [("layer", "output shape", "params")]
         for layer in self.layers:
-            rows.append((f"{layer.name} {layer.describe()}", str(list(layer.out_shape)), f"{layer.parameter_count():,}"))
+            frozen = " (frozen)" if layer.frozen and layer.named_values() else ""
+            rows.append((f"{layer.name} {layer.describe()}{frozen}", str(list(layer.out_shape)), f"{layer.parameter_count():,}"))
         widths = [max(len(r[k]) for r in rows) for k in range(3)]
         lines = ["  ".join(c.ljust(w) if k < 2 else c.rjust(w) for k, (c, w) in enumerate(zip(r, widths))) for r in rows]
         rule = "-" * len(lines[0])
-        return "\n".join([lines[0], rule, *lines[1:], rule, f"total trainable parameters: {self.parameter_count():,}"])
+        total = [f"total trainable parameters: {self.parameter_count():,}"]
+        frozen = sum(int(v.size) for m in self.modules() if m._frozen for k, v in m.values.items() if m.trainable[k])
+        if frozen:
+            total.append(f"of which frozen: {frozen:,}")
+        return "\n".join([lines[0], rule, *lines[1:], rule, *total])
 
 
 class Residual(Module):

@@ -1,6 +1,6 @@
 """Training: fit, evaluate, predict, early stopping, checkpoints, learning-rate schedules."""
 from . import losses, schedules
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_layers, save_checkpoint
 from .loop import (
     EarlyStopping,
     History,
@@ -16,5 +16,5 @@ from .loop import (
 )
 
 __all__ = ["CheckpointError", "EarlyStopping", "History", "Trainer", "build_eval", "build_train_step", "evaluate",
-           "fit", "initial_loss_check", "load_checkpoint", "losses", "overfit_check", "predict", "predict_outputs",
-           "save_checkpoint", "schedules"]
+           "fit", "initial_loss_check", "load_checkpoint", "load_layers", "losses", "overfit_check", "predict",
+           "predict_outputs", "save_checkpoint", "schedules"]

@@ -6,19 +6,22 @@ The file is written to a temporary name and renamed over the old one, so a proce
 mid-write leaves the previous checkpoint whole. Loading verifies the manifest and every checksum
 and refuses a truncated or altered file with a clear error; :func:`check_arrays` then refuses one
 that is whole but does not fit the model (a missing array, another shape or dtype, NaN or Inf).
+:func:`load_layers` copies some layers' weights from a checkpoint of another model (transfer learning).
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..backends.finite import first_bad
 from ..io import atomic_write
 from ..ir import GraphcError
+from ..nn.layers import Module
+from ..optim.hyperparams import user_line_text
 
 FORMAT = "graphc-checkpoint-1"
 MANIFEST = "__manifest__"
@@ -111,3 +114,60 @@ def check_arrays(path: str, arrays: dict[str, np.ndarray], expected: dict[str, n
             bad = int(np.count_nonzero(~np.isfinite(arrays[k])))
             raise CheckpointError(f"checkpoint {path}: array {k!r} holds {value} at index {first} "
                                   f"({bad} of {arrays[k].size} values are NaN or Inf): not resumable")
+
+
+def load_layers(model: Module, path: str, layers: str | Sequence[str] | Mapping[str, str]) -> list[str]:
+    """Copy the weights of the layers named ``layers`` from the checkpoint at ``path`` into ``model``
+    (transfer learning: a trunk trained by another model). The checkpoint is one written by ``fit``
+    (``checkpoint=``) or ``save_checkpoint(path, model.named_values())``; its arrays are named like graph
+    parameters, ``<layer>.<param>``. ``layers`` is a layer name, a list of them (the same names in both
+    models), or a mapping ``{layer of model: layer in the checkpoint}``. A named layer's inner layers (a
+    Residual's body) come with it; optimizer state does not.
+
+    All or nothing: a layer missing from the model or the checkpoint, a parameter of another shape or dtype,
+    or a NaN or Inf raise a :class:`CheckpointError` naming it, and nothing is copied. Returns the names of
+    the parameters copied."""
+    arrays, _ = load_checkpoint(path)
+    pairs = _layer_pairs(model, path, arrays, layers)
+    for (module, k), source in pairs.items():
+        target, value = f"{module.name}.{k}", arrays[source]
+        if value.shape != module.values[k].shape:
+            raise CheckpointError(f"load_layers: {source} in checkpoint {path} is {list(value.shape)} but the model's "
+                                  f"{target} is {list(module.values[k].shape)}{user_line_text()}")
+    check_arrays(path, {f"{m.name}.{k}": arrays[source] for (m, k), source in pairs.items()},
+                 {f"{m.name}.{k}": m.values[k] for (m, k) in pairs})
+    for (module, k), source in pairs.items():
+        module.values[k] = arrays[source].copy()
+    return [f"{m.name}.{k}" for (m, k) in pairs]
+
+
+def _layer_pairs(model: Module, path: str, arrays: dict[str, np.ndarray],
+                 layers: str | Sequence[str] | Mapping[str, str]) -> dict[tuple[Module, str], str]:
+    """(module, parameter) of the model -> the checkpoint array it is loaded from, for every named layer
+    and the layers inside it; refuses a name the model or the checkpoint lacks."""
+    names = {layers: layers} if isinstance(layers, str) else dict(layers) if isinstance(layers, Mapping) \
+        else {n: n for n in layers}
+    by_name = {m.name: m for m in model.modules()}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise CheckpointError(f"load_layers: the model has no layer {', '.join(map(repr, unknown))}; its layers: "
+                              f"{[m.name for m in model.modules()[1:]]}{user_line_text()}")
+    pairs: dict[tuple[Module, str], str] = {}
+    for target, source in names.items():
+        for sub in by_name[target].modules():
+            for k in sub.values:
+                pairs[(sub, k)] = f"{_source_layer(sub.name, target, source)}.{k}"
+    missing = sorted({source for source in pairs.values() if source not in arrays})
+    if missing:
+        weights = sorted(k for k in arrays if k.rsplit(".", 1)[0] not in arrays and not k.startswith("__"))
+        raise CheckpointError(f"load_layers: checkpoint {path} has no {', '.join(map(repr, missing))}: no layer of that "
+                              f"name (its weights: {weights}){user_line_text()}")
+    return pairs
+
+
+def _source_layer(name: str, target: str, source: str) -> str:
+    """The checkpoint's name for layer ``name`` of the model, inside the layer ``target`` loaded from ``source``:
+    an inner layer named ``<target>.<inner>`` (a Residual's) is ``<source>.<inner>``; others keep their name."""
+    if name == target:
+        return source
+    return source + name[len(target):] if name.startswith(target + ".") else name

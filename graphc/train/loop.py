@@ -142,6 +142,10 @@ def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss:
         output = model(x, ctx)
         objective = loss_defs.objective(spec, output, y)
         params = [t for t in ctx._params.values() if t.node.attrs.get("trainable", True)]
+        if not params and model.frozen_names():
+            raise HyperparameterError(f"fit: every parameter of {model.name} is frozen, so a training step would "
+                                      f"change nothing; unfreeze the layers to train (e.g. model.layers[-1]"
+                                      f".unfreeze()){user_line_text()}")
         if l2:
             weights = [p for p in params if p.name.endswith(".W")]
             objective = objective + nn_ops.l2_penalty(weights, l2)
@@ -198,6 +202,8 @@ class Trainer:
         self._eval: dict[int, Any] = {}
         self.state: dict[str, np.ndarray] | None = None  # parameters + optimizer state, by name
         self.step_count = 0
+        self._frozen = model.frozen_names()  # the frozen set the compiled steps were built for
+        self._set_aside: dict[str, np.ndarray] = {}  # state no compiled step holds: frozen parameters' slots
 
     def _compile(self, graph: Graph, backend: str | None = None):
         outs = [dsl.Tensor(o, graph) for o in graph.outputs]
@@ -206,15 +212,35 @@ class Trainer:
     def step_executable(self, batch_size: int, backend: str | None = None):
         """The compiled training step for ``batch_size`` rows. The first one compiled holds the trainer's
         state (``self.state`` is its parameter store); others run through :meth:`run_step`."""
+        if self.model.frozen_names() != self._frozen:
+            self._follow_frozen_set()
         key = (batch_size, backend or self.backend)
         if key not in self._steps:
             exe = self._compile(build_train_step(self.model, batch_size, self.optimizer, self.loss, self.l2,
                                                  name=f"train_step_b{batch_size}", metrics=self.metrics,
                                                  target=self.target), backend)
             if self.state is None:
-                self.state = exe.params
+                self.state = self._take_over(exe.params)
             self._steps[key] = exe
         return self._steps[key]
+
+    def _follow_frozen_set(self) -> None:
+        """The model was frozen or unfrozen since its steps were compiled: they differentiate the old set,
+        so they are dropped; the next step compiled takes the state over (see :meth:`_take_over`)."""
+        self._frozen = self.model.frozen_names()
+        self._steps.clear()
+        if self.state is not None:
+            self._set_aside.update(self.state)
+            self.state = None
+
+    def _take_over(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A newly compiled step's store, holding the trained values of the step it replaces: parameters and
+        optimizer slots (a slot of a parameter that was frozen meanwhile resumes where it stopped). What the
+        new step lacks (the slots of newly frozen parameters) is set aside for when they are unfrozen."""
+        for k, v in params.items():
+            if k in self._set_aside:
+                v[...] = self._set_aside.pop(k)
+        return params
 
     def run_step(self, exe, feeds: dict):
         """One call of a step executable on the trainer's state (copied in and back out when the

@@ -289,7 +289,7 @@ def program_text(program: Program) -> str:
              f"{len(program.updates)} updates",
              f"  layout: parameter store {program.state_bytes} B, workspace {program.workspace_bytes} B"]
     seen: set[int] = set()
-    for buf in list(program.buffers.values()) + list(program.outputs):
+    for buf in list(program.buffers.values()) + list(program.outputs) + kernel_buffers(program):
         if id(buf) in seen:
             continue
         seen.add(id(buf))
@@ -298,6 +298,26 @@ def program_text(program: Program) -> str:
         lines.append(f"  # {kernel.title}")
         lines += statement_lines(kernel.body, 2)
     return "\n".join(lines)
+
+
+def kernel_buffers(program: Program) -> list[Buffer]:
+    """Every buffer the kernels touch, in order of first use: the values' and the per-kernel scratch
+    blocks (im2col columns, converted operands, snapshots), which belong to no node."""
+    found: dict[int, Buffer] = {}
+
+    def visit(body: Sequence) -> None:
+        for s in body:
+            if isinstance(s, Loop):
+                visit(s.body)
+            refs = [getattr(s, "buffer", None)] + [r.buffer for r in vars(s).values() if isinstance(r, Ref)]
+            refs += [a.buffer for a in getattr(s, "args", ()) if isinstance(a, Ref)]
+            for buf in refs:
+                if buf is not None:
+                    found.setdefault(id(buf), buf)
+
+    for kernel in program.kernels:
+        visit(kernel.body)
+    return list(found.values())
 
 
 def _place(buf: Buffer) -> str:
