@@ -239,6 +239,9 @@ def test_metrics_are_refused_where_they_mean_nothing():
     with pytest.raises(HyperparameterError, match=rf"metric 'acc' means nothing for loss='mse'.*\n  at .*{HERE}"):
         graphc.fit(make_model("mse"), (x, y), epochs=1, batch_size=N, backend="reference", verbose=False,
                    loss="mse", metrics=("acc",))
+    with pytest.raises(HyperparameterError, match=r"metrics must be a tuple of metric names .*got 'mae'"):
+        graphc.fit(make_model("mse"), (x, y), epochs=1, batch_size=N, backend="reference", verbose=False,
+                   loss="mse", metrics="mae")
     with pytest.raises(HyperparameterError, match=r"unknown metric 'r2'; the metrics are \['acc', 'mae'\]"):
         graphc.fit(make_model("mse"), (x, y), epochs=1, batch_size=N, backend="reference", verbose=False,
                    loss="mse", metrics=("r2",))

@@ -699,8 +699,10 @@ def _check_rng_state(path: str, state: dict, rng: np.random.Generator) -> None:
 
 def evaluate(model: Module, data: tuple[np.ndarray, np.ndarray], batch_size: int = 1000,
              backend: str | None = None) -> tuple[float, float]:
-    """(loss, accuracy) of ``model`` on ``data`` = (x, y): x [N, *input_shape] floats, y [N] integer
-    class indices in [0, classes). Array-likes are converted; anything else is refused with a graphc error."""
+    """(loss, accuracy) of ``model`` on ``data`` = (x, y): x [N, *input_shape] floats, y the targets of the
+    model's loss in fit (softmax cross-entropy's [N] integer class indices in [0, classes) for a model never
+    fitted). A loss without an accuracy (mse, a custom loss) is refused: see :meth:`Trainer.scores`.
+    Array-likes are converted; anything else is refused with a graphc error."""
     x, y = inputs.data_pair(data, "evaluate", "data")
     return _trainer_of(model, backend).evaluate(x, y, batch_size=batch_size)
 

@@ -99,7 +99,7 @@ def metrics_of(metrics: Any, loss: Loss) -> tuple[str, ...]:
     """fit's ``metrics`` argument checked against the loss (None: the loss's default metrics)."""
     if metrics is None:
         return loss.default_metrics
-    if isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics):
+    if not isinstance(metrics, (tuple, list)) or not all(isinstance(m, str) for m in metrics):
         raise HyperparameterError(f"fit: metrics must be a tuple of metric names from {list(METRICS)}, e.g. "
                                   f"metrics=('acc',); got {metrics!r}{user_line_text()}")
     for m in metrics:
