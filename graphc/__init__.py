@@ -66,6 +66,7 @@ from .ops.elementwise import (
     relu,
     selu,
     sigmoid,
+    sigmoid_zxy,
     sign,
     softplus,
     softsign,

@@ -249,5 +249,5 @@ def test_resume_without_a_checkpoint_starts_from_the_beginning(tmp_path):
 
 def test_fit_refuses_a_loss_it_cannot_train_with():
     model = Sequential([Dense(3)], input_shape=(2,))
-    with pytest.raises(ValueError, match="softmax_cross_entropy"):
-        graphc.fit(model, blobs(4, 0), epochs=1, loss="mse", backend=BACKEND, verbose=False)
+    with pytest.raises(ValueError, match="unknown loss='hinge'.*softmax_cross_entropy"):
+        graphc.fit(model, blobs(4, 0), epochs=1, loss="hinge", backend=BACKEND, verbose=False)

@@ -65,8 +65,8 @@ def dtype_cast(dtypes: Sequence[DType], attrs: Attrs) -> DType:
 _INPUT_NAMES = {1: ("x",), 2: ("x", "y"), 3: ("x", "y", "z")}
 
 
-def _symbols(arity: int) -> tuple[sp.Symbol, ...]:
-    return tuple(sp.Symbol(n, real=True) for n in _INPUT_NAMES[arity])
+def _symbols(arity: int, names: Sequence[str] | None = None) -> tuple[sp.Symbol, ...]:
+    return tuple(sp.Symbol(n, real=True) for n in (names or _INPUT_NAMES[arity]))
 
 
 def _make_shape_rule(dtype_rule: Callable):
@@ -193,11 +193,14 @@ def numpy_function(symbols: Sequence[sp.Symbol], expr: sp.Expr) -> Callable:
 
 def define(name: str, expr_fn: Callable[..., sp.Expr], arity: int = 1, params: dict[str, Any] | None = None,
            dtype_rule: Callable = dtype_float, doc: str = "", notes: str = "",
-           from_output: Callable[..., sp.Expr] | None = None) -> OpDef:
+           from_output: Callable[..., sp.Expr] | None = None, input_names: Sequence[str] | None = None) -> OpDef:
     """Register an elementwise op from a function of SymPy symbols (inputs, then parameters);
-    ``from_output``: its derivative as a function of its output and parameters (see OpDef.from_output)."""
+    ``from_output``: its derivative as a function of its output and parameters (see OpDef.from_output);
+    ``input_names``: the input symbols' names when x, y, z are taken by parameters (default x, y, z)."""
     params = dict(params or {})
-    syms = _symbols(arity)
+    syms = _symbols(arity, input_names)
+    if {str(s) for s in syms} & set(params):
+        raise ValueError(f"op {name!r}: parameters {sorted(params)} reuse input names {[str(s) for s in syms]}")
     param_syms = [sp.Symbol(p, real=True) for p in params]
     expr = sp.sympify(expr_fn(*syms, *param_syms))
     op = OpDef(
@@ -270,6 +273,7 @@ def derivative_op(op_name: str, i: int) -> str | None:
     if not is_registered(name):
         # define() rebuilds the same symbols (same names and assumptions), so `d` is used as it is.
         define(name, lambda *_: d, arity=len(op.symbols), params=op.params, dtype_rule=dtype_float,
+               input_names=[str(s) for s in op.symbols],
                doc=f"d{op_name}/d{op.symbols[i]} = {d}", notes=f"derivative of {op_name}, derived by SymPy")
     return name
 
@@ -485,6 +489,11 @@ define("elu", lambda x, alpha: P((x, x >= 0), (alpha * (sp.exp(x) - 1), True)), 
        notes="NaN gives NaN, with gradient NaN (as JAX)", from_output=lambda y, alpha: P((1, y >= 0), (y + alpha, True)))
 define("selu", lambda x: _SELU_SCALE * P((x, x > 0), (_SELU_ALPHA * (sp.exp(x) - 1), True)),
        notes="NaN gives NaN, with gradient NaN (as JAX)")
+define("sigmoid_zxy", lambda v, z, x, y: z + sympy_sigmoid(x * v - y), params={"z": 0.0, "x": 1.0, "y": 0.0},
+       input_names=("v",), doc="sigmoid_zxy: z + 1/(1 + exp(-x v + y)), the sigmoid with z, x, y parameters of the "
+       "course's neuron models (deck 001); the defaults give the sigmoid",
+       notes="x scales the input, y shifts it, z shifts the output; written as z + sigmoid(x v - y) in sigmoid's "
+             "two overflow-free branches")
 define("softplus", sympy_softplus, doc="softplus: log(1 + exp(x)) (two overflow-free branches)")
 define("softsign", lambda x: x / (1 + sp.Abs(x)))
 define("step", lambda x, a, b, c: P((sp.nan, IsNaN(x)), (b, x > c), (a, True)), params={"a": 0.0, "b": 1.0, "c": 0.0},
@@ -527,6 +536,7 @@ elu = _builder("elu")
 selu = _builder("selu")
 softplus = _builder("softplus")
 softsign = _builder("softsign")
+sigmoid_zxy = _builder("sigmoid_zxy")
 step = _builder("step")
 ramp = _builder("ramp")
 gaussian = _builder("gaussian")

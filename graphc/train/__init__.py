@@ -1,5 +1,5 @@
 """Training: fit, evaluate, predict, early stopping, checkpoints, learning-rate and batch-size schedules."""
-from . import schedules
+from . import losses, schedules
 from .checkpoint import CheckpointError, load_checkpoint, load_layers, save_checkpoint
 from .loop import (
     EarlyStopping,
@@ -12,8 +12,10 @@ from .loop import (
     initial_loss_check,
     overfit_check,
     predict,
+    predict_outputs,
 )
 from .schedules import BatchSizeSchedule
 
 __all__ = ["BatchSizeSchedule", "CheckpointError", "EarlyStopping", "History", "Trainer", "build_eval", "build_train_step", "evaluate",
-           "fit", "initial_loss_check", "load_checkpoint", "load_layers", "overfit_check", "predict", "save_checkpoint", "schedules"]
+           "fit", "initial_loss_check", "load_checkpoint", "load_layers", "losses", "overfit_check", "predict",
+           "predict_outputs", "save_checkpoint", "schedules"]

@@ -8,6 +8,7 @@ labels must be integers, as PyTorch's ``cross_entropy`` requires for class indic
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -84,6 +85,31 @@ def labels(y: Any, rows: int, classes: int, where: str, arg: str = "y", x_arg: s
                          f"for a model with {classes} outputs; {bad.size} of {rows} labels are out of range"
                          f"{user_line_text()}")
     return arr.astype(np.int64, copy=False)
+
+
+def values(y: Any, rows: int, row_shape: tuple[int, ...], dtype: np.dtype, where: str, arg: str = "y",
+           x_arg: str = "x", what: str = "the loss", value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """``y`` as float targets of ``dtype``, shape [rows, *row_shape] (the model's outputs), finite and, with
+    ``value_range``, inside it (binary cross-entropy's 0/1 targets)."""
+    arr = as_array(y, where, arg)
+    expected = [rows, *row_shape]
+    if arr.dtype.kind != "f":
+        raise DTypeError(f"{where}: {arg} has dtype {arr.dtype}; {what} takes float targets shaped like the model's "
+                         f"outputs {expected}: convert with y.astype(np.{dtype}){user_line_text()}")
+    if arr.shape != tuple(expected):
+        hint = f" (reshape it: y.reshape({rows}, {', '.join(map(str, row_shape))}))" \
+            if arr.size == math.prod(expected) else ""
+        raise InputError(f"{where}: {arg} has shape {list(arr.shape)}; {what} takes targets shaped like the model's "
+                         f"outputs: expected {expected}, one row per row of {x_arg}{hint}{user_line_text()}")
+    if value_range is not None and arr.size:
+        lo, hi = value_range
+        bad = np.flatnonzero(~((arr >= lo) & (arr <= hi)))
+        if bad.size:
+            index = [int(i) for i in np.unravel_index(bad[0], arr.shape)]
+            raise InputError(f"{where}: {arg}{index} = {float(arr.flat[bad[0]]):g} is outside [{lo:g}, {hi:g}]: {what} "
+                             f"takes targets in [{lo:g}, {hi:g}]; {bad.size} of {arr.size} are outside"
+                             f"{user_line_text()}")
+    return np.ascontiguousarray(arr, dtype=dtype)
 
 
 def _shape_hint(arr: np.ndarray, rows: int, classes: int) -> str:

@@ -20,25 +20,20 @@ import numpy as np
 from .. import dsl
 from ..backends import compile as compile_graph
 from ..backends import finite
-from ..ir import Graph
+from ..ir import Graph, InputError
 from ..ir.errors import NonFiniteError
 from ..nn.layers import Context, Module, RandomLayer
 from ..ops import elementwise as ew
 from ..ops import nn as nn_ops
-from ..ops import reduce
+from ..ops.interpret import evaluate as evaluate_graph
 from ..optim import SGD, Optimizer
 from ..optim.hyperparams import NON_NEGATIVE, HyperparameterError, check_count, user_line_text
 from . import inputs
+from . import losses as loss_defs
 from .checkpoint import CheckpointError, check_arrays, load_checkpoint, save_checkpoint
 from .schedules import BatchSizeSchedule, ReduceOnPlateau, Schedule, constant
 
 BEST_PREFIX = "__best__."  # checkpoint arrays holding early stopping's best weights
-
-#: Classification losses ``fit`` trains with, on (logits [N, C], integer labels [N]).
-LOSSES: dict[str, Callable] = {
-    "softmax_cross_entropy": nn_ops.softmax_cross_entropy,
-}
-
 
 #: The metrics EarlyStopping may watch: the losses fit reports, where lower is better.
 MONITORS = ("val_loss", "loss")
@@ -72,7 +67,8 @@ class EarlyStopping:
 
 @dataclass
 class History:
-    """Per-epoch metrics: loss, acc, val_loss, val_acc, lr (the rate of the epoch's first step), seconds."""
+    """Per-epoch metrics: loss, the chosen metrics (acc, mae), val_loss and val_<metric> with validation data,
+    lr (the rate of the epoch's first step), seconds."""
 
     epochs: list[int] = field(default_factory=list)
     metrics: dict[str, list[float]] = field(default_factory=dict)
@@ -88,7 +84,7 @@ class History:
         return self.metrics[key]
 
     def plot(self, path: str) -> str:
-        """Save the training and validation loss and accuracy curves as a PNG (needs matplotlib)."""
+        """Save the training and validation curves of the loss and of each metric as a PNG (needs matplotlib)."""
         try:
             import matplotlib
 
@@ -96,8 +92,9 @@ class History:
             import matplotlib.pyplot as plt
         except ImportError:
             raise ImportError("History.plot needs matplotlib: pip install 'graphc[plot]'") from None
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for ax, metric in zip(axes, ("loss", "acc")):
+        panels = ["loss"] + [m for m in loss_defs.METRICS if m in self.metrics]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+        for ax, metric in zip(axes[0], panels):
             for prefix, style in (("", "-"), ("val_", "--")):
                 if prefix + metric in self.metrics:
                     ax.plot(self.epochs, self.metrics[prefix + metric], style, label=prefix + metric)
@@ -124,19 +121,27 @@ def _needs_key(model: Module) -> bool:
     return any(isinstance(m, RandomLayer) and m.active for m in model.modules())
 
 
-def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss: str = "softmax_cross_entropy",
-                     l2: float = 0.0, name: str = "train_step") -> Graph:
-    """The training-step graph: inputs x, y, lr (and key with dropout); outputs loss and the number
-    of correct predictions; updates every parameter and optimizer/normalization state in place."""
+def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss: Any = "softmax_cross_entropy",
+                     l2: float = 0.0, name: str = "train_step", metrics: tuple[str, ...] | None = None,
+                     target: loss_defs.Target | None = None) -> Graph:
+    """The training-step graph: inputs x, y, lr (and key with dropout); outputs the loss, then each
+    metric's batch total (``metrics``, default the loss's: the number of correct predictions for the
+    classification losses); updates every parameter and optimizer/normalization state in place.
+
+    ``loss`` is a built-in loss's name or a function (model output, target) -> scalar Tensor; ``target``
+    says what y is (default: what the loss takes, see :func:`graphc.train.losses.target_of`)."""
     dtype = model.dtype if hasattr(model, "dtype") else np.float32
+    spec = loss_defs.loss_of(loss)
+    metrics = loss_defs.metrics_of(metrics, spec)
+    target = target or loss_defs.target_of(spec, model)
     with Graph(name) as g:
         x = dsl.input("x", (batch_size,) + model.in_shape, dtype)
-        y = dsl.input("y", (batch_size,), "int64")
+        y = dsl.input("y", (batch_size,) + target.row_shape, target.dtype)
         lr = dsl.input("lr", (), dtype)
         key = dsl.input("key", (), "int64") if _needs_key(model) else None
         ctx = Context(training=True, key=key)
-        logits = model(x, ctx)
-        objective = LOSSES[loss](logits, y)
+        output = model(x, ctx)
+        objective = loss_defs.objective(spec, output, y)
         params = [t for t in ctx._params.values() if t.node.attrs.get("trainable", True)]
         if not params and model.frozen_names():
             raise HyperparameterError(f"fit: every parameter of {model.name} is frozen, so a training step would "
@@ -145,11 +150,23 @@ def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss:
         if l2:
             weights = [p for p in params if p.name.endswith(".W")]
             objective = objective + nn_ops.l2_penalty(weights, l2)
-        correct = reduce.sum(ew.cast(ew.equal(reduce.argmax(logits, -1), y), "float32"))
+        totals = [loss_defs.metric_total(m, spec, output, y) for m in metrics]
         optimizer.minimize(objective, params, lr)
         for state, new_value in ctx.updates:
             g.update(state, ew.cast(new_value, state.dtype))
-        g.output(objective, correct)
+        g.output(objective, *totals)
+    return g
+
+
+def build_scores(loss: loss_defs.Loss, metrics: tuple[str, ...], out_shape: tuple[int, ...],
+                 target: loss_defs.Target, name: str = "scores") -> Graph:
+    """The loss and each metric's total of given model outputs against targets, in float64: inputs
+    out [*out_shape] and y; evaluated with NumPy (the reference interpreter) on the predictions."""
+    target_dtype = "int64" if target.dtype == "int64" else "float64"
+    with Graph(name) as g:
+        out = dsl.input("out", out_shape, "float64")
+        y = dsl.input("y", out_shape[:1] + target.row_shape, target_dtype)
+        g.output(loss_defs.objective(loss, out, y), *(loss_defs.metric_total(m, loss, out, y) for m in metrics))
     return g
 
 
@@ -171,12 +188,15 @@ class Trainer:
     """Owns the compiled executables of one model: the step for a batch size (and its remainder),
     and inference. ``fit`` creates one; keep it to resume or continue training."""
 
-    def __init__(self, model: Module, optimizer: Optimizer | None = None, loss: str = "softmax_cross_entropy",
-                 l2: float = 0.0, backend: str | None = None, optimize: int | None = None):
-        if loss not in LOSSES:
-            raise HyperparameterError(f"fit trains classifiers with {sorted(LOSSES)}; got loss={loss!r}{user_line_text()}")
+    def __init__(self, model: Module, optimizer: Optimizer | None = None, loss: Any = "softmax_cross_entropy",
+                 l2: float = 0.0, backend: str | None = None, optimize: int | None = None,
+                 metrics: tuple[str, ...] | None = None):
+        self.loss = loss_defs.loss_of(loss)
+        self.metrics = loss_defs.metrics_of(metrics, self.loss)
+        #: what the step's y is; fit sets it from the data for a custom loss (y's rows as given)
+        self.target = loss_defs.target_of(self.loss, model)
         l2 = NON_NEGATIVE.check("fit", "l2", l2)
-        self.model, self.optimizer, self.loss, self.l2 = model, optimizer or SGD(0.01), loss, l2
+        self.model, self.optimizer, self.l2 = model, optimizer or SGD(0.01), l2
         self.backend = backend or _default_backend()
         self.optimize = optimize
         self._steps: dict[tuple[int, str], Any] = {}
@@ -198,7 +218,8 @@ class Trainer:
         key = (batch_size, backend or self.backend)
         if key not in self._steps:
             exe = self._compile(build_train_step(self.model, batch_size, self.optimizer, self.loss, self.l2,
-                                                 name=f"train_step_b{batch_size}"), backend)
+                                                 name=f"train_step_b{batch_size}", metrics=self.metrics,
+                                                 target=self.target), backend)
             if self.state is None:
                 self.state = self._take_over(exe.params)
             self._steps[key] = exe
@@ -226,7 +247,7 @@ class Trainer:
         """One call of a step executable on the trainer's state (copied in and back out when the
         executable keeps its own store, as the partial last batch's does)."""
         with self._on_state(exe):
-            return exe(**{k: feeds[k] for k in exe.input_names})
+            return _as_tuple(exe(**{k: feeds[k] for k in exe.input_names}))
 
     @contextmanager
     def _on_state(self, exe):
@@ -259,9 +280,9 @@ class Trainer:
     # -- one epoch -------------------------------------------------------------------------------------------
     def train_epoch(self, x: np.ndarray, y: np.ndarray, batch_size: int, lr_of_step: Callable[[int], float],
                     rng: np.random.Generator, seed: int, last_batch: str = "partial",
-                    epoch: int | None = None) -> tuple[float, float]:
-        """One shuffled pass over (x, y); returns the mean training loss and accuracy over the rows
-        trained on. ``last_batch``: see :func:`fit`.
+                    epoch: int | None = None) -> dict[str, float]:
+        """One shuffled pass over (x, y); returns the mean training loss and each metric over the rows
+        trained on, by name ("loss", then the trainer's metrics). ``last_batch``: see :func:`fit`.
 
         Afterwards the loss and the state (parameters, optimizer state) must be finite; otherwise the
         epoch is re-run from its saved start one step at a time to find the failing step, which is
@@ -278,14 +299,21 @@ class Trainer:
         first_step = self.step_count
         start = self._save_epoch_start()
         if native:
-            loss, acc = self._native_epoch(full, x, y, perm, lrs, keys, batch_size, last_batch)
+            totals, rows = self._native_epoch(full, x, y, perm, lrs, keys, batch_size, last_batch)
         else:
-            loss, acc = self._stepwise_epoch(x, y, perm, lrs, keys, batch_size, last_batch)
+            totals, rows = self._stepwise_epoch(x, y, perm, lrs, keys, batch_size, last_batch)
+        loss = totals[0] / rows
         if not (math.isfinite(loss) and finite.all_finite(self.state.values())):
             finite.restore(self.state, start)
             self.step_count = first_step
             self._find_nonfinite_step(x, y, perm, lrs, keys, batch_size, last_batch, native, epoch)
-        return loss, acc
+        return {"loss": loss, **self._metric_means(totals[1:], rows)}
+
+    def _metric_means(self, totals, rows: int) -> dict[str, float]:
+        """Each metric's mean over ``rows`` rows from its total (per output element where it counts them)."""
+        out_row_shape = tuple(self.model.out_shape)
+        return {m: float(total) / (rows * loss_defs.elements_per_row(m, self.loss, out_row_shape))
+                for m, total in zip(self.metrics, totals)}
 
     def _save_epoch_start(self) -> dict[str, np.ndarray]:
         """The state at the start of an epoch, copied into buffers kept between epochs (no allocation)."""
@@ -296,43 +324,42 @@ class Trainer:
             np.copyto(saved[k], v)
         return saved
 
-    def _stepwise_epoch(self, x, y, perm, lrs, keys, batch_size, last_batch) -> tuple[float, float]:
-        """An epoch one step executable call per minibatch (backends without a native epoch)."""
-        total_loss, total_correct, rows = 0.0, 0.0, 0
+    def _stepwise_epoch(self, x, y, perm, lrs, keys, batch_size, last_batch) -> tuple[np.ndarray, int]:
+        """An epoch one step executable call per minibatch (backends without a native epoch); returns the
+        totals (loss summed over rows, then each metric's total) and the rows trained on."""
+        totals, rows = np.zeros(1 + len(self.metrics)), 0
         for s, idx in enumerate(finite.minibatches(perm, len(lrs), batch_size, last_batch)):
             exe = self.step_executable(len(idx))
-            loss, correct = self.run_step(exe, {"x": x[idx], "y": y[idx], "lr": lrs[s], "key": keys[s]})
-            total_loss += float(loss) * len(idx)
-            total_correct += float(correct)
+            outs = self.run_step(exe, {"x": x[idx], "y": y[idx], "lr": lrs[s], "key": keys[s]})
+            totals += _step_totals(outs, len(idx))
             rows += len(idx)
         self.step_count += len(lrs)
-        return total_loss / rows, total_correct / rows
+        return totals, rows
 
-    def _native_epoch(self, full, x, y, perm, lrs, keys, batch_size, last_batch) -> tuple[float, float]:
+    def _native_epoch(self, full, x, y, perm, lrs, keys, batch_size, last_batch) -> tuple[np.ndarray, int]:
         """The full minibatches in one native call (per-step learning rates and keys); with
         ``last_batch="partial"``, the partial last batch then runs through a reference-backend step on
         the same state."""
         n = len(x)
         full_steps, rest = divmod(n, batch_size)
         native_steps = len(lrs) if last_batch == "wrap" else full_steps
-        total_loss = total_correct = 0.0
+        totals = np.zeros(1 + len(self.metrics))
         if native_steps:
             feeds = {"x": x, "y": y, "lr": lrs[:native_steps], "key": keys[:native_steps]}
             with self._on_state(full):  # a BatchSizeSchedule's later sizes do not hold the state
-                losses, correct = full.run_epoch(*(feeds[k] for k in full.input_names), perm=perm,
-                                                 last_batch="wrap" if last_batch == "wrap" else "drop")
-            total_loss, total_correct = float(np.sum(losses, dtype=np.float64)) * batch_size, float(np.sum(correct))
+                per_step = _as_tuple(full.run_epoch(*(feeds[k] for k in full.input_names), perm=perm,
+                                                    last_batch="wrap" if last_batch == "wrap" else "drop"))
+            totals += _step_totals([np.sum(o, dtype=np.float64) for o in per_step], batch_size)
         rows = native_steps * batch_size
         if rest and last_batch == "partial":
             # One step an epoch: NumPy runs it, rather than a second native compile of the whole step.
             idx = perm[full_steps * batch_size:]
-            loss, correct = self.run_step(self.step_executable(rest, backend="reference"),
-                                          {"x": x[idx], "y": y[idx], "lr": lrs[-1], "key": keys[-1]})
-            total_loss += float(loss) * rest
-            total_correct += float(correct)
+            outs = self.run_step(self.step_executable(rest, backend="reference"),
+                                 {"x": x[idx], "y": y[idx], "lr": lrs[-1], "key": keys[-1]})
+            totals += _step_totals(outs, rest)
             rows += rest
         self.step_count += len(lrs)
-        return total_loss / rows, total_correct / rows
+        return totals, rows
 
     def _find_nonfinite_step(self, x, y, perm, lrs, keys, batch_size, last_batch, native, epoch) -> None:
         """Re-run an epoch that ended non-finite one step at a time, from its start (same permutation, rates
@@ -345,7 +372,7 @@ class Trainer:
             on_reference = native and len(idx) != batch_size  # the native epoch's partial batch runs on NumPy
             exe = self.step_executable(len(idx), backend="reference" if on_reference else None)
             feeds = {"x": x[idx], "y": y[idx], "lr": lrs[s], "key": keys[s]}
-            loss, _ = self.run_step(exe, feeds)
+            loss = self.run_step(exe, feeds)[0]
             self.step_count += 1
             problem = _nonfinite_step_result(loss, self.state)
             if problem is None:
@@ -384,11 +411,32 @@ class Trainer:
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000,
                  where: str = "evaluate") -> tuple[float, float]:
-        """(mean softmax cross-entropy, accuracy) on (x, y); refuses an empty set (its mean is undefined)."""
-        x, y = _checked_xy(self.model, x, y, where, "", "the loss and accuracy of no examples are undefined")
-        logits = self.predict_logits(x, batch_size, where).astype(np.float64)
-        logp = nn_ops.log_softmax_reference([logits], {"axis": 1})
-        return float(-logp[np.arange(len(y)), y].mean()), float((logits.argmax(axis=1) == y).mean())
+        """(loss, accuracy) on (x, y) for a loss with an accuracy (softmax cross-entropy, the default, and
+        the binary cross-entropies); refuses an empty set (its mean is undefined). See :meth:`scores`."""
+        if self.loss.decide is None:
+            raise HyperparameterError(f"{where}: returns (loss, accuracy), and accuracy means nothing for "
+                                      f"loss={self.loss.name!r}: use Trainer.scores(x, y), which returns the loss and "
+                                      f"the chosen metrics{user_line_text()}")
+        values = self.scores(x, y, batch_size, where, metrics=("acc",))
+        return values["loss"], values["acc"]
+
+    def scores(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000, where: str = "evaluate",
+               metrics: tuple[str, ...] | None = None) -> dict[str, float]:
+        """The loss and each metric (default: the trainer's) of the model on (x, y), by name: the loss
+        graph evaluated in float64 by NumPy on the model's outputs (the validation scores of fit)."""
+        metrics = self.metrics if metrics is None else metrics
+        why = "the loss and accuracy of no examples are undefined" if "acc" in metrics else \
+            "the loss of no examples is undefined"
+        x, y = _checked_xy(self.model, self.loss, x, y, where, "", why)
+        out = self.predict_logits(x, batch_size, where).astype(np.float64)
+        target = loss_defs.target_of(self.loss, self.model, y)
+        graph = build_scores(self.loss, metrics, out.shape, target)
+        y = y if y.dtype.kind in "iu" else y.astype(np.float64)
+        loss, *totals = evaluate_graph(graph, {"out": out, "y": y})
+        values = {"loss": float(loss)}
+        for m, total in zip(metrics, totals):
+            values[m] = float(total) / (len(x) * loss_defs.elements_per_row(m, self.loss, out.shape[1:]))
+        return values
 
 
 LAST_BATCH = ("partial", "drop", "wrap")
@@ -409,6 +457,18 @@ def _nonfinite_step_result(loss: Any, state) -> str | None:
     return None
 
 
+def _as_tuple(outs: Any) -> tuple:
+    """An executable's outputs as a tuple (one output comes back bare)."""
+    return tuple(outs) if isinstance(outs, (tuple, list)) else (outs,)
+
+
+def _step_totals(outs, rows: int) -> np.ndarray:
+    """A step's (or summed steps') outputs as epoch totals: the mean loss times its rows, then the metrics'
+    totals as they are."""
+    loss, *metric_totals = (float(o) for o in outs)
+    return np.array([loss * rows, *metric_totals])
+
+
 def steps_per_epoch(n: int, batch_size: int, last_batch: str = "partial") -> int:
     """Minibatches in an epoch of ``n`` rows (see :func:`fit` for ``last_batch``)."""
     _check_last_batch(last_batch)
@@ -421,10 +481,18 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
         batch_size: int | BatchSizeSchedule = 128,
         optimizer: Optimizer | None = None, schedule: Schedule | None = None,
         validation_data: tuple[np.ndarray, np.ndarray] | None = None, early_stopping: EarlyStopping | None = None,
-        loss: str = "softmax_cross_entropy", l2: float = 0.0, seed: int = 0, backend: str | None = None,
+        loss: Any = "softmax_cross_entropy", l2: float = 0.0, seed: int = 0, backend: str | None = None,
         checkpoint: str | None = None, resume: bool = False, verbose: bool = True,
-        trainer: Trainer | None = None, last_batch: str = "partial") -> History:
+        trainer: Trainer | None = None, last_batch: str = "partial",
+        metrics: tuple[str, ...] | None = None) -> History:
     """Train ``model`` on ``train_data`` = (x, y) and return its :class:`History`.
+
+    ``loss``: ``"softmax_cross_entropy"`` (the default: logits [N, C], integer labels y [N]), ``"mse"``,
+    ``"binary_cross_entropy"`` (probabilities in (0, 1)) or ``"binary_cross_entropy_with_logits"``
+    (float targets y shaped like the outputs, 0/1 for the cross-entropies), or a function
+    ``loss(model_output, target) -> scalar Tensor`` built from graphc ops (y's rows as given).
+    ``metrics``: names from ``("acc", "mae")`` reported besides the loss (default: ``("acc",)`` for
+    the cross-entropies, none for mse and custom losses); see :mod:`graphc.train.losses`.
 
     ``last_batch`` says what happens to the rows left over when ``batch_size`` does not divide the
     training set: ``"partial"`` trains on them as one smaller batch (PyTorch's DataLoader default),
@@ -447,10 +515,12 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
     epochs = check_count("fit", "epochs", epochs, minimum=0)
     batch_size_of = _batch_size_of(batch_size)
     _check_last_batch(last_batch)
-    (x, y), validation_data = _fit_data(model, train_data, validation_data)
+    trainer = trainer or Trainer(model, optimizer, loss, l2, backend, metrics=metrics)
+    (x, y), validation_data = _fit_data(model, trainer.loss, train_data, validation_data)
+    trainer.target = loss_defs.target_of(trainer.loss, model, y)
+    loss_defs.check_metric_targets(trainer.metrics, trainer.loss, trainer.target, tuple(model.out_shape))
     for size in dict.fromkeys(map(batch_size_of, range(epochs))):  # each size's 'drop' check, before compiling
         steps_per_epoch(len(x), size, last_batch)
-    trainer = trainer or Trainer(model, optimizer, loss, l2, backend)
     optimizer = trainer.optimizer
     schedule = schedule or constant(optimizer.lr)
     _check_monitoring(early_stopping, schedule, validation_data)
@@ -472,8 +542,7 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
         else:
             lr_of_step = (lambda e: lambda s: schedule(e))(epoch)
         try:
-            train_loss, train_acc = trainer.train_epoch(x, y, batch_size, lr_of_step, rng, seed, last_batch,
-                                                        epoch=epoch + 1)
+            train_scores = trainer.train_epoch(x, y, batch_size, lr_of_step, rng, seed, last_batch, epoch=epoch + 1)
         except NonFiniteError:
             # the state is at the failing step's start: hand it to the model for inspection
             bar.close()
@@ -481,18 +550,18 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
             model._trainer = trainer
             raise
         seconds = time.perf_counter() - t0
-        metrics = {"loss": train_loss, "acc": train_acc, "lr": lr_of_step(trainer.step_count - steps),
-                   "seconds": seconds}
+        values = {**train_scores, "lr": lr_of_step(trainer.step_count - steps), "seconds": seconds}
         if isinstance(batch_size_of, BatchSizeSchedule):
-            metrics["batch_size"] = batch_size
+            values["batch_size"] = batch_size
         if validation_data is not None:
-            metrics["val_loss"], metrics["val_acc"] = trainer.evaluate(*validation_data)
+            val_scores = trainer.scores(*validation_data, where="fit")
+            values.update({"val_" + k: v for k, v in val_scores.items()})
             if isinstance(schedule, ReduceOnPlateau):
-                schedule.observe(metrics["val_loss"])
-        history.append(epoch + 1, **metrics)
-        bar.report(epoch + 1, metrics)
+                schedule.observe(values["val_loss"])
+        history.append(epoch + 1, **values)
+        bar.report(epoch + 1, values)
         if early_stopping is not None:
-            value = metrics[early_stopping.monitor]
+            value = values[early_stopping.monitor]
             if best is None or value < best[0] - early_stopping.min_delta:
                 best, bad_epochs = (value, {k: v.copy() for k, v in trainer.state.items()}), 0
                 history.best_epoch = epoch + 1
@@ -527,22 +596,30 @@ def _batch_size_of(batch_size: int | BatchSizeSchedule) -> Callable[[int], int]:
     return lambda epoch: size
 
 
-def _checked_xy(model: Module, x: Any, y: Any, where: str, arg: str, why_rows: str) -> tuple[np.ndarray, np.ndarray]:
-    """x and y checked against the model and each other (``arg``: the argument they came in, if any)."""
+def _checked_xy(model: Module, loss: loss_defs.Loss, x: Any, y: Any, where: str, arg: str,
+                why_rows: str) -> tuple[np.ndarray, np.ndarray]:
+    """x and y checked against the model, the loss's targets and each other (``arg``: the argument they
+    came in, if any)."""
     of = f" of {arg}" if arg else ""
     x = inputs.features(x, model, where, "x" + of)
     inputs.require_rows(x, where, "x" + of, why_rows)
-    y = inputs.labels(y, len(x), inputs.classes_of(model, where), where, "y" + of, "x" + of)
+    y = loss_defs.checked_targets(loss, model, y, len(x), where, "y" + of, "x" + of)
     return x, y
 
 
-def _fit_data(model: Module, train_data: Any, validation_data: Any):
+def _fit_data(model: Module, loss: loss_defs.Loss, train_data: Any, validation_data: Any):
     """fit's (x, y) and validation (x, y), checked and converted (array-likes become arrays)."""
-    train = _checked_xy(model, *inputs.data_pair(train_data, "fit", "train_data"), "fit", "train_data",
+    train = _checked_xy(model, loss, *inputs.data_pair(train_data, "fit", "train_data"), "fit", "train_data",
                         "there is nothing to train on")
     if validation_data is not None:
-        validation_data = _checked_xy(model, *inputs.data_pair(validation_data, "fit", "validation_data"), "fit",
-                                      "validation_data", "the validation loss of no examples is undefined")
+        validation_data = _checked_xy(model, loss, *inputs.data_pair(validation_data, "fit", "validation_data"),
+                                      "fit", "validation_data", "the validation loss of no examples is undefined")
+        train_target = loss_defs.target_of(loss, model, train[1])
+        val_target = loss_defs.target_of(loss, model, validation_data[1])
+        if val_target != train_target:  # a custom loss takes y as given: both must give it alike
+            raise InputError(f"fit: y of validation_data has rows of {list(val_target.row_shape)} {val_target.dtype}; "
+                             f"y of train_data has rows of {list(train_target.row_shape)} {train_target.dtype}: "
+                             f"loss={loss.name!r} needs the same kind of target for both{user_line_text()}")
     return train, validation_data
 
 
@@ -649,16 +726,24 @@ def _check_rng_state(path: str, state: dict, rng: np.random.Generator) -> None:
 
 def evaluate(model: Module, data: tuple[np.ndarray, np.ndarray], batch_size: int = 1000,
              backend: str | None = None) -> tuple[float, float]:
-    """(loss, accuracy) of ``model`` on ``data`` = (x, y): x [N, *input_shape] floats, y [N] integer
-    class indices in [0, classes). Array-likes are converted; anything else is refused with a graphc error."""
+    """(loss, accuracy) of ``model`` on ``data`` = (x, y): x [N, *input_shape] floats, y the targets of the
+    model's loss in fit (softmax cross-entropy's [N] integer class indices in [0, classes) for a model never
+    fitted). A loss without an accuracy (mse, a custom loss) is refused: see :meth:`Trainer.scores`.
+    Array-likes are converted; anything else is refused with a graphc error."""
     x, y = inputs.data_pair(data, "evaluate", "data")
     return _trainer_of(model, backend).evaluate(x, y, batch_size=batch_size)
 
 
 def predict(model: Module, x: np.ndarray, batch_size: int = 1000, backend: str | None = None) -> np.ndarray:
     """The model's class predictions (argmax of its outputs) for ``x`` [N, *input_shape]; 0 rows give an
-    empty array."""
+    empty array. For a regression model's values, see :func:`predict_outputs`."""
     return _trainer_of(model, backend).predict_logits(x, batch_size).argmax(axis=1)
+
+
+def predict_outputs(model: Module, x: np.ndarray, batch_size: int = 1000, backend: str | None = None) -> np.ndarray:
+    """The model's outputs [N, *output_shape] for ``x`` [N, *input_shape] (evaluation mode): a regression
+    model's values, a classifier's logits; 0 rows give an empty array."""
+    return _trainer_of(model, backend).predict_logits(x, batch_size, where="predict_outputs")
 
 
 def _trainer_of(model: Module, backend: str | None) -> Trainer:
@@ -710,9 +795,9 @@ class _Plain:
 
     def report(self, epoch, m):
         if self.verbose:
-            val = f"  val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}" if "val_loss" in m else ""
-            print(f"epoch {epoch}/{self.total}  loss {m['loss']:.4f}  acc {m['acc']:.4f}{val}  "
-                  f"lr {m['lr']:.3g}  {m['seconds']:.2f}s", file=sys.stderr, flush=True)
+            scores = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in ("lr", "seconds"))
+            print(f"epoch {epoch}/{self.total}  {scores}  lr {m['lr']:.3g}  {m['seconds']:.2f}s", file=sys.stderr,
+                  flush=True)
 
     def close(self):
         pass
@@ -729,7 +814,7 @@ class _Tqdm(_Plain):
         self.bar.update(n)
 
     def report(self, epoch, m):
-        self.bar.set_postfix({k: f"{v:.4f}" for k, v in m.items() if k in ("loss", "acc", "val_loss", "val_acc")})
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in m.items() if k not in ("lr", "seconds")})
         self.bar.update(1)
 
     def close(self):

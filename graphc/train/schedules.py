@@ -7,11 +7,14 @@ one raises :class:`~graphc.optim.HyperparameterError` naming the schedule, the a
 
 >>> linear(0.1, T=100)(50)
 0.05
+
+:func:`warmup` puts a linear warm-up in front of any of them: ``warmup(5, then=cosine(0.1, T=95))``.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from ..optim.hyperparams import (
     NON_NEGATIVE,
@@ -142,6 +145,61 @@ class ReduceOnPlateau(Schedule):
 def reduce_on_plateau(lr0: float, factor: float = 10.0, patience: int = 3, min_delta: float = 0.0,
                       min_lr: float = 0.0) -> ReduceOnPlateau:
     return ReduceOnPlateau(lr0, factor, patience, min_delta, min_lr)
+
+
+class Warmup(Schedule):
+    """A linear warm-up in front of schedule ``then``: for t < ``steps`` the rate grows linearly from
+    ``start_factor * then(0)`` (at t = 0) to ``then(0)`` (reached at t = ``steps``); afterwards it is
+    ``then(t - steps)``, so ``then`` starts from its beginning when the warm-up ends. t counts ``then``'s
+    unit (steps or epochs)."""
+
+    def __init__(self, steps: int, then: Schedule, start_factor: float = 0.1):
+        super().__init__("warmup", then.lr0, then.per)
+        self._check()
+        self.steps = check_count(self.name, "steps", steps)
+        self.start_factor = Range(0.0, 1.0, low_open=True).check(self.name, "start_factor", start_factor)
+        self.then = then
+
+    def __call__(self, t: int) -> float:
+        if t >= self.steps:
+            return self.then(t - self.steps)
+        return self.then(0) * (self.start_factor + (1.0 - self.start_factor) * t / self.steps)
+
+    def state(self) -> dict:
+        return self.then.state()
+
+    def load_state(self, state: dict) -> None:
+        self.then.load_state(state)
+
+    def __repr__(self):
+        return f"warmup({self.steps}, then={self.then!r}, start_factor={self.start_factor})"
+
+
+def warmup(steps: int, then: Schedule | float, start_factor: float = 0.1, per: str | None = None) -> Warmup:
+    """Linear warm-up over ``steps`` steps (or epochs) from ``start_factor`` times the rate, then ``then``
+    (a schedule, or a rate held constant). ``per`` defaults to ``then``'s unit ("step" for a number).
+
+    >>> s = warmup(4, then=constant(0.1, per="step"), start_factor=0.2)
+    >>> [round(s(t), 4) for t in range(6)]
+    [0.02, 0.04, 0.06, 0.08, 0.1, 0.1]
+    """
+    then = _then_schedule(then, per)
+    if per is not None and per != then.per:
+        raise HyperparameterError(f"warmup: per={per!r} but then={then!r} counts {then.per}s; a warm-up counts "
+                                  f"in the unit of the schedule it precedes{user_line_text()}")
+    return Warmup(steps, then, start_factor)
+
+
+def _then_schedule(then: Any, per: str | None) -> Schedule:
+    """The schedule after a warm-up: ``then`` itself, or a constant rate when it is a number."""
+    if isinstance(then, ReduceOnPlateau):
+        raise HyperparameterError(f"warmup: then={then!r} is not supported: fit feeds the validation loss only to "
+                                  f"a reduce_on_plateau schedule given as fit's schedule itself{user_line_text()}")
+    if isinstance(then, Schedule):
+        return then
+    if isinstance(then, str) or not isinstance(then, (int, float)):
+        raise HyperparameterError(f"warmup: then={then!r} must be a schedule or a rate{user_line_text()}")
+    return constant(then, per or "step")
 
 
 class BatchSizeSchedule:
