@@ -1,4 +1,4 @@
-"""Batch-size schedules (``fit(..., batch_size=BatchSizeSchedule(...))``) and the ConvTranspose2D and
+"""Batch-size schedules (``fit(..., batch_size=train.BatchSizeSchedule(...))``) and the ConvTranspose2D and
 Upsample layers (issue 17, deck 002: "Don't decay the learning rate, increase the batch size"; upsampling).
 
 Oracles: a NumPy float64 transcription of shuffled minibatch momentum SGD on a tanh MLP with softmax
@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc import dsl, optim
+from graphc import dsl, nn, optim, train
 from graphc.backends import compile as compile_graph
 from graphc.ir import Graph
-from graphc.nn import Context, Conv2D, ConvTranspose2D, Dense, Sequential, Upsample
+from graphc.nn import Context, Conv2D, Dense, Sequential
 from graphc.ops import reduce
 from graphc.optim import HyperparameterError
-from graphc.train import BatchSizeSchedule, Trainer, loop
+from graphc.train import Trainer, loop
 
+# The new names are looked up when a test runs (not imported at the top), so that on a graphc without
+# them each test fails on its own instead of the whole file failing to import.
 HERE = re.escape(__file__.rsplit("/", 1)[-1]) + r":\d+"  # the user's file:line in error messages
 N, LR, MU, SEED = 10, 0.3, 0.9, 3
 SIZES = {0: 4, 1: 6, 2: 4, 3: 10}  # 4 again at epoch 2: its step must be reused, not recompiled
@@ -30,25 +32,25 @@ SIZES = {0: 4, 1: 6, 2: 4, 3: 10}  # 4 again at epoch 2: its step must be reused
 # -- the schedule itself (nothing compiled) --------------------------------------------------------------------------
 
 def test_a_batch_size_schedule_gives_each_epoch_the_size_that_started_last():
-    schedule = BatchSizeSchedule({5: 64, 0: 32, 10: 128})
+    schedule = train.BatchSizeSchedule({5: 64, 0: 32, 10: 128})
     assert [schedule(t) for t in (0, 4, 5, 9, 10, 99)] == [32, 32, 64, 64, 128, 128]
     assert schedule.sizes == {0: 32, 5: 64, 10: 128}
 
 
 def test_increase_multiplies_the_size_every_few_epochs_up_to_the_maximum():
-    schedule = BatchSizeSchedule.increase(32, factor=2, every=3, max_batch_size=100)
+    schedule = train.BatchSizeSchedule.increase(32, factor=2, every=3, max_batch_size=100)
     assert schedule.sizes == {0: 32, 3: 64, 6: 100}
     assert [schedule(t) for t in range(8)] == [32, 32, 32, 64, 64, 64, 100, 100]
-    assert BatchSizeSchedule.increase(8, factor=4, every=1, max_batch_size=8).sizes == {0: 8}
+    assert train.BatchSizeSchedule.increase(8, factor=4, every=1, max_batch_size=8).sizes == {0: 8}
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: BatchSizeSchedule({1: 32}), r"does not say the batch size of epoch 0"),
-    (lambda: BatchSizeSchedule({0: 32, 2: 0}), r"the batch size of epoch 2=0 must be a whole number >= 1"),
-    (lambda: BatchSizeSchedule({0: 32, -1: 8}), r"a first epoch=-1 must be a whole number >= 0"),
-    (lambda: BatchSizeSchedule([32, 64]), r"must be a non-empty dict"),
-    (lambda: BatchSizeSchedule.increase(32, factor=1), r"factor=1 must be a whole number >= 2"),
-    (lambda: BatchSizeSchedule.increase(32, max_batch_size=16), r"max_batch_size=16 must be a whole number >= 32"),
+    (lambda: train.BatchSizeSchedule({1: 32}), r"does not say the batch size of epoch 0"),
+    (lambda: train.BatchSizeSchedule({0: 32, 2: 0}), r"the batch size of epoch 2=0 must be a whole number >= 1"),
+    (lambda: train.BatchSizeSchedule({0: 32, -1: 8}), r"a first epoch=-1 must be a whole number >= 0"),
+    (lambda: train.BatchSizeSchedule([32, 64]), r"must be a non-empty dict"),
+    (lambda: train.BatchSizeSchedule.increase(32, factor=1), r"factor=1 must be a whole number >= 2"),
+    (lambda: train.BatchSizeSchedule.increase(32, max_batch_size=16), r"max_batch_size=16 must be a whole number >= 32"),
 ])
 def test_a_bad_schedule_is_refused_at_the_users_line(make, message):
     with pytest.raises(HyperparameterError, match=message + r"(.|\n)*" + HERE):
@@ -59,7 +61,7 @@ def test_last_batch_drop_with_a_size_larger_than_the_data_is_refused_before_comp
     monkeypatch.setattr(loop, "compile_graph", lambda *a, **k: pytest.fail("compiled before checking"))
     model = mlp()
     with pytest.raises(HyperparameterError, match=r"last_batch='drop' with 10 rows and batch_size 16"):
-        graphc.fit(model, data(), epochs=3, batch_size=BatchSizeSchedule({0: 4, 2: 16}), last_batch="drop",
+        graphc.fit(model, data(), epochs=3, batch_size=train.BatchSizeSchedule({0: 4, 2: 16}), last_batch="drop",
                    verbose=False)
 
 
@@ -126,7 +128,7 @@ def scheduled_fit(tmp_path_factory):
         mp.setattr(loop, "compile_graph", counting_compile)
         model = mlp()
         start = {k: v.copy() for k, v in model.named_values().items()}
-        history = graphc.fit(model, data(), epochs=len(SIZES), batch_size=BatchSizeSchedule(SIZES),
+        history = graphc.fit(model, data(), epochs=len(SIZES), batch_size=train.BatchSizeSchedule(SIZES),
                              optimizer=optim.Momentum(LR, MU), seed=SEED, backend="cpu", verbose=False)
         fit_compiles = list(compiles)
         # Another Trainer (as another process would) compiles the same step: the on-disk cache has it.
@@ -163,7 +165,7 @@ def test_last_batch_applies_at_each_size_of_the_schedule(scheduled_fit, last_bat
     # scheduled_fit first: its on-disk cache holds these steps (last_batch does not change the step graph)
     model = mlp()
     expected = {k: v.copy() for k, v in model.named_values().items()}
-    history = graphc.fit(model, data(), epochs=len(SIZES), batch_size=BatchSizeSchedule(SIZES),
+    history = graphc.fit(model, data(), epochs=len(SIZES), batch_size=train.BatchSizeSchedule(SIZES),
                          optimizer=optim.Momentum(LR, MU), seed=SEED, backend="cpu", verbose=False,
                          last_batch=last_batch)
     losses = numpy_fit(expected, *data(), [SIZES[t] for t in range(len(SIZES))], last_batch)
@@ -174,7 +176,7 @@ def test_last_batch_applies_at_each_size_of_the_schedule(scheduled_fit, last_bat
 
 def test_the_reference_backend_trains_the_same_schedule_to_the_same_numbers(scheduled_fit):
     model = mlp()
-    history = graphc.fit(model, data(), epochs=len(SIZES), batch_size=BatchSizeSchedule(SIZES),
+    history = graphc.fit(model, data(), epochs=len(SIZES), batch_size=train.BatchSizeSchedule(SIZES),
                          optimizer=optim.Momentum(LR, MU), seed=SEED, backend="reference", verbose=False)
     np.testing.assert_allclose(history["loss"], scheduled_fit[2]["loss"], rtol=1e-10)
     for k, v in model.named_values().items():
@@ -214,7 +216,7 @@ def run_layer(layer, in_shape, x):
 @pytest.mark.parametrize("stride, padding, output_padding", [(1, 0, 0), (2, 1, 1), (3, 1, 0)])
 def test_conv_transpose2d_layer_equals_the_scatter_definition(stride, padding, output_padding):
     x = np.random.default_rng(0).normal(size=(2, 3, 4, 5))
-    layer = ConvTranspose2D(2, (3, 2), stride=stride, padding=padding, output_padding=output_padding)
+    layer = nn.ConvTranspose2D(2, (3, 2), stride=stride, padding=padding, output_padding=output_padding)
     out = run_layer(layer, (3, 4, 5), x)
     expected = numpy_conv_transpose(x, layer.values["W"], layer.values["b"], stride, padding, output_padding)
     assert layer.out_shape == expected.shape[1:] and out.shape == expected.shape
@@ -224,7 +226,7 @@ def test_conv_transpose2d_layer_equals_the_scatter_definition(stride, padding, o
 
 def test_conv_transpose2d_is_he_initialized_for_the_products_one_output_pixel_sums():
     # stride 2, kernel 4: each output pixel sums 32 channels x 16 taps / 4 = 128 products, so W ~ N(0, 2/128)
-    layer = ConvTranspose2D(64, 4, stride=2, padding=1)
+    layer = nn.ConvTranspose2D(64, 4, stride=2, padding=1)
     Sequential([layer], input_shape=(32, 5, 5), seed=0)
     assert layer.values["W"].shape == (32, 64, 4, 4) and layer.values["W"].dtype == np.float32
     assert abs(layer.values["W"].std() / np.sqrt(2 / 128) - 1) < 0.03  # 32768 draws: a 0.4% standard error
@@ -233,15 +235,16 @@ def test_conv_transpose2d_is_he_initialized_for_the_products_one_output_pixel_su
 
 def test_upsample_repeats_every_pixel_into_a_block():
     x = np.random.default_rng(1).normal(size=(2, 3, 2, 3))
-    layer = Upsample((2, 3))
+    layer = nn.Upsample((2, 3))
     out = run_layer(layer, (3, 2, 3), x)
     assert layer.out_shape == (3, 4, 9) and layer.values == {}
     np.testing.assert_array_equal(out, np.repeat(np.repeat(x, 2, axis=2), 3, axis=3))
 
 
-@pytest.mark.parametrize("layer", [ConvTranspose2D(2, 3, stride=2, padding=1, output_padding=1), Upsample(2)],
-                         ids=["conv_transpose2d", "upsample"])
-def test_the_layers_gradients_equal_float64_central_differences(layer):
+@pytest.mark.parametrize("make", [lambda: nn.ConvTranspose2D(2, 3, stride=2, padding=1, output_padding=1),
+                                  lambda: nn.Upsample(2)], ids=["conv_transpose2d", "upsample"])
+def test_the_layers_gradients_equal_float64_central_differences(make):
+    layer = make()
     rng = np.random.default_rng(2)
     model = Sequential([layer], input_shape=(2, 3, 3), dtype=np.float64, seed=3)
     with Graph("grad"):
@@ -256,25 +259,25 @@ def test_the_layers_gradients_equal_float64_central_differences(layer):
 
 def test_layer_arguments_and_input_shapes_are_checked_at_the_users_line():
     with pytest.raises(graphc.ShapeError, match=r"Upsample: factor must be >= 1, got 0\n  at .*" + HERE):
-        Upsample(0)
+        nn.Upsample(0)
     with pytest.raises(graphc.ShapeError, match=r"ConvTranspose2D: filters must be >= 1, got 0\n  at .*" + HERE):
-        ConvTranspose2D(0, 3)
+        nn.ConvTranspose2D(0, 3)
     with pytest.raises(graphc.ShapeError, match=r"ConvTranspose2D expects \[channels, height, width\] inputs, "
                                                 r"got \[4\]\n  at .*" + HERE):
-        Sequential([ConvTranspose2D(2, 3)], input_shape=(4,))
+        Sequential([nn.ConvTranspose2D(2, 3)], input_shape=(4,))
     with pytest.raises(graphc.ShapeError, match=r"upsample_1: Upsample expects .* got \[3, 4\]\n  at .*" + HERE):
-        Sequential([Upsample(2)], input_shape=(3, 4))
+        Sequential([nn.Upsample(2)], input_shape=(3, 4))
     with pytest.raises(graphc.ShapeError, match=r"padding \(3, 3\) leaves an empty output for input \[1, 2, 2\]"):
-        Sequential([ConvTranspose2D(1, 2, padding=3)], input_shape=(1, 2, 2))
+        Sequential([nn.ConvTranspose2D(1, 2, padding=3)], input_shape=(1, 2, 2))
 
 
 # -- a tiny convolutional autoencoder trains, cpu and reference step for step ----------------------------------------
 
 def autoencoder() -> Sequential:
     """8x8 -> Conv2D stride 2 -> 4x4 -> Upsample -> 8x8 -> Conv2D stride 2 -> 4x4 -> ConvTranspose2D stride 2 -> 8x8."""
-    return Sequential([Conv2D(3, 3, stride=2, padding=1, activation="tanh"), Upsample(2),
+    return Sequential([Conv2D(3, 3, stride=2, padding=1, activation="tanh"), nn.Upsample(2),
                        Conv2D(3, 3, stride=2, padding=1, activation="tanh"),
-                       ConvTranspose2D(1, 4, stride=2, padding=1)], input_shape=(1, 8, 8), dtype=np.float64, seed=4)
+                       nn.ConvTranspose2D(1, 4, stride=2, padding=1)], input_shape=(1, 8, 8), dtype=np.float64, seed=4)
 
 
 def reconstruction_step(backend: str):
@@ -301,7 +304,7 @@ def test_a_conv_autoencoder_with_upsample_and_conv_transpose_trains_the_same_on_
 def test_a_scheduled_run_resumed_from_its_checkpoint_equals_the_uninterrupted_run(tmp_path):
     def run(epochs, **kw):
         model = mlp()
-        history = graphc.fit(model, data(), epochs=epochs, batch_size=BatchSizeSchedule(SIZES),
+        history = graphc.fit(model, data(), epochs=epochs, batch_size=train.BatchSizeSchedule(SIZES),
                              optimizer=optim.Momentum(LR, MU), seed=SEED, backend="reference", verbose=False, **kw)
         return model, history
 
