@@ -13,7 +13,6 @@ import pytest
 import graphc
 from graphc.nn import Conv2D, Dense, Flatten, Sequential
 from graphc.train import History, Trainer, build_train_step, fit
-from graphc.train import monitor as monitors
 from graphc.train.loop import steps_per_epoch
 
 ROWS, BATCH, EPOCHS, LR, SEED = 20, 8, 2, 0.2, 3  # 20 rows in batches of 8: two full steps and a partial one
@@ -137,7 +136,7 @@ def test_monitor_off_adds_nothing_to_the_step():
     watched = build_train_step(model, BATCH, graphc.optim.SGD(LR), monitor=True)
     assert plain.structural_hash() == default.structural_hash()
     assert len(plain.outputs) == 2  # the loss and the number of correct predictions, nothing else
-    assert not any((n.name or "").startswith(monitors.PREFIX) for n in plain.nodes)
+    assert not any((n.name or "").startswith("monitor/") for n in plain.nodes)
     assert len(watched.outputs) == 2 + 4 + 3  # dense_1: mean, mean_sq, active, ratio; dense_2: mean, mean_sq, ratio
     assert len(plain.nodes) < len(watched.nodes)
     trainer = Trainer(model, graphc.optim.SGD(LR), backend="reference")
