@@ -227,3 +227,43 @@ def test_monitor_plot_without_matplotlib_says_how_to_get_it(tmp_path):
     with pytest.raises(ImportError, match=r"graphc\[plot\]"):
         history.plot_monitors(str(tmp_path / "monitor.png"))
 
+
+
+# -- graphc train --monitor ---------------------------------------------------------------------------------------
+
+def _npz(tmp_path, **arrays):
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_cli_train_monitor_flags_and_reports(tmp_path, capsys):
+    from graphc.cli import main
+
+    x, y = _data()
+    code = main(["train", _npz(tmp_path, x=x, y=y), "--hidden", "6", "--epochs", "2", "--batch-size", "8",
+                 "--lr", "20", "--backend", "reference", "--monitor"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert re.search(r"epoch 1/2 .*! .*dense_1 update ratio \S+ > 0\.01", err), err
+    assert re.search(r"^MLP 3-6-2: training accuracy \d\.\d{4}$", out, re.M), out
+    assert re.search(r"^  dense_1: mean \S+  std \S+  dead_fraction \S+  update_ratio \S+$", out, re.M), out
+
+
+def test_cli_train_without_monitor_reports_no_monitors(tmp_path, capsys):
+    from graphc.cli import main
+
+    x, y = _data()
+    assert main(["train", _npz(tmp_path, x=x, y=y), "--hidden", "4", "--epochs", "1", "--backend", "reference"]) == 0
+    out, err = capsys.readouterr()
+    assert "dense_1:" not in out and "!" not in err
+
+
+def test_cli_train_refuses_data_without_labels_and_a_plot_without_monitors(tmp_path, capsys):
+    from graphc.cli import main
+
+    x, _ = _data()
+    assert main(["train", _npz(tmp_path, x=x), "--backend", "reference"]) == 2
+    assert re.search(r"graphc train: .*data\.npz has no array\(s\) y \(it has x\)", capsys.readouterr().err)
+    assert main(["train", "mnist", "--monitor-plot", str(tmp_path / "m.png")]) == 2
+    assert "--monitor-plot plots the monitors: add --monitor" in capsys.readouterr().err
