@@ -4,6 +4,7 @@
     graphc ops                      # one line per op
     graphc ops relu sigmoid         # everything the registry knows about those ops
     graphc ops --markdown > docs/ops.md
+    graphc train mnist --hidden 512,256 --epochs 5 --monitor   # an MLP, the course's monitors on
 """
 from __future__ import annotations
 
@@ -52,6 +53,74 @@ def _cmd_ops(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The data sets ``graphc train`` knows by name (graphc.datasets loaders); any other name is an .npz file.
+DATASETS = ("digits", "mnist", "fashion-mnist")
+
+
+def _train_data(source: str):
+    """(train, validation or None) for ``graphc train``: a data set by name, or an .npz file with arrays
+    x and y (and optionally x_val and y_val)."""
+    import numpy as np
+
+    from graphc import datasets
+
+    if source in DATASETS:
+        splits = {"digits": datasets.digits, "mnist": datasets.mnist,
+                  "fashion-mnist": datasets.fashion_mnist}[source]()
+        return splits.train, splits.val
+    with np.load(source) as arrays:
+        missing = [k for k in ("x", "y") if k not in arrays]
+        if missing:
+            raise ValueError(f"{source} has no array(s) {', '.join(missing)} (it has {', '.join(arrays.files)}); "
+                             f"graphc train reads x [N, features] and y [N] class indices")
+        train = (arrays["x"], arrays["y"])
+        val = (arrays["x_val"], arrays["y_val"]) if "x_val" in arrays and "y_val" in arrays else None
+    return train, val
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from graphc.ir import GraphcError
+
+    if args.monitor_plot and not args.monitor:
+        print("graphc train: --monitor-plot plots the monitors: add --monitor", file=sys.stderr)
+        return 2
+    try:
+        return _train(args)
+    except (OSError, ValueError, ImportError, GraphcError) as err:  # unreadable or missing data, bad labels, no matplotlib
+        print(f"graphc train: {err}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Train an MLP as ``graphc train`` says; prints the accuracies and the last epoch's monitors."""
+    import numpy as np
+
+    import graphc
+    from graphc.nn import Dense, Sequential
+
+    (x, y), val = _train_data(args.data)
+    hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
+    x = x.reshape(len(x), -1)
+    classes = int(np.max(y)) + 1 if len(y) else 1
+    model = Sequential([Dense(h, args.activation, init="he_normal") for h in hidden] + [Dense(classes)],
+                       input_shape=x.shape[1:], seed=args.seed)
+    val = (val[0].reshape(len(val[0]), -1), val[1]) if val is not None else None
+    history = graphc.fit(model, (x, y), epochs=args.epochs, batch_size=args.batch_size,
+                         optimizer=graphc.optim.Momentum(args.lr, 0.9), validation_data=val, backend=args.backend,
+                         seed=args.seed, monitor=args.monitor)
+    widths = "-".join(str(w) for w in (x.shape[1], *hidden, classes))
+    if not history.epochs:
+        print(f"MLP {widths}: no epochs trained")
+        return 0
+    print(f"MLP {widths}: training accuracy {history['acc'][-1]:.4f}"
+          + (f", validation accuracy {history['val_acc'][-1]:.4f}" if val else ""))
+    for layer, stats in history.monitor.items():
+        print(f"  {layer}: " + "  ".join(f"{stat} {values[-1]:.4g}" for stat, values in stats.items()))
+    if args.monitor_plot:
+        print(f"monitor plot: {history.plot_monitors(args.monitor_plot)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="graphc",
@@ -67,6 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument("names", nargs="*", metavar="NAME", help="ops to show in detail (default: list all)")
     ops.add_argument("--markdown", action="store_true", help="print the full reference as Markdown")
     ops.set_defaults(run=_cmd_ops)
+    train = sub.add_parser("train", help="train an MLP on a data set, optionally with the course's monitors",
+                           description="Train a ReLU MLP (momentum 0.9) on a data set and report its accuracy; "
+                                       "--monitor adds the training monitors (activation mean/std, dead units, "
+                                       "update ratios) to the step and flags what leaves the course's ranges.")
+    train.add_argument("data", metavar="DATA",
+                       help=f"{', '.join(DATASETS)}, or an .npz file with x, y (and optionally x_val, y_val)")
+    train.add_argument("--hidden", default="128", help="hidden layer widths, comma separated (default: 128)")
+    train.add_argument("--activation", default="relu", help="hidden layers' activation (default: relu)")
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr", type=float, default=0.05, help="learning rate (default: 0.05)")
+    train.add_argument("--backend", default=None, help="cpu (the default when available) or reference")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--monitor", action="store_true",
+                       help="compute the monitors in the training step, keep them per epoch and flag them")
+    train.add_argument("--monitor-plot", metavar="PNG", default=None,
+                       help="with --monitor: save dead units and update ratios per epoch (needs matplotlib)")
+    train.set_defaults(run=_cmd_train)
     return parser
 
 

@@ -38,6 +38,9 @@ class Context:
     key: Tensor | None = None
     #: (state parameter, new value) pairs, e.g. batch-norm running statistics; applied with Graph.update.
     updates: list = field(default_factory=list)
+    #: When a list, every module called appends (module, its output): the training monitors read the
+    #: layers' activations from it (see graphc.train.monitor); None records nothing.
+    outputs: list | None = None
     _params: dict = field(default_factory=dict)
 
 
@@ -74,8 +77,12 @@ class Module:
     def __call__(self, x: Tensor, ctx: Context | None = None) -> Tensor:
         if self.out_shape is None:
             raise ShapeError(f"{self.name or type(self).__name__}: build() the model before calling it")
+        ctx = ctx if ctx is not None else Context()
         with dsl.located_at(self.loc):
-            return self.forward(x, ctx if ctx is not None else Context())
+            out = self.forward(x, ctx)
+        if ctx.outputs is not None:
+            ctx.outputs.append((self, out))
+        return out
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
         raise NotImplementedError

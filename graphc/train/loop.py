@@ -30,6 +30,7 @@ from ..optim import SGD, Optimizer
 from ..optim.hyperparams import NON_NEGATIVE, HyperparameterError, check_count, user_line_text
 from . import inputs
 from . import losses as loss_defs
+from . import monitor as monitors
 from .checkpoint import CheckpointError, check_arrays, load_checkpoint, save_checkpoint
 from .schedules import BatchSizeSchedule, ReduceOnPlateau, Schedule, constant
 
@@ -74,6 +75,9 @@ class History:
     metrics: dict[str, list[float]] = field(default_factory=dict)
     best_epoch: int | None = None
     stopped_early: bool = False
+    #: With ``fit(..., monitor=True)``: per layer, per statistic (mean, std, dead_fraction, update_ratio),
+    #: one value per epoch, e.g. ``history.monitor["dense_1"]["dead_fraction"]``; see graphc.train.monitor.
+    monitor: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def append(self, epoch: int, **values: float) -> None:
         self.epochs.append(epoch)
@@ -82,6 +86,17 @@ class History:
 
     def __getitem__(self, key: str) -> list[float]:
         return self.metrics[key]
+
+    def append_monitors(self, summary: dict[str, dict[str, float]]) -> None:
+        """Keep an epoch's monitors (:meth:`graphc.train.monitor.StepMonitors.summary`)."""
+        for layer, stats in summary.items():
+            for stat, value in stats.items():
+                self.monitor.setdefault(layer, {}).setdefault(stat, []).append(float(value))
+
+    def plot_monitors(self, path: str) -> str:
+        """Save the monitored layers' dead-unit fractions and update ratios over the epochs as a PNG, the
+        course's band marked (needs matplotlib); see :func:`graphc.train.monitor.plot`."""
+        return monitors.plot(self, path)
 
     def plot(self, path: str) -> str:
         """Save the training and validation curves of the loss and of each metric as a PNG (needs matplotlib)."""
@@ -108,12 +123,13 @@ class History:
 
     def to_dict(self) -> dict:
         return {"epochs": self.epochs, "metrics": self.metrics, "best_epoch": self.best_epoch,
-                "stopped_early": self.stopped_early}
+                "stopped_early": self.stopped_early, "monitor": self.monitor}
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
         return cls(list(d["epochs"]), {k: list(v) for k, v in d["metrics"].items()}, d.get("best_epoch"),
-                   d.get("stopped_early", False))
+                   d.get("stopped_early", False),
+                   {layer: {k: list(v) for k, v in stats.items()} for layer, stats in d.get("monitor", {}).items()})
 
 
 def _needs_key(model: Module) -> bool:
@@ -123,10 +139,11 @@ def _needs_key(model: Module) -> bool:
 
 def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss: Any = "softmax_cross_entropy",
                      l2: float = 0.0, name: str = "train_step", metrics: tuple[str, ...] | None = None,
-                     target: loss_defs.Target | None = None) -> Graph:
+                     target: loss_defs.Target | None = None, monitor: bool = False) -> Graph:
     """The training-step graph: inputs x, y, lr (and key with dropout); outputs the loss, then each
     metric's batch total (``metrics``, default the loss's: the number of correct predictions for the
     classification losses); updates every parameter and optimizer/normalization state in place.
+    With ``monitor``, the layers' monitors follow as further outputs (see :mod:`graphc.train.monitor`).
 
     ``loss`` is a built-in loss's name or a function (model output, target) -> scalar Tensor; ``target``
     says what y is (default: what the loss takes, see :func:`graphc.train.losses.target_of`)."""
@@ -139,7 +156,7 @@ def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss:
         y = dsl.input("y", (batch_size,) + target.row_shape, target.dtype)
         lr = dsl.input("lr", (), dtype)
         key = dsl.input("key", (), "int64") if _needs_key(model) else None
-        ctx = Context(training=True, key=key)
+        ctx = Context(training=True, key=key, outputs=[] if monitor else None)
         output = model(x, ctx)
         objective = loss_defs.objective(spec, output, y)
         params = [t for t in ctx._params.values() if t.node.attrs.get("trainable", True)]
@@ -155,6 +172,8 @@ def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss:
         for state, new_value in ctx.updates:
             g.update(state, ew.cast(new_value, state.dtype))
         g.output(objective, *totals)
+        if monitor:
+            monitors.add_monitor_outputs(g, ctx.outputs)
     return g
 
 
@@ -190,7 +209,7 @@ class Trainer:
 
     def __init__(self, model: Module, optimizer: Optimizer | None = None, loss: Any = "softmax_cross_entropy",
                  l2: float = 0.0, backend: str | None = None, optimize: int | None = None,
-                 metrics: tuple[str, ...] | None = None):
+                 metrics: tuple[str, ...] | None = None, monitor: bool = False):
         self.loss = loss_defs.loss_of(loss)
         self.metrics = loss_defs.metrics_of(metrics, self.loss)
         #: what the step's y is; fit sets it from the data for a custom loss (y's rows as given)
@@ -205,6 +224,8 @@ class Trainer:
         self.step_count = 0
         self._frozen = model.frozen_names()  # the frozen set the compiled steps were built for
         self._set_aside: dict[str, np.ndarray] = {}  # state no compiled step holds: frozen parameters' slots
+        #: With ``monitor``: the steps' monitor outputs over the current epoch (graphc.train.monitor)
+        self.monitors = monitors.StepMonitors() if monitor else None
 
     def _compile(self, graph: Graph, backend: str | None = None):
         outs = [dsl.Tensor(o, graph) for o in graph.outputs]
@@ -217,9 +238,12 @@ class Trainer:
             self._follow_frozen_set()
         key = (batch_size, backend or self.backend)
         if key not in self._steps:
-            exe = self._compile(build_train_step(self.model, batch_size, self.optimizer, self.loss, self.l2,
-                                                 name=f"train_step_b{batch_size}", metrics=self.metrics,
-                                                 target=self.target), backend)
+            graph = build_train_step(self.model, batch_size, self.optimizer, self.loss, self.l2,
+                                     name=f"train_step_b{batch_size}", metrics=self.metrics, target=self.target,
+                                     monitor=self.monitors is not None)
+            exe = self._compile(graph, backend)
+            if self.monitors is not None:
+                exe = self.monitors.wrap(exe, graph)
             if self.state is None:
                 self.state = self._take_over(exe.params)
             self._steps[key] = exe
@@ -484,7 +508,7 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
         loss: Any = "softmax_cross_entropy", l2: float = 0.0, seed: int = 0, backend: str | None = None,
         checkpoint: str | None = None, resume: bool = False, verbose: bool = True,
         trainer: Trainer | None = None, last_batch: str = "partial",
-        metrics: tuple[str, ...] | None = None) -> History:
+        metrics: tuple[str, ...] | None = None, monitor: bool = False) -> History:
     """Train ``model`` on ``train_data`` = (x, y) and return its :class:`History`.
 
     ``loss``: ``"softmax_cross_entropy"`` (the default: logits [N, C], integer labels y [N]), ``"mse"``,
@@ -498,6 +522,11 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
     training set: ``"partial"`` trains on them as one smaller batch (PyTorch's DataLoader default),
     ``"drop"`` skips them (``drop_last=True``), ``"wrap"`` fills the last batch from the start of the
     epoch's permutation, so every step is a full batch and the whole epoch is one native call.
+
+    ``monitor=True`` computes, inside the compiled step, each layer's activation mean and standard
+    deviation, its fraction of dead ReLU units and its update-to-weight ratio ||dW||/||W||; they are kept
+    per epoch in ``history.monitor[layer][stat]`` and flagged in the progress line when a ratio leaves the
+    course's 1e-3..1e-2 band or more than half of a layer's units are dead (see :mod:`graphc.train.monitor`).
 
     ``batch_size`` is a number, or a :class:`~graphc.train.schedules.BatchSizeSchedule` giving each
     epoch's (then each distinct size is compiled once, ``last_batch`` applies to each epoch at its own
@@ -515,7 +544,8 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
     epochs = check_count("fit", "epochs", epochs, minimum=0)
     batch_size_of = _batch_size_of(batch_size)
     _check_last_batch(last_batch)
-    trainer = trainer or Trainer(model, optimizer, loss, l2, backend, metrics=metrics)
+    trainer = trainer or Trainer(model, optimizer, loss, l2, backend, metrics=metrics, monitor=monitor)
+    _check_monitor(monitor, trainer)
     (x, y), validation_data = _fit_data(model, trainer.loss, train_data, validation_data)
     trainer.target = loss_defs.target_of(trainer.loss, model, y)
     loss_defs.check_metric_targets(trainer.metrics, trainer.loss, trainer.target, tuple(model.out_shape))
@@ -541,6 +571,8 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
             lr_of_step = schedule
         else:
             lr_of_step = (lambda e: lambda s: schedule(e))(epoch)
+        if trainer.monitors is not None:
+            trainer.monitors.reset()
         try:
             train_scores = trainer.train_epoch(x, y, batch_size, lr_of_step, rng, seed, last_batch, epoch=epoch + 1)
         except NonFiniteError:
@@ -559,7 +591,7 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
             if isinstance(schedule, ReduceOnPlateau):
                 schedule.observe(values["val_loss"])
         history.append(epoch + 1, **values)
-        bar.report(epoch + 1, values)
+        bar.report(epoch + 1, values, _monitor_flags(trainer, history))
         if early_stopping is not None:
             value = values[early_stopping.monitor]
             if best is None or value < best[0] - early_stopping.min_delta:
@@ -636,6 +668,23 @@ def _check_monitoring(early_stopping: EarlyStopping | None, schedule: Schedule, 
         raise HyperparameterError(f"fit: {schedule!r} lowers the rate when the validation loss stops improving: it "
                                   f"needs validation_data=(x_val, y_val) (without it, it would never lower the rate)"
                                   f"{user_line_text()}")
+
+
+def _check_monitor(monitor: bool, trainer: Trainer) -> None:
+    """fit(monitor=True) with a trainer built without monitors would silently monitor nothing."""
+    if monitor and trainer.monitors is None:
+        raise HyperparameterError(f"fit: monitor=True, but the trainer given was built without monitors (its "
+                                  f"compiled steps have no monitor outputs): pass Trainer(..., monitor=True)"
+                                  f"{user_line_text()}")
+
+
+def _monitor_flags(trainer: Trainer, history: History) -> list[str]:
+    """The epoch's monitors, kept in the history; returns what the progress line should flag."""
+    if trainer.monitors is None:
+        return []
+    summary = trainer.monitors.summary()
+    history.append_monitors(summary)
+    return monitors.flags(summary)
 
 
 # -- resuming from a checkpoint ------------------------------------------------------------------------------------
@@ -793,11 +842,11 @@ class _Plain:
     def update(self, n):
         pass
 
-    def report(self, epoch, m):
+    def report(self, epoch, m, flags=()):
         if self.verbose:
             scores = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in ("lr", "seconds"))
-            print(f"epoch {epoch}/{self.total}  {scores}  lr {m['lr']:.3g}  {m['seconds']:.2f}s", file=sys.stderr,
-                  flush=True)
+            print(f"epoch {epoch}/{self.total}  {scores}  lr {m['lr']:.3g}  {m['seconds']:.2f}s{_flags_text(flags)}",
+                  file=sys.stderr, flush=True)
 
     def close(self):
         pass
@@ -813,12 +862,20 @@ class _Tqdm(_Plain):
     def update(self, n):
         self.bar.update(n)
 
-    def report(self, epoch, m):
-        self.bar.set_postfix({k: f"{v:.4f}" for k, v in m.items() if k not in ("lr", "seconds")})
+    def report(self, epoch, m, flags=()):
+        postfix = {k: f"{v:.4f}" for k, v in m.items() if k not in ("lr", "seconds")}
+        if flags:
+            postfix["monitor"] = _flags_text(flags).strip()
+        self.bar.set_postfix(postfix)
         self.bar.update(1)
 
     def close(self):
         self.bar.close()
+
+
+def _flags_text(flags) -> str:
+    """The monitors' flags as the end of a progress line ("" when nothing is flagged)."""
+    return "  ! " + "; ".join(flags) if flags else ""
 
 
 def _progress(total: int, verbose: bool):
