@@ -835,6 +835,11 @@ def overfit_check(model: Module, x: np.ndarray, y: np.ndarray, epochs: int = 200
 
 # -- progress -------------------------------------------------------------------------------------------------------
 
+def _score_text(name: str, value: float) -> str:
+    """A progress-line value: scores to 4 decimals, a batch size (a count) as a whole number."""
+    return str(int(value)) if name == "batch_size" else f"{value:.4f}"
+
+
 class _Plain:
     def __init__(self, total, verbose):
         self.total, self.verbose = total, verbose
@@ -844,7 +849,7 @@ class _Plain:
 
     def report(self, epoch, m, flags=()):
         if self.verbose:
-            scores = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in ("lr", "seconds"))
+            scores = "  ".join(f"{k} {_score_text(k, v)}" for k, v in m.items() if k not in ("lr", "seconds"))
             print(f"epoch {epoch}/{self.total}  {scores}  lr {m['lr']:.3g}  {m['seconds']:.2f}s{_flags_text(flags)}",
                   file=sys.stderr, flush=True)
 
@@ -863,7 +868,7 @@ class _Tqdm(_Plain):
         self.bar.update(n)
 
     def report(self, epoch, m, flags=()):
-        postfix = {k: f"{v:.4f}" for k, v in m.items() if k not in ("lr", "seconds")}
+        postfix = {k: _score_text(k, v) for k, v in m.items() if k not in ("lr", "seconds")}
         if flags:
             postfix["monitor"] = _flags_text(flags).strip()
         self.bar.set_postfix(postfix)
