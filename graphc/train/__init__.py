@@ -15,7 +15,8 @@ from .loop import (
     predict_outputs,
 )
 from .schedules import BatchSizeSchedule
+from .search import SearchResult, Trial, random_search
 
 __all__ = ["BatchSizeSchedule", "CheckpointError", "EarlyStopping", "History", "Trainer", "build_eval", "build_train_step", "evaluate",
            "fit", "initial_loss_check", "load_checkpoint", "load_layers", "losses", "overfit_check", "predict",
-           "predict_outputs", "save_checkpoint", "schedules"]
+           "predict_outputs", "random_search", "save_checkpoint", "schedules", "SearchResult", "Trial"]

@@ -139,11 +139,13 @@ def _needs_key(model: Module) -> bool:
 
 def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss: Any = "softmax_cross_entropy",
                      l2: float = 0.0, name: str = "train_step", metrics: tuple[str, ...] | None = None,
-                     target: loss_defs.Target | None = None, monitor: bool = False) -> Graph:
+                     target: loss_defs.Target | None = None, monitor: bool = False, l2_input: bool = False) -> Graph:
     """The training-step graph: inputs x, y, lr (and key with dropout); outputs the loss, then each
     metric's batch total (``metrics``, default the loss's: the number of correct predictions for the
     classification losses); updates every parameter and optimizer/normalization state in place.
     With ``monitor``, the layers' monitors follow as further outputs (see :mod:`graphc.train.monitor`).
+    With ``l2_input``, the L2 strength is an input ``l2`` fed each step (one compiled step serves any
+    strength: :func:`graphc.train.search.random_search`), instead of the constant ``l2``.
 
     ``loss`` is a built-in loss's name or a function (model output, target) -> scalar Tensor; ``target``
     says what y is (default: what the loss takes, see :func:`graphc.train.losses.target_of`)."""
@@ -156,6 +158,7 @@ def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss:
         y = dsl.input("y", (batch_size,) + target.row_shape, target.dtype)
         lr = dsl.input("lr", (), dtype)
         key = dsl.input("key", (), "int64") if _needs_key(model) else None
+        strength = dsl.input("l2", (), dtype) if l2_input else None
         ctx = Context(training=True, key=key, outputs=[] if monitor else None)
         output = model(x, ctx)
         objective = loss_defs.objective(spec, output, y)
@@ -164,8 +167,10 @@ def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss:
             raise HyperparameterError(f"fit: every parameter of {model.name} is frozen, so a training step would "
                                       f"change nothing; unfreeze the layers to train (e.g. model.layers[-1]"
                                       f".unfreeze()){user_line_text()}")
-        if l2:
-            weights = [p for p in params if p.name.endswith(".W")]
+        weights = [p for p in params if p.name.endswith(".W")]
+        if strength is not None:
+            objective = objective + strength * nn_ops.sum_of_squares(weights, "l2_penalty")
+        elif l2:
             objective = objective + nn_ops.l2_penalty(weights, l2)
         totals = [loss_defs.metric_total(m, spec, output, y) for m in metrics]
         optimizer.minimize(objective, params, lr)
@@ -209,13 +214,15 @@ class Trainer:
 
     def __init__(self, model: Module, optimizer: Optimizer | None = None, loss: Any = "softmax_cross_entropy",
                  l2: float = 0.0, backend: str | None = None, optimize: int | None = None,
-                 metrics: tuple[str, ...] | None = None, monitor: bool = False):
+                 metrics: tuple[str, ...] | None = None, monitor: bool = False, l2_input: bool = False):
         self.loss = loss_defs.loss_of(loss)
         self.metrics = loss_defs.metrics_of(metrics, self.loss)
         #: what the step's y is; fit sets it from the data for a custom loss (y's rows as given)
         self.target = loss_defs.target_of(self.loss, model)
         l2 = NON_NEGATIVE.check("fit", "l2", l2)
         self.model, self.optimizer, self.l2 = model, optimizer or SGD(0.01), l2
+        #: the step takes the L2 strength as an input, fed from ``self.l2`` (which may then change between runs)
+        self.l2_input = l2_input
         self.backend = backend or _default_backend()
         self.optimize = optimize
         self._steps: dict[tuple[int, str], Any] = {}
@@ -240,7 +247,7 @@ class Trainer:
         if key not in self._steps:
             graph = build_train_step(self.model, batch_size, self.optimizer, self.loss, self.l2,
                                      name=f"train_step_b{batch_size}", metrics=self.metrics, target=self.target,
-                                     monitor=self.monitors is not None)
+                                     monitor=self.monitors is not None, l2_input=self.l2_input)
             exe = self._compile(graph, backend)
             if self.monitors is not None:
                 exe = self.monitors.wrap(exe, graph)
@@ -348,13 +355,18 @@ class Trainer:
             np.copyto(saved[k], v)
         return saved
 
+    def _feeds(self, x, y, lr, key) -> dict:
+        """A step's inputs by name (a step takes those it has); ``lr`` and ``key`` are one value, or one per
+        step of a native epoch, and so is the L2 strength when the step takes it as an input."""
+        return {"x": x, "y": y, "lr": lr, "key": key, "l2": np.full(np.shape(lr), self.l2)}
+
     def _stepwise_epoch(self, x, y, perm, lrs, keys, batch_size, last_batch) -> tuple[np.ndarray, int]:
         """An epoch one step executable call per minibatch (backends without a native epoch); returns the
         totals (loss summed over rows, then each metric's total) and the rows trained on."""
         totals, rows = np.zeros(1 + len(self.metrics)), 0
         for s, idx in enumerate(finite.minibatches(perm, len(lrs), batch_size, last_batch)):
             exe = self.step_executable(len(idx))
-            outs = self.run_step(exe, {"x": x[idx], "y": y[idx], "lr": lrs[s], "key": keys[s]})
+            outs = self.run_step(exe, self._feeds(x[idx], y[idx], lrs[s], keys[s]))
             totals += _step_totals(outs, len(idx))
             rows += len(idx)
         self.step_count += len(lrs)
@@ -369,7 +381,7 @@ class Trainer:
         native_steps = len(lrs) if last_batch == "wrap" else full_steps
         totals = np.zeros(1 + len(self.metrics))
         if native_steps:
-            feeds = {"x": x, "y": y, "lr": lrs[:native_steps], "key": keys[:native_steps]}
+            feeds = self._feeds(x, y, lrs[:native_steps], keys[:native_steps])
             with self._on_state(full):  # a BatchSizeSchedule's later sizes do not hold the state
                 per_step = _as_tuple(full.run_epoch(*(feeds[k] for k in full.input_names), perm=perm,
                                                     last_batch="wrap" if last_batch == "wrap" else "drop"))
@@ -379,7 +391,7 @@ class Trainer:
             # One step an epoch: NumPy runs it, rather than a second native compile of the whole step.
             idx = perm[full_steps * batch_size:]
             outs = self.run_step(self.step_executable(rest, backend="reference"),
-                                 {"x": x[idx], "y": y[idx], "lr": lrs[-1], "key": keys[-1]})
+                                 self._feeds(x[idx], y[idx], lrs[-1], keys[-1]))
             totals += _step_totals(outs, rest)
             rows += rest
         self.step_count += len(lrs)
@@ -395,7 +407,7 @@ class Trainer:
             before = finite.snapshot(self.state)
             on_reference = native and len(idx) != batch_size  # the native epoch's partial batch runs on NumPy
             exe = self.step_executable(len(idx), backend="reference" if on_reference else None)
-            feeds = {"x": x[idx], "y": y[idx], "lr": lrs[s], "key": keys[s]}
+            feeds = self._feeds(x[idx], y[idx], lrs[s], keys[s])
             loss = self.run_step(exe, feeds)[0]
             self.step_count += 1
             problem = _nonfinite_step_result(loss, self.state)
