@@ -26,11 +26,7 @@ REGENERATE = "graphc ops --markdown > docs/ops.md"
 
 def is_derivative_op(op: OpDef) -> bool:
     """True for the ``d<op>_d<x>`` ops autodiff registers lazily; they are not part of the reference."""
-    name = op.name
-    if not (name.startswith("d") and "_d" in name):
-        return False
-    base = name[1:name.rindex("_d")]
-    return is_registered(base)
+    return op.derivative_of is not None
 
 
 #: Families in pipeline-reading order; any other family follows, in registration order.

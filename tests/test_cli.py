@@ -27,8 +27,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def builtin_op_names() -> set[str]:
     """Registered ops minus the d<op>_d<x> derivative ops autodiff registers on demand."""
-    names = {op.name for op in all_ops()}
-    return {n for n in names if not (n.startswith("d") and "_d" in n and n[1:n.rindex("_d")] in names)}
+    return {op.name for op in all_ops() if op.derivative_of is None}
 
 
 # -- --version and --help ------------------------------------------------------------------------------------

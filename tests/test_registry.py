@@ -76,3 +76,16 @@ def test_elementwise_ops_are_one_sympy_expression(op):
     extra = op.expr.free_symbols - set(op.symbols) - params
     assert not extra, f"{op.name}: expression {op.expr} uses unknown symbols {extra}"
     assert all(isinstance(v, (int, float)) for v in op.params.values())
+
+
+def test_a_derivative_op_knows_what_it_is_the_derivative_of_whatever_its_inputs_are_called():
+    # sigmoid_zxy's input is v (x, y, z are its parameters): its derivative ops are dsigmoid_zxy_dv, ...
+    # Code that told derivative ops by their name (d<op>_d[xyz]) took them for ops of their own and
+    # differentiated them again and again (a test built ever deeper derivatives until it hung).
+    from graphc.ops.elementwise import derivative_op
+
+    first = derivative_op("sigmoid_zxy", 0)
+    second = derivative_op(first, 0)
+    assert registry.get(first).derivative_of == ("sigmoid_zxy", 0)
+    assert registry.get(second).derivative_of == (first, 0)
+    assert registry.get("sigmoid_zxy").derivative_of is None and registry.get("relu").derivative_of is None

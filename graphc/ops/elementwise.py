@@ -193,7 +193,8 @@ def numpy_function(symbols: Sequence[sp.Symbol], expr: sp.Expr) -> Callable:
 
 def define(name: str, expr_fn: Callable[..., sp.Expr], arity: int = 1, params: dict[str, Any] | None = None,
            dtype_rule: Callable = dtype_float, doc: str = "", notes: str = "",
-           from_output: Callable[..., sp.Expr] | None = None, input_names: Sequence[str] | None = None) -> OpDef:
+           from_output: Callable[..., sp.Expr] | None = None, input_names: Sequence[str] | None = None,
+           derivative_of: tuple[str, int] | None = None) -> OpDef:
     """Register an elementwise op from a function of SymPy symbols (inputs, then parameters);
     ``from_output``: its derivative as a function of its output and parameters (see OpDef.from_output);
     ``input_names``: the input symbols' names when x, y, z are taken by parameters (default x, y, z)."""
@@ -206,7 +207,7 @@ def define(name: str, expr_fn: Callable[..., sp.Expr], arity: int = 1, params: d
     op = OpDef(
         name=name, family="elementwise", doc=doc or f"{name}: {expr}", shape_rule=_make_shape_rule(dtype_rule),
         reference=_make_reference(name), vjp=elementwise_vjp, expr=expr, symbols=syms, params=params, notes=notes,
-        from_output=from_output,
+        from_output=from_output, derivative_of=derivative_of,
     )
     op.dtype_rule = dtype_rule
     return register(op)
@@ -274,7 +275,8 @@ def derivative_op(op_name: str, i: int) -> str | None:
         # define() rebuilds the same symbols (same names and assumptions), so `d` is used as it is.
         define(name, lambda *_: d, arity=len(op.symbols), params=op.params, dtype_rule=dtype_float,
                input_names=[str(s) for s in op.symbols],
-               doc=f"d{op_name}/d{op.symbols[i]} = {d}", notes=f"derivative of {op_name}, derived by SymPy")
+               doc=f"d{op_name}/d{op.symbols[i]} = {d}", notes=f"derivative of {op_name}, derived by SymPy",
+               derivative_of=(op_name, i))
     return name
 
 

@@ -58,6 +58,8 @@ class OpDef:
     params: dict = field(default_factory=dict)
     #: Other conventions worth documenting (non-differentiable points, padding semantics, ...).
     notes: str = ""
+    #: A derivative op (``d<op>_d<input>``, registered by autodiff on first use): (op, input index).
+    derivative_of: tuple[str, int] | None = None
     #: A value that exists before the first kernel runs (input, param, constant): it is stored, not computed.
     source: bool = False
     #: The output is the input's memory read again with another shape (reshape: every buffer is C-contiguous).
