@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy
+from test_numba_cpu import TOL, assert_same
 
 import graphc
 from graphc.backends.lowering import has_rule, lower
@@ -18,7 +19,6 @@ from graphc.backends.lowering.ir import Call, Check, Draw, Gemm, Loop
 from graphc.ops.elementwise import fused_symbols
 from graphc.ops.random import random_flip2d, random_shift2d, random_uniform
 
-TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=2e-4, atol=2e-5)}
 DTYPES = ["float64", "float32"]
 
 PORTED = ["transpose", "slice", "unslice", "concatenate", "sum", "mean", "max", "min", "argmax", "softmax",
@@ -38,13 +38,7 @@ def assert_matches_reference(graph: graphc.Graph, outputs, inputs, feeds, dtype:
     """The interpreted Program of ``graph`` equals the reference backend on ``feeds``, output by output."""
     program, got = interpreted(graph, feeds, conv)
     want = graphc.compile(outputs, inputs=inputs)(*feeds)
-    assert len(got) == len(want)
-    for k, (g, w) in enumerate(zip(got, want)):
-        assert g.shape == w.shape and g.dtype == w.dtype, f"output {k}: {g.dtype}{g.shape} vs {w.dtype}{w.shape}"
-        if g.dtype.kind in "biu":
-            np.testing.assert_array_equal(g, w, err_msg=f"output {k}")
-        else:
-            np.testing.assert_allclose(g, w, **TOL[dtype], err_msg=f"output {k}")
+    assert_same(got, want, [str(k) for k in range(len(want))], dtype)
     return program
 
 
