@@ -33,37 +33,41 @@ def kind(case) -> str:
     return f"{case.family:<5} {case.dtype} {'nan/inf/0' if case.special else 'finite':<9}"
 
 
+def _sweep(label: str, count: int, check, table, every: int, progress: bool) -> tuple[list, float]:
+    """``check(index) -> (case, findings)`` for graphs 0..count-1, counted per kind in ``table`` under
+    "<label> graphs" / "<label> disagree" ("graphs" / "disagree" for the optimize sweep); returns the
+    findings and the seconds taken."""
+    prefix = "" if label == "optimize" else f"{label} "
+    findings = []
+    t0 = time.perf_counter()
+    for index in range(count):
+        case, found = check(index)
+        row = table[kind(case)]
+        row[prefix + "graphs"] += 1
+        row[prefix + "disagree"] += bool(found)
+        findings += found
+        if progress and (index + 1) % every == 0:
+            print(f"  {label}: {index + 1}/{count} graphs, {len({f.case.index for f in findings})} disagree "
+                  f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    return findings, time.perf_counter() - t0
+
+
 def campaign(seed: int, graphs: int, cpu_graphs: int, cache_dir: str | None, progress: bool = True) -> dict:
     """Run the campaign; returns the counts per kind, the findings and the timings."""
     table: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    findings = []
-    t0 = time.perf_counter()
-    for index in range(graphs):
+
+    def optimized(index):
         case = build_case(seed, index)
-        found = check_optimize(case)
-        row = table[kind(case)]
-        row["graphs"] += 1
-        row["disagree"] += bool(found)
-        findings += found
-        if progress and (index + 1) % 500 == 0:
-            print(f"  optimize: {index + 1}/{graphs} graphs, {len({f.case.index for f in findings})} disagree "
-                  f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-    optimize_s = time.perf_counter() - t0
-    optimize_bad = {f.case.index for f in findings}
-    t1 = time.perf_counter()
-    cpu_findings = []
-    for index in range(cpu_graphs):
+        return case, check_optimize(case)
+
+    def on_cpu(index):
         (case,), found = check_cpu(seed, [index], cache_dir=cache_dir)
-        row = table[kind(case)]
-        row["cpu graphs"] += 1
-        row["cpu disagree"] += bool(found)
-        cpu_findings += found
-        if progress and (index + 1) % 20 == 0:
-            print(f"  cpu: {index + 1}/{cpu_graphs} graphs, {len({f.case.index for f in cpu_findings})} disagree "
-                  f"({time.perf_counter() - t1:.0f} s)", file=sys.stderr, flush=True)
-    cpu_s = time.perf_counter() - t1
+        return case, found
+
+    findings, optimize_s = _sweep("optimize", graphs, optimized, table, 500, progress)
+    cpu_findings, cpu_s = _sweep("cpu", cpu_graphs, on_cpu, table, 20, progress)
     return {"table": {k: dict(v) for k, v in sorted(table.items())}, "findings": findings + cpu_findings,
-            "optimize_disagreements": len(optimize_bad),
+            "optimize_disagreements": len({f.case.index for f in findings}),
             "cpu_disagreements": len({f.case.index for f in cpu_findings}),
             "optimize_s": optimize_s, "cpu_s": cpu_s}
 
