@@ -167,11 +167,12 @@ def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss:
             raise HyperparameterError(f"fit: every parameter of {model.name} is frozen, so a training step would "
                                       f"change nothing; unfreeze the layers to train (e.g. model.layers[-1]"
                                       f".unfreeze()){user_line_text()}")
-        weights = [p for p in params if p.name.endswith(".W")]
-        if strength is not None:
-            objective = objective + strength * nn_ops.sum_of_squares(weights, "l2_penalty")
-        elif l2:
-            objective = objective + nn_ops.l2_penalty(weights, l2)
+        if strength is not None or l2:
+            weights = [p for p in params if p.name.endswith(".W")]
+            if strength is not None:
+                objective = objective + strength * nn_ops.sum_of_squares(weights, "l2_penalty")
+            else:
+                objective = objective + nn_ops.l2_penalty(weights, l2)
         totals = [loss_defs.metric_total(m, spec, output, y) for m in metrics]
         optimizer.minimize(objective, params, lr)
         for state, new_value in ctx.updates:
@@ -358,7 +359,10 @@ class Trainer:
     def _feeds(self, x, y, lr, key) -> dict:
         """A step's inputs by name (a step takes those it has); ``lr`` and ``key`` are one value, or one per
         step of a native epoch, and so is the L2 strength when the step takes it as an input."""
-        return {"x": x, "y": y, "lr": lr, "key": key, "l2": np.full(np.shape(lr), self.l2)}
+        feeds = {"x": x, "y": y, "lr": lr, "key": key}
+        if self.l2_input:
+            feeds["l2"] = np.full(np.shape(lr), self.l2)
+        return feeds
 
     def _stepwise_epoch(self, x, y, perm, lrs, keys, batch_size, last_batch) -> tuple[np.ndarray, int]:
         """An epoch one step executable call per minibatch (backends without a native epoch); returns the
