@@ -93,8 +93,7 @@ class Interpreter:
         self.loop_facts: dict[int, tuple[set, bool]] = {}
 
     def _slot(self, node) -> np.ndarray:
-        slot = self.program.state[id(node)]
-        return self.state[slot.offset:slot.offset + slot.nbytes].view(slot.dtype).reshape(slot.shape)
+        return self.program.state[id(node)].view(self.state)
 
     def __call__(self, *inputs: Any) -> tuple[np.ndarray, ...]:
         program = self.program

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence, Union
 
+import numpy as np
 import sympy as sp
 
 from ...ir import Graph, Node
@@ -223,6 +224,10 @@ class Slot:
     nbytes: int
     dtype: str
     shape: tuple[int, ...]
+
+    def view(self, store: np.ndarray) -> np.ndarray:
+        """The value's array inside ``store``, the parameter store's bytes (writes go to the store)."""
+        return store[self.offset:self.offset + self.nbytes].view(self.dtype).reshape(self.shape)
 
 
 @dataclass

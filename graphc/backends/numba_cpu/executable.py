@@ -96,7 +96,7 @@ class NumbaExecutable(Executable):
             slot = program.state.get(id(node))
             if slot is None:
                 continue
-            view = self._state[slot.offset:slot.offset + slot.nbytes].view(slot.dtype).reshape(slot.shape)
+            view = slot.view(self._state)
             view[...] = node.value if node.op == "constant" else self.params[keys[id(node)]]
             if node.op == "param":
                 views[keys[id(node)]] = view
