@@ -60,10 +60,12 @@ def conv_chooser(conv: str, cache_dir: str | None):
     of the two runtime kernels for the node's shapes on this machine (autotune, remembered on disk)."""
     from .autotune import conv2d_method
 
-    autotune_dir = str(writable_root(cache_root(cache_dir))[0])
+    found: list[str] = []  # the autotune directory, looked up (a probe write) for the first conv only
 
     def choose(node: Node, geometry) -> str:
-        return conv2d_method(geometry, node.dtype.name, autotune_dir, conv)
+        if not found:
+            found.append(str(writable_root(cache_root(cache_dir))[0]))
+        return conv2d_method(geometry, node.dtype.name, found[0], conv)
     return choose
 
 
