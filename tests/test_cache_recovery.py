@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 import graphc
+from graphc.backends import cache as cache_module
 from graphc.backends.numba_cpu import autotune, runtime
-from graphc.backends.numba_cpu import cache as cache_module
 from graphc.backends.numba_cpu.autotune import ConvGeometry, conv2d_method
 
 #: The graphc under test (a subprocess must import this one, not another copy on the path).

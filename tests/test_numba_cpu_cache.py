@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import graphc
+from graphc.backends import cache as cache_module
 from graphc.backends import numba_cpu
-from graphc.backends.numba_cpu import cache as cache_module
 
 ROOT = Path(__file__).resolve().parents[1]
 

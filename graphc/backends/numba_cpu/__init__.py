@@ -17,8 +17,8 @@ import time
 from typing import Any, Sequence
 
 from ...ir import Graph, Node
+from ..cache import Entry, cache_key, cache_root, locked, op_definitions, writable_root
 from ..lowering import Program, has_rule, lower
-from .cache import Entry, cache_key, cache_root, locked, op_definitions, writable_root
 from .executable import NumbaExecutable
 from .render import render
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ...io import atomic_write
+from ..cache import environment
 from ..lowering.geometry import ConvGeometry
-from .cache import environment
 
 CONV_METHODS = ("im2col", "direct")
 _FILE = "autotune.json"

@@ -30,7 +30,7 @@ from ..lowering.ir import (
     Seed,
     Store,
 )
-from .scalar import FLOAT_ALIAS, NP_TYPE, ScalarPrinter, store_cast
+from ..numba_scalar import FLOAT_ALIAS, NP_TYPE, ScalarPrinter, store_cast
 
 #: Body lines per driver function. Numba's liveness analysis and LLVM grow faster than linearly with
 #: function size, but each extra function costs its own pipeline: measured on the LeNet-5 step (344

@@ -20,7 +20,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
 
-from .cache import cache_root, writable_root
+from ..cache import cache_root, writable_root
 
 _char = ir.IntType(8)
 _void_p = ir.IntType(8).as_pointer()

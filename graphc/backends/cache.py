@@ -36,7 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from ...io import atomic_write
+from ..io import atomic_write
 
 MODULE_FILE = "graph.py"
 MANIFEST_FILE = "manifest.json"
@@ -85,10 +85,13 @@ def writable_root(root: Path) -> tuple[Path, str | None]:
 
 
 _FINGERPRINT: dict[str, Any] | None = None
+_SOURCES: dict[str, str] = {}
 
 
-def environment() -> dict[str, Any]:
-    """Everything outside the graph that changes the machine code: versions and the target CPU."""
+def environment(backend: str = "numba_cpu") -> dict[str, Any]:
+    """Everything outside the graph that changes the machine code: versions, the host CPU, and the
+    sources of ``backend`` (a package of graphc/backends), of the lowering it renders and of the
+    scalar printer; a target adds its own facts (a GPU's compute capability) to the key's options."""
     global _FINGERPRINT
     if _FINGERPRINT is None:
         import llvmlite
@@ -97,21 +100,22 @@ def environment() -> dict[str, Any]:
         import numpy
         import sympy
 
-        from ..._version import __version__
+        from .._version import __version__
 
-        backend_dir = Path(__file__).parent
-        # The renderer and the lowering it renders: a change to either changes the generated code.
-        src = _sources_hash(backend_dir) + _sources_hash(backend_dir.parent / "lowering")
-        ops = _sources_hash(backend_dir.parent.parent / "ops")
         _FINGERPRINT = {
             "format": FORMAT, "graphc": __version__, "numba": numba.__version__,
             "llvmlite": llvmlite.__version__, "numpy": numpy.__version__, "sympy": sympy.__version__,
             "python": platform.python_version(), "machine": platform.machine(),
             "cpu": numba.config.CPU_NAME or llvm.get_host_cpu_name(),
             "cpu_features": numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten(),
-            "numba_opt": numba.config.OPT, "backend_source": src, "ops_source": ops,
+            "numba_opt": numba.config.OPT, "ops_source": _sources_hash(Path(__file__).parent.parent / "ops"),
         }
-    return dict(_FINGERPRINT)
+    if backend not in _SOURCES:
+        here = Path(__file__).parent
+        # The renderer, the lowering it renders and the scalar printer: a change to any changes the code.
+        _SOURCES[backend] = _sources_hash(here / backend) + _sources_hash(here / "lowering") + \
+            hashlib.sha256((here / "numba_scalar.py").read_bytes()).hexdigest()
+    return {"backend": backend, "backend_source": _SOURCES[backend], **_FINGERPRINT}
 
 
 def _sources_hash(directory: Path) -> str:
@@ -128,7 +132,7 @@ def op_definitions(graph) -> str:
     redefined under the same name, or relu's definition changed, must not find the old code)."""
     import sympy
 
-    from ...ops import registry
+    from ..ops import registry
 
     digest = hashlib.sha256()
     for name in sorted({n.op for n in graph.nodes if registry.is_registered(n.op)}):
@@ -138,10 +142,11 @@ def op_definitions(graph) -> str:
     return digest.hexdigest()
 
 
-def cache_key(graph_hash: str, input_positions: list[int], options: dict[str, Any], op_definitions: str = "") -> str:
+def cache_key(graph_hash: str, input_positions: list[int], options: dict[str, Any], op_definitions: str = "",
+              backend: str = "numba_cpu") -> str:
     material = json.dumps({"graph": graph_hash, "inputs": input_positions, "ops": op_definitions,
                            "options": {k: repr(v) for k, v in sorted(options.items())},
-                           "env": environment()}, sort_keys=True)
+                           "env": environment(backend)}, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -238,9 +243,10 @@ def _file_table_problem(files: Any) -> str | None:
 class Entry:
     """One cache entry: ``<root>/<key>/``."""
 
-    def __init__(self, root: Path, key: str):
+    def __init__(self, root: Path, key: str, backend: str = "numba_cpu"):
         self.root = root
         self.key = key
+        self.backend = backend
         self.dir = root / key
         self.module_path = self.dir / MODULE_FILE
         self.manifest_path = self.dir / MANIFEST_FILE
@@ -287,7 +293,7 @@ class Entry:
         for p in self.numba_files():
             files[str(p.relative_to(self.dir))] = sha256_file(p)
         manifest = {"key": self.key, "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "environment": environment(), "files": files, **extra}
+                    "environment": environment(self.backend), "files": files, **extra}
         atomic_write(self.manifest_path, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
     # -- writing and importing ----------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Scalar code for elementwise kernels: a SymPy expression printed as Numba-friendly Python.
 
+Shared by the Numba renderers (numba_cpu's @njit code, numba_cuda's @cuda.jit kernels).
+
 Every elementwise op (built-in, user-defined, derivative ``d<op>_d<x>``, ``fused``) is one SymPy
 expression; this module turns it into straight-line scalar statements (after ``sympy.cse``) with
 typed literals, so a float32 kernel stays in float32 (``f32(0.5) * a0``, not a float64 ``0.5``).
@@ -109,16 +111,19 @@ class ScalarPrinter(PythonCodePrinter):
         x = self._print(expr.args[0])
         return f"({x} != {x})"
 
-    # float32 kernels: exp and tanh inline and vectorizable (runtime.exp_f32/tanh_f32, within a few ulp)
-    # instead of a libm call per element, which also keeps LLVM from vectorizing the loop.
+    #: float32 exp and tanh by name: on the CPU, inline and vectorizable (numba_cpu.runtime's exp_f32 and
+    #: tanh_f32, within a few ulp) instead of a libm call per element, which keeps LLVM from vectorizing
+    #: the loop; a target with its own float32 functions (CUDA's libdevice) names math's.
+    F32_FUNCTIONS = {"exp": "exp_f32", "tanh": "tanh_f32"}
+
     def _print_exp(self, expr) -> str:
         if self.float_alias == "f32":
-            return f"exp_f32(f32({self._print(expr.args[0])}))"
+            return f"{self.F32_FUNCTIONS['exp']}(f32({self._print(expr.args[0])}))"
         return f"math.exp({self._print(expr.args[0])})"
 
     def _print_tanh(self, expr) -> str:
         if self.float_alias == "f32":
-            return f"tanh_f32(f32({self._print(expr.args[0])}))"
+            return f"{self.F32_FUNCTIONS['tanh']}(f32({self._print(expr.args[0])}))"
         return f"math.tanh({self._print(expr.args[0])})"
 
     def _print_sign(self, expr) -> str:
