@@ -259,7 +259,7 @@ def avg_pool_kernel(x, xo, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, y, yo):
         ho = t % Ho
         p = t // Ho
         pb = xo + p * H * W
-        acc = 0.0
+        acc = np.float64(0.0)  # explicitly float64: the simulator's NumPy would sum 0.0 + float32 in float32
         for i in range(kh):
             h = ho * sh - ph + i
             if h >= 0 and h < H:
