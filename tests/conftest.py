@@ -17,6 +17,10 @@ from typing import Callable
 import pytest
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
+
+# tests/cuda_sim runs in a process of its own, under Numba's CUDA simulator (see its conftest.py):
+# NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/cuda_sim
+collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["cuda_sim"]
 UPDATE_GOLDEN = os.environ.get("GRAPHC_UPDATE_GOLDEN") == "1"
 
 

@@ -12,7 +12,10 @@ from ..ir import Graph, GraphcError, Node
 from ..ir.rewrite import clone
 from .executable import Executable
 
-BACKENDS = ("reference", "cpu")
+#: The backends that run a lowered Program as native code (and build from the optimized graph).
+NATIVE = ("cpu", "cuda")
+#: "cuda" needs the cuda extra and a GPU or Numba's simulator (graphc.backends.numba_cuda).
+BACKENDS = ("reference", "cpu", "cuda")
 
 
 def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "reference",
@@ -39,6 +42,10 @@ def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "r
         raise GraphcError("compile: nothing to compile (no outputs)")
     source: Graph = tensors[0].graph
     _check_one_graph(tensors, source)
+    if backend == "cuda":  # before any work: say what is missing (the extra, a GPU or the simulator)
+        from .numba_cuda import require_device
+
+        require_device()
     if backend not in BACKENDS:
         raise GraphcError(f"compile: unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     t0 = time.perf_counter()
@@ -57,18 +64,21 @@ def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "r
             raise GraphcError(f"compile: the outputs need input(s) {unlisted} that are not in `inputs`")
     built = graph  # the graph as the user built it: check_finite replays a failing call on it
     optimized = None
-    if optimize is None and backend == "cpu":  # native code is built from the optimized graph (optimize=0: as written)
+    if optimize is None and backend in NATIVE:  # native code is built from the optimized graph (optimize=0: as written)
         from ..passes import DEFAULT_LEVEL as optimize
     if optimize is not None:  # graphc.passes: level 0..3; inputs are matched to their copies by name
         from ..passes import optimize as run_passes
 
         optimized = run_passes(graph, optimize, fast_math=fast_math)
         graph, call_inputs = optimized.graph, _inputs_of(optimized.graph, call_inputs)
-    if backend == "cpu":
-        from . import numba_cpu
+    if backend in NATIVE:
+        if backend == "cuda":
+            from . import numba_cuda as target
+        else:
+            from . import numba_cpu as target
 
         plan = optimized.buffer_plan if optimized is not None else None  # planned once, by the passes
-        exe = numba_cpu.build(graph, call_inputs, plan=plan, **options)
+        exe = target.build(graph, call_inputs, plan=plan, **options)
     else:
         from . import reference
 

@@ -1,0 +1,191 @@
+"""The Numba CUDA backend: the same lowered Program rendered as ``@cuda.jit`` kernels and a host driver.
+
+    lowering.lower(graph, inputs) -> Program     the kernel IR (target-independent, as for the cpu)
+    render(program) -> str                       one module: a kernel per phase, ``step`` (render.py)
+    build_program(program) -> CudaExecutable     the on-disk cache; import; kernels compile at first launch
+
+``graphc.compile(outputs, backend="cuda")`` calls :func:`build`. It needs the ``cuda`` extra
+(``pip install 'graphc[cuda]'``: numba-cuda with NVRTC/NVVM wheels, and a ptxas) and either a CUDA GPU
+or Numba's simulator (``NUMBA_ENABLE_CUDASIM=1``: every CUDA thread a Python thread; tiny shapes only).
+Without a GPU, :func:`compile_ptx` still turns every kernel of a graph into PTX for a chosen compute
+capability, and :func:`assemble` runs ``ptxas`` on it (registers, shared memory, spills).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from typing import Any, Sequence
+
+from ...ir import Graph, GraphcError, Node
+from ..cache import Entry, cache_key, cache_root, locked, op_definitions, writable_root
+from ..lowering import Program, has_rule, lower
+
+INSTALL = "pip install 'graphc[cuda]'  (numba-cuda[cu13] and nvidia-cuda-nvcc: NVVM, NVRTC and ptxas as wheels)"
+
+
+class CudaUnavailable(GraphcError):
+    """The cuda backend cannot run here: the extra is missing, or there is no GPU and no simulator."""
+
+
+def simulated() -> bool:
+    """Whether Numba's CUDA simulator is on (``NUMBA_ENABLE_CUDASIM=1``)."""
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def require_numba_cuda() -> None:
+    """Raise CudaUnavailable, saying what to install, when numba-cuda is missing."""
+    if importlib.util.find_spec("numba_cuda") is None:
+        raise CudaUnavailable(f"backend='cuda' needs the numba-cuda package: {INSTALL}")
+
+
+def require_device() -> None:
+    """Raise CudaUnavailable when neither a CUDA GPU nor the simulator is there to run kernels."""
+    require_numba_cuda()
+    if simulated():
+        return
+    from numba import cuda
+
+    if not cuda.is_available():
+        raise CudaUnavailable(
+            "backend='cuda': no CUDA GPU is usable here (Numba found no working driver). Run the kernels in "
+            "Numba's simulator with NUMBA_ENABLE_CUDASIM=1 (slow: tiny graphs only), or compile them to PTX "
+            "without a GPU with graphc.backends.numba_cuda.compile_ptx(...).")
+
+
+def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check_finite: bool = False,
+          strict: bool = False, cache_dir: str | None = None, conv: str = "auto", plan=None, **cpu_options: Any):
+    """Lower ``graph`` and build it for the device (see :func:`build_program`). ``conv``: conv2d as
+    "im2col" + GEMM ("auto" means im2col here: no autotuning on the device yet) or a "direct" kernel.
+    The cpu backend's code options (``fastmath``, ``boundscheck``, ``part_lines``) do not apply."""
+    require_device()
+    if conv not in ("auto", "im2col", "direct"):
+        raise GraphcError(f"backend='cuda': conv must be 'auto', 'im2col' or 'direct', got {conv!r}")
+    method = "im2col" if conv == "auto" else conv
+    t0 = time.perf_counter()
+    program = graph if isinstance(graph, Program) else lower(graph, inputs, {"conv": method}, plan=plan,
+                                                             choose_conv=lambda node, geometry: method)
+    codegen_s = time.perf_counter() - t0
+    exe = build_program(program, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
+    exe.stats["codegen_s"] = codegen_s
+    return exe
+
+
+def module_of(program: Program, cache_dir: str | None = None) -> tuple[Any, str, Entry, dict]:
+    """The rendered module of ``program`` through the on-disk cache: (module, source, entry, stats). The
+    key includes the simulator flag and numba-cuda's version; the kernels compile at their first launch
+    (numba-cuda caches their machine code next to the module)."""
+    from importlib.metadata import version
+
+    from ..._version import __version__
+    from .render import render
+
+    graph = program.graph
+    positions = [graph.nodes.index(n) for n in program.inputs]
+    # The conv method of each node changes the program; the simulator and numba-cuda change the code.
+    target = {"numba_cuda": version("numba-cuda"), "simulator": simulated(),
+              "conv_methods": program.options.get("conv_methods")}
+    key = cache_key(graph.structural_hash(), positions, target, op_definitions(graph), backend="numba_cuda")
+    root, unusable = writable_root(cache_root(cache_dir))
+    entry = Entry(root, key, backend="numba_cuda")
+    stats: dict[str, Any] = {"cache_key": key, "cache_dir": str(entry.dir)}
+    if unusable:
+        stats["cache_dir_unusable"] = unusable
+    with locked(entry.lock_path):
+        problems = entry.problems()
+        if problems:
+            stats["cache"] = "miss" if problems == ["absent"] else "rebuilt"
+            # The simulator has no machine code to cache.
+            sha = entry.reset(render(program, __version__, cache=not simulated()))
+            entry.write_manifest(sha, {"graph": graph.name, "program": program.summary()})
+        else:
+            stats["cache"] = "hit"
+        module = entry.import_module(reuse=not problems)
+    return module, entry.module_path.read_text(), entry, stats
+
+
+def build_program(program: Program, *, check_finite: bool = False, strict: bool = False,
+                  cache_dir: str | None = None):
+    """The device executable of ``program``: its module from the cache, the parameter store and the
+    workspace allocated on the device."""
+    from .executable import CudaExecutable
+
+    unsupported = sorted({k.op for k in program.kernels if _unsupported(k)})
+    if unsupported:
+        raise GraphcError(f"backend='cuda' cannot run {', '.join(unsupported)} yet (graph {program.name!r}); "
+                          f"use backend='cpu'")
+    t0 = time.perf_counter()
+    module, source, entry, stats = module_of(program, cache_dir)
+    stats["build_s"] = time.perf_counter() - t0
+    return CudaExecutable(program, module, stats, source, entry, check_finite=check_finite, strict=strict)
+
+
+def _unsupported(kernel) -> bool:
+    """Whether ``kernel`` calls a library kernel this target's runtime does not provide."""
+    from ..lowering.ir import Call
+    from .render import walk
+
+    return any(isinstance(s, Call) and s.name not in CUDA_LIBRARY for s in walk(kernel.body))
+
+
+#: The library calls of the kernel IR this target's runtime provides.
+CUDA_LIBRARY = ("conv2d_im2col", "conv2d_direct", "col2im_add", "max_pool", "avg_pool", "max_pool_backward",
+                "max_pool_gather")
+
+
+def has_lowering(op: str) -> bool:
+    """Whether this backend computes ``op``: every op with a lowering rule whose kernels it renders."""
+    return has_rule(op)
+
+
+__all__ = ["CudaUnavailable", "build", "build_program", "has_lowering", "module_of", "require_device", "simulated"]
+
+
+# -- PTX without a GPU ---------------------------------------------------------------------------------------
+
+def compile_ptx_module(module: Any, cc: tuple[int, int] | None = None) -> dict[str, str]:
+    """The PTX of every kernel of a rendered module (by name), for compute capability ``cc`` (default:
+    the GPU's, or 8.0 without one). Needs NVVM (the cuda extra), not a GPU; not under the simulator."""
+    if simulated():
+        raise CudaUnavailable("PTX is not available under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1): "
+                              "compile it in a process without the simulator")
+    from numba import cuda
+
+    if cc is None:
+        cc = cuda.get_current_device().compute_capability if cuda.is_available() else (8, 0)
+    return {name: cuda.compile_ptx(getattr(module, name).py_func, signature, cc=cc)[0]
+            for name, signature in module.SIGNATURES.items()}
+
+
+def compile_ptx(program: Program, cc: tuple[int, int] = (8, 0), cache_dir: str | None = None) -> dict[str, str]:
+    """Every kernel ``program`` runs on the device, as PTX for ``cc``: the generated kernels and the
+    runtime's kernels its library calls launch. No GPU needed.
+
+    >>> ptx = graphc.backends.numba_cuda.compile_ptx(lower(graph), cc=(9, 0))   # doctest: +SKIP
+    """
+    require_numba_cuda()
+    module, _source, _entry, _stats = module_of(program, cache_dir)
+    out = compile_ptx_module(module, cc)
+    out.update(runtime_ptx(program, cc))
+    return out
+
+
+def runtime_ptx(program: Program, cc: tuple[int, int]) -> dict[str, str]:
+    """The PTX of the runtime kernels ``program``'s library calls launch (for its float dtype)."""
+    from numba import cuda
+
+    from ..lowering.ir import Call
+    from . import runtime
+    from .render import walk
+
+    calls = {s.name for k in program.kernels for s in walk(k.body) if isinstance(s, Call)}
+    if not calls:
+        return {}
+    dtypes = {s.args[0].buffer.dtype for k in program.kernels for s in walk(k.body) if isinstance(s, Call)}
+    wanted = {f"{c}_kernel" for c in calls} | ({"im2col_kernel", "gemm_kernel"} if "conv2d_im2col" in calls else set())
+    out = {}
+    for dtype in sorted(dtypes):
+        for name, (kernel, signature) in runtime.PTX_SIGNATURES(dtype).items():
+            if name in wanted:
+                out[f"runtime.{name}[{dtype}]"] = cuda.compile_ptx(kernel.py_func, signature, cc=cc)[0]
+    return out
