@@ -15,10 +15,13 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
                 allow_module_level=True)
 pytest.importorskip("numba.cuda", reason="numba-cuda is not installed (pip install 'numba-cuda[cu13]')")
 
+import numpy as np  # noqa: E402
+from numba import cuda  # noqa: E402
 from numba.cuda.dispatcher import CUDADispatcher  # noqa: E402
 
 from graphc.backends.numba_cuda import ptx  # noqa: E402
 from graphc.backends.numba_cuda import runtime as rt  # noqa: E402
+from graphc.backends.numba_cuda.runtime import MT_WORDS  # noqa: E402
 from graphc.ir.errors import DTypeError  # noqa: E402
 
 CCS = [(8, 0), (9, 0)]
@@ -98,3 +101,26 @@ def test_every_runtime_kernel_compiles_and_assembles_without_spills(ptxas, dtype
     assert table["gemm_kernel"].smem == 2 * rt.TILE * rt.TILE * itemsize  # the two tiles, nothing else
     assert all(r.smem == 0 for name, r in table.items() if name != "gemm_kernel")
     assert table["mt_sample_kernel"].stack >= rt.MT_WORDS * 4  # the generator's state is thread-local
+
+
+@cuda.jit
+def _update_kernel(lr, seeds, a, b, w, out):
+    """A generated kernel's use of the runtime: a GEMM whose alpha is computed on the device (an SGD
+    update, in the data's dtype) and the generator seeded per thread from a loaded key."""
+    rt.gemm_tile(0, 1, 6, 5, 9, -lr[0], a, 3, 9, b, 0, 9, 1.0, w, 2, 5)
+    mt = cuda.local.array(MT_WORDS, np.uint32)  # a global: rt.MT_WORDS would not type as a constant shape
+    t = cuda.grid(1)
+    while t < out.size:
+        rt.mt_seed(mt, seeds[t] + t)
+        out[t] = rt.mt_random_sample(mt)
+        t += cuda.gridsize(1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_device_functions_compile_inside_another_kernel(ptxas, dtype):
+    arr = f"{dtype}[::1]"
+    signature = f"void({arr}, int64[::1], {arr}, {arr}, {arr}, float64[::1])"
+    for cc in CCS:
+        (res,) = ptx.assemble(ptx.compile_ptx(_update_kernel, signature, cc), cc, ptxas)
+        assert "_update_kernel" in res.function and res.spill_stores == 0
+        assert res.smem == 2 * rt.TILE * rt.TILE * {"float32": 4, "float64": 8}[dtype]
