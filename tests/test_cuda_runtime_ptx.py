@@ -92,7 +92,7 @@ def test_every_runtime_kernel_compiles_and_assembles_without_spills(ptxas, dtype
     table = {}
     for name, (kernel, signature) in rt.PTX_SIGNATURES(dtype).items():
         (res,) = ptx.assemble(ptx.compile_ptx(kernel, signature, cc), cc, ptxas)
-        assert res.arch == f"sm_{cc[0]}{cc[1]}" and name in res.function
+        assert res.arch == f"sm_{cc[0]}{cc[1]}" and res.name == name
         table[name] = res
         print(f"{name:<26} {dtype} sm_{cc[0]}{cc[1]}: {res.registers:3d} registers, smem {res.smem:5d} B, "
               f"stack {res.stack:5d} B, spills {res.spill_stores}/{res.spill_loads} B")
@@ -122,5 +122,12 @@ def test_device_functions_compile_inside_another_kernel(ptxas, dtype):
     signature = f"void({arr}, int64[::1], {arr}, {arr}, {arr}, float64[::1])"
     for cc in CCS:
         (res,) = ptx.assemble(ptx.compile_ptx(_update_kernel, signature, cc), cc, ptxas)
-        assert "_update_kernel" in res.function and res.spill_stores == 0
+        assert res.name == "_update_kernel" and res.spill_stores == 0
         assert res.smem == 2 * rt.TILE * rt.TILE * {"float32": 4, "float64": 8}[dtype]
+
+
+def test_demangled_names_are_the_python_names():
+    mangled = "_ZN6graphc8backends10numba_cuda7runtime11gemm_kernelB2v1B92cw51cXTLSUwv1sDUaKthoaNgoKmjgOR3E5Array"
+    assert ptx.demangled(mangled) == "gemm_kernel"
+    assert ptx.demangled("plain_name") == "plain_name"
+    assert ptx.parse_ptxas_verbose(PTXAS_SAMPLE)[0].name == "kernel"
