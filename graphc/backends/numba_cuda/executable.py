@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 from numba import cuda
 
-from ...ir import GraphcError
 from ..lowering import Program, aligned
 from ..native import NativeExecutable, ParamStore, aligned_bytes
 from .runtime import THREADS, blocks_for
@@ -74,6 +73,7 @@ class CudaExecutable(NativeExecutable):
         for var, (store, dtype) in module.VIEWS.items():
             arrays[var] = (self._state if store == "state" else self._ws).view(np.dtype(dtype))
         self._step_args = [arrays[name] for name in module.STEP_ARGS]
+        self._ptx: dict[str, str] | None = None
 
     # -- the parameter store ---------------------------------------------------------------------------
     def _pull(self) -> None:
@@ -98,9 +98,6 @@ class CudaExecutable(NativeExecutable):
         self._status[:] = self._d_status.copy_to_host()
         if self._status[0]:
             self._d_status.copy_to_device(np.zeros(4, np.int64))
-
-    def has_epoch(self) -> bool:
-        return super().has_epoch()
 
     def _call_epoch(self, arrays: list[np.ndarray], perm: np.ndarray, steps: int) -> tuple:
         batch = self.inputs[0].shape[0]
@@ -137,12 +134,6 @@ class CudaExecutable(NativeExecutable):
             self._ptx = compile_ptx_module(self.module)
         return self._ptx
 
-    _ptx = None
-
     def __repr__(self) -> str:
         return f"<CudaExecutable {self.graph.name!r}: {len(self.module.SIGNATURES)} kernels>"
 
-
-def unsupported_in_simulator(what: str) -> GraphcError:
-    return GraphcError(f"{what} is not available under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1): "
-                       f"run it in a process without the simulator")
