@@ -4,7 +4,9 @@ help texts that still said training arrives later."""
 from __future__ import annotations
 
 import inspect
+import io
 import types
+from contextlib import redirect_stderr
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +105,77 @@ def test_graphc_help_and_mlp_784_no_longer_say_training_arrives_later():
     example = (ROOT / "examples" / "mlp_784.py").read_text()
     assert "later issue" not in example and "until training exists" not in example
     assert "examples/mnist_mlp.py" in example
+
+
+# -- fit: the early-stopping message, the executable and its generated source ---------------------------------------
+
+def tiny_data(rows: int = 32):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 4)).astype(np.float32)
+    return x, (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0).astype(np.int64)  # 3 classes
+
+
+@pytest.fixture(scope="module")
+def cpu_fit():
+    """One small fit on the cpu backend (one Numba compile shared by the tests below), stopped early: with
+    min_delta far above any change of the loss, no epoch after the first counts as an improvement."""
+    model = Sequential([Dense(3)], input_shape=(4,), seed=0)
+    stderr = io.StringIO()
+    with redirect_stderr(stderr):
+        history = graphc.fit(model, tiny_data(), epochs=6, batch_size=16, optimizer=graphc.optim.SGD(0.1),
+                             backend="cpu", early_stopping=graphc.train.EarlyStopping(patience=2, min_delta=1e9,
+                                                                                       monitor="loss"))
+    return model, history, stderr.getvalue()
+
+
+def test_early_stopping_says_when_it_stopped_the_monitored_value_and_the_best_epoch(cpu_fit):
+    _, history, stderr = cpu_fit
+    # the rule, applied by hand: epoch 1 is the best; epochs 2 and 3 do not beat it by 1e9; patience 2 stops at 3
+    assert history.stopped_early and history.epochs == [1, 2, 3] and history.best_epoch == 1
+    message = history.stop_message
+    assert message == (f"fit: early stopping after epoch 3 of 6: loss {history['loss'][2]:.4f} has not improved by "
+                       f"more than min_delta=1e+09 for 2 epochs; best epoch 1 (loss {history['loss'][0]:.4f}); "
+                       f"the model has epoch 1's weights (restore_best=True)")
+    assert message in stderr  # printed, since verbose is the default
+
+
+def test_early_stopping_message_with_validation_loss_names_the_best_epoch():
+    # min_delta=0: the best epoch is the first minimum of val_loss, found here with NumPy from the history
+    model = Sequential([Dense(3)], input_shape=(4,), seed=0)
+    x, y = tiny_data(48)
+    history = graphc.fit(model, (x[:32], y[:32]), epochs=40, batch_size=32, optimizer=graphc.optim.SGD(3.0),
+                         backend="reference", validation_data=(x[32:], y[32:]), verbose=False,
+                         early_stopping=graphc.train.EarlyStopping(patience=2, restore_best=False))
+    assert history.stopped_early, history["val_loss"]
+    val = history["val_loss"]
+    best = int(np.argmin(val)) + 1
+    assert len(val) == best + 2 and all(v >= val[best - 1] for v in val[best:])
+    assert history.stop_message == (
+        f"fit: early stopping after epoch {best + 2} of 40: val_loss {val[-1]:.4f} has not improved for 2 epochs; "
+        f"best epoch {best} (val_loss {val[best - 1]:.4f}); the model keeps epoch {best + 2}'s weights "
+        f"(restore_best=False)")
+
+
+def test_a_fit_that_runs_every_epoch_has_no_stop_message():
+    model = Sequential([Dense(3)], input_shape=(4,), seed=0)
+    history = graphc.fit(model, tiny_data(), epochs=2, batch_size=16, backend="reference", verbose=False)
+    assert history.stop_message is None and not history.stopped_early
+    assert history.executable.backend == "reference"
+
+
+def test_fit_history_reaches_the_compiled_step_and_its_generated_source(cpu_fit):
+    model, history, _ = cpu_fit
+    exe = history.executable
+    assert exe is history.trainer.step_executable(16) and exe.backend == "cpu"
+    assert exe.graph.name == "train_step_b16" and exe.input_names == ["x", "y", "lr"]
+    # the generated module is the file in the compile cache
+    source_file = Path(exe.stats["cache_dir"]) / "graph.py"
+    assert source_file.read_text() == exe.source and "def step(" in exe.source
+    # it is the step fit trained with: at lr = 0 it returns the loss of the trained weights, which NumPy computes
+    x, y = tiny_data()
+    values = model.named_values()
+    z = x[:16].astype(np.float64) @ values["dense_1.W"] + values["dense_1.b"]
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    loss, correct = exe(x=x[:16], y=y[:16], lr=np.float32(0.0))
+    assert float(loss) == pytest.approx(-log_p[np.arange(16), y[:16]].mean(), rel=1e-5)
+    assert int(correct) == int((z.argmax(axis=1) == y[:16]).sum())
