@@ -179,3 +179,58 @@ def test_fit_history_reaches_the_compiled_step_and_its_generated_source(cpu_fit)
     loss, correct = exe(x=x[:16], y=y[:16], lr=np.float32(0.0))
     assert float(loss) == pytest.approx(-log_p[np.arange(16), y[:16]].mean(), rel=1e-5)
     assert int(correct) == int((z.argmax(axis=1) == y[:16]).sum())
+
+
+# -- History.plot ------------------------------------------------------------------------------------------------
+
+def history_of(loss, val_loss, lr, best_epoch=None) -> graphc.train.History:
+    h = graphc.train.History(best_epoch=best_epoch)
+    for e, (tl, vl, rate) in enumerate(zip(loss, val_loss, lr), start=1):
+        h.append(e, loss=tl, acc=1 - tl / 2, val_loss=vl, val_acc=1 - vl / 2, lr=rate, seconds=0.1)
+    return h
+
+
+def lines_by_label(ax) -> dict:
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def test_history_plot_has_labelled_axes_a_best_epoch_marker_and_a_learning_rate_panel(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+    import matplotlib.pyplot as plt
+
+    lr = [0.1, 0.1, 0.01, 0.01, 0.001]
+    history = history_of([1.0, 0.6, 0.4, 0.35, 0.3], [1.1, 0.8, 0.7, 0.75, 0.9], lr, best_epoch=3)
+    fig = history.figure()
+    try:
+        loss_ax, acc_ax, lr_ax = fig.axes
+        for ax, score, ylabel in ((loss_ax, "loss", "loss"), (acc_ax, "acc", "accuracy")):
+            assert (ax.get_xlabel(), ax.get_ylabel()) == ("epoch", ylabel)
+            lines = lines_by_label(ax)
+            assert set(lines) == {f"training {score}", f"validation {score}", "best epoch 3"}
+            assert list(lines["best epoch 3"].get_xdata()) == [3, 3]  # a vertical line at epoch 3
+        np.testing.assert_allclose(lines_by_label(loss_ax)["validation loss"].get_ydata(), history["val_loss"])
+        np.testing.assert_allclose(lines_by_label(acc_ax)["training acc"].get_ydata(), history["acc"])
+        assert (lr_ax.get_xlabel(), lr_ax.get_ylabel()) == ("epoch", "learning rate")
+        np.testing.assert_allclose(lines_by_label(lr_ax)["learning rate"].get_ydata(), lr)
+        assert lr_ax.get_yscale() == "log"  # the rate spans two decades
+        width, height = (fig.get_size_inches() * fig.dpi).round().astype(int)
+    finally:
+        plt.close(fig)
+    path = history.plot(str(tmp_path / "curves.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.image.imread(path).shape[:2] == (height, width)
+
+
+def test_history_plot_marks_the_lowest_validation_loss_without_early_stopping():
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    history = history_of([1.0, 0.6, 0.4, 0.3], [1.1, 0.7, 0.8, 0.9], [0.05] * 4)  # lowest val_loss: epoch 2
+    fig = history.figure()
+    try:
+        assert "best epoch 2" in lines_by_label(fig.axes[0])
+        assert fig.axes[-1].get_yscale() == "linear"  # a constant rate
+    finally:
+        plt.close(fig)

@@ -28,7 +28,7 @@ from ..ops import nn as nn_ops
 from ..ops.interpret import evaluate as evaluate_graph
 from ..optim import SGD, Optimizer
 from ..optim.hyperparams import NON_NEGATIVE, HyperparameterError, check_count, user_line_text
-from . import inputs
+from . import inputs, plots
 from . import losses as loss_defs
 from . import monitor as monitors
 from .checkpoint import CheckpointError, check_arrays, load_checkpoint, save_checkpoint
@@ -107,27 +107,19 @@ class History:
         course's band marked (needs matplotlib); see :func:`graphc.train.monitor.plot`."""
         return monitors.plot(self, path)
 
-    def plot(self, path: str) -> str:
-        """Save the training and validation curves of the loss and of each metric as a PNG (needs matplotlib)."""
-        try:
-            import matplotlib
+    def figure(self) -> Any:
+        """The matplotlib figure ``plot`` saves (needs matplotlib); see :func:`graphc.train.plots.history_figure`."""
+        return plots.history_figure(self)
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise ImportError("History.plot needs matplotlib: pip install 'graphc[plot]'") from None
-        panels = ["loss"] + [m for m in loss_defs.METRICS if m in self.metrics]
-        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-        for ax, metric in zip(axes[0], panels):
-            for prefix, style in (("", "-"), ("val_", "--")):
-                if prefix + metric in self.metrics:
-                    ax.plot(self.epochs, self.metrics[prefix + metric], style, label=prefix + metric)
-            ax.set_xlabel("epoch")
-            ax.set_title(metric)
-            ax.legend()
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
+    def plot(self, path: str) -> str:
+        """Save the curves as a PNG (needs matplotlib: ``pip install 'graphc[plot]'``): a panel per score (the
+        loss, then each metric; training and validation), axes labelled, the best epoch marked (early stopping's,
+        else the lowest validation loss's), and the learning rate per epoch in a panel of its own."""
+        fig = self.figure()
+        try:
+            fig.savefig(path)
+        finally:
+            plots.pyplot("History.plot").close(fig)
         return path
 
     def to_dict(self) -> dict:
