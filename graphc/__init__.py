@@ -94,6 +94,7 @@ from .ops.nn import (
 )
 from .ops.random import random_uniform
 from .ops.reduce import argmax, broadcast_to, max, mean, min, sum
+from .ops.registry import UnknownOpError
 from .ops.shape import concatenate, reshape, transpose
 from .optim.hyperparams import HyperparameterError
 from .passes import OptimizeResult, optimize
@@ -119,4 +120,11 @@ def evaluate(outputs: Tensor | Sequence[Tensor], feeds: Mapping[Any, Any] | None
     return result[0] if single else result
 
 
-__all__ = [name for name in dir() if not name.startswith("_") and name not in ("annotations", "np")]
+def _is_graphcs(obj: Any) -> bool:
+    """Whether ``obj`` is graphc's own (a graphc module, or defined in one), not a name imported for its use
+    (``np``, ``Any``, ``annotations``)."""
+    module = obj.__name__ if isinstance(obj, type(np)) else getattr(obj, "__module__", None) or ""
+    return module == "graphc" or module.startswith("graphc.")
+
+
+__all__ = sorted(name for name, obj in list(globals().items()) if not name.startswith("_") and _is_graphcs(obj))
