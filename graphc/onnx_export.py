@@ -9,7 +9,8 @@ decomposed into ONNX elementwise ops by walking its SymPy expression (:class:`_E
 
 The file uses the default ONNX domain at opset ``OPSET`` (17) only, and passes ``onnx.checker``
 (full check, with shape inference) before it is written, atomically. The batch axis is the one the
-graph was built with: a Module is exported for ``batch_size`` rows (default 1); ONNX shapes are static.
+graph was built with, except that a Module's batch axis is dynamic (``N``) unless a ``batch_size`` is given:
+the model is built for two batch sizes, and the dimensions that differ are the ones the file leaves free.
 
 onnx is an optional dependency (``pip install 'graphc[onnx]'``): it is imported inside the functions
 that need it, never when graphc is imported.
@@ -49,24 +50,32 @@ def _require_onnx():
 
 # -- the public entry points -----------------------------------------------------------------------------------------
 
+#: The batch sizes a Module's graph is built at to tell the batch-dependent dimensions from the others.
+_PROBE_BATCHES = (2, 3)
+#: The name of the batch dimension in the exported file's input and output shapes.
+BATCH_DIM = "N"
+
+
 def export_onnx(model_or_graph: Any, path: str | os.PathLike, input_shape: Sequence[int] | None = None,
-                batch_size: int = 1) -> str:
+                batch_size: int | None = None) -> str:
     """Write the inference graph of ``model_or_graph`` to ``path`` as an ONNX model; returns the path.
 
     ``model_or_graph``: a graphc.nn Module (its evaluation-mode graph: batch norm with its running
     statistics, dropout and augmentation as the identity, the parameters' current values baked in as
-    initializers) or a forward Graph (inputs, parameters, constants, outputs; no in-place updates).
+    initializers) or a forward Graph (inputs, parameters, constants, outputs; no in-place updates),
+    whose shapes are exported as they are.
     ``input_shape``: the input's shape without the batch axis, needed only for a model not built yet
-    (built with it, as ``Sequential(..., input_shape=...)`` would). ``batch_size``: the rows of the
-    exported input ``x`` of a Module (ONNX shapes are static here). The file imports opset ``OPSET``
-    and is checked with ``onnx.checker`` before it is written (atomically).
+    (built with it, as ``Sequential(..., input_shape=...)`` would).
+    ``batch_size``: a Module's input ``x`` has a dynamic batch axis ``N`` by default; an int fixes it.
+    The file imports the default ONNX domain at opset ``OPSET`` and is checked with ``onnx.checker``
+    (full check) before it is written, atomically.
     """
     onnx = _require_onnx()
-    graph = inference_graph(model_or_graph, input_shape, batch_size)
-    proto = to_onnx(graph)
+    graph, batch_dims = exported_graph(model_or_graph, input_shape, batch_size)
+    proto = to_onnx(graph, batch_dims)
     try:
         onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as err:  # a rule of this module is wrong: say which file it refused
+    except onnx.checker.ValidationError as err:  # a rule of this module is wrong: say which graph it refused
         raise OnnxExportError(f"export_onnx: onnx.checker refused the export of graph {graph.name!r} (a graphc "
                               f"bug, please report it): {err}") from None
     path = os.fspath(path)
@@ -74,24 +83,30 @@ def export_onnx(model_or_graph: Any, path: str | os.PathLike, input_shape: Seque
     return path
 
 
-def inference_graph(model_or_graph: Any, input_shape: Sequence[int] | None = None, batch_size: int = 1) -> Graph:
-    """The forward graph ``export_onnx`` writes: a Graph as it is, a Module's evaluation-mode graph."""
+BatchDims = dict[int, tuple[bool, ...]]
+
+
+def exported_graph(model_or_graph: Any, input_shape: Sequence[int] | None = None,
+                   batch_size: int | None = None) -> tuple[Graph, BatchDims | None]:
+    """The forward graph ``export_onnx`` writes, and which dimensions of each node (by id) follow the batch
+    size (None: every shape is static). A Graph is taken as it is; a Module gives its evaluation graph."""
     from .nn.layers import Module
 
     if isinstance(model_or_graph, Graph):
         _check_graph_input_shape(model_or_graph, input_shape)
-        return model_or_graph
+        return model_or_graph, None
     if isinstance(model_or_graph, Module):
         return _module_graph(model_or_graph, input_shape, batch_size)
     raise OnnxExportError(f"export_onnx: expected a graphc.nn Module or a graphc.Graph, got "
                           f"{type(model_or_graph).__name__}{_user_line()}")
 
 
-def to_onnx(graph: Graph):
-    """``graph`` (a forward graph) as an ``onnx.ModelProto`` at opset ``OPSET`` (not yet checked)."""
+def to_onnx(graph: Graph, batch_dims: BatchDims | None = None):
+    """``graph`` (a forward graph) as an ``onnx.ModelProto`` at opset ``OPSET`` (not yet checked);
+    ``batch_dims``: the batch-dependent dimensions of its nodes (see :func:`exported_graph`)."""
     onnx = _require_onnx()
     _check_inference(graph)
-    writer = _Writer(onnx, graph)
+    writer = _Writer(onnx, graph, batch_dims or {})
     for node in graph.ancestors(graph.outputs):
         writer.write(node)
     return writer.model()
@@ -102,12 +117,12 @@ def _user_line() -> str:
     return f"\n  at {loc}" if loc is not None else ""
 
 
-def _module_graph(model, input_shape, batch_size: int) -> Graph:
+def _module_graph(model, input_shape, batch_size: int | None) -> tuple[Graph, BatchDims | None]:
     from .ops.checks import dims, positive_int
     from .train.loop import build_eval
 
     try:
-        batch_size = positive_int("batch_size", batch_size)
+        batch_size = None if batch_size is None else positive_int("batch_size", batch_size)
         shape = None if input_shape is None else dims("input_shape", input_shape, low=1)
     except GraphcError as err:
         raise OnnxExportError(f"export_onnx: {err}{_user_line()}") from None
@@ -119,7 +134,31 @@ def _module_graph(model, input_shape, batch_size: int) -> Graph:
     elif shape is not None and tuple(shape) != tuple(model.in_shape):
         raise OnnxExportError(f"export_onnx: input_shape {list(shape)} differs from the shape {list(model.in_shape)} "
                               f"model {model.name!r} was built for{_user_line()}")
-    return build_eval(model, batch_size, name=model.name or "model")
+    name = model.name or "model"
+    if batch_size is not None:
+        return build_eval(model, batch_size, name=name), None
+    base, probe = (build_eval(model, b, name=name) for b in _PROBE_BATCHES)
+    batch_dims = _batch_dims(base, probe)
+    if batch_dims is None:
+        raise OnnxExportError(f"export_onnx: model {model.name!r} builds different graphs for batch sizes "
+                              f"{_PROBE_BATCHES[0]} and {_PROBE_BATCHES[1]}, so its batch axis cannot be left "
+                              f"dynamic; give batch_size= to export it for a fixed batch{_user_line()}")
+    return base, batch_dims
+
+
+def _batch_dims(base: Graph, probe: Graph) -> BatchDims | None:
+    """For each node of ``base``, which of its dimensions differ in ``probe`` (the same model built for
+    another batch size): those follow the batch size. None when the two graphs differ in structure."""
+    if len(base.nodes) != len(probe.nodes):
+        return None
+    where = [{id(n): k for k, n in enumerate(g.nodes)} for g in (base, probe)]
+    found: BatchDims = {}
+    for a, b in zip(base.nodes, probe.nodes):
+        same_inputs = [where[0][id(i)] for i in a.inputs] == [where[1][id(i)] for i in b.inputs]
+        if a.op != b.op or not same_inputs or a.ndim != b.ndim:
+            return None
+        found[id(a)] = tuple(x != y for x, y in zip(a.shape, b.shape))
+    return found
 
 
 def _check_graph_input_shape(graph: Graph, input_shape) -> None:
@@ -162,8 +201,8 @@ def _write_atomically(path: str, data: bytes) -> None:
 class _Writer:
     """Builds one ONNX graph: a value name per graphc node, initializers for parameters and constants."""
 
-    def __init__(self, onnx, graph: Graph):
-        self.onnx, self.graph = onnx, graph
+    def __init__(self, onnx, graph: Graph, batch_dims: BatchDims):
+        self.onnx, self.graph, self.batch_dims = onnx, graph, batch_dims
         self.nodes: list = []
         self.initializers: list = []
         self.inputs: list = []
@@ -184,6 +223,19 @@ class _Writer:
 
     def value(self, node: Node) -> str:
         return self.names[id(node)]
+
+    def batched(self, node: Node) -> tuple[bool, ...]:
+        """Which dimensions of ``node`` follow the batch size (none in a graph exported with static shapes)."""
+        return self.batch_dims.get(id(node), (False,) * node.ndim)
+
+    def shape_operand(self, node: Node, shape: Sequence[int], free: Sequence[bool], free_value: int,
+                      what: str) -> str:
+        """``shape`` as an int64 initializer, the batch-dependent dimensions (``free``) written as
+        ``free_value`` (-1 for Reshape, 1 for Expand); at most one of them for Reshape's -1."""
+        if free_value == -1 and sum(free) > 1:
+            raise unsupported(node, f"its {what} {list(shape)} has {sum(free)} dimensions that follow the batch size, "
+                                    f"which one ONNX Reshape cannot infer; give export_onnx a fixed batch_size=")
+        return self.ints([free_value if f else d for d, f in zip(shape, free)])
 
     def initializer(self, array: np.ndarray, hint: str) -> str:
         name = self.fresh(hint)
@@ -230,6 +282,9 @@ class _Writer:
             name = self.fresh(node.name or "x")
             self.inputs.append(self.value_info(name, node))
         elif node.op in ("param", "constant"):
+            if any(self.batched(node)):
+                raise unsupported(node, "its value's shape follows the batch size, which an initializer cannot; give "
+                                        "export_onnx a fixed batch_size=")
             name = self.initializer(node.value.astype(node.dtype.np, copy=False).reshape(node.shape),
                                     node.name or node.op)
         else:
@@ -246,7 +301,10 @@ class _Writer:
         raise unsupported(node, "ONNX export handles inference graphs: " + _SUPPORTED)
 
     def value_info(self, name: str, node: Node):
-        return self.onnx.helper.make_tensor_value_info(name, self.tensor_type(node.dtype), list(node.shape))
+        batch = self.graph.inputs[0].shape[0] if self.graph.inputs and self.graph.inputs[0].ndim else None
+        # a batch-dependent dimension is N where it is the batch size itself, unnamed (free) otherwise
+        dims = [(BATCH_DIM if d == batch else None) if free else d for d, free in zip(node.shape, self.batched(node))]
+        return self.onnx.helper.make_tensor_value_info(name, self.tensor_type(node.dtype), dims)
 
     def model(self):
         helper = self.onnx.helper
@@ -341,7 +399,9 @@ def _pool(onnx_op: str, **extra: Any) -> Callable[[_Writer, Node], str]:
 
 
 def _reshape(w: _Writer, node: Node) -> str:
-    return w.emit("Reshape", [w.value(node.inputs[0]), w.ints(node.shape)], "reshape", node)
+    shape = w.shape_operand(node, node.shape, w.batched(node), -1, "shape")
+    # a 0 in ONNX's shape copies the input's dimension unless allowzero: graphc's 0 is an empty axis
+    return w.emit("Reshape", [w.value(node.inputs[0]), shape], "reshape", node, allowzero=int(0 in node.shape))
 
 
 def _transpose(w: _Writer, node: Node) -> str:
@@ -349,10 +409,23 @@ def _transpose(w: _Writer, node: Node) -> str:
 
 
 def _slice(w: _Writer, node: Node) -> str:
+    (source,) = node.inputs
     a = node.attrs
-    axes = list(range(len(a["starts"])))
-    return w.emit("Slice", [w.value(node.inputs[0]), w.ints(a["starts"]), w.ints(a["stops"]), w.ints(axes),
-                            w.ints(a["steps"])], "slice", node)
+    stops = list(a["stops"])
+    for axis, free in enumerate(w.batched(source)):
+        if not free:
+            continue
+        if (a["starts"][axis], a["stops"][axis], a["steps"][axis]) != (0, source.shape[axis], 1):
+            raise unsupported(node, f"it slices axis {axis}, whose size follows the batch size; give export_onnx a "
+                                    f"fixed batch_size=")
+        stops[axis] = _TO_THE_END
+    axes = list(range(len(stops)))
+    return w.emit("Slice", [w.value(source), w.ints(a["starts"]), w.ints(stops), w.ints(axes), w.ints(a["steps"])],
+                  "slice", node)
+
+
+#: A Slice end past any axis: the whole axis, whatever its size.
+_TO_THE_END = np.iinfo(np.int64).max
 
 
 def _concatenate(w: _Writer, node: Node) -> str:
@@ -360,7 +433,15 @@ def _concatenate(w: _Writer, node: Node) -> str:
 
 
 def _broadcast_to(w: _Writer, node: Node) -> str:
-    return w.emit("Expand", [w.value(node.inputs[0]), w.ints(node.shape)], "broadcast_to", node)
+    (source,) = node.inputs
+    free = w.batched(node)
+    # Expand broadcasts both ways: a 1 keeps the input's (batch-sized) dimension, if the input has it
+    aligned = (False,) * (node.ndim - source.ndim) + w.batched(source)
+    if any(f and not s for f, s in zip(free, aligned)):
+        raise unsupported(node, "it broadcasts a dimension of size 1 to the batch size; give export_onnx a fixed "
+                                "batch_size=")
+    return w.emit("Expand", [w.value(source), w.shape_operand(node, node.shape, free, 1, "shape")],
+                  "broadcast_to", node)
 
 
 def _axis_op(onnx_op: str) -> Callable[[_Writer, Node], str]:
