@@ -294,7 +294,7 @@ class _Writer:
     def rule_of(self, node: Node) -> Callable[["_Writer", Node], str]:
         if node.op in RULES:
             return RULES[node.op]
-        if node.op in EXACT:
+        if node.op in EXACT and not (node.dtype == float64 and node.op in FLOAT32_ONLY):
             return _exact_elementwise
         if is_elementwise(node):
             return _decomposed_elementwise
@@ -542,6 +542,10 @@ EXACT: dict[str, tuple[str, Callable[[Node], dict]]] = {
     "selu": ("Selu", lambda n: {"alpha": 1.6732632423543772848170429916717, "gamma": 1.0507009873554804934193349852946}),
     "softplus": ("Softplus", _no_attrs), "softsign": ("Softsign", _no_attrs),
 }
+
+#: Exact in float32 only: their ONNX attributes are float32 (alpha=0.2 would lose float64 precision) and ONNX
+#: Runtime has no float64 kernels for Elu, Selu, Softplus and Softsign; a float64 node is decomposed instead.
+FLOAT32_ONLY = frozenset({"leaky_relu", "elu", "selu", "softplus", "softsign"})
 
 #: Every other op the exporter writes: op name -> rule (writer, node) -> the ONNX value computing it.
 RULES: dict[str, Callable[[_Writer, Node], str]] = {
