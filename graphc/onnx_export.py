@@ -690,7 +690,23 @@ class _ExpressionWriter:
             return self.emit("Mul", [b, b])
         if exponent == 1:
             return self.value(base)
-        return self.emit("Pow", [self.value(base), self.value(exponent)])
+        return self._general_pow(base, exponent)
+
+    def _general_pow(self, base: sp.Basic, exponent: sp.Basic) -> str:
+        """graphc's pow (graphc.ops.elementwise.numpy_power): NaN for a negative base, -inf included, with a
+        finite non-integer exponent; C's pow elsewhere, which is ONNX's Pow (it gives pow(-inf, 0.5) = +inf)."""
+        b, e = self.value(base), self.value(exponent)
+        power = self.emit("Pow", [b, e])
+        if exponent.is_number:
+            if exponent.is_integer or not exponent.is_finite:
+                return power
+            fractional = self.w.constant(True, np.bool_)
+        else:
+            not_whole = self.emit("Not", [self.emit("Equal", [self.emit("Floor", [e]), e])])
+            infinite = self.emit("Or", [self.emit("IsInf", [e]), self.emit("IsNaN", [e])])
+            fractional = self.emit("And", [not_whole, self.emit("Not", [infinite])])
+        undefined = self.emit("And", [self.emit("Less", [b, self.number(0.0)]), fractional])
+        return self.emit("Where", [undefined, self.number(np.nan), power])
 
     def _piecewise(self, pieces: Sequence[tuple[sp.Basic, sp.Basic]]) -> str:
         # numpy.select's meaning: the first true condition's value; NaN where none holds

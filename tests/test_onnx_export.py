@@ -190,6 +190,28 @@ def test_every_elementwise_op_agrees_with_the_reference(name, tmp_path):
         assert EXACT[name][0] in op_types(path)
 
 
+#: NaN, the infinities, zero and one, in every pairing of the operands.
+NONFINITE = np.array([np.nan, np.inf, -np.inf, 0.0, 1.0, -1.0, 0.5, -2.5], np.float32)
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_nan_and_infinities_come_out_as_in_the_reference(name, tmp_path):
+    """Exact ops and decompositions keep graphc's IEEE semantics (relu(NaN) = NaN, sigmoid(-inf) = 0, and
+    graphc's pow: (-inf) ** 0.5 is NaN where C's pow gives +inf)."""
+    op = registry.get(name)
+    grids = np.meshgrid(*[NONFINITE] * len(op.symbols), indexing="ij")
+    arrays = [a.reshape(-1) for a in grids]
+    if name == "where":
+        arrays[0] = np.isfinite(arrays[0]).astype(np.float32)  # a condition: nonzero is true
+    with graphc.Graph(name) as g:
+        inputs = [graphc.input(f"x{k}", a.shape, "float32") for k, a in enumerate(arrays)]
+        g.output(graphc.apply(name, inputs, dict(op.params)))
+    feeds = {f"x{k}": a for k, a in enumerate(arrays)}
+    path = graphc.export_onnx(g, tmp_path / f"{name}.onnx")
+    got, expected = run_onnx(path, feeds)[0], reference_outputs(g, feeds)[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0, equal_nan=True)
+
+
 #: The activation zoo with non-default parameters (the node's attributes reach the ONNX op or expression).
 ZOO = [
     ("relu", {}), ("sigmoid", {}), ("tanh", {}), ("leaky_relu", {"alpha": 0.2}), ("elu", {"alpha": 0.5}),
