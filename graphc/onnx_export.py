@@ -107,7 +107,9 @@ def to_onnx(graph: Graph, batch_dims: BatchDims | None = None):
     onnx = _require_onnx()
     _check_inference(graph)
     writer = _Writer(onnx, graph, batch_dims or {})
-    for node in graph.ancestors(graph.outputs):
+    # every input, first: each keeps its name (the feeds' keys), even one the outputs do not need
+    needed = graph.inputs + [n for n in graph.ancestors(graph.outputs) if n.op != "input"]
+    for node in needed:
         writer.write(node)
     return writer.model()
 
@@ -324,7 +326,7 @@ class _Writer:
 
 def unsupported(node: Node, why: str) -> OnnxExportError:
     operands = ", ".join(i.type_str for i in node.inputs)
-    return at_op(OnnxExportError(f"export_onnx: {node.op} ({node.type_str}) has no ONNX equivalent; {why}"),
+    return at_op(OnnxExportError(f"export_onnx: cannot write {node.op} ({node.type_str}) as ONNX: {why}"),
                  node.op, operands, node.loc)
 
 

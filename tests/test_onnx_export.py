@@ -270,6 +270,24 @@ def test_user_sympy_activations_are_decomposed(tmp_path):
 
 # -- the ops of inference graphs, with their geometry -----------------------------------------------------------------
 
+def test_graph_inputs_keep_their_names_and_outputs_are_numbered(tmp_path):
+    """Inputs are fed by name: each keeps its own (one the outputs do not need too), whatever the constants'."""
+    with graphc.Graph("names") as g:
+        a = graphc.input("const", (2, 3), "float32")
+        graphc.input("unused", (4,), "float32")
+        b = graphc.input("x", (2, 3), "float64")
+        g.output(a * 2.0 + 1.0, graphc.exp(b) - a)
+    path = graphc.export_onnx(g, tmp_path / "names.onnx")
+    model = onnx.load(path)
+    assert [i.name for i in model.graph.input] == ["const", "unused", "x"]
+    assert [o.name for o in model.graph.output] == ["output_0", "output_1"]
+    feeds = {"const": np.arange(6, dtype=np.float32).reshape(2, 3), "unused": np.zeros(4, np.float32),
+             "x": np.linspace(-1, 1, 6).reshape(2, 3)}
+    for got, expected in zip(run_onnx(path, feeds), reference_outputs(g, feeds)):
+        assert got.dtype == expected.dtype
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
 def test_graph_with_conv_geometry_pooling_and_shape_ops(tmp_path):
     rng = np.random.default_rng(4)
     xv = rng.normal(size=(2, 3, 11, 9)).astype(np.float32)
@@ -395,6 +413,5 @@ def test_missing_onnx_names_the_extra(tmp_path, monkeypatch):
 
 def test_importing_graphc_does_not_import_onnx():
     code = "import sys, graphc; assert callable(graphc.export_onnx); print('onnx' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
