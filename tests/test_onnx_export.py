@@ -147,6 +147,16 @@ def test_unbuilt_model_is_built_with_input_shape(tmp_path):
     np.testing.assert_allclose(run_onnx(path, {"x": x})[0], reference_outputs(g, {"x": x})[0], rtol=1e-6)
 
 
+def test_float64_model_keeps_float64_precision(tmp_path):
+    model = Sequential([Dense(16, "elu"), Dense(8, "softplus"), Dense(3, "softmax")], input_shape=(5,), dtype=np.float64)
+    path = graphc.export_onnx(model, tmp_path / "f64.onnx")
+    x = np.random.default_rng(6).normal(0, 2, (4, 5))
+    g = graphc.train.loop.build_eval(model, 4)
+    got = run_onnx(path, {"x": x})[0]
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, reference_outputs(g, {"x": x})[0], rtol=1e-12, atol=1e-15)
+
+
 # -- every elementwise op and the activation zoo, against the reference backend -------------------------------------
 
 #: Inputs in each op's domain: large magnitudes (the overflow-free branches), the breakpoints of the
