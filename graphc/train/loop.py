@@ -199,7 +199,7 @@ def build_scores(loss: loss_defs.Loss, metrics: tuple[str, ...], out_shape: tupl
 def build_eval(model: Module, batch_size: int, name: str = "predict") -> Graph:
     """The inference graph: input x, output the logits (evaluation-mode layers)."""
     with Graph(name) as g:
-        x = dsl.input("x", (batch_size,) + model.in_shape, model.dtype)
+        x = dsl.input("x", (batch_size,) + model.in_shape, getattr(model, "dtype", np.float32))
         g.output(model(x, Context(training=False)))
     return g
 
