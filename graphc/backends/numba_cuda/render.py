@@ -551,9 +551,11 @@ class Renderer:
 def _identity(combine, dtype: str) -> sp.Expr:
     """The start of a lane's partial accumulator: the value ``e`` with combine(e, x) == x (0 for a sum,
     -inf for a max, +inf for a min; the integer limits for integers)."""
-    x = sp.Symbol("x", real=True)
+    # Checked at sample values, not symbolically: SymPy simplifies the max/min update
+    # Piecewise((x, IsNaN(x) | (x < 0)), (0, True)) - x to 0, which made 0 every max's and min's start.
+    samples = (sp.Rational(-7, 2), sp.Integer(0), sp.Rational(9, 4))
     for e in (sp.Integer(0), -sp.oo, sp.oo):
-        if sp.simplify(combine(e, x) - x) == 0:
+        if all(combine(e, x) == x for x in samples):
             if e.is_finite or dtype.startswith("float"):
                 return e
             return sp.Integer(-2 ** 63 if e == -sp.oo else 2 ** 63 - 1)
