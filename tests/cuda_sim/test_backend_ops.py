@@ -216,24 +216,31 @@ def reductions(graphc_cache_dir):
         y = graphc.input("y", (rows,), "int64")
         a = graphc.input("a", (3, 5, 4), "float64")
         b = graphc.input("b", (3, 4, 6), "float64")
+        z = graphc.input("z", (3, 2 * LAUNCH + 1), "float64")
         outputs = [graphc.sum(x),                                 # full-sum
                    graphc.softmax_cross_entropy(x, y),            # cross-entropy
-                   graphc.sum(x, 0),                              # column-sum
+                   graphc.sum(z, 0),                              # column-sum
                    graphc.max(x),                                 # full-max
+                   # a lane starts a max at -inf and a min at +inf: these never reach 0
+                   graphc.max(-(x * x) - 1.0), graphc.min(x * x + 1.0),
                    graphc.matmul(a, b)]                           # batched-matmul
         g.output(*outputs)
-    exe = graphc.compile(outputs, inputs=[x, y, a, b], backend="cuda", cache_dir=graphc_cache_dir, optimize=0)
-    ref = graphc.compile(outputs, inputs=[x, y, a, b])
+    inputs = [x, y, z, a, b]
+    exe = graphc.compile(outputs, inputs=inputs, backend="cuda", cache_dir=graphc_cache_dir, optimize=0)
+    ref = graphc.compile(outputs, inputs=inputs)
     r = rng(14)
-    feeds = [r.standard_normal((rows, cols)), r.integers(0, cols, rows), r.standard_normal((3, 5, 4)),
-             r.standard_normal((3, 4, 6))]
+    feeds = [r.standard_normal((rows, cols)), r.integers(0, cols, rows), r.standard_normal((3, 2 * LAUNCH + 1)),
+             r.standard_normal((3, 5, 4)), r.standard_normal((3, 4, 6))]
     return exe, ref, feeds
 
 
 def test_reductions_and_batched_matmul_match_reference(reductions):
     exe, ref, feeds = reductions
-    assert feeds[0].size > LAUNCH and len(feeds[1]) > THREADS
-    assert_same(exe(*feeds), ref(*feeds), ["sum", "cross-entropy", "column sum", "max", "batched matmul"], "float64")
+    assert feeds[0].size > LAUNCH and len(feeds[1]) > THREADS and feeds[2].shape[1] > LAUNCH
+    got, want = exe(*feeds), ref(*feeds)
+    assert_same(got, want, ["sum", "cross-entropy", "column sum", "max", "max of negatives", "min of positives",
+                            "batched matmul"], "float64")
+    assert got[4] < -1 and got[5] > 1
 
 
 def test_reductions_render_block_reductions_swapped_kernels_and_host_loops(reductions):
