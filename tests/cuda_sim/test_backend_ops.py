@@ -262,6 +262,22 @@ def test_reductions_render_block_reductions_swapped_kernels_and_host_loops(reduc
     assert re.search(r"\n    for i\d+ in range\(3\):\n        \w+\[gemm_launch\(5, 6\)\]\(", driver), driver
 
 
+def test_integer_reductions_are_exact_past_two_to_the_53(graphc_cache_dir):
+    # A full reduction's total goes from the block-reduction kernel to the next through a small device
+    # array: integers must travel as int64, not float64 (exact only up to 2**53).
+    with graphc.Graph("int_reductions") as g:
+        x = graphc.input("x", (2 * LAUNCH + 3,), "int64")
+        outputs = [graphc.sum(x), graphc.max(x), graphc.min(x)]
+        g.output(*outputs)
+    exe = graphc.compile(outputs, backend="cuda", cache_dir=graphc_cache_dir, optimize=0)
+    assert all(re.search(r"\((reduce)\)$", doc) or doc.endswith("(serial)") for doc in kernels_of(exe.source).values())
+    values = rng(15).integers(2 ** 55, 2 ** 56, 2 * LAUNCH + 3)
+    values[3] += 1  # an odd number: float64 cannot hold it
+    got = exe(values)
+    assert [int(v) for v in got] == [int(values.sum()), int(values.max()), int(values.min())]
+    assert all(v.dtype == np.int64 for v in got)
+
+
 # -- 8. the kernels name their node and the user's line --------------------------------------------------------------
 
 def test_every_kernel_names_its_node_and_the_users_line(reductions):
