@@ -240,3 +240,30 @@ def test_check_finite_names_the_node_as_the_cpu_backend_does(graphc_cache_dir):
     np.testing.assert_array_equal(exe.params["w"], before)
     assert exe(ok) == pytest.approx(cpu(ok), rel=1e-12)
     np.testing.assert_allclose(exe.params["w"], cpu.params["w"], **TOL["float64"])
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+def test_check_finite_finds_the_failing_step_of_an_epoch_as_the_cpu_backend_does(graphc_cache_dir):
+    with graphc.Graph("ratio_epoch") as g:
+        x = graphc.input("x", (2, 3), "float64")
+        w = graphc.param("w", np.array([2.0, 3.0, 0.5]))
+        loss = g.output(graphc.sum(w / x))  # epoch-ratio-line
+        g.update(w, w - 0.01 * graphc.grad(loss, w))
+    exe = graphc.compile(loss, backend="cuda", check_finite=True, cache_dir=graphc_cache_dir)
+    cpu = graphc.compile(loss, backend="cpu", check_finite=True, cache_dir=graphc_cache_dir)
+    X = rng(27).uniform(1, 2, (6, 3))
+    X[4, 2] = 0.0  # row 4: its step divides by zero
+    perm = np.array([1, 0, 3, 2, 4, 5])  # rows 4 and 5 are the third step
+    errors = []
+    for e in (exe, cpu):
+        with pytest.raises(NonFiniteError) as info:
+            e.run_epoch(X, perm=perm)
+        errors.append(info.value)
+    assert str(errors[0]) == str(errors[1])
+    assert str(errors[0]).startswith("run_epoch: step 3 of 3 (rows ") and errors[0].step == 3
+    assert errors[0].node.op == "div" and line_of("epoch-ratio-line") in str(errors[0])
+    # The parameters are left at their values before the failing step, and the device runs on from them.
+    np.testing.assert_allclose(exe.params["w"], cpu.params["w"], **TOL["float64"])
+    good = np.delete(X, 4, axis=0)[:4]
+    np.testing.assert_allclose(exe.run_epoch(good, seed=2), cpu.run_epoch(good, seed=2), **TOL["float64"])
+    np.testing.assert_allclose(exe.params["w"], cpu.params["w"], **TOL["float64"])
