@@ -11,6 +11,7 @@ models are float64, so the two agree to rounding.
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -85,6 +86,11 @@ def test_two_steps_equal_the_cpu_backends(step):
         assert got[1] == want[1]  # the number of right predictions
         assert_params_equal(exe, cpu)
     assert not np.allclose(exe.params["dense_1.W"], start["dense_1.W"])  # the steps did train
+    if exe.graph.name == "step_sgd":
+        # Each weight's update rides in its gradient GEMM on the device: W <- 1 * W + alpha * x^T @ g, with
+        # alpha = -lr computed in the kernel from the lr input.
+        assert len(re.findall(r"gemm_tile\(1, 0, \d+, \d+, 4, f64\(alpha\d+\), .*, f64\(1\.0\), sf64, P\d+, \d+\)",
+                              exe.source)) == 2, exe.source
 
 
 def test_native_epoch_equals_the_cpu_backends(step):
