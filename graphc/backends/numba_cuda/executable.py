@@ -5,9 +5,8 @@ What crosses the bus, and when:
 - ``run_epoch``: the data set, the permutation and the per-step values (learning rates, keys) go up
   once; each step gathers its minibatch on the device; the per-step outputs come back at the end;
 - ``exe.params``: the parameter store comes back only when a parameter is read after a step, and
-  goes up when one is assigned (``exe.params["W"] = value``) and before the next step after its host
-  copy was handed out: ``set_params``, fit's trainer and check_finite's restore write into the arrays
-  ``exe.params`` returns, in place, and the device must see those writes.
+  goes up when one is assigned (``exe.params["W"] = value``; writing into the returned array in place
+  changes the host copy only).
 """
 from __future__ import annotations
 
@@ -64,7 +63,6 @@ class CudaExecutable(NativeExecutable):
         self._state = cuda.to_device(self._host_state)
         self._ws = cuda.device_array(aligned(max(program.workspace_bytes, 1)), np.uint8)
         self._stale = False  # the host copy of the parameter store is older than the device's
-        self._lent = False  # the host copy was handed out since the last step: it may have been written
         self._d_status = cuda.to_device(np.zeros(4, np.int64))
         self._carry = cuda.device_array(module.CARRY_SLOTS, np.float64)
         self._icarry = cuda.device_array(module.ICARRY_SLOTS, np.int64)
@@ -83,23 +81,15 @@ class CudaExecutable(NativeExecutable):
         if self._stale:
             self._state.copy_to_host(self._host_state)
             self._stale = False
-        self._lent = True
 
     def _push(self, key: str) -> None:
         self._state.copy_to_device(self._host_state)
-
-    def _push_lent(self) -> None:
-        """Before a launch: send the host copy up if it was handed out (it may have been written in place)."""
-        if self._lent:
-            self._state.copy_to_device(self._host_state)
-            self._lent = False
 
     # -- running -----------------------------------------------------------------------------------------
     def _call_step(self, arrays: list[np.ndarray]) -> tuple:
         for d, a in zip(self._inputs, arrays):
             if a.size:
                 d.copy_to_device(a.reshape(-1))
-        self._push_lent()
         self.module.step(*self._step_args)
         self._stale = True
         self._read_status()
@@ -120,7 +110,6 @@ class CudaExecutable(NativeExecutable):
         d_perm = cuda.to_device(perm)
         sizes = [max(o.size, 1) for o in self.program.outputs]
         results = [cuda.device_array(steps * size, np.dtype(o.dtype)) for size, o in zip(sizes, self.program.outputs)]
-        self._push_lent()
         for s in range(steps):
             for k, (node, is_batched) in enumerate(zip(self.inputs, self.program.batched)):
                 if not node.size:
