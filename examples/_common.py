@@ -1,7 +1,9 @@
-"""Shared by the examples: argument parsing and a results line."""
+"""Shared by the examples: argument parsing, the CUDA simulator's cut-down run, and a results line."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import time
 
 
@@ -9,9 +11,26 @@ def parser(description: str, epochs: int, batch_size: int = 128) -> argparse.Arg
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--backend", default=None, help="cpu (Numba, the default when available) or reference (NumPy)")
+    p.add_argument("--backend", default=None,
+                   help="cpu (Numba, the default when available), cuda (Numba CUDA: a GPU, or the simulator under "
+                        "NUMBA_ENABLE_CUDASIM=1) or reference (NumPy)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
     return p
+
+
+def simulated(args) -> bool:
+    """Whether this run uses the cuda backend in Numba's simulator (every CUDA thread a Python thread)."""
+    return args.backend == "cuda" and os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def limited(data, n: int | None):
+    """``data`` (datasets.Splits) with only the first ``n`` images of each split."""
+    if n is None:
+        return data
+    cut = {k: (v[0][:n], v[1][:n]) if v is not None else None for k, v in
+           (("train", data.train), ("val", data.val), ("test", data.test))}
+    return dataclasses.replace(data, **cut)
 
 
 def report(name: str, history, test_loss: float, test_acc: float, started: float) -> None:

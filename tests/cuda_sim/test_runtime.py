@@ -144,6 +144,18 @@ def test_gemm_matches_numpy_for_every_transpose_and_beta(dtype, ta, tb, beta):
     store.assert_untouched_but(after, "c")
 
 
+@pytest.mark.parametrize("beta", [0.0, 2.0])
+def test_gemm_with_empty_k_scales_c_and_with_empty_c_writes_nothing(beta):
+    c = np.arange(6.0).reshape(2, 3)
+    store = Store("float64", a=np.full(4, np.nan), b=np.full(4, np.nan), c=c)
+    after = store.run_on_device(lambda d: (rt.gemm(0, 0, 2, 3, 0, 1.5, d, store.offsets["a"], 1, d, store.offsets["b"], 3,
+                                                   beta, d, store.offsets["c"], 3),
+                                           rt.gemm(1, 1, 0, 3, 2, 1.0, d, 0, 1, d, 0, 1, 0.0, d, 0, 3),
+                                           rt.gemm(0, 0, 2, 0, 2, 1.0, d, 0, 1, d, 0, 1, 0.0, d, 0, 3)))
+    np.testing.assert_array_equal(store.get(after, "c"), beta * c)  # BLAS: C = beta * C (0 when beta is 0)
+    store.assert_untouched_but(after, "c")
+
+
 @cuda.jit
 def _sgd_gemm_kernel(lr, a, ao, b, bo, w, wo, m, n, k):
     """W -= lr * A @ B^T: alpha computed on the device, as a generated kernel does for an update."""

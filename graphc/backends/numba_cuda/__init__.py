@@ -151,9 +151,11 @@ def compile_ptx_module(module: Any, cc: tuple[int, int] | None = None) -> dict[s
                               "compile it in a process without the simulator")
     from numba import cuda
 
+    from .ptx import compile_ptx as kernel_ptx
+
     if cc is None:
         cc = cuda.get_current_device().compute_capability if cuda.is_available() else (8, 0)
-    return {name: cuda.compile_ptx(getattr(module, name).py_func, signature, cc=cc)[0]
+    return {name: kernel_ptx(getattr(module, name), signature, cc)
             for name, signature in module.SIGNATURES.items()}
 
 
@@ -172,10 +174,9 @@ def compile_ptx(program: Program, cc: tuple[int, int] = (8, 0), cache_dir: str |
 
 def runtime_ptx(program: Program, cc: tuple[int, int]) -> dict[str, str]:
     """The PTX of the runtime kernels ``program``'s library calls launch (for its float dtype)."""
-    from numba import cuda
-
     from ..lowering.ir import Call
     from . import runtime
+    from .ptx import compile_ptx as kernel_ptx
     from .render import walk
 
     calls = {s.name for k in program.kernels for s in walk(k.body) if isinstance(s, Call)}
@@ -187,5 +188,5 @@ def runtime_ptx(program: Program, cc: tuple[int, int]) -> dict[str, str]:
     for dtype in sorted(dtypes):
         for name, (kernel, signature) in runtime.PTX_SIGNATURES(dtype).items():
             if name in wanted:
-                out[f"runtime.{name}[{dtype}]"] = cuda.compile_ptx(kernel.py_func, signature, cc=cc)[0]
+                out[f"runtime.{name}[{dtype}]"] = kernel_ptx(kernel, signature, cc)
     return out

@@ -93,6 +93,24 @@ class Resources:
     spill_stores: int
     spill_loads: int
 
+    @property
+    def name(self) -> str:
+        """The Python name of the function (the last part of Numba's mangled ``_ZN<len><part>...`` name)."""
+        return demangled(self.function)
+
+
+def demangled(mangled: str) -> str:
+    """``_ZN6graphc8backends...11gemm_kernelB2v1...`` -> ``gemm_kernel`` (the mangled name itself when
+    it is not of that form)."""
+    if not mangled.startswith("_ZN"):
+        return mangled
+    rest, last = mangled[3:], mangled
+    while rest[:1].isdigit():
+        digits = re.match(r"\d+", rest).group()
+        size = int(digits)
+        last, rest = rest[len(digits):len(digits) + size], rest[len(digits) + size:]
+    return last
+
 
 _ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+a?)'")
 _USED = re.compile(r"Used (\d+) registers")
