@@ -65,9 +65,10 @@ class CudaExecutable(NativeExecutable):
         self._handed_out = False  # the host copy may have been written since it was last sent up
         self._d_status = cuda.to_device(np.zeros(4, np.int64))
         self._carry = cuda.device_array(module.CARRY_SLOTS, np.float64)
+        self._icarry = cuda.device_array(module.ICARRY_SLOTS, np.int64)
         self._inputs = [cuda.device_array(max(n.size, 1), n.dtype.np) for n in program.inputs]
         self._outputs = [cuda.device_array(max(o.size, 1), np.dtype(o.dtype)) for o in program.outputs]
-        arrays = {"status": self._d_status, "carry": self._carry}
+        arrays = {"status": self._d_status, "carry": self._carry, "icarry": self._icarry}
         for node, d in zip(program.inputs, self._inputs):
             arrays[program.buffers[program.graph.nodes.index(node)].name] = d
         arrays.update({o.name: d for o, d in zip(program.outputs, self._outputs)})
