@@ -97,6 +97,7 @@ from .ops.reduce import argmax, broadcast_to, max, mean, min, sum
 from .ops.shape import concatenate, reshape, transpose
 from .optim.hyperparams import HyperparameterError
 from .passes import OptimizeResult, optimize
+from .saved import SavedModelError, load, save
 from .train import fit
 from .train.checkpoint import CheckpointError
 
