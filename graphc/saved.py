@@ -248,7 +248,7 @@ def _table_activation(name: str) -> Callable | None:
     """The activation the layers know by ``name`` ('relu', 'softmax', ...), or None."""
     try:
         return layers._activation(name) if name else None
-    except ValueError:
+    except (ValueError, GraphcError):
         return None
 
 
@@ -353,25 +353,40 @@ def _check_arrays(path: str, manifest: dict, arrays: dict[str, np.ndarray]) -> N
 
 # -- SymPy expressions: read back without eval of arbitrary code ---------------------------------------
 
-#: The names an srepr may call: SymPy's public classes and functions, and graphc's own scalar functions.
-_SYMPY_NAMES: dict[str, Any] = {k: v for k, v in vars(sp).items() if not k.startswith("_")}
+#: The names an srepr may use: SymPy's expression classes and constants (oo, pi, true, ...), not its functions
+#: (sympify, var, ...: they parse or run text), and graphc's own scalar functions.
+_SYMPY_NAMES: dict[str, Any] = {k: v for k, v in vars(sp).items() if not k.startswith("_") and (
+    isinstance(v, sp.Basic) or (isinstance(v, type) and issubclass(v, sp.Basic)))}
 _SYMPY_NAMES["ExprCondPair"] = sp.functions.elementary.piecewise.ExprCondPair  # srepr prints it; sympy hides it
 _SYMPY_NAMES.update({"IsNaN": ew.IsNaN, **ew.CAST_FUNCTIONS})
 _SAFE_NODES = (ast.Expression, ast.Call, ast.Name, ast.Load, ast.Constant, ast.keyword, ast.Tuple, ast.List,
                ast.UnaryOp, ast.USub)
+#: The constructors an srepr passes a string to: a name (Symbol('x')) or a decimal (Float('0.1')), never parsed
+#: as an expression. Any other SymPy class given a string would parse it (exp('...') calls sympify).
+_TAKES_TEXT = frozenset({"Symbol", "Dummy", "Wild", "Function", "Float"})
 
 
 def parse_srepr(text: str, where: str) -> sp.Basic:
-    """The SymPy expression ``text`` (an ``srepr``), accepting only calls of SymPy's constructors on literals."""
+    """The SymPy expression ``text`` (an ``srepr``), accepting only calls of SymPy's constructors on literals:
+    a saved file is data, and reading it must not run code hidden in it."""
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:
         raise SavedModelError(f"{where}: {text[:80]!r} is not a SymPy expression") from None
+    texts = {id(arg) for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+             and n.func.id in _TAKES_TEXT for arg in n.args[:1]}
     for n in ast.walk(tree):
         if not isinstance(n, _SAFE_NODES) or (isinstance(n, ast.Name) and n.id not in _SYMPY_NAMES):
             what = n.id if isinstance(n, ast.Name) else type(n).__name__
             raise SavedModelError(f"{where}: the expression uses {what!r}, which is not a SymPy constructor")
-    return eval(compile(tree, "<saved expression>", "eval"), {"__builtins__": {}}, dict(_SYMPY_NAMES))  # noqa: S307
+        if isinstance(n, ast.Constant) and not isinstance(n.value, (bool, int, float)) and id(n) not in texts:
+            raise SavedModelError(f"{where}: the expression passes the text {n.value!r:.40} where SymPy would parse "
+                                  f"it; only {sorted(_TAKES_TEXT)} take text")
+    try:
+        return eval(compile(tree, "<saved expression>", "eval"), {"__builtins__": {}}, dict(_SYMPY_NAMES))  # noqa: S307
+    except Exception as err:  # noqa: BLE001  a well-formed call SymPy refuses (wrong arguments)
+        raise SavedModelError(f"{where}: {text[:80]!r} is not a valid SymPy expression ({type(err).__name__}: "
+                              f"{err})") from None
 
 
 class _Decoder:

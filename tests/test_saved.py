@@ -369,14 +369,21 @@ def test_load_refuses_an_npz_without_a_manifest_and_a_checkpoint(tmp_path):
         graphc.load(str(tmp_path / "none.graphc"))
 
 
-def test_load_never_evaluates_code_hidden_in_an_expression(tmp_path):
+@pytest.mark.parametrize("expr, message", [
+    ("__import__('pathlib')", r"the expression uses '__import__', which is not a SymPy constructor"),
+    ("__import__('pathlib').Path({marker!r}).touch()", r"the expression uses 'Attribute', which is not a SymPy"),
+    ("Symbol('x').__class__", r"the expression uses 'Attribute', which is not a SymPy constructor"),
+    ("sympify({code!r})", r"the expression uses 'sympify', which is not a SymPy constructor"),
+    ("exp({code!r})", r"the expression passes the text .* where SymPy would parse it"),
+])
+def test_load_never_runs_code_hidden_in_an_expression(tmp_path, expr, message):
     marker = tmp_path / "pwned"
+    code = f"__import__('pathlib').Path({str(marker)!r}).touch()"
     path = graphc.save(swish_graph(), str(tmp_path / "g.graphc"))
     manifest, arrays = read_archive(path)
-    manifest["ops"]["saved_swish"]["expr"] = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    manifest["ops"]["saved_swish"]["expr"] = expr.format(marker=str(marker), code=code)
     write_archive(path, manifest, arrays)
-    with pytest.raises(SavedModelError, match=r"op 'saved_swish': the expression uses 'Attribute', which is not a "
-                                              r"SymPy constructor"):
+    with pytest.raises(SavedModelError, match=rf"{path}: op 'saved_swish': {message}"):
         graphc.load(path)
     assert not marker.exists()
 
