@@ -85,7 +85,7 @@ def save(model_or_graph: Module | Graph, path: str) -> str:
                               f"{type(model_or_graph).__name__}{line_text(user_location())}")
     manifest = {
         "format": FORMAT, "version": VERSION, "graphc": __version__, "kind": kind, "content": content,
-        "ops": encoder.op_definitions(),
+        "ops": encoder.ops,
         "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "sha256": array_sha256(v)}
                    for k, v in encoder.arrays.items()},
     }
@@ -138,7 +138,7 @@ class _Encoder:
         if key in self.arrays:
             raise SavedModelError(f"graphc.save: two parameters are called {key!r}: layer names must be unique "
                                   f"in a model{line_text(module.loc if module is not None else user_location())}")
-        self.arrays[key] = np.ascontiguousarray(value)
+        self.arrays[key] = np.array(value, order="C")  # a copy; np.ascontiguousarray would make a 0-d array 1-d
         return key
 
     def value(self, value: Any, where: str) -> Any:
@@ -202,9 +202,6 @@ class _Encoder:
         elif op.expr is not None:
             self.ops[name] = {"expr": sp.srepr(op.expr), "symbols": [str(s) for s in op.symbols],
                               "params": [[p, float(v)] for p, v in op.params.items()]}
-
-    def op_definitions(self) -> dict[str, dict]:
-        return self.ops
 
     # -- graphs --------------------------------------------------------------------------------------
     def graph(self, graph: Graph) -> dict:
@@ -272,12 +269,18 @@ def load(path: str) -> Module | Graph:
     a newer graphc, a damaged one or one that is not a graphc saved model raise :class:`SavedModelError`."""
     manifest, arrays = _read_verified(path)
     decoder = _Decoder(path, arrays)
-    decoder.define_ops(manifest.get("ops", {}))
-    if manifest["kind"] == "module":
-        return decoder.module(manifest["content"])
-    if manifest["kind"] == "graph":
+    if manifest["kind"] not in ("module", "graph"):
+        raise decoder.error(f"it holds a {manifest['kind']!r}, which this graphc cannot load")
+    try:
+        decoder.define_ops(manifest.get("ops", {}))
+        if manifest["kind"] == "module":
+            model = decoder.module(manifest["content"])
+            decoder.check_weights_fit(model, manifest["content"])
+            return model
         return decoder.graph(manifest["content"])
-    raise SavedModelError(f"graphc.load: {path} holds a {manifest['kind']!r}, which this graphc cannot load")
+    except (KeyError, IndexError, TypeError, AttributeError) as err:  # a whole file whose content is malformed
+        raise decoder.error(f"its content is malformed ({type(err).__name__}: {err}): not written by graphc.save"
+                            ) from None
 
 
 def _read_verified(path: str) -> tuple[dict, dict[str, np.ndarray]]:
@@ -486,6 +489,26 @@ class _Decoder:
                 setattr(module, attr, self.value(value, f"layer {state.get('name')!r}: {attr}"))
         return module
 
+    def check_weights_fit(self, model: Module, record: dict) -> None:
+        """Every layer's weights have the names, shapes and dtypes its configuration gives when built: a sealed
+        file whose weights and configuration disagree (not written by graphc.save) is refused, not half used."""
+        if model.in_shape is None:  # never built: it has no weights
+            return
+        fresh = self.module(record)  # the same configuration, built again from random initial values
+        dtype = getattr(model, "dtype", None) or next((v.dtype for v in model.named_values().values()), np.float32)
+        try:
+            fresh.build(model.in_shape, np.random.default_rng(0), dtype)
+        except SavedModelError:  # an initializer the file could only name: nothing to build with
+            return
+        except GraphcError as err:
+            raise self.error(f"its model does not build for its input shape {list(model.in_shape)}: {err}") from None
+        for saved, built in zip(model.modules(), fresh.modules()):
+            have = {k: f"{v.dtype}{list(v.shape)}" for k, v in saved.values.items()}
+            want = {k: f"{v.dtype}{list(v.shape)}" for k, v in built.values.items()}
+            if have != want or saved.out_shape != built.out_shape:
+                raise self.error(f"layer {saved.name!r} ({saved.describe()}) holds {have or 'no weights'}, but its "
+                                 f"configuration gives {want or 'no weights'}: weights and configuration disagree")
+
     # -- graphs --------------------------------------------------------------------------------------
     def graph(self, content: dict) -> Graph:
         graph = Graph(content["name"])
@@ -510,13 +533,18 @@ class _Decoder:
         where = f"node %{k} ({rec['op']})"
         if not registry.is_registered(rec["op"]):
             raise self.error(f"{where}: this graphc has no op {rec['op']!r}")
-        return Node(
+        node = Node(
             op=rec["op"], inputs=tuple(nodes[i] for i in rec["inputs"]),
             attrs=Attrs({a: self.value(v, f"{where} attribute {a}") for a, v in rec["attrs"].items()}),
             shape=tuple(rec["shape"]), dtype=as_dtype(rec["dtype"]), name=rec["name"],
             loc=SourceLoc(rec["loc"][0], rec["loc"][1]) if rec["loc"] is not None else None,
             value=self.arrays[rec["value"]].copy() if rec["value"] is not None else None,
         )
+        stored = node.op in ("param", "constant") and rec["in_graph"]
+        if stored and (node.value is None or (node.value.shape, node.value.dtype) != (node.shape, node.dtype.np)):
+            held = "no value" if node.value is None else f"a value {node.value.dtype}{list(node.value.shape)}"
+            raise self.error(f"{where} {node.name or ''} is {node.type_str} but holds {held}")
+        return node
 
     def check_type(self, k: int, node: Node) -> None:
         """The node's shape and dtype are what this graphc's rule for its op gives (ops do not change meaning

@@ -186,6 +186,11 @@ def test_a_graph_round_trips_nodes_provenance_and_values(tmp_path):
     assert loaded.text() == original.text()  # ops, attrs, shapes, dtypes, names, source lines, provenance
     assert loaded.structural_hash() == original.structural_hash()
     assert [(p.name, n.name) for p, n in loaded.updates] == [(p.name, n.name) for p, n in original.updates]
+    for a, b in zip(original.nodes, loaded.nodes):
+        assert (b.op, b.shape, b.dtype, b.name, b.loc) == (a.op, a.shape, a.dtype, a.name, a.loc)
+        if a.value is not None:  # constants and parameters, 0-d ones included
+            assert b.value.shape == a.value.shape and b.value.dtype == a.value.dtype
+            assert np.array_equal(b.value, a.value)
     ref = graphc.backends.reference
     expected = ref.evaluate(original, feeds())
     for a, b in zip(ref.evaluate(loaded, feeds()), expected):
@@ -299,6 +304,41 @@ def write_archive(path: str, manifest: dict, arrays: dict, reseal: bool = True) 
     buf = io.BytesIO()
     np.savez(buf, **arrays, __manifest__=np.frombuffer(json.dumps(manifest).encode(), np.uint8))
     Path(path).write_bytes(buf.getvalue())
+
+
+def test_load_refuses_a_well_sealed_file_whose_weights_do_not_fit_the_layers(saved):
+    """Files not written by graphc.save, sealed with valid checksums: refused, never half used."""
+    manifest, arrays = read_archive(saved)
+    layer = manifest["content"]["state"]["layers"]["list"][0]["module"]["state"]
+    layer["units"] = 17  # dense_1 says 17 units; its W is [12, 16]
+    write_archive(saved, manifest, arrays)
+    with pytest.raises(SavedModelError, match=rf"{saved}: layer 'dense_1' \(Dense\(17, relu\)\) holds \{{'W': "
+                                              r"'float32\[12, 16\]', 'b': 'float32\[16\]'\}, but its configuration "
+                                              r"gives \{'W': 'float32\[12, 17\]', 'b': 'float32\[17\]'\}"):
+        graphc.load(saved)
+    layer["units"] = 16
+    del layer["values"]["values"][0]  # no W
+    del manifest["arrays"]["dense_1.W"], arrays["dense_1.W"]
+    write_archive(saved, manifest, arrays)
+    with pytest.raises(SavedModelError, match=rf"{saved}: layer 'dense_1' .* holds \{{'b': 'float32\[16\]'\}}, "
+                                              r"but its configuration gives \{'b': 'float32\[16\]', 'W': "):
+        graphc.load(saved)
+    del layer["units"]
+    write_archive(saved, manifest, arrays)
+    with pytest.raises(SavedModelError, match=rf"{saved}: its content is malformed \(AttributeError: .*'units'"):
+        graphc.load(saved)
+
+
+def test_load_refuses_a_well_sealed_graph_whose_values_do_not_fit_its_nodes(tmp_path):
+    path = graphc.save(swish_graph(), str(tmp_path / "g.graphc"))
+    manifest, arrays = read_archive(path)
+    w = next(k for k, n in enumerate(manifest["content"]["nodes"]) if n["name"] == "w")
+    arrays[f"n{w}"] = arrays[f"n{w}"][:1]
+    manifest["arrays"][f"n{w}"].update(shape=[1, 1, 3, 3], sha256=hashlib.sha256(arrays[f"n{w}"].tobytes()).hexdigest())
+    write_archive(path, manifest, arrays)
+    with pytest.raises(SavedModelError, match=rf"{path}: node %{w} \(param\) w is f64\[2,1,3,3\] but holds a value "
+                                              r"float64\[1, 1, 3, 3\]"):
+        graphc.load(path)
 
 
 def test_load_refuses_a_file_from_a_newer_format_version(saved):
