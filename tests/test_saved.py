@@ -247,6 +247,19 @@ def test_a_user_sympy_activation_comes_back_in_a_process_that_never_defined_it(t
     assert np.array_equal(np.load(tmp_path / "y.npy"), expected)
 
 
+def test_an_initializer_that_is_a_python_function_is_saved_by_name(tmp_path):
+    """The weights are saved; only build() (re-initializing) would need the function, and then it says so."""
+    def halves(shape, fan_in, fan_out, rng):
+        return np.full(shape, 0.5)
+
+    model = randomized(Sequential([Dense(3, init=halves)], input_shape=(2,)))
+    loaded = graphc.load(graphc.save(model, str(tmp_path / "m.graphc")))
+    assert np.array_equal(loaded.named_values()["dense_1.W"], model.named_values()["dense_1.W"])
+    with pytest.raises(SavedModelError, match=r"initializer 'halves' of a model loaded from .*m.graphc was a Python "
+                                              r"function"):
+        loaded.build((2,), np.random.default_rng(0))
+
+
 # -- refusals: what cannot be saved ------------------------------------------------------------------------------
 
 def test_save_refuses_a_python_function_activation_naming_the_layer(tmp_path):
