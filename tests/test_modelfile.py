@@ -42,6 +42,8 @@ EXAMPLE_MODELS = {
     "digits_mlp": ((64,), 10, 17_226, optim.Momentum, "data"),
     # 2*8+8 + 8*2+2
     "xor": ((2,), 2, 42, optim.SGD, "data"),
+    # 64*64+64 + 64*10+10, with a user SymPy activation between
+    "custom_activation": ((64,), 10, 4_810, optim.Adam, "data"),
 }
 
 
