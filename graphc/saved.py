@@ -167,7 +167,8 @@ class _Encoder:
             return {"sympy": sp.srepr(value)}
         if callable(value):
             return self.function(value, where)
-        raise SavedModelError(f"graphc.save: {where} is a {type(value).__name__}, which a saved file cannot hold")
+        raise SavedModelError(f"graphc.save: {where} is a {type(value).__name__}, which a saved file cannot hold"
+                              f"{line_text(user_location())}")
 
     def function(self, fn: Callable, where: str) -> dict:
         """An activation (a graphc op, by name) or an initializer (by name); other Python functions refused."""
@@ -392,6 +393,12 @@ def parse_srepr(text: str, where: str) -> sp.Basic:
                               f"{err})") from None
 
 
+#: The tags of :meth:`_Encoder.value`'s JSON objects (each object has one; "activation" and "initializer" may
+#: come with more keys).
+_TAGS = ("tuple", "list", "dict", "scalar", "numpy_dtype", "dtype", "loc", "module", "sympy", "activation",
+         "initializer")
+
+
 class _Decoder:
     """Rebuilds models and graphs from a verified manifest's content and arrays."""
 
@@ -431,7 +438,8 @@ class _Decoder:
     def value(self, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             return value
-        tag, body = next(iter(value.items())) if len(value) else (None, None)
+        tag = next((t for t in _TAGS if t in value), None)  # by name: a tagged value may carry more keys
+        body = value.get(tag)
         if tag == "tuple":
             return tuple(self.value(v, where) for v in body)
         if tag == "list":
