@@ -99,6 +99,7 @@ from .ops.registry import UnknownOpError
 from .ops.shape import concatenate, reshape, transpose
 from .optim.hyperparams import HyperparameterError
 from .passes import OptimizeResult, optimize
+from .saved import SavedModelError, load, save
 from .train import fit
 from .train.checkpoint import CheckpointError
 
