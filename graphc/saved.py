@@ -43,7 +43,7 @@ from .nn.layers import Module
 from .ops import elementwise as ew
 from .ops import registry
 from .train.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from .train.checkpoint import _digest as array_sha256  # one definition of an array's checksum
+from .train.checkpoint import array_sha256  # one definition of an array's checksum
 
 FORMAT = "graphc-saved"
 #: The format version this graphc writes; it reads every version up to this one.
@@ -244,10 +244,7 @@ class _Encoder:
 
 def _table_activation(name: str) -> Callable | None:
     """The activation the layers know by ``name`` ('relu', 'softmax', ...), or None."""
-    try:
-        return layers._activation(name) if name else None
-    except (ValueError, GraphcError):
-        return None
+    return layers.ACTIVATIONS.get(name) if isinstance(name, str) else None
 
 
 def _is_op_builder(fn: Callable) -> bool:

@@ -32,7 +32,8 @@ class CheckpointError(GraphcError, ValueError):
     (A ValueError too, as it was before graphc's errors had a common base.)"""
 
 
-def _digest(arr: np.ndarray) -> str:
+def array_sha256(arr: np.ndarray) -> str:
+    """The SHA-256 of an array's bytes in C order (checkpoints and saved models record one per array)."""
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 
@@ -40,7 +41,7 @@ def save_checkpoint(path: str, params: dict[str, np.ndarray], meta: dict[str, An
     """Write ``params`` and ``meta`` to ``path`` (.npz) atomically."""
     manifest = {
         "format": FORMAT,
-        "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "sha256": _digest(v)} for k, v in params.items()},
+        "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "sha256": array_sha256(v)} for k, v in params.items()},
         "meta": meta or {},
     }
     if MANIFEST in params:
@@ -78,7 +79,7 @@ def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         entry = expected[k]
         if not isinstance(entry, dict) or not {"shape", "dtype", "sha256"} <= set(entry):
             raise CheckpointError(f"checkpoint {path}: the manifest's entry for array {k!r} is corrupt")
-        if _digest(v) != entry["sha256"] or list(v.shape) != entry["shape"]:
+        if array_sha256(v) != entry["sha256"] or list(v.shape) != entry["shape"]:
             raise CheckpointError(f"checkpoint {path}: array {k!r} does not match its checksum")
         if str(v.dtype) != entry["dtype"]:
             raise CheckpointError(f"checkpoint {path}: array {k!r} is {v.dtype}, its manifest entry says {entry['dtype']}")
