@@ -147,7 +147,8 @@ def meta() -> dict:
 
     ptxas = find_ptxas()
     ptxas_version = subprocess.run([str(ptxas), "--version"], capture_output=True, text=True).stdout.strip()
-    return {"numba_cuda": version("numba-cuda"), "ptxas": ptxas_version.splitlines()[-1],
+    release = [line for line in ptxas_version.splitlines() if "release" in line] or ptxas_version.splitlines()[-1:]
+    return {"numba_cuda": version("numba-cuda"), "ptxas": release[0],
             "dtype": "float32", "conv": "im2col", "date": time.strftime("%Y-%m-%d")}
 
 
