@@ -114,7 +114,7 @@ def runtime_kernels(source: str) -> set[str]:
 
 
 @pytest.mark.parametrize("network", NETWORKS)
-def test_every_kernel_of_the_training_step_compiles_for_sm80_and_sm90(resources, modules, network):
+def test_every_kernel_of_the_training_step_compiles_for_sm80_and_sm90(modules, resources, network):
     rows = [r for r in resources["rows"] if r["network"] == network]
     expected = generated_kernels(modules[network]) | {f"runtime.{k}[float32]" for k in runtime_kernels(modules[network])}
     assert {r["kernel"] for r in rows} == expected
