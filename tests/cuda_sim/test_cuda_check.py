@@ -72,3 +72,20 @@ def test_tiny_check_writes_the_timing_fields(check):
         assert timing["ratio"] is None and "no PyTorch timings" in timing["torch_note"]
     else:
         assert timing["ratio"]["step_ms"] == pytest.approx(g["step_ms"] / timing["torch"]["step_ms"])
+
+
+def test_lower_for_is_the_program_compile_builds_for_cuda(tmp_path):
+    """graphc.backends.lower_for, which the offline PTX tests and bench/cuda_resources.py use to get a step's
+    Program without a GPU, gives the Program that compile(..., backend="cuda") builds and runs."""
+    import graphc
+    from graphc import optim
+    from graphc.nn import Conv2D, Dense, Flatten, MaxPool2D, Sequential
+    from graphc.train.loop import build_train_step
+
+    model = Sequential([Conv2D(2, 3, padding=1, activation="relu"), MaxPool2D(2), Flatten(), Dense(3)],
+                       input_shape=(1, 4, 4), seed=0)
+    graph = build_train_step(model, 2, optim.Adam(1e-3))
+    program = graphc.backends.lower_for(graph, backend="cuda")
+    exe = graphc.compile(graph, backend="cuda", cache_dir=str(tmp_path))
+    assert str(program) == str(exe.program)
+    assert "conv2d_im2col" in exe.source  # conv as im2col + GEMM, as the resource table assumes
