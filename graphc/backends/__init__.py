@@ -21,7 +21,7 @@ BACKENDS = ("reference", "cpu", "cuda")
 def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "reference",
             name: str | None = None, optimize: int | None = None, fast_math: bool = False,
             **options: Any) -> Executable:
-    """Compile ``outputs`` (a Tensor or a list) of their graph into an :class:`Executable`.
+    """Compile ``outputs`` (a Tensor, a list, or a Graph: all its outputs) of their graph into an :class:`Executable`.
 
     ``inputs`` fixes the positional call order (default: the graph's inputs that are needed,
     in creation order); an input the passes made unused (``x - x`` under ``fast_math``) is still
@@ -36,19 +36,53 @@ def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "r
     rule, the user's line), found by replaying the call on the reference backend from the graph as
     built (``exe.source_graph``, kept from before optimization).
     """
-    single = not isinstance(outputs, (list, tuple))
-    tensors = [outputs] if single else list(outputs)
-    if not tensors:
-        raise GraphcError("compile: nothing to compile (no outputs)")
-    source: Graph = tensors[0].graph
-    _check_one_graph(tensors, source)
+    tensors = _tensors(outputs)
     if backend == "cuda":  # before any work: say what is missing (the extra, a GPU or the simulator)
         from .numba_cuda import require_device
 
         require_device()
+    t0 = time.perf_counter()
+    built, graph, call_inputs, optimized = _prepare(tensors, inputs, backend, name, optimize, fast_math)
+    if backend in NATIVE:
+        if backend == "cuda":
+            from . import numba_cuda as target
+        else:
+            from . import numba_cpu as target
+
+        plan = optimized.buffer_plan if optimized is not None else None  # planned once, by the passes
+        exe = target.build(graph, call_inputs, plan=plan, **options)
+    else:
+        from . import reference
+
+        exe = reference.build(graph, call_inputs, **options)
+    exe.source_graph = built
+    exe.stats["trace_to_build_s"] = time.perf_counter() - t0
+    if optimized is not None:
+        exe.stats["optimize"] = optimized  # the OptimizeResult: per-pass statistics and the buffer plan
+    return exe
+
+
+def _tensors(outputs: Any) -> list:
+    """The output Tensors of one graph: ``outputs`` (a Tensor, a list of them, or a Graph: all its outputs)."""
+    if isinstance(outputs, Graph):
+        from ..dsl import Tensor
+
+        outputs = [Tensor(o, outputs) for o in outputs.outputs]
+    tensors = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    if not tensors:
+        raise GraphcError("compile: nothing to compile (no outputs)")
+    _check_one_graph(tensors, tensors[0].graph)
+    return tensors
+
+
+def _prepare(tensors: list, inputs: Sequence[Any] | None, backend: str, name: str | None, optimize: int | None,
+             fast_math: bool) -> tuple[Graph, Graph, list[Node], Any]:
+    """What :func:`compile` hands a backend: (the graph cut down to ``tensors`` as the user built it, the
+    graph to lower (optimized: the default level for native backends), its call inputs, the OptimizeResult
+    or None)."""
+    source: Graph = tensors[0].graph
     if backend not in BACKENDS:
         raise GraphcError(f"compile: unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
-    t0 = time.perf_counter()
     graph, mapping = clone(source, [t.node for t in tensors], name=name)
     if inputs is None:
         call_inputs = graph.inputs
@@ -71,23 +105,29 @@ def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "r
 
         optimized = run_passes(graph, optimize, fast_math=fast_math)
         graph, call_inputs = optimized.graph, _inputs_of(optimized.graph, call_inputs)
-    if backend in NATIVE:
-        if backend == "cuda":
-            from . import numba_cuda as target
-        else:
-            from . import numba_cpu as target
+    return built, graph, call_inputs, optimized
 
-        plan = optimized.buffer_plan if optimized is not None else None  # planned once, by the passes
-        exe = target.build(graph, call_inputs, plan=plan, **options)
+
+def lower_for(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "cuda", name: str | None = None,
+              optimize: int | None = None, fast_math: bool = False, **options: Any):
+    """The kernel IR (a ``lowering.Program``) that ``compile(outputs, inputs, backend, ...)`` would build,
+    without building it: the same cut, passes (the default level unless ``optimize`` says otherwise) and
+    the target's lowering choices (``options``: the backend's, e.g. ``conv``). No GPU is needed for
+    ``backend="cuda"``, so that its kernels can be compiled offline (``numba_cuda.compile_ptx``).
+    ``outputs`` may also be a Graph: all its outputs, its inputs in creation order (as ``fit`` compiles).
+
+    >>> program = graphc.backends.lower_for(build_train_step(model, 128, optim.SGD(0.1)))  # doctest: +SKIP
+    """
+    if backend not in NATIVE:
+        raise GraphcError(f"lower_for: backend {backend!r} does not run a lowered Program; use one of "
+                          f"{', '.join(NATIVE)}")
+    _built, graph, call_inputs, optimized = _prepare(_tensors(outputs), inputs, backend, name, optimize, fast_math)
+    if backend == "cuda":
+        from . import numba_cuda as target
     else:
-        from . import reference
-
-        exe = reference.build(graph, call_inputs, **options)
-    exe.source_graph = built
-    exe.stats["trace_to_build_s"] = time.perf_counter() - t0
-    if optimized is not None:
-        exe.stats["optimize"] = optimized  # the OptimizeResult: per-pass statistics and the buffer plan
-    return exe
+        from . import numba_cpu as target
+    plan = optimized.buffer_plan if optimized is not None else None
+    return target.lower_program(graph, call_inputs, plan=plan, **options)
 
 
 def _check_one_graph(tensors: list, source: Graph) -> None:
@@ -113,4 +153,4 @@ def _inputs_of(graph: Graph, call_inputs: list[Node]) -> list[Node]:
     return out
 
 
-__all__ = ["BACKENDS", "Executable", "Node", "compile"]
+__all__ = ["BACKENDS", "Executable", "Node", "compile", "lower_for"]

@@ -46,13 +46,22 @@ def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check
     if isinstance(graph, Program):
         return build_program(graph, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
     t0 = time.perf_counter()
-    options = {"boundscheck": bool(boundscheck), "part_lines": part_lines,
-               "fastmath": tuple(sorted(DEFAULT_FASTMATH if fastmath is None else fastmath))}
-    program = lower(graph, inputs, options, plan=plan, choose_conv=conv_chooser(conv, cache_dir))
+    program = lower_program(graph, inputs, boundscheck=boundscheck, fastmath=fastmath, cache_dir=cache_dir,
+                            part_lines=part_lines, conv=conv, plan=plan)
     codegen_s = time.perf_counter() - t0
     exe = build_program(program, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
     exe.stats["codegen_s"] = codegen_s
     return exe
+
+
+def lower_program(graph: Graph, inputs: Sequence[Node] | None = None, *, boundscheck: bool = False,
+                  fastmath: Sequence[str] | None = None, cache_dir: str | None = None, part_lines: int | None = None,
+                  conv: str = "auto", plan=None) -> Program:
+    """The Program this target renders for ``graph`` (the options as in :func:`build`; ``conv="auto"``
+    autotunes each conv2d's method on this machine)."""
+    options = {"boundscheck": bool(boundscheck), "part_lines": part_lines,
+               "fastmath": tuple(sorted(DEFAULT_FASTMATH if fastmath is None else fastmath))}
+    return lower(graph, inputs, options, plan=plan, choose_conv=conv_chooser(conv, cache_dir))
 
 
 def conv_chooser(conv: str, cache_dir: str | None):
@@ -196,4 +205,4 @@ def has_lowering(op: str) -> bool:
 
 
 __all__ = ["DEFAULT_FASTMATH", "NumbaExecutable", "Program", "build", "build_program", "cache_root",
-           "has_lowering", "lower", "render"]
+           "has_lowering", "lower", "lower_program", "render"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ...ir import Graph, GraphcError, Node
@@ -59,16 +60,21 @@ def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check
     "im2col" + GEMM ("auto" means im2col here: no autotuning on the device yet) or a "direct" kernel.
     The cpu backend's code options (``fastmath``, ``boundscheck``, ``part_lines``) do not apply."""
     require_device()
-    if conv not in ("auto", "im2col", "direct"):
-        raise GraphcError(f"backend='cuda': conv must be 'auto', 'im2col' or 'direct', got {conv!r}")
-    method = "im2col" if conv == "auto" else conv
     t0 = time.perf_counter()
-    program = graph if isinstance(graph, Program) else lower(graph, inputs, {"conv": method}, plan=plan,
-                                                             choose_conv=lambda node, geometry: method)
+    program = graph if isinstance(graph, Program) else lower_program(graph, inputs, conv=conv, plan=plan)
     codegen_s = time.perf_counter() - t0
     exe = build_program(program, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
     exe.stats["codegen_s"] = codegen_s
     return exe
+
+
+def lower_program(graph: Graph, inputs: Sequence[Node] | None = None, *, conv: str = "auto", plan=None) -> Program:
+    """The Program this target renders for ``graph``: ``lower`` with its conv choice ("auto" and "im2col":
+    im2col + GEMM; "direct": one kernel). Needs neither a GPU nor numba-cuda."""
+    if conv not in ("auto", "im2col", "direct"):
+        raise GraphcError(f"backend='cuda': conv must be 'auto', 'im2col' or 'direct', got {conv!r}")
+    method = "im2col" if conv == "auto" else conv
+    return lower(graph, inputs, {"conv": method}, plan=plan, choose_conv=lambda node, geometry: method)
 
 
 def module_of(program: Program, cache_dir: str | None = None) -> tuple[Any, str, Entry, dict]:
@@ -138,7 +144,8 @@ def has_lowering(op: str) -> bool:
     return has_rule(op)
 
 
-__all__ = ["CudaUnavailable", "build", "build_program", "has_lowering", "module_of", "require_device", "simulated"]
+__all__ = ["CudaUnavailable", "KernelResources", "build", "build_program", "compile_ptx", "has_lowering",
+           "kernel_resources", "lower_program", "module_of", "require_device", "simulated"]
 
 
 # -- PTX without a GPU ---------------------------------------------------------------------------------------
@@ -190,3 +197,43 @@ def runtime_ptx(program: Program, cc: tuple[int, int]) -> dict[str, str]:
             if name in wanted:
                 out[f"runtime.{name}[{dtype}]"] = kernel_ptx(kernel, signature, cc)
     return out
+
+
+@dataclass(frozen=True)
+class KernelResources:
+    """One device kernel of a Program assembled for one compute capability: ``kernel`` (the module's
+    kernel name, or ``runtime.<name>[<dtype>]`` for a runtime kernel a library call launches), ``kind``
+    (the phase kind: grid, swapped, reduce, gemm, serial; "runtime" for a runtime kernel), ``title``
+    (the IR kernel's node, op and the user's line; the library kernel for a runtime kernel) and what
+    ``ptxas -v`` reported (registers, shared memory, stack, spills)."""
+
+    kernel: str
+    kind: str
+    title: str
+    resources: Any  # ptx.Resources
+
+
+def kernel_resources(program: Program, cc: tuple[int, int] = (8, 0), cache_dir: str | None = None,
+                     ptxas: Any = None) -> list[KernelResources]:
+    """Every kernel ``program`` runs on the device (:func:`compile_ptx`) assembled with ``ptxas`` for
+    ``sm_<cc>``: its resources, in the module's order, then the runtime's kernels. No GPU needed."""
+    from .ptx import assemble, find_ptxas
+
+    ptxas = ptxas or find_ptxas()
+    module, _source, _entry, _stats = module_of(program, cache_dir)
+    out = []
+    for name, text in compile_ptx(program, cc, cache_dir).items():
+        (res,) = assemble(text, cc, ptxas)
+        if name.startswith("runtime."):
+            kind, title = "runtime", name[len("runtime."):].split("[")[0]
+        else:
+            kind, title = _phase_of(getattr(module, name))
+        out.append(KernelResources(name, kind, title, res))
+    return out
+
+
+def _phase_of(kernel: Any) -> tuple[str, str]:
+    """(phase kind, IR kernel title) of a generated kernel, from its docstring: "<title> (<kind>)" (render.py)."""
+    doc = (getattr(kernel, "py_func", kernel).__doc__ or "").strip()
+    title, _, kind = doc.rpartition(" (")
+    return kind.rstrip(")"), title
