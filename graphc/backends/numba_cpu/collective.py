@@ -10,7 +10,21 @@ and a step that calls them, are compiled in every process (``cache=False``: no w
 from __future__ import annotations
 
 import numba_mpi
+import numpy as np
 from numba import njit
+from numba_mpi import common as _numba_mpi_common
+
+
+def _register_float32() -> None:
+    """numba-mpi 1.3.1 maps ``np.dtype("float")`` (which is float64) to MPI_FLOAT, and then float64 again to
+    MPI_DOUBLE: float32 arrays have no MPI datatype ("NotImplementedError: Type: float32"). Its typing reads
+    this table, so float32 is added to it, as MPI_FLOAT (a no-op once numba-mpi has it)."""
+    from mpi4py import MPI
+
+    _numba_mpi_common._MPI_DTYPES.setdefault(np.dtype("float32"), MPI._addressof(MPI.FLOAT))
+
+
+_register_float32()
 
 _COLLECTIVE = dict(cache=False, error_model="numpy", nogil=True)
 
