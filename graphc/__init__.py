@@ -36,6 +36,7 @@ from .ir import (
 from .ir.errors import NonFiniteError
 from .ir.graph import DuplicateNameError
 from .ops import registry
+from .ops.collective import allreduce
 from .ops.conv import avg_pool2d, conv2d, conv_transpose2d, max_pool2d
 from .ops.elementwise import (
     UndefinedDerivativeError,
