@@ -63,7 +63,6 @@ def threads_env(n: int) -> dict[str, str]:
 def graphc_worker(epochs: int, reps: int) -> dict:
     """One graphc job (1 process or one rank of mpiexec): epoch seconds, and on rank 0 of several ranks the
     all-reduce bytes and seconds per step."""
-    import numpy as np
 
     import graphc
     from graphc import optim

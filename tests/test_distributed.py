@@ -163,8 +163,11 @@ def test_allreduce_on_two_ranks_is_numpys_sum_and_mean(misc, backend, dtype):
 @needs_mpi
 def test_rank_0_alone_writes_checkpoints_and_prints(misc):
     rank0, rank1 = _load(misc["two"], "misc", 0), _load(misc["two"], "misc", 1)
-    assert int(rank0["saves"]) == 1 and int(rank1["saves"]) == 0
-    assert list(rank0["verbose"]) == [True] and list(rank1["verbose"]) == [False]
+    # two fits, one epoch trained each (the second resumes ckpt1 at epoch 2): one checkpoint per epoch, on rank 0
+    assert int(rank0["saves"]) == 2 and int(rank1["saves"]) == 0
+    # the first fit is verbose=True, the second verbose=False: rank 1 never prints
+    assert list(rank0["verbose"]) == [True, False] and list(rank1["verbose"]) == [False, False]
+    assert misc["stderr"].count("epoch 1/1") == 1  # one progress line (tqdm's or the plain one), rank 0's
     assert (misc["two"] / "ckpt2.npz").exists()
 
 
@@ -485,3 +488,10 @@ def test_two_ranks_in_two_network_namespaces_train_like_one_process(two_hosts, e
         got = _load(tmp_path, "mlp-momentum-float64", rank)
         for k in alone:
             np.testing.assert_allclose(got[k], alone[k], rtol=0, atol=1e-12, err_msg=k)
+
+
+def test_graphc_train_has_a_distributed_flag():
+    from graphc.cli import build_parser
+
+    assert build_parser().parse_args(["train", "mnist", "--distributed"]).distributed is True
+    assert build_parser().parse_args(["train", "mnist"]).distributed is False
