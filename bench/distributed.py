@@ -60,9 +60,9 @@ def threads_env(n: int) -> dict[str, str]:
 
 # -- workers ---------------------------------------------------------------------------------------------------
 
-def graphc_worker(epochs: int, reps: int) -> dict:
+def graphc_worker(epochs: int, reps: int) -> dict | None:
     """One graphc job (1 process or one rank of mpiexec): epoch seconds, and on rank 0 of several ranks the
-    all-reduce bytes and seconds per step."""
+    all-reduce bytes and seconds per step; None on the other ranks (rank 0 reports)."""
 
     import graphc
     from graphc import optim
@@ -79,7 +79,7 @@ def graphc_worker(epochs: int, reps: int) -> dict:
     if world.distributed and world.size > 1:
         sizes = [v.size for v in model.named_values().values()]
         out.update(allreduce_timing(sizes, reps))
-    return out if world.is_root else {}
+    return out if world.is_root else None
 
 
 def allreduce_timing(sizes: list[int], reps: int) -> dict:
@@ -218,7 +218,9 @@ def main() -> None:
     p.add_argument("--worker", choices=("graphc", "torch"), default=None)
     args = p.parse_args()
     if args.worker == "graphc":
-        print(json.dumps(graphc_worker(args.epochs, args.allreduce_reps)), flush=True)
+        result = graphc_worker(args.epochs, args.allreduce_reps)
+        if result is not None:
+            print(json.dumps(result), flush=True)
         return
     if args.worker == "torch":
         print(json.dumps(torch_job(args.epochs)), flush=True)
