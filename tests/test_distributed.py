@@ -495,3 +495,15 @@ def test_graphc_train_has_a_distributed_flag():
 
     assert build_parser().parse_args(["train", "mnist", "--distributed"]).distributed is True
     assert build_parser().parse_args(["train", "mnist"]).distributed is False
+
+
+def test_clipping_measures_the_norm_of_the_all_reduced_gradients():
+    """clip_by_global_norm squares each gradient for the global norm: in a data-parallel step, each of those is
+    an allreduce's output (the averaged gradient, the same on every rank), never a rank's local gradient."""
+    from graphc.nn import Dense, Sequential
+
+    model = Sequential([Dense(5, "relu"), Dense(3)], input_shape=(4,), seed=1, dtype="float64")
+    step = build_train_step(model, 8, optim.SGD(0.1, clip_norm=1.0), distributed=True)
+    squared = [n.inputs[0] for n in step.nodes if n.op == "square"]
+    reduced = [n for n in step.nodes if n.op == "allreduce"]
+    assert len(reduced) == 4 and {id(n) for n in squared} == {id(n) for n in reduced}
