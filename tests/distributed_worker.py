@@ -124,4 +124,6 @@ def abort(outdir: str) -> None:
 
 if __name__ == "__main__":
     scenario, outdir = sys.argv[1:3]
-    {"equivalence": equivalence, "small": small, "misc": misc, "abort": abort}[scenario](outdir)
+    scenarios = {"equivalence": equivalence, "small": small, "misc": misc, "abort": abort}
+    scenarios.update({f"equivalence-{m}": (lambda out, m=m: equivalence(out, (m,))) for m in MODELS})
+    scenarios[scenario](outdir)
