@@ -4,10 +4,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import time
+
+#: Where MPI launchers put this process's rank (MPICH's and Intel MPI's Hydra, Open MPI, PMIx).
+RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+
+def quiet_other_ranks() -> None:
+    """Under ``mpiexec -n N`` (data-parallel fit), only rank 0 prints: the other ranks' stdout is discarded."""
+    rank = next((os.environ[v] for v in RANK_VARIABLES if os.environ.get(v, "").isdigit()), "0")
+    if rank != "0":
+        sys.stdout = open(os.devnull, "w")
 
 
 def parser(description: str, epochs: int, batch_size: int = 128) -> argparse.ArgumentParser:
+    quiet_other_ranks()
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--batch-size", type=int, default=batch_size)

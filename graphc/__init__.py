@@ -37,6 +37,7 @@ from .ir.errors import NonFiniteError
 from .ir.graph import DuplicateNameError
 from .onnx_export import OnnxExportError, export_onnx
 from .ops import registry
+from .ops.collective import allreduce
 from .ops.conv import avg_pool2d, conv2d, conv_transpose2d, max_pool2d
 from .ops.elementwise import (
     UndefinedDerivativeError,

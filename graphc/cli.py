@@ -5,6 +5,7 @@
     graphc ops relu sigmoid         # everything the registry knows about those ops
     graphc ops --markdown > docs/ops.md
     graphc train mnist --hidden 512,256 --epochs 5 --monitor   # an MLP, the course's monitors on
+    mpiexec -n 2 graphc train mnist --distributed             # the same, data-parallel on 2 MPI ranks
 """
 from __future__ import annotations
 
@@ -107,7 +108,9 @@ def _train(args: argparse.Namespace) -> int:
     val = (val[0].reshape(len(val[0]), -1), val[1]) if val is not None else None
     history = graphc.fit(model, (x, y), epochs=args.epochs, batch_size=args.batch_size,
                          optimizer=graphc.optim.Momentum(args.lr, 0.9), validation_data=val, backend=args.backend,
-                         seed=args.seed, monitor=args.monitor)
+                         seed=args.seed, monitor=args.monitor, distributed="mpi" if args.distributed else None)
+    if not model._trainer.world.is_root:  # a data-parallel job: rank 0 reports (every rank has the same results)
+        return 0
     widths = "-".join(str(w) for w in (x.shape[1], *hidden, classes))
     if not history.epochs:
         print(f"MLP {widths}: no epochs trained")
@@ -150,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=0.05, help="learning rate (default: 0.05)")
     train.add_argument("--backend", default=None, help="cpu (the default when available) or reference")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over MPI: run as `mpiexec -n N graphc train ... --distributed` (without "
+                            "the flag, more than one process under mpiexec is detected too); needs graphc[mpi]")
     train.add_argument("--monitor", action="store_true",
                        help="compute the monitors in the training step, keep them per epoch and flag them")
     train.add_argument("--monitor-plot", metavar="PNG", default=None,

@@ -215,6 +215,14 @@ def transpose_case(draw, op_name):
 
 
 @st.composite
+def allreduce_case(draw, op_name):
+    """On one process (the test run): the identity, whose VJP (the allreduce of the cotangent) is too."""
+    shape = tuple(draw(st.lists(st.integers(1, 3), min_size=0, max_size=3)))
+    reduce = draw(st.sampled_from(["mean", "sum"]))
+    return [lattice(draw, shape)], lambda t: graphc.allreduce(t, reduce)
+
+
+@st.composite
 def _slices(draw, shape):
     starts, stops, steps = [], [], []
     for d in shape:
@@ -382,6 +390,7 @@ def conv2d_epilogue_case(draw, op_name):
 CASES = {
     "sum": reduce_case, "mean": reduce_case, "max": reduce_case, "min": reduce_case,
     "broadcast_to": broadcast_to_case, "reshape": reshape_case, "transpose": transpose_case,
+    "allreduce": allreduce_case,
     "slice": slice_case, "unslice": slice_case, "concatenate": concatenate_case,
     "matmul": matmul_case, "dense": dense_case,
     "softmax": softmax_case, "log_softmax": softmax_case, "softmax_cross_entropy": sce_case,

@@ -162,7 +162,9 @@ class NativeExecutable(Executable):
         ([steps, *shape]). Rows are visited in ``perm``
         order (default: ``numpy.random.default_rng(seed).permutation(N)``). ``last_batch="wrap"``
         fills the last, partial minibatch with rows from the start of the permutation (ceil(N/B)
-        steps, every row at least once); ``"drop"`` skips it (N // B steps). Parameter updates apply
+        steps, every row at least once); ``"drop"`` skips it (N // B steps). ``perm`` may also hold
+        another number M of row indices (a data-parallel rank's share of each minibatch): the steps
+        are then ceil(M/B) or M // B. Parameter updates apply
         after every step, as for calls. Outputs come back stacked: [steps, *output shape].
 
         >>> losses = exe.run_epoch(X_train, y_train, seed=epoch)   # doctest: +SKIP
@@ -210,10 +212,10 @@ class NativeExecutable(Executable):
         if perm is None:
             perm = np.random.default_rng(seed).permutation(n)
         perm = np.ascontiguousarray(perm, dtype=np.int64)
-        if perm.shape != (n,) or (perm.size and (perm.min() < 0 or perm.max() >= n)):
+        if perm.ndim != 1 or not perm.size or perm.min() < 0 or perm.max() >= n:
             raise InputError(f"run_epoch: perm must be {n} row indices in [0, {n}), got shape {list(perm.shape)}"
                              + (f" with values in [{perm.min()}, {perm.max()}]" if perm.size else ""))
-        steps = -(-n // batch) if last_batch == "wrap" else n // batch
+        steps = -(-perm.size // batch) if last_batch == "wrap" else perm.size // batch
         for k, (node, is_batched) in enumerate(zip(self.inputs, batched)):
             if not is_batched:
                 arrays[k] = self._per_step(node, arrays[k], steps)

@@ -41,6 +41,9 @@ class Context:
     #: When a list, every module called appends (module, its output): the training monitors read the
     #: layers' activations from it (see graphc.train.monitor); None records nothing.
     outputs: list | None = None
+    #: The rows of the global batch before this step's (a data-parallel rank's share starts there): random
+    #: layers skip their draws, so that each row gets the numbers it gets in a single-process step.
+    row_offset: int = 0
     _params: dict = field(default_factory=dict)
 
 
@@ -417,7 +420,7 @@ class Dropout(RandomLayer):
     def forward(self, x, ctx):
         if not ctx.training or not self.active:
             return x
-        u = random_ops.random_uniform(self.key(ctx), x.shape, self.salt, x.dtype)
+        u = random_ops.random_uniform(self.key(ctx), x.shape, self.salt, x.dtype, row_offset=ctx.row_offset)
         return ew.where(ew.greater_equal(u, self.rate), x * (1.0 / (1.0 - self.rate)), 0.0)
 
     def describe(self):
@@ -436,7 +439,9 @@ class RandomShift(RandomLayer):
             self.max_shift = integer("max_shift", max_shift, 0)
 
     def forward(self, x, ctx):
-        return random_ops.random_shift2d(x, self.key(ctx), self.max_shift, self.salt) if ctx.training else x
+        if not ctx.training:
+            return x
+        return random_ops.random_shift2d(x, self.key(ctx), self.max_shift, self.salt, row_offset=ctx.row_offset)
 
     def describe(self):
         return f"RandomShift({self.max_shift})"
@@ -449,7 +454,7 @@ class RandomFlip(RandomLayer):
     kind = "random_flip"
 
     def forward(self, x, ctx):
-        return random_ops.random_flip2d(x, self.key(ctx), self.salt) if ctx.training else x
+        return random_ops.random_flip2d(x, self.key(ctx), self.salt, row_offset=ctx.row_offset) if ctx.training else x
 
     def describe(self):
         return "RandomFlip()"

@@ -4,7 +4,7 @@ An entry holds the op's shape/dtype rule, its NumPy reference implementation and
 derivative (a vector-Jacobian-product rule that builds graph nodes). Elementwise ops add
 the one SymPy expression all of those are derived from (see :mod:`graphc.ops.elementwise`).
 The facts passes and backends ask about an op are fields of its entry too (``source``, ``view``,
-``gemm_product``, ``label_operand``, ``from_output``), never a list of op names kept elsewhere.
+``gemm_product``, ``label_operand``, ``from_output``, ``collective``), never a list of op names kept elsewhere.
 Backends keep their own lowering tables keyed by op name.
 """
 from __future__ import annotations
@@ -74,6 +74,9 @@ class OpDef:
     #: Elementwise activations: their derivative as an expression of their output y (and their parameters),
     #: ``from_output(y, *params)``; graphc.passes.activations checks it before using it.
     from_output: Callable[..., sp.Expr] | None = None
+    #: The value depends on the other processes of a data-parallel job (allreduce): it is computed only when
+    #: the step runs, on every rank at once, never evaluated at compile time (constant folding).
+    collective: bool = False
 
     @property
     def is_elementwise(self) -> bool:

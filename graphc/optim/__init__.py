@@ -39,6 +39,7 @@ from ..autodiff import grad
 from ..dsl import Tensor
 from ..ir import GraphcError, Node
 from ..ops import elementwise as ew
+from ..ops.collective import allreduce
 from ..ops.nn import sum_of_squares
 from .hyperparams import NON_NEGATIVE, POSITIVE, UNIT, HyperparameterError, Range, user_line_text
 
@@ -129,7 +130,8 @@ class Optimizer:
         self._set(**{name: getattr(self, name) for name in self.RANGES})
         self.groups = self._check_groups(self.groups)
 
-    def minimize(self, loss: Tensor, params: Sequence[Tensor | Node], lr: Tensor | float | None = None) -> list[Tensor]:
+    def minimize(self, loss: Tensor, params: Sequence[Tensor | Node], lr: Tensor | float | None = None,
+                 reduce_gradients: bool = False) -> list[Tensor]:
         """Add gradients of ``loss`` and this rule's updates (Graph.update) to ``loss``'s graph.
 
         ``params``: the parameters to train, as the tensors ``graphc.param`` returned or as the graph's
@@ -138,6 +140,9 @@ class Optimizer:
         ``lr`` is a scalar graph input fed each step (schedules), or a float; default ``self.lr``.
         A parameter in one of ``self.groups`` gets that group's rate (``lr`` times group lr / ``self.lr``)
         and weight decay. Returns the gradients (after coupled weight decay and clipping).
+        ``reduce_gradients``: data-parallel training (graphc.train.distributed): each gradient is averaged over
+        the MPI ranks (``allreduce(g, "mean")``) before anything else sees it, so that weight decay, clipping
+        (the global norm of the averaged gradients) and the rule's state are the same on every rank.
         """
         self.validate()
         params = self._param_tensors(loss, params)
@@ -145,6 +150,8 @@ class Optimizer:
         lr = self.lr if lr is None else lr
         settings = self.settings_of(params)
         grads = grad(loss, params)
+        if reduce_gradients:
+            grads = [allreduce(g, "mean") for g in grads]
         if not self.decoupled_weight_decay:
             grads = [g + p * wd if wd else g for g, p, (_, wd) in zip(grads, params, settings)]
         if self.clip_norm is not None:

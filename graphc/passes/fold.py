@@ -68,8 +68,8 @@ def fold_constants(graph: Graph, limit: int = FOLD_LIMIT) -> Graph:
     """
 
     def visit(rw: Rewriter, old: Node, inputs: tuple) -> Node | None:
-        if registry.is_source(old) or not inputs:
-            return None
+        if registry.is_source(old) or not inputs or registry.get(old.op).collective:
+            return None  # a collective's value comes from the other ranks, when the step runs
         if old.op == "broadcast_to" and inputs[0].op == "constant" and inputs[0].size == 1:
             return None  # already the canonical form of a uniform tensor
         uniform = [uniform_constant(i) for i in inputs]

@@ -23,6 +23,7 @@ from ..backends import finite
 from ..ir import Graph, InputError
 from ..ir.errors import NonFiniteError
 from ..nn.layers import Context, Module, RandomLayer
+from ..ops import collective
 from ..ops import elementwise as ew
 from ..ops import nn as nn_ops
 from ..ops.interpret import evaluate as evaluate_graph
@@ -32,6 +33,7 @@ from . import inputs, plots
 from . import losses as loss_defs
 from . import monitor as monitors
 from .checkpoint import CheckpointError, check_arrays, load_checkpoint, save_checkpoint
+from .distributed import SINGLE, World, world_of
 from .schedules import BatchSizeSchedule, ReduceOnPlateau, Schedule, constant
 
 BEST_PREFIX = "__best__."  # checkpoint arrays holding early stopping's best weights
@@ -140,13 +142,17 @@ def _needs_key(model: Module) -> bool:
 
 def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss: Any = "softmax_cross_entropy",
                      l2: float = 0.0, name: str = "train_step", metrics: tuple[str, ...] | None = None,
-                     target: loss_defs.Target | None = None, monitor: bool = False, l2_input: bool = False) -> Graph:
+                     target: loss_defs.Target | None = None, monitor: bool = False, l2_input: bool = False,
+                     distributed: bool = False, row_offset: int = 0) -> Graph:
     """The training-step graph: inputs x, y, lr (and key with dropout); outputs the loss, then each
     metric's batch total (``metrics``, default the loss's: the number of correct predictions for the
     classification losses); updates every parameter and optimizer/normalization state in place.
     With ``monitor``, the layers' monitors follow as further outputs (see :mod:`graphc.train.monitor`).
     With ``l2_input``, the L2 strength is an input ``l2`` fed each step (one compiled step serves any
     strength: :func:`graphc.train.search.random_search`), instead of the constant ``l2``.
+    With ``distributed``, the step is one rank's of a data-parallel job (:mod:`graphc.train.distributed`):
+    ``batch_size`` is its local share, starting ``row_offset`` rows into the global minibatch; every gradient
+    and every normalization state update is averaged over the ranks (``allreduce``) before it is applied.
 
     ``loss`` is a built-in loss's name or a function (model output, target) -> scalar Tensor; ``target``
     says what y is (default: what the loss takes, see :func:`graphc.train.losses.target_of`)."""
@@ -160,7 +166,7 @@ def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss:
         lr = dsl.input("lr", (), dtype)
         key = dsl.input("key", (), "int64") if _needs_key(model) else None
         strength = dsl.input("l2", (), dtype) if l2_input else None
-        ctx = Context(training=True, key=key, outputs=[] if monitor else None)
+        ctx = Context(training=True, key=key, outputs=[] if monitor else None, row_offset=row_offset)
         output = model(x, ctx)
         objective = loss_defs.objective(spec, output, y)
         params = [t for t in ctx._params.values() if t.node.attrs.get("trainable", True)]
@@ -175,8 +181,10 @@ def build_train_step(model: Module, batch_size: int, optimizer: Optimizer, loss:
             else:
                 objective = objective + nn_ops.l2_penalty(weights, l2)
         totals = [loss_defs.metric_total(m, spec, output, y) for m in metrics]
-        optimizer.minimize(objective, params, lr)
+        optimizer.minimize(objective, params, lr, reduce_gradients=distributed)
         for state, new_value in ctx.updates:
+            if distributed:  # per-rank batch statistics; the running ones averaged, so replicas stay equal
+                new_value = collective.allreduce(new_value, "mean")
             g.update(state, ew.cast(new_value, state.dtype))
         g.output(objective, *totals)
         if monitor:
@@ -216,7 +224,8 @@ class Trainer:
 
     def __init__(self, model: Module, optimizer: Optimizer | None = None, loss: Any = "softmax_cross_entropy",
                  l2: float = 0.0, backend: str | None = None, optimize: int | None = None,
-                 metrics: tuple[str, ...] | None = None, monitor: bool = False, l2_input: bool = False):
+                 metrics: tuple[str, ...] | None = None, monitor: bool = False, l2_input: bool = False,
+                 world: World = SINGLE):
         self.loss = loss_defs.loss_of(loss)
         self.metrics = loss_defs.metrics_of(metrics, self.loss)
         #: what the step's y is; fit sets it from the data for a custom loss (y's rows as given)
@@ -235,21 +244,26 @@ class Trainer:
         self._set_aside: dict[str, np.ndarray] = {}  # state no compiled step holds: frozen parameters' slots
         #: With ``monitor``: the steps' monitor outputs over the current epoch (graphc.train.monitor)
         self.monitors = monitors.StepMonitors() if monitor else None
+        #: The processes training together (graphc.train.distributed); batch sizes given to the trainer are global
+        self.world = world
 
     def _compile(self, graph: Graph, backend: str | None = None):
         outs = [dsl.Tensor(o, graph) for o in graph.outputs]
         return compile_graph(outs, backend=backend or self.backend, optimize=self.optimize)
 
     def step_executable(self, batch_size: int, backend: str | None = None):
-        """The compiled training step for ``batch_size`` rows. The first one compiled holds the trainer's
-        state (``self.state`` is its parameter store); the others run on it through :meth:`_on_state`."""
+        """The compiled training step for a (global) minibatch of ``batch_size`` rows: in a data-parallel job,
+        this rank's share of it. The first one compiled holds the trainer's state (``self.state`` is its
+        parameter store); the others run on it through :meth:`_on_state`."""
         if self.model.frozen_names() != self._frozen:
             self._follow_frozen_set()
         key = (batch_size, backend or self.backend)
         if key not in self._steps:
-            graph = build_train_step(self.model, batch_size, self.optimizer, self.loss, self.l2,
-                                     name=f"train_step_b{batch_size}", metrics=self.metrics, target=self.target,
-                                     monitor=self.monitors is not None, l2_input=self.l2_input)
+            local = self.world.local_batch(batch_size)
+            graph = build_train_step(self.model, local, self.optimizer, self.loss, self.l2,
+                                     name=f"train_step_b{local}", metrics=self.metrics, target=self.target,
+                                     monitor=self.monitors is not None, l2_input=self.l2_input,
+                                     distributed=self.world.distributed, row_offset=self.world.rank * local)
             exe = self._compile(graph, backend)
             if self.monitors is not None:
                 exe = self.monitors.wrap(exe, graph)
@@ -335,8 +349,9 @@ class Trainer:
             totals, rows = self._native_epoch(full, x, y, perm, lrs, keys, batch_size, last_batch)
         else:
             totals, rows = self._stepwise_epoch(x, y, perm, lrs, keys, batch_size, last_batch)
+        *totals, rows = self.world.sum(np.array([*totals, rows]))  # every rank's rows (one process: as they are)
         loss = totals[0] / rows
-        if not (math.isfinite(loss) and finite.all_finite(self.state.values())):
+        if self.world.any(not (math.isfinite(loss) and finite.all_finite(self.state.values()))):
             finite.restore(self.state, start)
             self.step_count = first_step
             self._find_nonfinite_step(x, y, perm, lrs, keys, batch_size, last_batch, native, epoch)
@@ -369,8 +384,9 @@ class Trainer:
         """An epoch one step executable call per minibatch (backends without a native epoch); returns the
         totals (loss summed over rows, then each metric's total) and the rows trained on."""
         totals, rows = np.zeros(1 + len(self.metrics)), 0
-        for s, idx in enumerate(finite.minibatches(perm, len(lrs), batch_size, last_batch)):
-            exe = self.step_executable(len(idx))
+        for s, batch in enumerate(finite.minibatches(perm, len(lrs), batch_size, last_batch)):
+            exe = self.step_executable(len(batch))
+            idx = self.world.share(batch)
             outs = self.run_step(exe, self._feeds(x[idx], y[idx], lrs[s], keys[s]))
             totals += _step_totals(outs, len(idx))
             rows += len(idx)
@@ -385,20 +401,23 @@ class Trainer:
         full_steps, rest = divmod(n, batch_size)
         native_steps = len(lrs) if last_batch == "wrap" else full_steps
         totals = np.zeros(1 + len(self.metrics))
+        local = self.world.local_batch(batch_size)
         if native_steps:
             feeds = self._feeds(x, y, lrs[:native_steps], keys[:native_steps])
+            order = np.resize(perm, native_steps * batch_size) if last_batch == "wrap" else perm
+            rows_visited = self.world.epoch_rows(order, batch_size) if self.world.distributed else perm
             with self._on_state(full):  # a BatchSizeSchedule's later sizes do not hold the state
-                per_step = _as_tuple(full.run_epoch(*(feeds[k] for k in full.input_names), perm=perm,
+                per_step = _as_tuple(full.run_epoch(*(feeds[k] for k in full.input_names), perm=rows_visited,
                                                     last_batch="wrap" if last_batch == "wrap" else "drop"))
-            totals += _step_totals([np.sum(o, dtype=np.float64) for o in per_step], batch_size)
-        rows = native_steps * batch_size
+            totals += _step_totals([np.sum(o, dtype=np.float64) for o in per_step], local)
+        rows = native_steps * local
         if rest and last_batch == "partial":
             # One step an epoch: NumPy runs it, rather than a second native compile of the whole step.
-            idx = perm[full_steps * batch_size:]
+            idx = self.world.share(perm[full_steps * batch_size:])
             outs = self.run_step(self.step_executable(rest, backend="reference"),
                                  self._feeds(x[idx], y[idx], lrs[-1], keys[-1]))
-            totals += _step_totals(outs, rest)
-            rows += rest
+            totals += _step_totals(outs, len(idx))
+            rows += len(idx)
         self.step_count += len(lrs)
         return totals, rows
 
@@ -408,16 +427,18 @@ class Trainer:
         step, replay the step on the reference backend and raise the NonFiniteError naming the origin."""
         batches = finite.minibatches(perm, len(lrs), batch_size, last_batch)
         label = f"epoch {epoch}, " if epoch is not None else ""
-        for s, idx in enumerate(batches):
+        for s, batch in enumerate(batches):
             before = finite.snapshot(self.state)
-            on_reference = native and len(idx) != batch_size  # the native epoch's partial batch runs on NumPy
-            exe = self.step_executable(len(idx), backend="reference" if on_reference else None)
+            on_reference = native and len(batch) != batch_size  # the native epoch's partial batch runs on NumPy
+            exe = self.step_executable(len(batch), backend="reference" if on_reference else None)
+            idx = self.world.share(batch)  # this rank's rows (all of them on one process)
             feeds = self._feeds(x[idx], y[idx], lrs[s], keys[s])
             loss = self.run_step(exe, feeds)[0]
             self.step_count += 1
             problem = _nonfinite_step_result(loss, self.state)
-            if problem is None:
+            if not self.world.any(problem is not None):  # the ranks stop at the same step (collectives)
                 continue
+            problem = problem or "another MPI rank's loss is not finite"
             finite.restore(self.state, before)
             self.step_count -= 1
             origin = finite.find_origin(exe.source_graph, feeds, before)
@@ -469,7 +490,9 @@ class Trainer:
         why = "the loss and accuracy of no examples are undefined" if "acc" in metrics else \
             "the loss of no examples is undefined"
         x, y = _checked_xy(self.model, self.loss, x, y, where, "", why)
-        out = self.predict_logits(x, batch_size, where).astype(np.float64)
+        # A data-parallel job predicts each rank's share of the rows and gathers them: the scores of one process.
+        out = self.world.gather_rows(lambda rows: self.predict_logits(x[rows], batch_size, where), len(x))
+        out = out.astype(np.float64)
         target = loss_defs.target_of(self.loss, self.model, y)
         graph = build_scores(self.loss, metrics, out.shape, target)
         y = y if y.dtype.kind in "iu" else y.astype(np.float64)
@@ -525,7 +548,7 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
         loss: Any = "softmax_cross_entropy", l2: float = 0.0, seed: int = 0, backend: str | None = None,
         checkpoint: str | None = None, resume: bool = False, verbose: bool = True,
         trainer: Trainer | None = None, last_batch: str = "partial",
-        metrics: tuple[str, ...] | None = None, monitor: bool = False) -> History:
+        metrics: tuple[str, ...] | None = None, monitor: bool = False, distributed: Any = None) -> History:
     """Train ``model`` on ``train_data`` = (x, y) and return its :class:`History`.
 
     ``loss``: ``"softmax_cross_entropy"`` (the default: logits [N, C], integer labels y [N]), ``"mse"``,
@@ -549,6 +572,12 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
     epoch's (then each distinct size is compiled once, ``last_batch`` applies to each epoch at its own
     size, and the History gains a ``batch_size`` series).
 
+    ``distributed``: data-parallel training over MPI (:mod:`graphc.train.distributed`). None (the default)
+    detects ``mpiexec -n N`` with N > 1; ``"mpi"`` asks for it; ``"none"`` trains one model per process even
+    under mpiexec. Each rank trains on ``batch_size / N`` rows of every minibatch and all of them end with
+    the same parameters (those of one process training on the whole minibatches); rank 0 alone prints and
+    writes the checkpoint.
+
     >>> import graphc, numpy as np
     >>> from graphc.nn import Sequential, Dense
     >>> x = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32); y = (x[:, 0] > 0).astype(np.int64)
@@ -561,13 +590,28 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
     epochs = check_count("fit", "epochs", epochs, minimum=0)
     batch_size_of = _batch_size_of(batch_size)
     _check_last_batch(last_batch)
-    trainer = trainer or Trainer(model, optimizer, loss, l2, backend, metrics=metrics, monitor=monitor)
+    world = world_of(distributed) if trainer is None or distributed is not None else trainer.world
+    trainer = trainer or Trainer(model, optimizer, loss, l2, backend, metrics=metrics, monitor=monitor, world=world)
+    if trainer.world != world:
+        raise HyperparameterError(f"fit: the trainer given trains on {trainer.world.size} process(es) "
+                                  f"({'data-parallel' if trainer.world.distributed else 'alone'}), distributed="
+                                  f"{distributed!r} asks otherwise: build the Trainer with world=...{user_line_text()}")
     _check_monitor(monitor, trainer)
+    with world.aborting():  # an error on one rank ends the job: the others may wait for it in a collective
+        return _fit(model, trainer, world, train_data, epochs, batch_size_of, schedule, validation_data,
+                    early_stopping, seed, checkpoint, resume, verbose, last_batch)
+
+
+def _fit(model: Module, trainer: Trainer, world: World, train_data, epochs: int, batch_size_of, schedule,
+         validation_data, early_stopping, seed: int, checkpoint: str | None, resume: bool, verbose: bool,
+         last_batch: str) -> History:
+    """fit's epochs, on a trainer whose arguments are checked (see :func:`fit`)."""
     (x, y), validation_data = _fit_data(model, trainer.loss, train_data, validation_data)
     trainer.target = loss_defs.target_of(trainer.loss, model, y)
     loss_defs.check_metric_targets(trainer.metrics, trainer.loss, trainer.target, tuple(model.out_shape))
     for size in dict.fromkeys(map(batch_size_of, range(epochs))):  # each size's 'drop' check, before compiling
         steps_per_epoch(len(x), size, last_batch)
+        _check_shares(world, len(x), size, last_batch)
     optimizer = trainer.optimizer
     schedule = schedule or constant(optimizer.lr)
     _check_monitoring(early_stopping, schedule, validation_data)
@@ -576,10 +620,10 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
     best: tuple[float, dict[str, np.ndarray]] | None = None
     bad_epochs = 0
     first_step = trainer.step_executable(batch_size_of(0))
-    if resume and checkpoint and os.path.exists(checkpoint):  # nothing saved yet: start from the beginning
-        start_epoch, history, best, bad_epochs = _restore(trainer, schedule, rng, checkpoint)
+    if resume and checkpoint and world.from_root(lambda: os.path.exists(checkpoint)):  # nothing saved yet: start
+        start_epoch, history, best, bad_epochs = _restore(trainer, schedule, rng, checkpoint, world)
     history.executable, history.trainer = first_step, trainer
-    bar = _progress(epochs, verbose)
+    bar = _progress(epochs, verbose and world.is_root)
     bar.update(start_epoch)
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
@@ -617,7 +661,7 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
                 history.best_epoch = epoch + 1
             else:
                 bad_epochs += 1
-        if checkpoint:
+        if checkpoint and world.is_root:
             meta = {"epoch": epoch + 1, "step_count": trainer.step_count, "schedule": schedule.state(),
                     "rng": rng.bit_generator.state, "history": history.to_dict(),
                     "best_loss": None if best is None else best[0], "bad_epochs": bad_epochs}
@@ -705,6 +749,20 @@ def _check_monitoring(early_stopping: EarlyStopping | None, schedule: Schedule, 
                                   f"{user_line_text()}")
 
 
+def _check_shares(world: World, n: int, batch_size: int, last_batch: str) -> None:
+    """In a data-parallel job, every minibatch must split evenly across the ranks (each rank's gradient is the
+    mean over its rows, and the ranks' gradients are averaged with equal weights)."""
+    if not world.distributed:
+        return
+    world.local_batch(batch_size)
+    rest = n % batch_size
+    if last_batch == "partial" and rest % world.size:
+        raise HyperparameterError(f"fit: the last minibatch of an epoch has {rest} rows ({n} rows, batch_size "
+                                  f"{batch_size}), which do not split across {world.size} MPI ranks: use "
+                                  f"last_batch='drop' or 'wrap', or a batch size whose remainder {world.size} "
+                                  f"divides{user_line_text()}")
+
+
 def _check_monitor(monitor: bool, trainer: Trainer) -> None:
     """fit(monitor=True) with a trainer built without monitors would silently monitor nothing."""
     if monitor and trainer.monitors is None:
@@ -724,10 +782,11 @@ def _monitor_flags(trainer: Trainer, history: History) -> list[str]:
 
 # -- resuming from a checkpoint ------------------------------------------------------------------------------------
 
-def _restore(trainer: Trainer, schedule: Schedule, rng: np.random.Generator, path: str):
+def _restore(trainer: Trainer, schedule: Schedule, rng: np.random.Generator, path: str, world: World = SINGLE):
     """Load ``path`` into the trainer, the schedule and the shuffling RNG, after checking every array and
-    every field fit wrote: nothing changes unless all of it is valid."""
-    params, meta = load_checkpoint(path)
+    every field fit wrote: nothing changes unless all of it is valid. In a data-parallel job rank 0 reads the
+    file and every rank gets its contents (the same checks then fail on every rank alike)."""
+    params, meta = world.from_root(lambda: load_checkpoint(path))
     check_arrays(path, params, trainer.state)
     fields = _resume_fields(path, meta)
     best = None

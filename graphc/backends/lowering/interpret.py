@@ -712,9 +712,19 @@ def max_pool_gather(run: _Run, env: dict, x: Ref, v: Ref, *rest) -> None:
     run.write(rest[11], env, out)
 
 
+def _allreduce(reduce: str) -> Callable:
+    """y = the ``reduce`` of x over every MPI rank (mpi4py; x itself on one process)."""
+    def call(run: _Run, env: dict, x: Ref, y: Ref, size) -> None:
+        from ...ops.collective import allreduce_array
+
+        (n,) = _ints(run, env, [size])
+        run.write(y, env, allreduce_array(run.read(x, env, (n,)), reduce).astype(y.buffer.dtype))
+    return call
+
+
 #: ir.LIBRARY name -> its NumPy implementation ``fn(run, env, *args)``.
 LIBRARY_IMPLEMENTATIONS: dict[str, Callable] = {
     "conv2d_im2col": conv2d_im2col, "conv2d_direct": conv2d_direct, "col2im_add": col2im_add,
     "max_pool": max_pool, "avg_pool": avg_pool, "max_pool_backward": max_pool_backward,
-    "max_pool_gather": max_pool_gather,
+    "max_pool_gather": max_pool_gather, "allreduce_sum": _allreduce("sum"), "allreduce_mean": _allreduce("mean"),
 }

@@ -182,6 +182,9 @@ Statement = Union[Loop, Load, Assign, Store, Check, Gemm, Call, Seed, Draw]
 #: col2im's cols [O*kh*kw, H*W] scattered into y [O, Ho, Wo] (one image); pooling on planes = N*C, no
 #: dilation. conv and pooling overwrite y, col2im_add adds into it, max_pool_backward zeroes y first and
 #: routes each gradient to its window's first maximum (padding counts as -inf, the first NaN wins).
+#: allreduce_sum / allreduce_mean: y [size] = the element-wise sum (mean: the sum / the number of ranks) of x
+#: [size] over every MPI rank of the job (``x`` itself on one process); y does not overlap x; every rank makes
+#: the same calls in the same order (a collective).
 LIBRARY: dict[str, str] = {
     "conv2d_im2col": "*x, *w, N, C, H, W, O, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, *col, *y",
     "conv2d_direct": "*x, *w, N, C, H, W, O, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, *y",
@@ -190,6 +193,8 @@ LIBRARY: dict[str, str] = {
     "avg_pool": "*x, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, *y",
     "max_pool_backward": "*x, *g, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, *y",
     "max_pool_gather": "*x, *g, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, *y",
+    "allreduce_sum": "*x, *y, size",
+    "allreduce_mean": "*x, *y, size",
 }
 
 

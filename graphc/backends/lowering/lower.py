@@ -6,7 +6,16 @@ from typing import Any, Callable, Sequence
 from ...ir import Graph, Node
 from ...ops import registry
 from ...passes import plan_buffers
-from . import rules_conv, rules_elementwise, rules_linalg, rules_nn, rules_random, rules_reduce, rules_shape  # noqa: F401
+from . import (  # noqa: F401
+    rules_collective,
+    rules_conv,
+    rules_elementwise,
+    rules_linalg,
+    rules_nn,
+    rules_random,
+    rules_reduce,
+    rules_shape,
+)
 from .context import Lowering, rule_for
 from .ir import Load, Program, Store, aligned, index_var, nest
 from .layout import (

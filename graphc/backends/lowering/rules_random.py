@@ -9,20 +9,24 @@ from __future__ import annotations
 import sympy as sp
 
 from ...ir import Node
+from ...ops import random as random_ops
 from .context import Lowering, assign, rule
 from .ir import Draw, Loop, Seed, index_var, nest
 
 SEED_MODULUS = 2 ** 32
 
 
-def seeded(lw: Lowering, key: Node, salt: int) -> list:
+def seeded(lw: Lowering, key: Node, salt: int, skipped: int = 0) -> list:
     """Statements seeding the generator from the step's key (the reference backend's seed arithmetic;
-    the key is reduced first so that the product stays within int64)."""
+    the key is reduced first so that the product stays within int64), then taking the ``skipped`` draws
+    of the rows before this batch's (``row_offset``: a data-parallel rank's share)."""
     from ...ops.random import KEY_MULTIPLIER
 
     k = lw.integer_var("key")
-    return [lw.load(k, key, 0),
-            Seed(sp.Mod(sp.Mod(k, SEED_MODULUS) * KEY_MULTIPLIER + salt, SEED_MODULUS))]
+    out = [lw.load(k, key, 0), Seed(sp.Mod(sp.Mod(k, SEED_MODULUS) * KEY_MULTIPLIER + salt, SEED_MODULUS))]
+    if skipped:
+        out.append(Loop(index_var("j"), skipped, [Draw(lw.var("skip"))], parallel=False))
+    return out
 
 
 @rule("random_uniform")
@@ -30,7 +34,8 @@ def lower_random_uniform(lw: Lowering, node: Node) -> None:
     (key,) = node.inputs
     j, u = index_var("j"), lw.var("u")
     draws = Loop(j, node.size, [Draw(u), lw.store(node, j, u)], parallel=False)
-    lw.emit(seeded(lw, key, node.attrs["salt"]) + [draws])
+    skipped = random_ops.uniform_skipped(node.attrs, node.shape)
+    lw.emit(seeded(lw, key, node.attrs["salt"], skipped) + [draws])
 
 
 def per_image(lw: Lowering, x: Node, draws: list, pixel: list) -> Loop:
@@ -56,7 +61,8 @@ def lower_random_shift2d(lw: Lowering, node: Node) -> None:
     inside = (rr >= 0) & (rr < H) & (qq >= 0) & (qq < W)
     pixel = [lw.load(v, x, ((i * C + c) * H + rr) * W + qq, guard=inside),
              lw.store(node, ((i * C + c) * H + r) * W + q, v, exact=True)]
-    lw.emit(seeded(lw, key, node.attrs["salt"]) + [per_image(lw, x, draws, pixel)])
+    skipped = 2 * random_ops.row_offset(node.attrs)  # two draws per image
+    lw.emit(seeded(lw, key, node.attrs["salt"], skipped) + [per_image(lw, x, draws, pixel)])
 
 
 @rule("random_flip2d")
@@ -69,4 +75,5 @@ def lower_random_flip2d(lw: Lowering, node: Node) -> None:
     row = ((i * C + c) * H + r) * W
     pixel = [lw.load(mirrored, x, row + (W - 1) - q), lw.load(same, x, row + q),
              lw.store(node, row + q, sp.Piecewise((mirrored, u < 0.5), (same, True)), exact=True)]
-    lw.emit(seeded(lw, key, node.attrs["salt"]) + [per_image(lw, x, [Draw(u)], pixel)])
+    skipped = random_ops.row_offset(node.attrs)  # one draw per image
+    lw.emit(seeded(lw, key, node.attrs["salt"], skipped) + [per_image(lw, x, [Draw(u)], pixel)])

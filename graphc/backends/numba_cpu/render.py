@@ -51,16 +51,44 @@ from numba import njit
 
 from graphc.backends.numba_cpu.runtime import (avg_pool, col2im_add, conv2d_direct, conv2d_im2col, exp_f32, gemm,
                                                max_pool, max_pool_backward, max_pool_gather, tanh_f32)
-
+{collective_import}
 f32 = np.float32
 f64 = np.float64
 i32 = np.int32
 i64 = np.int64
 b8 = np.bool_
-NJIT = dict(cache=True, error_model="numpy", fastmath={fastmath}, boundscheck={boundscheck!r}, nogil=True)
+NJIT = dict(cache={cache}, error_model="numpy", fastmath={fastmath}, boundscheck={boundscheck!r}, nogil=True)
 '''
 
 _PRINTERS = {alias: ScalarPrinter(alias) for alias in (None, "f32", "f64")}
+
+#: The library calls numba_cpu/collective.py provides (it imports numba-mpi, an extra): a module imports
+#: them only when its program calls them, and is then compiled in every process (see that module).
+COLLECTIVE_CALLS = ("allreduce_mean", "allreduce_sum")
+
+
+def library_calls(program: Program) -> set[str]:
+    """The names of the library calls ``program``'s kernels make."""
+    names: set[str] = set()
+
+    def visit(body: Sequence) -> None:
+        for s in body:
+            if isinstance(s, Loop):
+                visit(s.body)
+            elif isinstance(s, Call):
+                names.add(s.name)
+
+    for kernel in program.checks + program.kernels:
+        visit(kernel.body)
+    return names
+
+
+def _collective_import(program: Program) -> str:
+    used = sorted(library_calls(program) & set(COLLECTIVE_CALLS))
+    if not used:
+        return ""
+    return (f"# MPI through numba-mpi (this step has an allreduce): Numba cannot cache it, so NJIT's cache is off.\n"
+            f"from graphc.backends.numba_cpu.collective import {', '.join(used)}\n")
 
 
 def _printer(dtype: str | None) -> ScalarPrinter:
@@ -190,7 +218,9 @@ def render(program: Program, version: str) -> str:
     return_expr = "(" + ", ".join(out_vars) + ("," if len(out_vars) == 1 else "") + ")"
     flags = sorted(opts.get("fastmath") or ())
     summary = f"{len(graph.nodes)} nodes, {len(graph.params)} parameters, {len(graph.updates)} updates"
+    collective_import = _collective_import(program)
     lines = [HEADER.rstrip("\n").format(version=version, name=graph.name, summary=summary,
+                           collective_import=collective_import, cache=not collective_import,
                            fastmath="{" + ", ".join(repr(f) for f in flags) + "}" if flags else "False",
                            boundscheck=bool(opts.get("boundscheck", False)))]
     if r.consts:
