@@ -18,12 +18,17 @@ import graphc
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("graphc.modelfile") is None,
-                       reason="graphc.modelfile (the model file convention, the 'saved' branch) is not in this tree"),
-    pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
-                       reason="the digits data needs scikit-learn (the dev extra installs it)"),
-]
+needs_modelfile = pytest.mark.skipif(importlib.util.find_spec("graphc.modelfile") is None,
+                                     reason="graphc.modelfile (the model file convention, the 'saved' branch) is not "
+                                            "in this tree")
+needs_digits = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
+                                  reason="the digits data needs scikit-learn (the dev extra installs it)")
+
+
+def end_to_end(test):
+    """A test that runs commands on the digits model file."""
+    return needs_modelfile(needs_digits(test))
+
 
 needs_saved = pytest.mark.skipif(importlib.util.find_spec("graphc.saved") is None,
                                  reason="graphc.save/graphc.load (graphc/saved.py, the 'saved' branch) is not in this tree")
@@ -103,6 +108,7 @@ def test_every_subcommand_is_listed_and_has_help_with_an_example(work):
 
 # -- inspect ---------------------------------------------------------------------------------------------------------
 
+@end_to_end
 def test_inspect_prints_the_training_step_with_provenance_the_pass_table_and_kernels(work):
     out = ok(graphc_cmd(work, "inspect", "digits_mlp.py", "--grad", "--passes", "2", "--kernels",
                         "--batch-size", "4")).stdout
@@ -116,12 +122,14 @@ def test_inspect_prints_the_training_step_with_provenance_the_pass_table_and_ker
     assert re.search(r"^program 'train_step': 3 inputs, 2 outputs, 8 updates$", out, re.M)
 
 
+@end_to_end
 def test_inspect_without_grad_prints_the_inference_graph(work):
     out = ok(graphc_cmd(work, "inspect", "digits_mlp.py", "--batch-size", "4")).stdout
     assert code_of(out) == code_of(model_graph(work, grad=False, batch=4).text())
     assert "via" not in out
 
 
+@end_to_end
 def test_inspect_only_gradient_prints_only_backward_nodes(work):
     out = ok(graphc_cmd(work, "inspect", "digits_mlp.py", "--only-gradient", "--batch-size", "4")).stdout
     step = model_graph(work, grad=True, batch=4)
@@ -130,6 +138,7 @@ def test_inspect_only_gradient_prints_only_backward_nodes(work):
     assert all(" via " in line for line in node_lines)
 
 
+@end_to_end
 def test_inspect_draw_colours_forward_backward_update_and_says_how_to_render(work):
     no_graphviz = os.path.dirname(sys.executable)  # a PATH without Graphviz's dot
     result = ok(graphc_cmd(work, "inspect", "digits_mlp.py", "--grad", "--draw", "step.svg", "--batch-size", "4",
@@ -163,6 +172,7 @@ def test_inspect_of_a_missing_file_is_one_line(work):
 
 # -- compile ---------------------------------------------------------------------------------------------------------
 
+@end_to_end
 def test_compile_reports_timings_and_the_cache_entry_and_writes_the_source(work):
     first = ok(graphc_cmd(work, "compile", "digits_mlp.py", "--backend", "cpu", "--batch-size", BATCH,
                           "--source", "step.py")).stdout
@@ -189,6 +199,7 @@ def table_rows(out: str) -> list[list[str]]:
     return [line.split() for line in out.splitlines() if re.match(r"^ +\d+ ", line)]
 
 
+@end_to_end
 def test_train_shows_progress_within_each_epoch(trained):
     err = trained.stderr
     for epoch in (1, 2):  # tqdm's bar or the plain lines: batches done of the epoch's, samples/s, running loss
@@ -196,6 +207,7 @@ def test_train_shows_progress_within_each_epoch(trained):
     assert re.search(rf"\b1/{STEPS}\b|\b2/{STEPS}\b", err)  # reported before the epoch's end
 
 
+@end_to_end
 def test_train_prints_a_summary_table_test_scores_and_saves_the_model(trained, work):
     out = trained.stdout
     assert f"training digits_mlp on digits: {DIGITS_TRAIN_ROWS} examples, 2 epochs, batch size 32" in out
@@ -212,6 +224,7 @@ def test_train_prints_a_summary_table_test_scores_and_saves_the_model(trained, w
         assert (work / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@end_to_end
 @needs_saved
 def test_eval_of_the_saved_model_in_a_fresh_process_gives_the_same_test_scores(trained, work):
     test_line = re.search(r"^test: .*$", trained.stdout, re.M).group(0)
@@ -219,6 +232,7 @@ def test_eval_of_the_saved_model_in_a_fresh_process_gives_the_same_test_scores(t
     assert out.strip() == test_line
 
 
+@end_to_end
 @needs_saved
 def test_eval_reads_npz_data(trained, work):
     from graphc import datasets
@@ -229,6 +243,7 @@ def test_eval_reads_npz_data(trained, work):
     assert out.strip() == re.search(r"^test: .*$", trained.stdout, re.M).group(0)
 
 
+@end_to_end
 def test_train_resumes_from_its_checkpoint(trained, work):
     shutil.copytree(work / "ckpt", work / "ckpt_resume")
     out = ok(graphc_cmd(work, "train", "digits_mlp.py", "--epochs", "3", "--batch-size", BATCH, "--checkpoint",
@@ -239,6 +254,7 @@ def test_train_resumes_from_its_checkpoint(trained, work):
     assert float(rows[2][1]) < float(rows[1][1])
 
 
+@end_to_end
 def test_train_takes_an_optimizer_and_a_schedule(work):
     out = ok(graphc_cmd(work, "train", "digits_mlp.py", "--epochs", "2", "--batch-size", BATCH, "--optimizer",
                         "adam(lr=1e-3, beta2=0.99)", "--schedule", "step(drop=0.5, every=1)",
@@ -254,6 +270,7 @@ def test_train_takes_an_optimizer_and_a_schedule(work):
     (("--schedule", "cosinus()"), "unknown schedule 'cosinus'; one of constant, step"),
     (("--data", "cifar"), "unknown data 'cifar': use digits, mnist, fashion-mnist, idx:DIR"),
 ])
+@end_to_end
 def test_train_refuses_bad_options_in_one_line(work, option, message):
     result = graphc_cmd(work, "train", "digits_mlp.py", "--epochs", "1", *option)
     assert result.returncode == 2
@@ -270,6 +287,7 @@ def test_export_so_and_exe_arrive_with_the_aot_issue(work, form):
     assert f"graphc export: --format {form} arrives with the AOT export issue (#13" in result.stderr
 
 
+@end_to_end
 @needs_saved
 def test_export_onnx_matches_the_cpu_backend(trained, work):
     if importlib.util.find_spec("graphc.onnx_export") is None:
@@ -287,6 +305,7 @@ def test_export_onnx_matches_the_cpu_backend(trained, work):
     np.testing.assert_allclose(onnx_out, expected, rtol=1e-5, atol=1e-5)
 
 
+@end_to_end
 def test_bench_reports_compile_epoch_and_step_times(work):
     out = ok(graphc_cmd(work, "bench", "digits_mlp.py", "--batch-size", BATCH, "--epochs", "2")).stdout
     assert f"bench digits_mlp: {DIGITS_TRAIN_ROWS} examples, batch size 32, {STEPS} steps an epoch, backend cpu" in out
@@ -301,6 +320,7 @@ def test_bench_reports_compile_epoch_and_step_times(work):
 
 # -- cache, doctor ---------------------------------------------------------------------------------------------------
 
+@end_to_end
 def test_cache_ls_verify_and_clean(trained, work, tmp_path):
     cache = tmp_path / "cache"  # a copy of the module's cache: the other tests keep theirs
     shutil.copytree(work / "cache", cache)
@@ -382,6 +402,7 @@ def _mnist_cached() -> bool:
 
 
 @needs_saved
+@needs_modelfile
 @pytest.mark.skipif(not _mnist_cached(), reason="MNIST is not cached (the README's main job fetches it)")
 @pytest.mark.skipif("def model(" not in (ROOT / "examples" / "mnist_mlp.py").read_text(),
                     reason="examples/mnist_mlp.py is not a model file yet (the 'saved' branch makes it one)")
