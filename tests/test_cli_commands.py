@@ -16,7 +16,7 @@ import pytest
 
 import graphc
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(graphc.__file__).resolve().parents[1]  # the tree whose graphc this process imported
 
 needs_modelfile = pytest.mark.skipif(importlib.util.find_spec("graphc.modelfile") is None,
                                      reason="graphc.modelfile (the model file convention, the 'saved' branch) is not "
@@ -289,9 +289,9 @@ def test_export_so_and_exe_arrive_with_the_aot_issue(work, form):
 
 @end_to_end
 @needs_saved
+@pytest.mark.skipif(importlib.util.find_spec("graphc.onnx_export") is None,
+                    reason="graphc.export_onnx (graphc/onnx_export.py, the 'onnx' branch) is not in this tree")
 def test_export_onnx_matches_the_cpu_backend(trained, work):
-    if importlib.util.find_spec("graphc.onnx_export") is None:
-        pytest.skip("graphc.export_onnx (graphc/onnx_export.py, the 'onnx' branch) is not in this tree")
     ort = pytest.importorskip("onnxruntime")
     out = ok(graphc_cmd(work, "export", "digits.graphc", "--format", "onnx", "-o", "digits.onnx")).stdout
     assert re.match(r"wrote digits\.onnx \(ONNX, \d+ bytes\)", out)
@@ -389,8 +389,8 @@ def test_progress_pieces_train_exactly_like_one_native_epoch(last_batch):
     for k in values_a:
         np.testing.assert_array_equal(values_a[k], values_b[k])
     steps = 9  # 70 rows in batches of 8: 8 full and a partial (or wrapped) ninth
-    assert [r[:3] for r in reports] == [(e, d, steps) for e in (1, 2) for d in (3, 6, 8, 9)] if last_batch == "partial" \
-        else [(e, d, steps) for e in (1, 2) for d in (3, 6, 9)]
+    done = (3, 6, 8, 9) if last_batch == "partial" else (3, 6, 9)  # pieces of 3 steps; the partial batch alone
+    assert [r[:3] for r in reports] == [(e, d, steps) for e in (1, 2) for d in done]
     assert all(r[3] == min(r[1] * 8, 70 if last_batch == "partial" else 72) for r in reports)
 
 
