@@ -35,6 +35,7 @@ from .ir import (
 )
 from .ir.errors import NonFiniteError
 from .ir.graph import DuplicateNameError
+from .onnx_export import OnnxExportError, export_onnx
 from .ops import registry
 from .ops.conv import avg_pool2d, conv2d, conv_transpose2d, max_pool2d
 from .ops.elementwise import (
@@ -94,9 +95,11 @@ from .ops.nn import (
 )
 from .ops.random import random_uniform
 from .ops.reduce import argmax, broadcast_to, max, mean, min, sum
+from .ops.registry import UnknownOpError
 from .ops.shape import concatenate, reshape, transpose
 from .optim.hyperparams import HyperparameterError
 from .passes import OptimizeResult, optimize
+from .saved import SavedModelError, load, save
 from .train import fit
 from .train.checkpoint import CheckpointError
 
@@ -119,4 +122,11 @@ def evaluate(outputs: Tensor | Sequence[Tensor], feeds: Mapping[Any, Any] | None
     return result[0] if single else result
 
 
-__all__ = [name for name in dir() if not name.startswith("_") and name not in ("annotations", "np")]
+def _is_graphcs(obj: Any) -> bool:
+    """Whether ``obj`` is graphc's own (a graphc module, or defined in one), not a name imported for its use
+    (``np``, ``Any``, ``annotations``)."""
+    module = obj.__name__ if isinstance(obj, type(np)) else getattr(obj, "__module__", None) or ""
+    return module == "graphc" or module.startswith("graphc.")
+
+
+__all__ = sorted(name for name, obj in list(globals().items()) if not name.startswith("_") and _is_graphcs(obj))

@@ -793,7 +793,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="graphc",
         description="graphc: a symbolic computational-graph compiler for neural networks "
                     "(DSL -> graph -> symbolic gradient graph -> passes -> Numba/LLVM code).",
-        epilog="Example: python examples/mlp_784.py builds and evaluates the course's 784-512-256-10 MLP.",
+        epilog="Example: python examples/mnist_mlp.py trains the course's 784-512-256-10 MLP on MNIST with "
+               "graphc.fit (about 98.3% test accuracy); `graphc COMMAND --help` shows each command's options.",
     )
     parser.add_argument("--version", action="version", version=f"graphc {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

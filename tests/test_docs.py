@@ -136,7 +136,8 @@ def test_readme_has_the_two_commands_in_order():
     assert text.index("<!-- ci:main -->") < text.index("<!-- ci:test -->")
     main, test = readme_block("ci:main").strip(), readme_block("ci:test").strip()
     assert "pip install ." in main and "examples/mnist_mlp.py" in main
-    assert '".[dev]"' in test and "pytest" in test
+    # The test extras: the cuda and mpi tests run in CI rather than skip; the simulator's tests in a process of their own.
+    assert '".[dev,cuda,mpi,onnx]"' in test and "python -m pytest -q && NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/cuda_sim" in test
     for cmd in (main, test):
         assert "\n" not in cmd and cmd.startswith("python3 -m venv .venv && . .venv/bin/activate && ")
 

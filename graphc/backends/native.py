@@ -35,15 +35,15 @@ class ParamStore(MutableMapping):
     Assigning ``params[name] = value`` copies into the store (checked like an input): the native
     code keeps reading the same memory, so replacing the array object would silently do nothing.
     A store that lives elsewhere (on a GPU) is a host copy: ``before_read`` brings it up to date
-    before a value is read, ``after_write(key)`` sends a written value back.
+    before a value is handed out (and the target sends it back before its next run, since the caller
+    may write into what it got).
     """
 
     def __init__(self, views: dict[str, np.ndarray], nodes: dict[str, Node],
-                 before_read: Callable[[], None] | None = None, after_write: Callable[[str], None] | None = None):
+                 before_read: Callable[[], None] | None = None):
         self._views = views
         self._nodes = nodes
         self._before_read = before_read
-        self._after_write = after_write
 
     def __getitem__(self, key: str) -> np.ndarray:
         if self._before_read is not None:
@@ -56,8 +56,6 @@ class ParamStore(MutableMapping):
         if self._before_read is not None:
             self._before_read()  # the other values in the host copy must be current before it is sent back
         self._views[key][...] = validate(self._nodes[key], value, "param")
-        if self._after_write is not None:
-            self._after_write(key)
 
     def __delitem__(self, key: str) -> None:
         raise InputError("parameters of a compiled graph cannot be removed")

@@ -1,6 +1,9 @@
 """graphc's exceptions. Every message names the op, the shapes or dtypes involved and the user's line."""
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 from .source import SourceLoc
 
 
@@ -32,6 +35,15 @@ class NonFiniteError(GraphcError, FloatingPointError):
                  epoch: int | None = None, step: int | None = None):
         super().__init__(message)
         self.node, self.index, self.value, self.epoch, self.step = node, index, value, epoch, step
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'relu'?)`` for a misspelt ``name``: the closest of ``known`` (difflib), or ""."""
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6) if isinstance(name, str) else []
+    if not close:
+        return ""
+    names = [repr(c) for c in close]
+    return " (did you mean " + (", ".join(names[:-1]) + " or " if len(names) > 1 else "") + names[-1] + "?)"
 
 
 def line_text(loc: SourceLoc | None) -> str:

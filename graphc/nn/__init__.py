@@ -18,8 +18,10 @@ from .layers import (
     RandomShift,
     Residual,
     Sequential,
+    UnknownActivationError,
     Upsample,
 )
 
 __all__ = ["Activation", "AvgPool2D", "BatchNorm", "Context", "Conv2D", "ConvTranspose2D", "Dense", "Dropout", "Flatten", "MaxPool2D",
-           "Maxout", "Module", "RandomFlip", "RandomLayer", "RandomShift", "Residual", "Sequential", "Upsample", "init"]
+           "Maxout", "Module", "RandomFlip", "RandomLayer", "RandomShift", "Residual", "Sequential", "UnknownActivationError",
+           "Upsample", "init"]

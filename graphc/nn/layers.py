@@ -18,8 +18,8 @@ import numpy as np
 
 from .. import dsl
 from ..dsl import Tensor
-from ..ir import ShapeError, current_graph, user_location
-from ..ir.errors import line_text
+from ..ir import GraphcError, ShapeError, current_graph, user_location
+from ..ir.errors import did_you_mean, line_text
 from ..ops import conv, linalg, reduce
 from ..ops import elementwise as ew
 from ..ops import nn as nn_ops
@@ -161,17 +161,28 @@ def name_children(module: Module, prefix: str) -> None:
             child.name = f"{prefix}{child.kind}_{counts[child.kind]}"
 
 
+class UnknownActivationError(GraphcError, ValueError):
+    """An activation name graphc.nn does not know (a ValueError too, as before it had its own class)."""
+
+
+#: The activations a layer accepts by name (``Dense(10, "relu")``); any function of a Tensor works too.
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    **{name: getattr(ew, name) for name in ("relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu", "softplus",
+                                            "softsign", "gaussian", "step", "ramp", "identity")},
+    "softmax": nn_ops.softmax,
+    "log_softmax": nn_ops.log_softmax,
+}
+
+
 def _activation(act: str | Callable | None) -> Callable[[Tensor], Tensor] | None:
+    """The activation function ``act`` names (see :data:`ACTIVATIONS`), or ``act`` itself when it is one."""
     if act is None or callable(act):
         return act
-    table = {name: getattr(ew, name) for name in (
-        "relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu", "softplus", "softsign", "gaussian", "step", "ramp",
-        "identity")}
-    table["softmax"] = nn_ops.softmax
     try:
-        return table[act]
-    except KeyError:
-        raise ValueError(f"unknown activation {act!r}; known: {sorted(table)} (or pass a function)") from None
+        return ACTIVATIONS[act]
+    except (KeyError, TypeError):
+        raise UnknownActivationError(f"unknown activation {act!r}{did_you_mean(act, ACTIVATIONS)}; known: "
+                                     f"{sorted(ACTIVATIONS)} (or pass a function){line_text(user_location())}") from None
 
 
 class Dense(Module):

@@ -8,7 +8,7 @@ from . import elementwise, linalg, conv, reduce, shape, nn, random, source  # no
 from . import fused  # noqa: F401
 # isort: on
 from .elementwise import is_elementwise, node_expression
-from .registry import OpDef, all_ops, get, is_registered, is_source, is_view, register
+from .registry import OpDef, UnknownOpError, all_ops, get, is_registered, is_source, is_view, register
 
-__all__ = ["OpDef", "all_ops", "conv", "elementwise", "fused", "get", "is_elementwise", "is_registered", "is_source",
+__all__ = ["OpDef", "UnknownOpError", "all_ops", "conv", "elementwise", "fused", "get", "is_elementwise", "is_registered", "is_source",
            "is_view", "linalg", "nn", "node_expression", "random", "reduce", "register", "shape", "source"]

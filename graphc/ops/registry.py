@@ -15,7 +15,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import sympy as sp
 
-from ..ir import Attrs, DType, Node, Shape
+from ..ir import Attrs, DType, GraphcError, Node, Shape
+from ..ir.errors import did_you_mean, line_text
+from ..ir.source import user_location
 
 #: shape rule: (input nodes, attrs) -> (output shape, output dtype); raises ShapeError/DTypeError.
 ShapeRule = Callable[[Sequence[Node], Attrs], "tuple[Shape, DType]"]
@@ -84,6 +86,13 @@ class OpDef:
         return None if self.labels is None else self.labels(node)
 
 
+class UnknownOpError(GraphcError, KeyError):
+    """An op name nobody registered (a KeyError too, as a dict lookup's would be)."""
+
+    def __str__(self) -> str:  # KeyError's own would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
 _REGISTRY: dict[str, OpDef] = {}
 
 
@@ -95,11 +104,13 @@ def register(op: OpDef) -> OpDef:
 
 
 def get(name: str) -> OpDef:
-    """The entry of op ``name``; a KeyError names an op nobody registered."""
+    """The entry of op ``name``; an :class:`UnknownOpError` (a KeyError) names an op nobody registered,
+    the closest registered names and the user's line."""
     try:
         return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown op {name!r}") from None
+    except (KeyError, TypeError):
+        raise UnknownOpError(f"unknown op {name!r}{did_you_mean(name, _REGISTRY)}; `graphc ops` lists the "
+                             f"registered ops{line_text(user_location())}") from None
 
 
 def all_ops() -> list[OpDef]:

@@ -37,10 +37,14 @@ import numpy as np
 from .. import dsl
 from ..autodiff import grad
 from ..dsl import Tensor
-from ..ir import GraphcError
+from ..ir import GraphcError, Node
 from ..ops import elementwise as ew
 from ..ops.nn import sum_of_squares
 from .hyperparams import NON_NEGATIVE, POSITIVE, UNIT, HyperparameterError, Range, user_line_text
+
+
+class NotAParameterError(GraphcError, TypeError):
+    """Something given to ``minimize`` as a parameter that is not a parameter of the loss's graph."""
 
 
 class ParamGroupError(GraphcError, ValueError):
@@ -125,15 +129,18 @@ class Optimizer:
         self._set(**{name: getattr(self, name) for name in self.RANGES})
         self.groups = self._check_groups(self.groups)
 
-    def minimize(self, loss: Tensor, params: Sequence[Tensor], lr: Tensor | float | None = None) -> list[Tensor]:
+    def minimize(self, loss: Tensor, params: Sequence[Tensor | Node], lr: Tensor | float | None = None) -> list[Tensor]:
         """Add gradients of ``loss`` and this rule's updates (Graph.update) to ``loss``'s graph.
+
+        ``params``: the parameters to train, as the tensors ``graphc.param`` returned or as the graph's
+        nodes (``g.trainable_params``).
 
         ``lr`` is a scalar graph input fed each step (schedules), or a float; default ``self.lr``.
         A parameter in one of ``self.groups`` gets that group's rate (``lr`` times group lr / ``self.lr``)
         and weight decay. Returns the gradients (after coupled weight decay and clipping).
         """
         self.validate()
-        params = list(params)
+        params = self._param_tensors(loss, params)
         self._check_not_updated(loss, params)
         lr = self.lr if lr is None else lr
         settings = self.settings_of(params)
@@ -183,6 +190,30 @@ class Optimizer:
             wd = self.groups[by["weight_decay"]].weight_decay if "weight_decay" in by else self.weight_decay
             settings.append((lr / self.lr, wd))
         return settings
+
+    def _param_tensors(self, loss: Tensor, params: Iterable[Tensor | Node]) -> list[Tensor]:
+        """``params`` as Tensors of the loss's graph: the tensors ``graphc.param`` returned, or the graph's own
+        parameter nodes (``g.trainable_params``); anything else is refused with what it is and what to pass."""
+        owner = f"{type(self).__name__}.minimize"
+        if not isinstance(loss, Tensor):
+            raise NotAParameterError(f"{owner}: the loss must be a graphc Tensor (the scalar the step minimizes), "
+                                     f"got {loss!r}{user_line_text()}")
+        if isinstance(params, (Tensor, Node)):
+            params = [params]
+        tensors = []
+        for k, p in enumerate(params):
+            node = p.node if isinstance(p, Tensor) else p
+            if not isinstance(node, Node) or node.op != "param" or node not in loss.graph:
+                if isinstance(node, Node):
+                    what = f"{node.op} {node.name!r} ({node.type_str})" if node.name else f"a {node.op} ({node.type_str})"
+                else:
+                    what = f"a {type(p).__name__}, {p!r}"
+                raise NotAParameterError(
+                    f"{owner}: params[{k}] is {what}, not a parameter of graph {loss.graph.name!r} (the loss's); "
+                    f"pass the graph's parameters: g.trainable_params, or the tensors graphc.param returned"
+                    f"{user_line_text()}")
+            tensors.append(p if isinstance(p, Tensor) else Tensor(node, loss.graph))
+        return tensors
 
     def _check_not_updated(self, loss: Tensor, params: Sequence[Tensor]) -> None:
         """A parameter already updated (by another optimizer's minimize) cannot get a second update."""
@@ -362,5 +393,5 @@ class AdamW(Adam):
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam, AdamW)}
 
 __all__ = ["AdaDelta", "AdaGrad", "Adam", "AdamW", "GROUP_RANGES", "HyperparameterError", "Momentum", "Nesterov",
-           "OPTIMIZERS", "Optimizer", "ParamGroup", "ParamGroupError", "RMSProp", "SGD", "clip_by_global_norm",
+           "NotAParameterError", "OPTIMIZERS", "Optimizer", "ParamGroup", "ParamGroupError", "RMSProp", "SGD", "clip_by_global_norm",
            "param_group"]

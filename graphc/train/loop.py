@@ -28,7 +28,7 @@ from ..ops import nn as nn_ops
 from ..ops.interpret import evaluate as evaluate_graph
 from ..optim import SGD, Optimizer
 from ..optim.hyperparams import NON_NEGATIVE, HyperparameterError, check_count, user_line_text
-from . import inputs
+from . import inputs, plots
 from . import losses as loss_defs
 from . import monitor as monitors
 from .checkpoint import CheckpointError, check_arrays, load_checkpoint, save_checkpoint
@@ -78,6 +78,15 @@ class History:
     #: With ``fit(..., monitor=True)``: per layer, per statistic (mean, std, dead_fraction, update_ratio),
     #: one value per epoch, e.g. ``history.monitor["dense_1"]["dead_fraction"]``; see graphc.train.monitor.
     monitor: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    #: Why fit stopped before its last epoch (early stopping: the epoch, the monitored value, the best epoch);
+    #: None when it ran every epoch. fit also prints it (unless verbose=False).
+    stop_message: str | None = None
+    #: The compiled training step fit ran (for the first epoch's batch size): ``history.executable.source`` is
+    #: its generated code on the cpu backend, ``history.executable.stats`` its compile times and cache entry.
+    #: Not saved in checkpoints.
+    executable: Any = field(default=None, repr=False, compare=False)
+    #: The :class:`Trainer` fit used, holding every compiled step (``trainer.step_executable(batch_size)``).
+    trainer: Any = field(default=None, repr=False, compare=False)
 
     def append(self, epoch: int, **values: float) -> None:
         self.epochs.append(epoch)
@@ -98,27 +107,19 @@ class History:
         course's band marked (needs matplotlib); see :func:`graphc.train.monitor.plot`."""
         return monitors.plot(self, path)
 
-    def plot(self, path: str) -> str:
-        """Save the training and validation curves of the loss and of each metric as a PNG (needs matplotlib)."""
-        try:
-            import matplotlib
+    def figure(self) -> Any:
+        """The matplotlib figure ``plot`` saves (needs matplotlib); see :func:`graphc.train.plots.history_figure`."""
+        return plots.history_figure(self)
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise ImportError("History.plot needs matplotlib: pip install 'graphc[plot]'") from None
-        panels = ["loss"] + [m for m in loss_defs.METRICS if m in self.metrics]
-        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-        for ax, metric in zip(axes[0], panels):
-            for prefix, style in (("", "-"), ("val_", "--")):
-                if prefix + metric in self.metrics:
-                    ax.plot(self.epochs, self.metrics[prefix + metric], style, label=prefix + metric)
-            ax.set_xlabel("epoch")
-            ax.set_title(metric)
-            ax.legend()
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
+    def plot(self, path: str) -> str:
+        """Save the curves as a PNG (needs matplotlib: ``pip install 'graphc[plot]'``): a panel per score (the
+        loss, then each metric; training and validation), axes labelled, the best epoch marked (early stopping's,
+        else the lowest validation loss's), and the learning rate per epoch in a panel of its own."""
+        fig = self.figure()
+        try:
+            fig.savefig(path)
+        finally:
+            plots.pyplot("History.plot").close(fig)
         return path
 
     def to_dict(self) -> dict:
@@ -198,7 +199,7 @@ def build_scores(loss: loss_defs.Loss, metrics: tuple[str, ...], out_shape: tupl
 def build_eval(model: Module, batch_size: int, name: str = "predict") -> Graph:
     """The inference graph: input x, output the logits (evaluation-mode layers)."""
     with Graph(name) as g:
-        x = dsl.input("x", (batch_size,) + model.in_shape, model.dtype)
+        x = dsl.input("x", (batch_size,) + model.in_shape, getattr(model, "dtype", np.float32))
         g.output(model(x, Context(training=False)))
     return g
 
@@ -618,9 +619,10 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
     history, start_epoch = History(), 0
     best: tuple[float, dict[str, np.ndarray]] | None = None
     bad_epochs = 0
-    trainer.step_executable(batch_size_of(0))
+    first_step = trainer.step_executable(batch_size_of(0))
     if resume and checkpoint and os.path.exists(checkpoint):  # nothing saved yet: start from the beginning
         start_epoch, history, best, bad_epochs = _restore(trainer, schedule, rng, checkpoint)
+    history.executable, history.trainer = first_step, trainer
     bar = _progress(epochs, verbose)
     bar.update(start_epoch)
     for epoch in range(start_epoch, epochs):
@@ -668,14 +670,31 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
             save_checkpoint(checkpoint, {**trainer.state, **best_arrays}, meta)
         if early_stopping is not None and bad_epochs >= early_stopping.patience:
             history.stopped_early = True
+            history.stop_message = _early_stop_text(early_stopping, epoch + 1, epochs, values, history.best_epoch,
+                                                    best[0])
             break
     bar.close()
+    if history.stop_message and verbose:
+        print(history.stop_message, file=sys.stderr, flush=True)
     if early_stopping is not None and early_stopping.restore_best and best is not None:
         for k, v in best[1].items():
             trainer.state[k][...] = v
     trainer.sync_model()
     model._trainer = trainer
     return history
+
+
+def _early_stop_text(early_stopping: EarlyStopping, epoch: int, epochs: int, values: dict[str, float],
+                     best_epoch: int | None, best_value: float) -> str:
+    """What fit says when early stopping ends it: the epoch, the monitored value, the best epoch and what the
+    model ends with."""
+    monitor, patience = early_stopping.monitor, early_stopping.patience
+    by = f" by more than min_delta={early_stopping.min_delta:g}" if early_stopping.min_delta else ""
+    ends = (f"the model has epoch {best_epoch}'s weights (restore_best=True)" if early_stopping.restore_best
+            else f"the model keeps epoch {epoch}'s weights (restore_best=False)")
+    return (f"fit: early stopping after epoch {epoch} of {epochs}: {monitor} {values[monitor]:.4f} has not improved"
+            f"{by} for {patience} epoch{'s' if patience != 1 else ''}; best epoch {best_epoch} ({monitor} "
+            f"{best_value:.4f}); {ends}")
 
 
 # -- checking fit's arguments (before anything compiles) ----------------------------------------------------------

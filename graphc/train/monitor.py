@@ -30,6 +30,7 @@ from ..ir import Graph, Node
 from ..nn.layers import Activation, Module
 from ..ops import elementwise as ew
 from ..ops import reduce
+from .plots import pyplot
 
 #: Output names of the monitors: ``monitor/<layer>/<stat>``.
 PREFIX = "monitor/"
@@ -196,13 +197,7 @@ def plot(history: Any, path: str) -> str:
     """Save, as a PNG, each monitored layer's dead-unit fraction and update ratio over the epochs of
     ``history`` (a History of ``fit(..., monitor=True)``), with the course's band and the dead limit marked.
     Needs matplotlib (``pip install 'graphc[plot]'``)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("monitor plots need matplotlib: pip install 'graphc[plot]'") from None
+    plt = pyplot("monitor plots")
     fig, (dead_ax, ratio_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for layer, stats in history.monitor.items():
         if "dead_fraction" in stats:

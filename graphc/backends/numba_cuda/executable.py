@@ -4,9 +4,10 @@ What crosses the bus, and when:
 - a call: the inputs go up, the outputs and the 4 status words come back;
 - ``run_epoch``: the data set, the permutation and the per-step values (learning rates, keys) go up
   once; each step gathers its minibatch on the device; the per-step outputs come back at the end;
-- ``exe.params``: the parameter store comes back only when a parameter is read after a step, and
-  goes up when one is assigned (``exe.params["W"] = value``; writing into the returned array in place
-  changes the host copy only).
+- ``exe.params``: the parameter store comes back only when a parameter is read after a step that
+  updates parameters; once the host copy has been handed out (``exe.params[...]``, ``set_params``), it
+  goes back up before the next step, so writing into a returned array works as on the cpu. An array
+  kept across a step is not refreshed by it: read ``exe.params[name]`` again after a step.
 """
 from __future__ import annotations
 
@@ -57,16 +58,17 @@ class CudaExecutable(NativeExecutable):
         self.stats.update(stats)
         self._entry = entry
         self._host_state = aligned_bytes(aligned(max(program.state_bytes, 1)))
-        self.params = ParamStore(*self._param_views(self._host_state), before_read=self._pull,
-                                 after_write=self._push)
+        self.params = ParamStore(*self._param_views(self._host_state), before_read=self._host_params)
         self._state = cuda.to_device(self._host_state)
         self._ws = cuda.device_array(aligned(max(program.workspace_bytes, 1)), np.uint8)
         self._stale = False  # the host copy of the parameter store is older than the device's
+        self._handed_out = False  # the host copy may have been written since it was last sent up
         self._d_status = cuda.to_device(np.zeros(4, np.int64))
         self._carry = cuda.device_array(module.CARRY_SLOTS, np.float64)
+        self._icarry = cuda.device_array(module.ICARRY_SLOTS, np.int64)
         self._inputs = [cuda.device_array(max(n.size, 1), n.dtype.np) for n in program.inputs]
         self._outputs = [cuda.device_array(max(o.size, 1), np.dtype(o.dtype)) for o in program.outputs]
-        arrays = {"status": self._d_status, "carry": self._carry}
+        arrays = {"status": self._d_status, "carry": self._carry, "icarry": self._icarry}
         for node, d in zip(program.inputs, self._inputs):
             arrays[program.buffers[program.graph.nodes.index(node)].name] = d
         arrays.update({o.name: d for o, d in zip(program.outputs, self._outputs)})
@@ -76,21 +78,30 @@ class CudaExecutable(NativeExecutable):
         self._ptx: dict[str, str] | None = None
 
     # -- the parameter store ---------------------------------------------------------------------------
-    def _pull(self) -> None:
+    def _host_params(self) -> None:
+        """Before a parameter is handed out: the host copy brought up to date."""
         if self._stale:
             self._state.copy_to_host(self._host_state)
             self._stale = False
+        self._handed_out = True
 
-    def _push(self, key: str) -> None:
-        self._state.copy_to_device(self._host_state)
+    def _send_params(self) -> None:
+        """Before a run: the host copy sent up if the caller may have written into it."""
+        if self._handed_out:
+            self._state.copy_to_device(self._host_state)
+            self._handed_out = False
+
+    def _ran(self) -> None:
+        self._stale = self._stale or bool(self.program.updates)
 
     # -- running -----------------------------------------------------------------------------------------
     def _call_step(self, arrays: list[np.ndarray]) -> tuple:
+        self._send_params()
         for d, a in zip(self._inputs, arrays):
             if a.size:
                 d.copy_to_device(a.reshape(-1))
         self.module.step(*self._step_args)
-        self._stale = True
+        self._ran()
         self._read_status()
         return tuple(d.copy_to_host()[:o.size].reshape(o.shape) for d, o in zip(self._outputs, self.program.outputs))
 
@@ -100,6 +111,7 @@ class CudaExecutable(NativeExecutable):
             self._d_status.copy_to_device(np.zeros(4, np.int64))
 
     def _call_epoch(self, arrays: list[np.ndarray], perm: np.ndarray, steps: int) -> tuple:
+        self._send_params()
         batch = self.inputs[0].shape[0]
         n = len(perm)
         data = [cuda.to_device(a.reshape(-1)) for a in arrays]  # the data set (and per-step values) go up once
@@ -118,7 +130,7 @@ class CudaExecutable(NativeExecutable):
             self.module.step(*self._step_args)
             for size, out, res in zip(sizes, self._outputs, results):
                 copy_span[blocks_for(size), THREADS](out, 0, size, res, s * size)
-        self._stale = True
+        self._ran()
         self._read_status()
         if self._status[0]:
             self._status[3] = -1  # the device does not say which step; labels are checked up front anyway

@@ -19,7 +19,7 @@ serial             anything else (draws from the generator, a loop carrying a va
 
 A scalar defined at a kernel's top level (a learning rate loaded from an input) is recomputed in every
 phase that reads it; a value one phase computes and a later one reads (a reduction's total) goes
-through ``carry``, a small device array. Every kernel returns at once when ``status[0]`` is set: a
+through ``carry``, a small float64 device array (``icarry``, int64, for integers: exact past 2**53). Every kernel returns at once when ``status[0]`` is set: a
 failed check (a label out of range) stops the rest of the step on the device, and the host reads the
 status after the step.
 """
@@ -386,6 +386,9 @@ class Renderer:
         self.views: dict[str, tuple[str, str]] = {}  # view variable -> (store, dtype)
         self.consts: dict[str, tuple[int, str]] = {}
         self.carry: dict = {}  # variable -> its slot in `carry`
+        self.icarry: dict = {}  # integer variable -> its slot in `icarry`
+        self.dtypes = {s.var: s.dtype if isinstance(s, Assign) else s.buffer.dtype
+                       for k in program.checks + program.kernels for s in walk(k.body) if isinstance(s, (Assign, Load))}
         self.kernels: list[tuple[str, list[str], list[str]]] = []  # (name, argument names, lines)
         self.launches: list[str] = []  # the driver's lines
 
@@ -459,8 +462,8 @@ class Renderer:
     def kernel(self, name: str, doc: str, body: list[str], mt: bool = False, host_vars: Sequence = ()) -> None:
         text = "\n".join(body)
         args = [a for a in self.arguments() if re.search(rf"\b{a}\b", text)]
-        args = [a for a in args if a not in ("status", "carry")] + [str(v) for v in host_vars] + ["status"] + \
-            (["carry"] if "carry" in text else [])
+        args = [a for a in args if a not in ("status", "carry", "icarry")] + [str(v) for v in host_vars] + \
+            ["status"] + [a for a in ("carry", "icarry") if re.search(rf"\b{a}\b", text)]
         head = [f"    {doc}", "    if status[0] != 0:  # a check failed earlier in this step", "        return"]
         if mt:
             head.append("    mt = cuda.local.array(MT_WORDS, u32)  # the Mersenne Twister's state")
@@ -468,15 +471,23 @@ class Renderer:
 
     def arguments(self) -> list[str]:
         ins = [self.program.buffers[self.program.graph.nodes.index(n)].name for n in self.program.inputs]
-        return ins + [o.name for o in self.program.outputs] + sorted(self.views) + ["status", "carry"]
+        return ins + [o.name for o in self.program.outputs] + sorted(self.views) + ["status", "carry", "icarry"]
 
-    def carry_slot(self, var) -> int:
-        return self.carry.setdefault(var, len(self.carry))
+    def carry_slot(self, var) -> tuple[str, int]:
+        """The array that carries ``var`` (integers: ``icarry``, int64, exact; the rest: ``carry``) and its slot."""
+        if var.is_integer or self.dtypes.get(var, "").startswith(("int", "uint")):
+            return "icarry", self.icarry.setdefault(var, len(self.icarry))
+        return "carry", self.carry.setdefault(var, len(self.carry))
 
     def carried(self, phase: Phase, depth: int) -> tuple[list[str], list[str]]:
         pad = "    " * depth
-        take = [f"{pad}{v} = {'i64' if v.is_integer else 'f64'}(carry[{self.carry_slot(v)}])" for v in phase.carried_in]
-        give = [f"{pad}carry[{self.carry_slot(v)}] = {v}" for v in phase.carried_out]
+        take, give = [], []
+        for v in phase.carried_in:
+            arr, slot = self.carry_slot(v)
+            take.append(f"{pad}{v} = {'i64' if arr == 'icarry' else 'f64'}({arr}[{slot}])")
+        for v in phase.carried_out:
+            arr, slot = self.carry_slot(v)
+            give.append(f"{pad}{arr}[{slot}] = {v}")
         return take, give
 
     def phase(self, name: str, kernel: Kernel, phase: Phase) -> str:
@@ -551,9 +562,11 @@ class Renderer:
 def _identity(combine, dtype: str) -> sp.Expr:
     """The start of a lane's partial accumulator: the value ``e`` with combine(e, x) == x (0 for a sum,
     -inf for a max, +inf for a min; the integer limits for integers)."""
-    x = sp.Symbol("x", real=True)
+    # Checked at sample values, not symbolically: SymPy simplifies the max/min update
+    # Piecewise((x, IsNaN(x) | (x < 0)), (0, True)) - x to 0, which made 0 every max's and min's start.
+    samples = (sp.Rational(-7, 2), sp.Integer(0), sp.Rational(9, 4))
     for e in (sp.Integer(0), -sp.oo, sp.oo):
-        if sp.simplify(combine(e, x) - x) == 0:
+        if all(combine(e, x) == x for x in samples):
             if e.is_finite or dtype.startswith("float"):
                 return e
             return sp.Integer(-2 ** 63 if e == -sp.oo else 2 ** 63 - 1)
@@ -606,6 +619,7 @@ def render(program: Program, version: str, cache: bool = True) -> str:
             value, note = r.consts[name]
             lines.append(f"{name} = {value}  # {note}")
     lines.append(f"CARRY_SLOTS = {max(len(r.carry), 1)}  # values one kernel computes and a later one reads")
+    lines.append(f"ICARRY_SLOTS = {max(len(r.icarry), 1)}  # ...those that are integers")
     views = ", ".join(f"{v!r}: ({store!r}, {dtype!r})" for v, (store, dtype) in sorted(r.views.items()))
     lines.append(f"VIEWS = {{{views}}}  # the typed views of the parameter store (s...) and the workspace (w...)")
     types = _argument_types(r)
@@ -650,7 +664,7 @@ def _call_line(r: Renderer, call: Call) -> str:
 def _argument_types(r: Renderer) -> dict[str, str]:
     """Each kernel argument's Numba type: 1-D C-contiguous arrays of its dtype; a host loop's variable, int64."""
     program = r.program
-    types = {"status": "int64[::1]", "carry": "float64[::1]"}
+    types = {"status": "int64[::1]", "carry": "float64[::1]", "icarry": "int64[::1]"}
     types.update({str(v): "int64" for _n, args, _b in r.kernels for v in args if v not in types})
     for n in program.inputs:
         buf = program.buffers[program.graph.nodes.index(n)]
