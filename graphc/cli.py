@@ -918,7 +918,7 @@ def _add_export(sub) -> None:
     p.add_argument("--format", choices=("onnx", "so", "exe"), default="onnx", help="default: onnx")
     p.add_argument("-o", "--output", default=None, help="the file to write (default: FILE's name with .onnx)")
     p.add_argument("--input-shape", default=None, metavar="N,...",
-                   help="the exported input's shape, comma separated (default: the exporter's)")
+                   help="the input shape without the batch axis, comma separated (only for a model not built yet)")
     p.set_defaults(run=_cmd_export)
 
 
