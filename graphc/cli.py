@@ -180,7 +180,8 @@ def _module(target: Target, command: str):
 
 # -- data: --data digits|mnist|fashion-mnist|idx:DIR|npz:FILE ---------------------------------------------------------
 
-DATA_FORMS = "digits, mnist, fashion-mnist, idx:DIR (the four MNIST-style IDX files) or npz:FILE"
+DATA_FORMS = ("digits, mnist, fashion-mnist, idx:DIR (the four MNIST-style IDX files), npz:FILE, or a model file "
+              "(.py: its data, prepared as it prepares it)")
 
 
 def load_data(source: Any, model: Any = None):
@@ -190,7 +191,8 @@ def load_data(source: Any, model: Any = None):
     from graphc import datasets
 
     if source is None:
-        raise CommandError(f"no data: pass --data ({DATA_FORMS}); the model file defines no `data`")
+        raise CommandError(f"no data: pass --data ({DATA_FORMS}); the model file defines no `data` (and a saved "
+                           f"model holds none)")
     if callable(source):
         splits = source()
     elif source in DATASETS:
@@ -199,6 +201,8 @@ def load_data(source: Any, model: Any = None):
         splits = datasets.mnist(path=source[len("idx:"):])
     elif isinstance(source, str) and source.startswith("npz:"):
         splits = _npz_splits(source[len("npz:"):])
+    elif isinstance(source, str) and source.endswith(".py"):  # a model file's data, as it prepares it
+        return load_data(load_target(source).data, model)
     else:
         raise CommandError(f"unknown data {source!r}: use {DATA_FORMS}")
     if not isinstance(splits, datasets.Splits):
@@ -816,8 +820,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _subcommand(sub, name: str, help: str, description: str, example: str) -> argparse.ArgumentParser:
-    """A subcommand whose --help ends with an example."""
-    return sub.add_parser(name, help=help, description=description, epilog=f"Example:\n  {example}",
+    """A subcommand whose --help ends with an example (kept as written: one command a line)."""
+    import textwrap
+
+    paragraphs = "\n\n".join(textwrap.fill(p, 100) for p in description.split("\n\n"))
+    return sub.add_parser(name, help=help, description=paragraphs, epilog=f"Example:\n  {example}",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
@@ -870,7 +877,7 @@ def _add_train(sub) -> None:
                    help=f"a model file (.py); or, for the MLP form, {', '.join(DATASETS)} or an .npz file with x, y "
                         f"(and optionally x_val, y_val)")
     p.add_argument("--data", default=None, help=f"{DATA_FORMS} (default: the model file's `data`)")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=5, help="default: 5")
     _add_model_options(p)
     p.add_argument("--optimizer", default=None, metavar="'NAME(k=v)'",
                    help=f"e.g. 'adam(lr=1e-3)'; one of {', '.join(sorted(optimizers()))} "

@@ -230,6 +230,8 @@ def test_eval_of_the_saved_model_in_a_fresh_process_gives_the_same_test_scores(t
     test_line = re.search(r"^test: .*$", trained.stdout, re.M).group(0)
     out = ok(graphc_cmd(work, "eval", "digits.graphc", "--data", "digits")).stdout
     assert out.strip() == test_line
+    out = ok(graphc_cmd(work, "eval", "digits.graphc", "--data", "digits_mlp.py")).stdout  # the model file's data
+    assert out.strip() == test_line
 
 
 @end_to_end
