@@ -617,8 +617,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
           f"backend {trainer.backend}")
     rows = [("compile train step", f"{compile_s:.3f} s" + (f" (cache {step.stats['cache']})" if "cache" in step.stats else "")),
             ("compile inference", f"{compile_eval_s:.3f} s"),
-            (f"epoch (best of {len(epochs)})", f"{best:.4f} s"),
-            ("step (epoch / steps)", f"{best / steps * 1e3:.3f} ms"),
+            (f"epoch (best of {len(epochs)})", f"{best:.4g} s"),
+            ("step (epoch / steps)", f"{best / steps * 1e3:.4g} ms"),
             ("throughput", f"{len(x) / best:,.0f} samples/s")]
     for name, value in rows:
         print(f"  {name:<24} {value}")
