@@ -123,8 +123,7 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     print(f"MLP {widths}: training accuracy {history['acc'][-1]:.4f}"
           + (f", validation accuracy {history['val_acc'][-1]:.4f}" if val else ""))
-    for layer, stats in history.monitor.items():
-        print(f"  {layer}: " + "  ".join(f"{stat} {values[-1]:.4g}" for stat, values in stats.items()))
+    print_monitors(history)
     if args.monitor_plot:
         print(f"monitor plot: {history.plot_monitors(args.monitor_plot)}")
     return 0
@@ -542,6 +541,9 @@ def _train_model_file(args: argparse.Namespace) -> int:
                          checkpoint=checkpoint, resume=args.resume, verbose=False, trainer=trainer,
                          monitor=args.monitor)
     print(history_table(history))
+    if history.monitor:
+        print("monitors (last epoch):")
+        print_monitors(history)
     if splits.test is not None:
         print(scores_text("test", trainer.scores(*splits.test), len(splits.test[0])))
     if args.plot:
@@ -790,6 +792,12 @@ def _host_cpu() -> str:
     import llvmlite.binding as llvm
 
     return llvm.get_host_cpu_name()
+
+
+def print_monitors(history) -> None:
+    """With --monitor: each layer's monitors in the last epoch."""
+    for layer, stats in history.monitor.items():
+        print(f"  {layer}: " + "  ".join(f"{stat} {values[-1]:.4g}" for stat, values in stats.items()))
 
 
 def build_parser() -> argparse.ArgumentParser:
