@@ -400,9 +400,11 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
     import graphc
     from graphc import dsl
+    from graphc.ir import Graph
 
     target = load_target(args.file)
-    graph = step_graph(target, args.batch_size, grad=not args.inference)
+    # a graphc.nn model's training step (or inference graph); a Graph as it is
+    graph = step_graph(target, args.batch_size, grad=not args.inference and not isinstance(target.model, Graph))
     started = time.perf_counter()
     exe = graphc.compile([dsl.Tensor(o, graph) for o in graph.outputs], backend=args.backend)
     seconds = time.perf_counter() - started

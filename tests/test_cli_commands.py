@@ -164,6 +164,36 @@ def test_inspect_draw_colours_forward_backward_update_and_says_how_to_render(wor
     assert 'label="forward: ' in dot  # the legend
 
 
+GRAPH_FILE = '''import numpy as np
+
+import graphc
+
+
+def model():
+    with graphc.Graph("perceptron") as g:
+        x = graphc.input("x", (4,), "float64")
+        w = graphc.param("w", np.array([0.1, 0.5, 2.5, 0.2]))
+        g.output(graphc.sum(graphc.sigmoid(x @ w + 3.0)))
+    return g
+'''
+
+
+@needs_modelfile
+def test_a_graph_model_file_is_inspected_with_its_gradient_and_not_trained(work):
+    from graphc.modelfile import load_model_file
+
+    (work / "perceptron.py").write_text(GRAPH_FILE)
+    out = ok(graphc_cmd(work, "inspect", "perceptron.py", "--grad")).stdout
+    g = load_model_file(str(work / "perceptron.py")).model  # the oracle: graphc.grad of its output, here
+    with g:
+        g.output(*graphc.grad(graphc.Tensor(g.outputs[0], g), [graphc.Tensor(g.find("w"), g)]))
+    assert code_of(out) == code_of(g.text())
+    assert re.search(r"^%\d+:f64\[4\] = reshape\[shape=\(4,\)\] %\d+ +# dL/dw via reshape-vjp", out, re.M)
+    refused = graphc_cmd(work, "train", "perceptron.py")
+    assert refused.returncode == 2
+    assert "perceptron.py: `graphc train` needs a graphc.nn model, and this model is a Graph" in refused.stderr
+
+
 def test_inspect_of_a_missing_file_is_one_line(work):
     result = graphc_cmd(work, "inspect", "nowhere.py")
     assert result.returncode == 2
