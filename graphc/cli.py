@@ -310,7 +310,7 @@ def parse_schedule(text: str, lr: float, epochs: int):
 
 # -- the graphs a model file describes ---------------------------------------------------------------------------------
 
-def step_graph(target: Target, batch_size: int, grad: bool):
+def step_graph(target: Target, batch_size: int, grad: bool, command: str = "inspect"):
     """The graph ``inspect``/``compile`` show: for a graphc.nn model, its inference graph, or with ``grad``
     its training step (forward, loss, gradients, the optimizer's updates); a Graph as it is, with ``grad``
     the gradients of its first output (a scalar loss) with respect to its trainable parameters added."""
@@ -329,7 +329,7 @@ def step_graph(target: Target, batch_size: int, grad: bool):
             with model:
                 model.output(*gradient(loss, [dsl.Tensor(p, model) for p in model.trainable_params]))
         return model
-    _module(target, "inspect")
+    _module(target, command)
     if not grad:
         return build_eval(model, batch_size)
     return build_train_step(model, batch_size, target.optimizer or optim.SGD(0.01),
@@ -404,7 +404,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
     target = load_target(args.file)
     # a graphc.nn model's training step (or inference graph); a Graph as it is
-    graph = step_graph(target, args.batch_size, grad=not args.inference and not isinstance(target.model, Graph))
+    graph = step_graph(target, args.batch_size, not args.inference and not isinstance(target.model, Graph), "compile")
     started = time.perf_counter()
     exe = graphc.compile([dsl.Tensor(o, graph) for o in graph.outputs], backend=args.backend)
     seconds = time.perf_counter() - started
