@@ -203,8 +203,9 @@ class Graph:
 
         return graph_dot(self)
 
-    def save_dot(self, path: str, format: str = "svg") -> str:
-        """Write ``path`` (.dot) and, when Graphviz ``dot`` is installed, render ``format`` beside it."""
+    def save_dot(self, path: str, format: str = "svg", nodes: Sequence[Node] | None = None) -> str:
+        """Write ``path`` (.dot) and, when Graphviz ``dot`` is installed, render ``format`` beside it;
+        ``nodes``: draw only those (numbered as in the whole graph)."""
         from .dot import save_dot
 
-        return save_dot(self, path, format)
+        return save_dot(self, path, format, nodes)

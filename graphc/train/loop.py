@@ -246,6 +246,12 @@ class Trainer:
         self.monitors = monitors.StepMonitors() if monitor else None
         #: The processes training together (graphc.train.distributed); batch sizes given to the trainer are global
         self.world = world
+        #: Called during every epoch as ``progress(epoch, steps_done, steps, rows_done, loss_sum)`` (loss_sum:
+        #: the loss summed over the rows done), about ``progress_pieces`` times: the ``graphc train`` progress
+        #: bar. A native epoch then runs as that many native calls, which visit the same rows in the same
+        #: order with the same per-step rates and keys as one call, so the numbers do not change.
+        self.progress: Callable[[int | None, int, int, int, float], None] | None = None
+        self.progress_pieces = 20
 
     def _compile(self, graph: Graph, backend: str | None = None):
         outs = [dsl.Tensor(o, graph) for o in graph.outputs]
@@ -345,10 +351,11 @@ class Trainer:
         native = hasattr(full, "run_epoch")
         first_step = self.step_count
         start = self._save_epoch_start()
+        report = self._progress_reporter(epoch, steps) if self.world.is_root else None
         if native:
-            totals, rows = self._native_epoch(full, x, y, perm, lrs, keys, batch_size, last_batch)
+            totals, rows = self._native_epoch(full, x, y, perm, lrs, keys, batch_size, last_batch, report)
         else:
-            totals, rows = self._stepwise_epoch(x, y, perm, lrs, keys, batch_size, last_batch)
+            totals, rows = self._stepwise_epoch(x, y, perm, lrs, keys, batch_size, last_batch, report)
         *totals, rows = self.world.sum(np.array([*totals, rows]))  # every rank's rows (one process: as they are)
         loss = totals[0] / rows
         if self.world.any(not (math.isfinite(loss) and finite.all_finite(self.state.values()))):
@@ -380,29 +387,43 @@ class Trainer:
             feeds["l2"] = np.full(np.shape(lr), self.l2)
         return feeds
 
-    def _stepwise_epoch(self, x, y, perm, lrs, keys, batch_size, last_batch) -> tuple[np.ndarray, int]:
+    def _progress_reporter(self, epoch: int | None, steps: int) -> Callable[[int, int, float], None] | None:
+        """``report(steps_done, rows_done, loss_sum)`` for this epoch when :attr:`progress` is set, else None."""
+        if self.progress is None:
+            return None
+        progress = self.progress
+        return lambda done, rows, loss_sum: progress(epoch, done, steps, rows, loss_sum)
+
+    def _report_every(self, steps: int) -> int:
+        """Steps between two progress reports: the epoch in about :attr:`progress_pieces` pieces."""
+        return max(1, math.ceil(steps / max(1, self.progress_pieces)))
+
+    def _stepwise_epoch(self, x, y, perm, lrs, keys, batch_size, last_batch, report=None) -> tuple[np.ndarray, int]:
         """An epoch one step executable call per minibatch (backends without a native epoch); returns the
         totals (loss summed over rows, then each metric's total) and the rows trained on."""
         totals, rows = np.zeros(1 + len(self.metrics)), 0
+        every = self._report_every(len(lrs))
         for s, batch in enumerate(finite.minibatches(perm, len(lrs), batch_size, last_batch)):
             exe = self.step_executable(len(batch))
             idx = self.world.share(batch)
             outs = self.run_step(exe, self._feeds(x[idx], y[idx], lrs[s], keys[s]))
             totals += _step_totals(outs, len(idx))
             rows += len(idx)
+            if report is not None and ((s + 1) % every == 0 or s + 1 == len(lrs)):
+                report(s + 1, rows, totals[0])
         self.step_count += len(lrs)
         return totals, rows
 
-    def _native_epoch(self, full, x, y, perm, lrs, keys, batch_size, last_batch) -> tuple[np.ndarray, int]:
-        """The full minibatches in one native call (per-step learning rates and keys); with
-        ``last_batch="partial"``, the partial last batch then runs through a reference-backend step on
-        the same state."""
+    def _native_epoch(self, full, x, y, perm, lrs, keys, batch_size, last_batch, report=None) -> tuple[np.ndarray, int]:
+        """The full minibatches in one native call (per-step learning rates and keys), or, with a progress
+        ``report``, in one native call per piece of the epoch; with ``last_batch="partial"``, the partial
+        last batch then runs through a reference-backend step on the same state."""
         n = len(x)
         full_steps, rest = divmod(n, batch_size)
         native_steps = len(lrs) if last_batch == "wrap" else full_steps
         totals = np.zeros(1 + len(self.metrics))
         local = self.world.local_batch(batch_size)
-        if native_steps:
+        if native_steps and report is None:
             feeds = self._feeds(x, y, lrs[:native_steps], keys[:native_steps])
             order = np.resize(perm, native_steps * batch_size) if last_batch == "wrap" else perm
             rows_visited = self.world.epoch_rows(order, batch_size) if self.world.distributed else perm
@@ -410,6 +431,8 @@ class Trainer:
                 per_step = _as_tuple(full.run_epoch(*(feeds[k] for k in full.input_names), perm=rows_visited,
                                                     last_batch="wrap" if last_batch == "wrap" else "drop"))
             totals += _step_totals([np.sum(o, dtype=np.float64) for o in per_step], local)
+        elif native_steps:
+            totals += self._native_pieces(full, x, y, perm, lrs[:native_steps], keys[:native_steps], batch_size, report)
         rows = native_steps * local
         if rest and last_batch == "partial":
             # One step an epoch: NumPy runs it, rather than a second native compile of the whole step.
@@ -418,8 +441,32 @@ class Trainer:
                                  self._feeds(x[idx], y[idx], lrs[-1], keys[-1]))
             totals += _step_totals(outs, len(idx))
             rows += len(idx)
+            if report is not None:
+                report(len(lrs), rows, totals[0])
         self.step_count += len(lrs)
         return totals, rows
+
+    def _native_pieces(self, full, x, y, perm, lrs, keys, batch_size, report) -> np.ndarray:
+        """The native epoch's ``len(lrs)`` full steps as several native calls, reporting after each: each call
+        gets its steps' rows (in ``perm`` order, wrapping to its start as ``last_batch="wrap"`` does) and their
+        rates and keys, so every step sees what it sees in one call. Returns the totals (see _step_totals)."""
+        steps = len(lrs)
+        order = np.resize(perm, steps * batch_size)  # perm, then its start again for a wrapped last batch
+        every = self._report_every(steps)
+        local = self.world.local_batch(batch_size)
+        totals = np.zeros(1 + len(self.metrics))
+        with self._on_state(full):
+            for first in range(0, steps, every):
+                last = min(first + every, steps)
+                idx = order[first * batch_size:last * batch_size]
+                if self.world.distributed:  # this rank's share of each of the piece's minibatches
+                    idx = self.world.epoch_rows(idx, batch_size)
+                feeds = self._feeds(x[idx], y[idx], lrs[first:last], keys[first:last])
+                per_step = _as_tuple(full.run_epoch(*(feeds[k] for k in full.input_names),
+                                                    perm=np.arange(len(idx)), last_batch="drop"))
+                totals += _step_totals([np.sum(o, dtype=np.float64) for o in per_step], local)
+                report(last, last * local, totals[0])
+        return totals
 
     def _find_nonfinite_step(self, x, y, perm, lrs, keys, batch_size, last_batch, native, epoch) -> None:
         """Re-run an epoch that ended non-finite one step at a time, from its start (same permutation, rates
