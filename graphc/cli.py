@@ -1018,6 +1018,8 @@ def _run(argv: Sequence[str] | None) -> int:
 
     try:
         return args.run(args)
+    except BrokenPipeError:  # the reader stopped early: main() ends quietly
+        raise
     except (CommandError, OSError, ValueError, ImportError, GraphcError) as err:
         # what the user named is missing or wrong (a file, the data, matplotlib): one line, no traceback
         print(f"graphc {args.command}: {err}", file=sys.stderr)

@@ -66,10 +66,10 @@ def world_size() -> int:
 def allreduce_array(value: np.ndarray, reduce: str) -> np.ndarray:
     """The element-wise ``reduce`` ("sum" or "mean") of ``value`` over every process (a new array);
     ``value`` itself on one process. The mean is the sum divided by the world size, as compiled code does."""
-    value = np.ascontiguousarray(value)
+    value = np.array(value, order="C")  # not ascontiguousarray, which makes a 0-d value 1-d
     size = world_size()
     if size == 1:
-        return value.copy()
+        return value
     from mpi4py import MPI
 
     total = np.empty_like(value)
