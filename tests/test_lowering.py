@@ -128,8 +128,20 @@ def test_program_of_every_other_elementwise_op_equals_reference(dtype):
     assert_same(got, graphc.compile(outputs, inputs=inputs)(*feeds), names, dtype)
 
 
+def test_allreduce_lowers_and_interprets_as_the_identity_on_one_process():
+    # On two ranks: tests/test_distributed.py::test_allreduce_on_two_ranks_is_numpys_sum_and_mean.
+    with graphc.Graph("allreduce_one") as g:
+        x = graphc.input("x", (3, 4), "float64")
+        y = g.output(graphc.allreduce(x * 2.0, "sum"), graphc.allreduce(x, "mean"))
+    feed = rng(3).standard_normal((3, 4))
+    got, _ = interpret(lowered(list(y), [x]), feed)
+    for a, b in zip(got, graphc.compile(list(y), inputs=[x])(feed)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(got[0], feed * 2.0)
+
+
 def test_every_registered_op_is_in_a_graph_run_here():
-    rest = {op.name for op in remaining_elementwise_ops()}
+    rest = {op.name for op in remaining_elementwise_ops()} | {"allreduce"}  # the test above
     missing = {op.name for op in registry.all_ops()} - graphs_ops() - rest
     assert not missing, f"ops no test of test_lowering.py lowers and interprets: {sorted(missing)}"
 
