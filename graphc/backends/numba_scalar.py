@@ -12,6 +12,8 @@ import numpy as np
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
+from .lowering.ir import Assign, Load, Loop, Store
+
 #: dtype name -> the name the generated module binds to its NumPy scalar type.
 NP_TYPE = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "b8"}
 #: The float types, whose literals a kernel computing in them writes typed (``f32(0.5)``).
@@ -157,3 +159,107 @@ def store_cast(result: str, dtype: str) -> str:
     if dtype == "bool":
         return f"({result}) != 0"
     return f"{NP_TYPE[dtype]}({result})"
+
+
+class NumbaStatements:
+    """What the Numba renderers (numba_cpu's @njit driver, numba_cuda's @cuda.jit kernels) print alike.
+
+    Memory: a buffer of the parameter store or the workspace is a typed view of that store (``sf32``:
+    the parameter store as float32, ``wf64``: the workspace as float64) plus a module-level offset
+    constant (its name: ``P2``, ``V7``, ...); inputs and outputs are flat arrays of their own. Statements:
+    loops, loads, assignments and stores; a target prints the rest (:meth:`target_lines`: checks,
+    draws, GEMMs, library calls), each in its own way.
+    """
+
+    printer_class = ScalarPrinter
+
+    def __init__(self, program):
+        self.program = program
+        self.views: dict[str, tuple[str, str]] = {}  # view variable -> (store, dtype): "sf32" -> ("state", "float32")
+        self.consts: dict[str, tuple[int, str]] = {}  # offset constant -> (elements, what it is)
+        self._printers = {alias: self.printer_class(alias) for alias in (None, "f32", "f64")}
+
+    def printer(self, dtype: str | None) -> ScalarPrinter:
+        """The printer of scalars computed in ``dtype`` (typed float literals), or of integers (None)."""
+        return self._printers[FLOAT_ALIAS.get(dtype or "")]
+
+    def index(self, expr) -> str:
+        return self._printers[None].doprint(expr)
+
+    # -- memory --------------------------------------------------------------------------------------
+    def array(self, buf) -> tuple[str, str]:
+        """(array variable, offset constant or "0") of ``buf``."""
+        if buf.store in ("input", "output"):
+            return buf.name, "0"
+        var = ("s" if buf.store == "state" else "w") + NP_TYPE[buf.dtype]
+        self.views.setdefault(var, (buf.store, buf.dtype))
+        self.consts[buf.name] = (buf.offset, buf.note)
+        return var, buf.name
+
+    def element(self, buf, index) -> str:
+        arr, off = self.array(buf)
+        text = self.index(index)
+        if off == "0":
+            return f"{arr}[{text}]"
+        return f"{arr}[{off}]" if index == 0 else f"{arr}[{off} + {text}]"
+
+    def ref(self, ref) -> str:
+        """A library call's operand: its array and the offset of its first element."""
+        arr, off = self.array(ref.buffer)
+        if ref.offset == 0:
+            return f"{arr}, {off}"
+        plus = self.index(ref.offset)
+        return f"{arr}, {plus if off == '0' else f'{off} + {plus}'}"
+
+    # -- statements ----------------------------------------------------------------------------------
+    def lines(self, body, depth: int = 1) -> list[str]:
+        pad = "    " * depth
+        out: list[str] = []
+        for s in body:
+            if isinstance(s, Loop):
+                out.append(f"{pad}for {s.var} in range({s.extent}):")
+                out += self.lines(s.body, depth + 1)
+            elif isinstance(s, Load):
+                value = self.element(s.buffer, s.index)
+                if s.guard is not None:
+                    zero = self.printer(s.buffer.dtype).doprint(sp.Integer(0))
+                    value = f"{value} if {self.index(s.guard)} else {zero}"
+                out.append(f"{pad}{s.var} = {value}")
+            elif isinstance(s, Assign):
+                out.append(pad + self.assignment(s))
+            elif isinstance(s, Store):
+                out.append(pad + self.store(s))
+            else:
+                out += self.target_lines(s, pad)
+        return out
+
+    def target_lines(self, s, pad: str) -> list[str]:
+        """The lines of a statement only the target knows how to print."""
+        raise TypeError(f"{type(self).__name__} cannot render {s!r}")
+
+    def assignment(self, s) -> str:
+        printer = self.printer(s.dtype)
+        value = s.value
+        # `acc = acc + x` reads better, and is the same code, as `acc += x`.
+        if isinstance(value, sp.Add) and s.var in value.args:
+            rest = sp.Add(*[a for a in value.args if a != s.var], evaluate=False)
+            return f"{s.var} += {printer.doprint(rest)}"
+        return f"{s.var} = {printer.doprint(value)}"
+
+    def store(self, s) -> str:
+        target = self.element(s.buffer, s.index)
+        value = self.value(s.value, s.buffer.dtype)
+        if s.reduce == "add":
+            return f"{target} += {value}" if s.exact else f"{target} = {store_cast(f'{target} + {value}', s.buffer.dtype)}"
+        if s.reduce in ("max", "min"):
+            cmp = ">" if s.reduce == "max" else "<"
+            # NaN propagates, as in NumPy's reductions.
+            value = f"{value} if ({value} {cmp} {target} or {value} != {value}) else {target}"
+        elif s.reduce is not None:  # pragma: no cover
+            raise ValueError(f"unknown reduction {s.reduce!r}")
+        return f"{target} = {value if s.exact else store_cast(value, s.buffer.dtype)}"
+
+    def value(self, expr, dtype: str) -> str:
+        if dtype == "bool" and expr.is_number:
+            return "True" if expr != 0 else "False"
+        return self.printer(dtype).doprint(expr)

@@ -310,6 +310,14 @@ def program_text(program: Program) -> str:
     return "\n".join(lines)
 
 
+def walk(body: Sequence):
+    """Every statement of ``body``: each loop, then what is inside it."""
+    for s in body:
+        yield s
+        if isinstance(s, Loop):
+            yield from walk(s.body)
+
+
 def kernel_buffers(program: Program) -> list[Buffer]:
     """Every buffer the kernels touch, in order of first use: the values' and the per-kernel scratch
     blocks (im2col columns, converted operands, snapshots), which belong to no node."""

@@ -17,20 +17,16 @@ from typing import Sequence
 import sympy as sp
 
 from ..lowering.ir import (
-    Assign,
-    Buffer,
     Call,
     Check,
     Draw,
     Gemm,
-    Load,
-    Loop,
     Program,
     Ref,
     Seed,
-    Store,
+    walk,
 )
-from ..numba_scalar import FLOAT_ALIAS, NP_TYPE, ScalarPrinter, store_cast
+from ..numba_scalar import NP_TYPE, NumbaStatements
 
 #: Body lines per driver function. Numba's liveness analysis and LLVM grow faster than linearly with
 #: function size, but each extra function costs its own pipeline: measured on the LeNet-5 step (344
@@ -60,8 +56,6 @@ b8 = np.bool_
 NJIT = dict(cache={cache}, error_model="numpy", fastmath={fastmath}, boundscheck={boundscheck!r}, nogil=True)
 '''
 
-_PRINTERS = {alias: ScalarPrinter(alias) for alias in (None, "f32", "f64")}
-
 #: The library calls numba_cpu/collective.py provides (it imports numba-mpi, an extra): a module imports
 #: them only when its program calls them, and is then compiled in every process (see that module).
 COLLECTIVE_CALLS = ("allreduce_mean", "allreduce_sum")
@@ -69,18 +63,7 @@ COLLECTIVE_CALLS = ("allreduce_mean", "allreduce_sum")
 
 def library_calls(program: Program) -> set[str]:
     """The names of the library calls ``program``'s kernels make."""
-    names: set[str] = set()
-
-    def visit(body: Sequence) -> None:
-        for s in body:
-            if isinstance(s, Loop):
-                visit(s.body)
-            elif isinstance(s, Call):
-                names.add(s.name)
-
-    for kernel in program.checks + program.kernels:
-        visit(kernel.body)
-    return names
+    return {s.name for kernel in program.checks + program.kernels for s in walk(kernel.body) if isinstance(s, Call)}
 
 
 def _collective_import(program: Program) -> str:
@@ -91,110 +74,26 @@ def _collective_import(program: Program) -> str:
             f"from graphc.backends.numba_cpu.collective import {', '.join(used)}\n")
 
 
-def _printer(dtype: str | None) -> ScalarPrinter:
-    return _PRINTERS[FLOAT_ALIAS.get(dtype or "")]
+class Renderer(NumbaStatements):
+    """Names every buffer and prints every statement of one Program as @njit code."""
 
-
-class Renderer:
-    """Names every buffer and prints every statement of one Program."""
-
-    def __init__(self, program: Program):
-        self.program = program
-        self.views: dict[str, str] = {}  # view variable -> its definition ("sf32" -> "state.view(f32)")
-        self.view_notes: dict[str, str] = {}
-        self.consts: dict[str, tuple[int, str]] = {}  # offset constant -> (elements, what it is)
-
-    # -- memory --------------------------------------------------------------------------------------
-    def array(self, buf: Buffer) -> tuple[str, str]:
-        """(array variable, offset constant or "0") of ``buf``."""
-        if buf.store in ("input", "output"):
-            return buf.name, "0"
-        var = ("s" if buf.store == "state" else "w") + NP_TYPE[buf.dtype]
-        if var not in self.views:
-            self.views[var] = f"{buf.store if buf.store == 'state' else 'ws'}.view({NP_TYPE[buf.dtype]})"
-            self.view_notes[var] = ("the parameter store" if buf.store == "state" else "the workspace") + \
-                f" as {buf.dtype}"
-        self.consts[buf.name] = (buf.offset, buf.note)
-        return var, buf.name
-
-    def element(self, buf: Buffer, index: sp.Expr) -> str:
-        arr, off = self.array(buf)
-        index_text = _PRINTERS[None].doprint(index)
-        if off == "0":
-            return f"{arr}[{index_text}]"
-        return f"{arr}[{off}]" if index == 0 else f"{arr}[{off} + {index_text}]"
-
-    def ref(self, ref: Ref) -> str:
-        arr, off = self.array(ref.buffer)
-        if ref.offset == 0:
-            return f"{arr}, {off}"
-        plus = _PRINTERS[None].doprint(ref.offset)
-        return f"{arr}, {plus if off == '0' else f'{off} + {plus}'}"
-
-    # -- statements ----------------------------------------------------------------------------------
-    def lines(self, body: Sequence, depth: int = 1) -> list[str]:
-        pad = "    " * depth
-        out: list[str] = []
-        for s in body:
-            if isinstance(s, Loop):
-                out.append(f"{pad}for {s.var} in range({s.extent}):")
-                out += self.lines(s.body, depth + 1)
-            elif isinstance(s, Load):
-                value = self.element(s.buffer, s.index)
-                if s.guard is not None:
-                    zero = _printer(s.buffer.dtype).doprint(sp.Integer(0))
-                    value = f"{value} if {_PRINTERS[None].doprint(s.guard)} else {zero}"
-                out.append(f"{pad}{s.var} = {value}")
-            elif isinstance(s, Assign):
-                out.append(pad + self.assignment(s))
-            elif isinstance(s, Store):
-                out.append(pad + self.store(s))
-            elif isinstance(s, Check):
-                p = _PRINTERS[None]
-                out += [f"{pad}if {p.doprint(s.failed)}:",
-                        f"{pad}    status[0] = {s.site.code}",
-                        f"{pad}    status[1] = {p.doprint(s.index)}",
-                        f"{pad}    status[2] = {p.doprint(s.value)}",
-                        f"{pad}    {EXIT}"]
-            elif isinstance(s, Gemm):
-                out.append(pad + self.gemm(s))
-            elif isinstance(s, Call):
-                args = ", ".join(self.ref(a) if isinstance(a, Ref) else str(a) for a in s.args)
-                out.append(f"{pad}{s.name}({args})")
-            elif isinstance(s, Seed):
-                out.append(f"{pad}np.random.seed({_PRINTERS[None].doprint(s.value)})")
-            elif isinstance(s, Draw):
-                out.append(f"{pad}{s.var} = np.random.random_sample()")
-            else:  # pragma: no cover - every statement kind of the IR is rendered above
-                raise TypeError(f"numba_cpu cannot render {s!r}")
-        return out
-
-    def assignment(self, s: Assign) -> str:
-        printer = _printer(s.dtype)
-        value = s.value
-        # `acc = acc + x` reads better, and is the same code, as `acc += x`.
-        if isinstance(value, sp.Add) and s.var in value.args:
-            rest = sp.Add(*[a for a in value.args if a != s.var], evaluate=False)
-            return f"{s.var} += {printer.doprint(rest)}"
-        return f"{s.var} = {printer.doprint(value)}"
-
-    def store(self, s: Store) -> str:
-        target = self.element(s.buffer, s.index)
-        value = self.value(s.value, s.buffer.dtype)
-        if s.reduce == "add":
-            return f"{target} += {value}" if s.exact else f"{target} = {store_cast(f'{target} + {value}', s.buffer.dtype)}"
-        if s.reduce in ("max", "min"):
-            cmp = ">" if s.reduce == "max" else "<"
-            # NaN propagates, as in NumPy's reductions.
-            value = f"{value} if ({value} {cmp} {target} or {value} != {value}) else {target}"
-        elif s.reduce is not None:  # pragma: no cover
-            raise ValueError(f"unknown reduction {s.reduce!r}")
-        return f"{target} = {value if s.exact else store_cast(value, s.buffer.dtype)}"
-
-    def value(self, expr: sp.Expr, dtype: str) -> str:
-        if dtype == "bool" and expr.is_number:
-            return "True" if expr != 0 else "False"
-        return _printer(dtype).doprint(expr)
+    def target_lines(self, s, pad: str) -> list[str]:
+        if isinstance(s, Check):
+            return [f"{pad}if {self.index(s.failed)}:",
+                    f"{pad}    status[0] = {s.site.code}",
+                    f"{pad}    status[1] = {self.index(s.index)}",
+                    f"{pad}    status[2] = {self.index(s.value)}",
+                    f"{pad}    {EXIT}"]
+        if isinstance(s, Gemm):
+            return [pad + self.gemm(s)]
+        if isinstance(s, Call):
+            args = ", ".join(self.ref(a) if isinstance(a, Ref) else str(a) for a in s.args)
+            return [f"{pad}{s.name}({args})"]
+        if isinstance(s, Seed):
+            return [f"{pad}np.random.seed({self.index(s.value)})"]
+        if isinstance(s, Draw):
+            return [f"{pad}{s.var} = np.random.random_sample()"]
+        return super().target_lines(s, pad)  # pragma: no cover - every statement kind of the IR is rendered above
 
     def gemm(self, s: Gemm) -> str:
         return (f"gemm({int(s.trans_a)}, {int(s.trans_b)}, {s.m}, {s.n}, {s.k}, {_coefficient(s.alpha)}, "
@@ -295,8 +194,9 @@ def _declarations(r: Renderer, program: Program) -> dict[str, str]:
     for node, arg in zip(program.inputs, program.input_args):
         buf = program.buffers[program.graph.nodes.index(node)]
         decl[buf.name] = f"    {buf.name} = {arg}.reshape({buf.size})  # {buf.note}, flat"
-    for var, definition in r.views.items():
-        decl[var] = f"    {var} = {definition}  # {r.view_notes[var]}"
+    for var, (store, dtype) in r.views.items():
+        source, what = ("state", "the parameter store") if store == "state" else ("ws", "the workspace")
+        decl[var] = f"    {var} = {source}.view({NP_TYPE[dtype]})  # {what} as {dtype}"
     for o in program.outputs:
         decl[o.name] = f"    {o.name} = np.empty({o.size}, {NP_TYPE[o.dtype]})  # {o.note}"
     return decl

@@ -128,8 +128,7 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
 
 def _unsupported(kernel) -> bool:
     """Whether ``kernel`` calls a library kernel this target's runtime does not provide."""
-    from ..lowering.ir import Call
-    from .render import walk
+    from ..lowering.ir import Call, walk
 
     return any(isinstance(s, Call) and s.name not in CUDA_LIBRARY for s in walk(kernel.body))
 
@@ -181,10 +180,9 @@ def compile_ptx(program: Program, cc: tuple[int, int] = (8, 0), cache_dir: str |
 
 def runtime_ptx(program: Program, cc: tuple[int, int]) -> dict[str, str]:
     """The PTX of the runtime kernels ``program``'s library calls launch (for its float dtype)."""
-    from ..lowering.ir import Call
+    from ..lowering.ir import Call, walk
     from . import runtime
     from .ptx import compile_ptx as kernel_ptx
-    from .render import walk
 
     calls = {s.name for k in program.kernels for s in walk(k.body) if isinstance(s, Call)}
     if not calls:

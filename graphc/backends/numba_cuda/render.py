@@ -33,7 +33,6 @@ import sympy as sp
 
 from ..lowering.ir import (
     Assign,
-    Buffer,
     Call,
     Check,
     Draw,
@@ -45,8 +44,9 @@ from ..lowering.ir import (
     Ref,
     Seed,
     Store,
+    walk,
 )
-from ..numba_scalar import FLOAT_ALIAS, NP_TYPE, ScalarPrinter, store_cast
+from ..numba_scalar import NP_TYPE, NumbaStatements, ScalarPrinter
 
 
 class DevicePrinter(ScalarPrinter):
@@ -56,12 +56,6 @@ class DevicePrinter(ScalarPrinter):
     F32_FUNCTIONS = {"exp": "math.exp", "tanh": "math.tanh"}
 
 
-_PRINTERS = {alias: DevicePrinter(alias) for alias in (None, "f32", "f64")}
-_INDEX = _PRINTERS[None]
-
-
-def _printer(dtype: str | None) -> DevicePrinter:
-    return _PRINTERS[FLOAT_ALIAS.get(dtype or "")]
 
 
 HEADER = '''\
@@ -167,14 +161,6 @@ def _stored_buffers(body: Sequence) -> set:
         elif isinstance(s, Call):
             out |= {id(a.buffer) for a in s.args if isinstance(a, Ref)}
     return out
-
-
-def walk(body: Sequence):
-    """Every statement of ``body``, loops and what is inside them."""
-    for s in body:
-        yield s
-        if isinstance(s, Loop):
-            yield from walk(s.body)
 
 
 def _assign_counts(body: Sequence) -> dict:
@@ -378,85 +364,31 @@ def _prologue(vars_: list, recomputable: dict, out: list) -> None:
 
 # -- printing ---------------------------------------------------------------------------------------------
 
-class Renderer:
+class Renderer(NumbaStatements):
     """Names every buffer, prints every statement, and collects the kernels of one Program."""
 
+    printer_class = DevicePrinter
+
     def __init__(self, program: Program):
-        self.program = program
-        self.views: dict[str, tuple[str, str]] = {}  # view variable -> (store, dtype)
-        self.consts: dict[str, tuple[int, str]] = {}
+        super().__init__(program)
         self.carry: dict = {}  # variable -> its slot in `carry`
         self.icarry: dict = {}  # integer variable -> its slot in `icarry`
         self.dtypes = {s.var: s.dtype if isinstance(s, Assign) else s.buffer.dtype
                        for k in program.checks + program.kernels for s in walk(k.body) if isinstance(s, (Assign, Load))}
         self.kernels: list[tuple[str, list[str], list[str]]] = []  # (name, argument names, lines)
-        self.launches: list[str] = []  # the driver's lines
 
-    # -- memory --------------------------------------------------------------------------------------
-    def array(self, buf: Buffer) -> tuple[str, str]:
-        if buf.store in ("input", "output"):
-            return buf.name, "0"
-        var = ("s" if buf.store == "state" else "w") + NP_TYPE[buf.dtype]
-        self.views.setdefault(var, (buf.store, buf.dtype))
-        self.consts[buf.name] = (buf.offset, buf.note)
-        return var, buf.name
-
-    def element(self, buf: Buffer, index: sp.Expr) -> str:
-        arr, off = self.array(buf)
-        text = _INDEX.doprint(index)
-        if off == "0":
-            return f"{arr}[{text}]"
-        return f"{arr}[{off}]" if index == 0 else f"{arr}[{off} + {text}]"
-
-    def ref(self, ref: Ref) -> str:
-        arr, off = self.array(ref.buffer)
-        if ref.offset == 0:
-            return f"{arr}, {off}"
-        plus = _INDEX.doprint(ref.offset)
-        return f"{arr}, {plus if off == '0' else f'{off} + {plus}'}"
-
-    # -- statements ----------------------------------------------------------------------------------
-    def lines(self, body: Sequence, depth: int) -> list[str]:
-        pad = "    " * depth
-        out: list[str] = []
-        for s in body:
-            if isinstance(s, Loop):
-                out.append(f"{pad}for {s.var} in range({s.extent}):")
-                out += self.lines(s.body, depth + 1)
-            elif isinstance(s, Load):
-                value = self.element(s.buffer, s.index)
-                if s.guard is not None:
-                    zero = _printer(s.buffer.dtype).doprint(sp.Integer(0))
-                    value = f"{value} if {_INDEX.doprint(s.guard)} else {zero}"
-                out.append(f"{pad}{s.var} = {value}")
-            elif isinstance(s, Assign):
-                out.append(f"{pad}{s.var} = {_printer(s.dtype).doprint(s.value)}")
-            elif isinstance(s, Store):
-                out.append(pad + self.store(s))
-            elif isinstance(s, Check):
-                out += [f"{pad}if {_INDEX.doprint(s.failed)}:",
-                        f"{pad}    if cuda.atomic.cas(status, 0, 0, {s.site.code}) == 0:  # the first failure reports",
-                        f"{pad}        status[1] = {_INDEX.doprint(s.index)}",
-                        f"{pad}        status[2] = {_INDEX.doprint(s.value)}",
-                        f"{pad}    return"]
-            elif isinstance(s, Seed):
-                out.append(f"{pad}mt_seed(mt, {_INDEX.doprint(s.value)})")
-            elif isinstance(s, Draw):
-                out.append(f"{pad}{s.var} = mt_random_sample(mt)")
-            else:  # pragma: no cover - Gemm and Call are phases of their own
-                raise TypeError(f"numba_cuda cannot render {s!r} inside a loop")
-        return out
-
-    def store(self, s: Store) -> str:
-        target = self.element(s.buffer, s.index)
-        value = f"{'True' if s.value != 0 else 'False'}" if s.buffer.dtype == "bool" and s.value.is_number \
-            else _printer(s.buffer.dtype).doprint(s.value)
-        if s.reduce == "add":
-            return f"{target} += {value}" if s.exact else f"{target} = {store_cast(f'{target} + {value}', s.buffer.dtype)}"
-        if s.reduce in ("max", "min"):
-            cmp = ">" if s.reduce == "max" else "<"
-            value = f"{value} if ({value} {cmp} {target} or {value} != {value}) else {target}"
-        return f"{target} = {value if s.exact else store_cast(value, s.buffer.dtype)}"
+    def target_lines(self, s, pad: str) -> list[str]:
+        if isinstance(s, Check):
+            return [f"{pad}if {self.index(s.failed)}:",
+                    f"{pad}    if cuda.atomic.cas(status, 0, 0, {s.site.code}) == 0:  # the first failure reports",
+                    f"{pad}        status[1] = {self.index(s.index)}",
+                    f"{pad}        status[2] = {self.index(s.value)}",
+                    f"{pad}    return"]
+        if isinstance(s, Seed):
+            return [f"{pad}mt_seed(mt, {self.index(s.value)})"]
+        if isinstance(s, Draw):
+            return [f"{pad}{s.var} = mt_random_sample(mt)"]
+        return super().target_lines(s, pad)  # Gemm and Call are phases of their own, never inside a loop
 
     # -- kernels -------------------------------------------------------------------------------------
     def kernel(self, name: str, doc: str, body: list[str], mt: bool = False, host_vars: Sequence = ()) -> None:
@@ -512,7 +444,7 @@ class Renderer:
         if phase.kind == "gemm":
             g = phase.body[0]
             dtype = g.c.buffer.dtype
-            p = _printer(dtype)
+            p = self.printer(dtype)
             alpha, beta = (p.doprint(e) if e.is_number else f"{NP_TYPE[dtype]}({p.doprint(e)})" for e in (g.alpha, g.beta))
             body = prologue + take + [
                 f"    gemm_tile({int(g.trans_a)}, {int(g.trans_b)}, {g.m}, {g.n}, {g.k}, {alpha}, "
@@ -529,7 +461,7 @@ class Renderer:
         acc, update = _accumulation(loop)
         combine = _combine(update, acc)
         dtype = phase.acc_dtype
-        p = _printer(dtype)
+        p = self.printer(dtype)
         a, b = sp.Symbol("mine", real=True), sp.Symbol("theirs", real=True)
         identity = _identity(combine, dtype)
         start = p.doprint(phase.init) if phase.init is not None else str(acc)
