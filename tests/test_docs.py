@@ -137,7 +137,7 @@ def test_readme_has_the_two_commands_in_order():
     main, test = readme_block("ci:main").strip(), readme_block("ci:test").strip()
     assert "pip install ." in main and "examples/mnist_mlp.py" in main
     # The test extras: the cuda and mpi tests run in CI rather than skip; the simulator's tests in a process of their own.
-    assert '".[dev,cuda,mpi,onnx]"' in test and "python -m pytest -q && NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/cuda_sim" in test
+    assert '".[dev,cuda,mpi,onnx,plot]"' in test and "python -m pytest -q && NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/cuda_sim" in test
     for cmd in (main, test):
         assert "\n" not in cmd and cmd.startswith("python3 -m venv .venv && . .venv/bin/activate && ")
 
