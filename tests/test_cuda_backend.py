@@ -49,3 +49,13 @@ def test_the_cpu_and_reference_backends_still_agree_on_the_graph():
     x = np.arange(4, dtype=np.float32)
     np.testing.assert_array_equal(graphc.compile(y, backend="cpu")(x), graphc.compile(y)(x))
     assert numba_cuda.has_lowering("relu")
+
+
+def test_a_library_call_the_device_runtime_lacks_is_refused_before_anything_runs():
+    from graphc.backends.numba_cuda import build_program, lower_program
+
+    with graphc.Graph("collective") as g:
+        x = graphc.input("x", (4,), "float64")
+        g.output(graphc.allreduce(x * 2.0, "mean"))
+    with pytest.raises(graphc.GraphcError, match=r"backend='cuda' cannot run the library calls allreduce_mean yet"):
+        build_program(lower_program(g))

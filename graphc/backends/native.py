@@ -77,9 +77,15 @@ class NativeExecutable(Executable):
     :meth:`_call_epoch`, which leave a failed check's words in ``self._status``.
     """
 
-    def __init__(self, program: Program, check_finite: bool = False, strict: bool = False):
+    def __init__(self, program: Program, module: Any, stats: dict[str, Any], source: str, entry: Any,
+                 check_finite: bool = False, strict: bool = False):
         super().__init__(program.graph, program.inputs)
         self.program = program
+        #: The generated module (imported from its cache entry), its text and the entry.
+        self.module = module
+        self.source = source
+        self._entry = entry
+        self.stats.update(stats)
         self.check_finite = check_finite
         #: strict=True: inputs must already have the exact dtype and be C-contiguous (no silent copies).
         self.strict = strict

@@ -318,6 +318,11 @@ def walk(body: Sequence):
             yield from walk(s.body)
 
 
+def library_calls(program: Program) -> list[Call]:
+    """Every library call ``program`` makes (checks and kernels, in order): what a target must provide."""
+    return [s for kernel in program.checks + program.kernels for s in walk(kernel.body) if isinstance(s, Call)]
+
+
 def kernel_buffers(program: Program) -> list[Buffer]:
     """Every buffer the kernels touch, in order of first use: the values' and the per-kernel scratch
     blocks (im2col columns, converted operands, snapshots), which belong to no node."""

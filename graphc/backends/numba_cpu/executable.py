@@ -28,11 +28,7 @@ class NumbaExecutable(NativeExecutable):
 
     def __init__(self, program: Program, module: Any, stats: dict[str, Any], source: str, entry: Any,
                  check_finite: bool = False, strict: bool = False):
-        super().__init__(program, check_finite=check_finite, strict=strict)
-        self.module = module
-        self.source = source
-        self.stats.update(stats)
-        self._entry = entry
+        super().__init__(program, module, stats, source, entry, check_finite=check_finite, strict=strict)
         # The parameter store and the workspace are two aligned parts of one buffer, the memory the native
         # code writes: one overlap check per input keeps an input that aliases it from being read half-written.
         state_bytes, ws_bytes = max(program.state_bytes, 1), max(program.workspace_bytes, 1)

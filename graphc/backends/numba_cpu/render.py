@@ -24,7 +24,7 @@ from ..lowering.ir import (
     Program,
     Ref,
     Seed,
-    walk,
+    library_calls,
 )
 from ..numba_scalar import NP_TYPE, NumbaStatements
 
@@ -61,13 +61,8 @@ NJIT = dict(cache={cache}, error_model="numpy", fastmath={fastmath}, boundscheck
 COLLECTIVE_CALLS = ("allreduce_mean", "allreduce_sum")
 
 
-def library_calls(program: Program) -> set[str]:
-    """The names of the library calls ``program``'s kernels make."""
-    return {s.name for kernel in program.checks + program.kernels for s in walk(kernel.body) if isinstance(s, Call)}
-
-
 def _collective_import(program: Program) -> str:
-    used = sorted(library_calls(program) & set(COLLECTIVE_CALLS))
+    used = sorted({c.name for c in library_calls(program)} & set(COLLECTIVE_CALLS))
     if not used:
         return ""
     return (f"# MPI through numba-mpi (this step has an allreduce): Numba cannot cache it, so NJIT's cache is off.\n"

@@ -114,23 +114,17 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
                   cache_dir: str | None = None):
     """The device executable of ``program``: its module from the cache, the parameter store and the
     workspace allocated on the device."""
+    from ..lowering.ir import library_calls
     from .executable import CudaExecutable
 
-    unsupported = sorted({k.op for k in program.kernels if _unsupported(k)})
+    unsupported = sorted({c.name for c in library_calls(program)} - set(CUDA_LIBRARY))
     if unsupported:
-        raise GraphcError(f"backend='cuda' cannot run {', '.join(unsupported)} yet (graph {program.name!r}); "
-                          f"use backend='cpu'")
+        raise GraphcError(f"backend='cuda' cannot run the library calls {', '.join(unsupported)} yet (graph "
+                          f"{program.name!r}); use backend='cpu'")
     t0 = time.perf_counter()
     module, source, entry, stats = module_of(program, cache_dir)
     stats["build_s"] = time.perf_counter() - t0
     return CudaExecutable(program, module, stats, source, entry, check_finite=check_finite, strict=strict)
-
-
-def _unsupported(kernel) -> bool:
-    """Whether ``kernel`` calls a library kernel this target's runtime does not provide."""
-    from ..lowering.ir import Call, walk
-
-    return any(isinstance(s, Call) and s.name not in CUDA_LIBRARY for s in walk(kernel.body))
 
 
 #: The library calls of the kernel IR this target's runtime provides.
@@ -180,14 +174,13 @@ def compile_ptx(program: Program, cc: tuple[int, int] = (8, 0), cache_dir: str |
 
 def runtime_ptx(program: Program, cc: tuple[int, int]) -> dict[str, str]:
     """The PTX of the runtime kernels ``program``'s library calls launch (for its float dtype)."""
-    from ..lowering.ir import Call, walk
+    from ..lowering.ir import library_calls
     from . import runtime
     from .ptx import compile_ptx as kernel_ptx
 
-    calls = {s.name for k in program.kernels for s in walk(k.body) if isinstance(s, Call)}
-    if not calls:
-        return {}
-    dtypes = {s.args[0].buffer.dtype for k in program.kernels for s in walk(k.body) if isinstance(s, Call)}
+    made = library_calls(program)
+    calls = {c.name for c in made}
+    dtypes = {c.args[0].buffer.dtype for c in made}
     wanted = {f"{c}_kernel" for c in calls} | ({"im2col_kernel", "gemm_kernel"} if "conv2d_im2col" in calls else set())
     out = {}
     for dtype in sorted(dtypes):

@@ -52,11 +52,7 @@ class CudaExecutable(NativeExecutable):
 
     def __init__(self, program: Program, module: Any, stats: dict[str, Any], source: str, entry: Any,
                  check_finite: bool = False, strict: bool = False):
-        super().__init__(program, check_finite=check_finite, strict=strict)
-        self.module = module
-        self.source = source
-        self.stats.update(stats)
-        self._entry = entry
+        super().__init__(program, module, stats, source, entry, check_finite=check_finite, strict=strict)
         self._host_state = aligned_bytes(aligned(max(program.state_bytes, 1)))
         self.params = ParamStore(*self._param_views(self._host_state), before_read=self._host_params)
         self._state = cuda.to_device(self._host_state)
