@@ -47,7 +47,7 @@ def main():
     started = time.perf_counter()
     history = graphc.fit(net, splits.train, epochs=args.epochs, batch_size=args.batch_size, optimizer=optimizer,
                          validation_data=splits.val, backend=args.backend, seed=args.seed, verbose=False)
-    report("digits MLP with swish", history, *graphc.train.evaluate(net, splits.test), started)
+    report("digits MLP with swish", history, *graphc.train.evaluate(net, splits.test, backend=args.backend), started)
 
 
 if __name__ == "__main__":

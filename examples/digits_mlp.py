@@ -34,7 +34,7 @@ def main():
     history = graphc.fit(net, splits.train, epochs=args.epochs, batch_size=args.batch_size, optimizer=optimizer,
                          loss=loss, validation_data=splits.val, early_stopping=graphc.train.EarlyStopping(patience=15),
                          backend=args.backend, seed=args.seed)
-    report("digits MLP 64-128-64-10", history, *graphc.train.evaluate(net, splits.test), started)
+    report("digits MLP 64-128-64-10", history, *graphc.train.evaluate(net, splits.test, backend=args.backend), started)
 
 
 if __name__ == "__main__":

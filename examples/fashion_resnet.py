@@ -47,7 +47,7 @@ def main():
     history = graphc.fit(net, splits.train, epochs=args.epochs, batch_size=args.batch_size, optimizer=optimizer,
                          loss=loss, schedule=graphc.train.schedules.cosine(2e-3, T=args.epochs),
                          validation_data=splits.val, backend=args.backend, seed=args.seed)
-    report("residual CNN on Fashion-MNIST", history, *graphc.train.evaluate(net, splits.test), started)
+    report("residual CNN on Fashion-MNIST", history, *graphc.train.evaluate(net, splits.test, backend=args.backend), started)
 
 
 if __name__ == "__main__":

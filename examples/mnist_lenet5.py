@@ -39,7 +39,7 @@ def main():
     history = graphc.fit(net, splits.train, epochs=args.epochs, batch_size=args.batch_size, optimizer=optimizer,
                          loss=loss, schedule=graphc.train.schedules.step(1e-3, drop=0.3, every=5),
                          validation_data=splits.val, backend=args.backend, seed=args.seed)
-    report("LeNet-5 on MNIST", history, *graphc.train.evaluate(net, splits.test), started)
+    report("LeNet-5 on MNIST", history, *graphc.train.evaluate(net, splits.test, backend=args.backend), started)
 
 
 if __name__ == "__main__":
