@@ -309,24 +309,35 @@ def device_description() -> dict:
 def report(result: dict) -> str:
     ops = result["ops"]
     lines = [f"cuda_check ({result['mode']}) on {result['env']['device']}", "",
-             f"op suite: {ops['passed']}/{ops['total']} cases pass against the reference backend"]
+             f"op suite: {ops['passed']}/{ops['total']} cases pass against the reference backend" if ops["total"]
+             else "op suite: not run (--parts)"]
     lines += [f"  FAIL {c['case']}: {c['error']}" for c in ops["cases"] if not c["passed"]]
-    t = result["training"]
-    lines += ["", f"training {t['network']} on {t['data']} ({t['rows']} rows, batch {t['batch_size']}), backend='cuda':"]
-    for k, (loss, acc, s) in enumerate(zip(t["loss"], t["acc"], t["seconds_per_epoch"]), 1):
-        lines.append(f"  epoch {k}: loss {loss:.4f}  acc {acc * 100:.2f}%  {s:.2f} s")
-    lines.append(f"  test accuracy {t['test_accuracy'] * 100:.2f}%  (test loss {t['test_loss']:.4f})")
-    tm = result["timing"]
-    g, p, r = tm["graphc"], tm["torch"] or {}, tm["ratio"] or {}
-    lines += ["", f"timing (batch {tm['batch_size']}, {tm['steps_per_epoch']} steps an epoch; medians):",
-              f"  {'':<14} {'graphc cuda':>12} {'PyTorch cuda':>13} {'ratio':>7}",
-              f"  {'step (ms)':<14} {g['step_ms']:>12.3f} {fmt(p.get('step_ms'), '.3f'):>13} {fmt(r.get('step_ms'), '.2f'):>7}",
-              f"  {'epoch (s)':<14} {g['epoch_s']:>12.3f} {fmt(p.get('epoch_s'), '.3f'):>13} {fmt(r.get('epoch_s'), '.2f'):>7}"]
-    if tm["torch_note"]:
-        lines.append(f"  {tm['torch_note']}")
+    if "training" in result:
+        lines += _training_lines(result["training"])
+    if "timing" in result:
+        lines += _timing_lines(result["timing"])
     if result["env"]["simulator"]:
         lines.append("  (under the simulator these times measure Python threads, not a GPU)")
     return "\n".join(lines)
+
+
+def _training_lines(t: dict) -> list[str]:
+    lines = ["", f"training {t['network']} on {t['data']} ({t['rows']} rows, batch {t['batch_size']}), backend='cuda':"]
+    for k, (loss, acc, s) in enumerate(zip(t["loss"], t["acc"], t["seconds_per_epoch"]), 1):
+        lines.append(f"  epoch {k}: loss {loss:.4f}  acc {acc * 100:.2f}%  {s:.2f} s")
+    lines.append(f"  test accuracy {t['test_accuracy'] * 100:.2f}%  (test loss {t['test_loss']:.4f})")
+    return lines
+
+
+def _timing_lines(tm: dict) -> list[str]:
+    g, p, r = tm["graphc"], tm["torch"] or {}, tm["ratio"] or {}
+    lines = ["", f"timing (batch {tm['batch_size']}, {tm['steps_per_epoch']} steps an epoch; medians):",
+             f"  {'':<14} {'graphc cuda':>12} {'PyTorch cuda':>13} {'ratio':>7}",
+             f"  {'step (ms)':<14} {g['step_ms']:>12.3f} {fmt(p.get('step_ms'), '.3f'):>13} {fmt(r.get('step_ms'), '.2f'):>7}",
+             f"  {'epoch (s)':<14} {g['epoch_s']:>12.3f} {fmt(p.get('epoch_s'), '.3f'):>13} {fmt(r.get('epoch_s'), '.2f'):>7}"]
+    if tm["torch_note"]:
+        lines.append(f"  {tm['torch_note']}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,7 +347,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 3; tiny: 1)")
     p.add_argument("--json", default=str(DEFAULT_JSON), help="where to write the results (default: %(default)s)")
     p.add_argument("--cache-dir", default=None, help="graphc's compile cache for the op suite (default: temporary)")
+    p.add_argument("--parts", default="ops,train,timing",
+                   help="which parts to run, comma-separated (default: %(default)s): a lease's device time is short, "
+                        "so the parts can run as separate, separately time-limited commands")
     args = p.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts <= {"ops", "train", "timing"}:
+        p.error(f"--parts takes ops, train and timing, not {args.parts!r}")
     cfg = dict(TINY if args.tiny else FULL)
     if args.epochs is not None:
         cfg["epochs"] = args.epochs
@@ -350,12 +367,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = {"mode": "tiny" if args.tiny else "full", "env": device_description(), "date": time.strftime("%Y-%m-%d")}
     print(f"cuda_check ({result['mode']}) on {result['env']['device']}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="graphc-cuda-check-") as tmp:
-        cases = run_op_suite(cfg["op_graphs"], args.cache_dir or tmp)
+    cases = []
+    if "ops" in parts:
+        with tempfile.TemporaryDirectory(prefix="graphc-cuda-check-") as tmp:
+            cases = run_op_suite(cfg["op_graphs"], args.cache_dir or tmp)
     result["ops"] = {"cases": cases, "passed": sum(c["passed"] for c in cases), "total": len(cases)}
-    train_data, test_data, what = load_data(cfg, args.tiny, args.idx)
-    result["training"] = {"data": what, **train(cfg, train_data, test_data)}
-    result["timing"] = timing(cfg, *train_data)
+    if parts & {"train", "timing"}:
+        train_data, test_data, what = load_data(cfg, args.tiny, args.idx)
+        if "train" in parts:
+            result["training"] = {"data": what, **train(cfg, train_data, test_data)}
+        if "timing" in parts:
+            result["timing"] = timing(cfg, *train_data)
     print()
     print(report(result))
     out = Path(args.json)

@@ -19,8 +19,9 @@ import pytest
 GOLDEN_DIR = Path(__file__).parent / "golden"
 
 # tests/cuda_sim runs in a process of its own, under Numba's CUDA simulator (see its conftest.py):
-# NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/cuda_sim
-collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["cuda_sim"]
+# NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/cuda_sim  (or on a GPU: GRAPHC_CUDA_TESTS=device)
+CUDA_TESTS = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or os.environ.get("GRAPHC_CUDA_TESTS") == "device"
+collect_ignore = [] if CUDA_TESTS else ["cuda_sim"]
 UPDATE_GOLDEN = os.environ.get("GRAPHC_UPDATE_GOLDEN") == "1"
 
 

@@ -244,6 +244,10 @@ class NumbaStatements:
         if isinstance(value, sp.Add) and s.var in value.args:
             rest = sp.Add(*[a for a in value.args if a != s.var], evaluate=False)
             return f"{s.var} += {printer.doprint(rest)}"
+        if s.dtype in ("int32", "int64") and value.has(sp.floor, sp.ceiling):
+            # math.floor/ceil return an int on the CPU but a float in CUDA kernels, and a float cannot
+            # index an array there (random_shift2d's offsets): say the dtype.
+            return f"{s.var} = {NP_TYPE[s.dtype]}({printer.doprint(value)})"
         return f"{s.var} = {printer.doprint(value)}"
 
     def store(self, s) -> str:
