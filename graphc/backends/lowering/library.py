@@ -277,27 +277,27 @@ def avg_pool(x: Ref, planes: int, H: int, W: int, kh: int, kw: int, sh: int, sw:
 
 
 def _first_maximum(x: Ref, H: int, W: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int
-                   ) -> tuple[list[Statement], sp.Symbol, sp.Symbol]:
-    """(statements, bh, bq): (bh, bq) is the first maximum of window (lib_ho, lib_wo) of plane lib_p, in
+                   ) -> tuple[list[Statement], sp.Expr, sp.Expr]:
+    """(statements, h, q): (h, q) is the first maximum of window (lib_ho, lib_wo) of plane lib_p, in
     row-major window order, padding -inf and the first NaN winning (NumPy's argmax); it may be padding.
-    Compares in x's dtype."""
+    Compares in x's dtype. The statements track the tap (bi, bj) of the maximum, from tap (0, 0) at -inf,
+    which an all -inf window keeps (argmax's first maximum)."""
     p = _index("p")
     dtype = x.buffer.dtype
     best, v, c = _scalar("best"), _scalar("x"), _scalar("candidate")
-    bh, bq = _index("bh"), _index("bq")
+    bi, bj = _index("bi"), _index("bj")
     h, q = _window(sh, sw, ph, pw)
     inside = _inside(h, q, H, W)
     better = (c > best) | (IsNaN(c) & ~IsNaN(best))
-    # The position updates come first: they test the best value before this tap.
+    # The tap updates come first: they test the best value before this tap.
     tap = [_load(v, x, (p * H + h) * W + q, inside),
            Assign(c, sp.Piecewise((v, inside), (-sp.oo, True)), dtype),
-           Assign(bh, sp.Piecewise((h, better), (bh, True)), "int64"),
-           Assign(bq, sp.Piecewise((q, better), (bq, True)), "int64"),
+           Assign(bi, sp.Piecewise((_index("i"), better), (bi, True)), "int64"),
+           Assign(bj, sp.Piecewise((_index("j"), better), (bj, True)), "int64"),
            Assign(best, sp.Piecewise((c, better), (best, True)), dtype)]
-    # Before any tap: tap (0, 0) at -inf, which an all -inf window keeps (argmax's first maximum).
-    start = [Assign(best, -sp.oo, dtype),
-             Assign(bh, _index("ho") * sh - ph, "int64"), Assign(bq, _index("wo") * sw - pw, "int64")]
-    return start + _nest([kh, kw], ["i", "j"], tap, parallel=False), bh, bq
+    start = [Assign(best, -sp.oo, dtype), Assign(bi, sp.Integer(0), "int64"), Assign(bj, sp.Integer(0), "int64")]
+    found = _index("ho") * sh - ph + bi, _index("wo") * sw - pw + bj
+    return start + _nest([kh, kw], ["i", "j"], tap, parallel=False), *found
 
 
 def max_pool_gather(x: Ref, g: Ref, planes: int, H: int, W: int, kh: int, kw: int, sh: int, sw: int, ph: int,
