@@ -109,6 +109,29 @@ def test_training_step_updates_parameters_in_place_as_the_reference():
         np.testing.assert_allclose(slot.view(step.state), ref.params[node.name], rtol=1e-12, err_msg=node.name)
 
 
+@pytest.fixture(scope="module", params=["mlp", "cnn", "residual_bn"])
+def network(request):
+    """tests/cuda_sim's small networks (dense, conv with stride/padding, pooling, batch norm, a residual
+    block): the loss's gradient with respect to every parameter and the input, optimized at the default
+    level (fused updates, GEMM and conv epilogues), against the reference backend as written."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_sim"))
+    from test_backend_ops import NETWORKS, gradient_graph
+
+    build, batch = NETWORKS[request.param]
+    model = build()
+    outputs, inputs, names = gradient_graph(model, batch, f"llvm_grad_{request.param}")
+    program = program_of(outputs, inputs, optimize=None)
+    needs_library(program)
+    r = np.random.default_rng(11)
+    feeds = [r.standard_normal((batch,) + tuple(model.in_shape)), r.integers(0, 3, batch)]
+    return Step(program), graphc.compile(outputs, inputs=inputs), feeds, names
+
+
+def test_network_gradients_match_reference(network):
+    step, ref, feeds, names = network
+    assert_same(step(*feeds), ref(*feeds), names, "float64")
+
+
 # -- the Mersenne Twister ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -232,6 +255,14 @@ def test_object_compiles_for_native_and_generic_targets():
         assert obj[:4] == b"\x7fELF"
     with pytest.raises(llvm.LLVMTargetError, match="unknown target 'arm'"):
         llvm.target_machine("arm")
+
+
+def test_float_code_is_ieee_unless_the_program_names_fast_math_flags():
+    y = tiny_graph()
+    ieee = llvm.render_text(program_of([y], optimize=0), "graphc_tiny")
+    assert re.search(r"= f(add|mul|cmp) ", ieee) and not re.search(r"\b(reassoc|contract|fast|nnan|ninf)\b", ieee)
+    fast = llvm.render_text(program_of([y], optimize=0, fastmath=("contract", "reassoc")), "graphc_tiny")
+    assert re.search(r"= fmul contract reassoc float", fast)
 
 
 def test_allreduce_is_refused_naming_the_op_and_the_users_line():
