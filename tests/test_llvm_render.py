@@ -248,12 +248,28 @@ def test_render_text_has_a_header_and_each_kernels_title(golden):
     golden("llvm/tiny.ll", re.sub(r"test_llvm_render\.py:\d+", "test_llvm_render.py:LINE", text))
 
 
-def test_object_compiles_for_native_and_generic_targets():
-    program = program_of([tiny_graph()], optimize=0)
-    module = llvm.render_module(program, "graphc_tiny")
+def test_object_needs_only_libc_and_libm_for_native_and_generic_targets(tmp_path):
+    """A step with a GEMM, random draws and libm functions: the object of each target links into a shared
+    library with every symbol resolved by libc and libm (``--no-undefined``), and defines the ABI's symbols."""
+    import subprocess
+
+    with graphc.Graph("llvm_object") as g:
+        x = graphc.input("x", (3, 4), "float32")
+        key = graphc.input("key", (), "int64")
+        w = graphc.param("w", np.full((4, 2), 0.5, np.float32))
+        y = g.output(graphc.tanh(x @ w) + random_uniform(key, (3, 2), salt=1) + graphc.exp(graphc.sum(x)))
+    module = llvm.render_module(program_of([y]), "graphc_object")
     for target in ("native", "generic"):
-        obj = llvm.compile_object(module, target)
-        assert obj[:4] == b"\x7fELF"
+        obj = tmp_path / f"{target}.o"
+        obj.write_bytes(llvm.compile_object(module, target))
+        assert obj.read_bytes()[:4] == b"\x7fELF"
+        lib = tmp_path / f"{target}.so"
+        done = subprocess.run(["cc", "-shared", "-Wl,--no-undefined", "-o", str(lib), str(obj), "-lm"],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        defined = subprocess.run(["nm", "--defined-only", "-g", str(obj)], capture_output=True, text=True).stdout
+        for symbol in ("graphc_object", "graphc_mt_seed", "graphc_mt_uniform", "graphc_sgemm"):
+            assert re.search(rf" T {symbol}$", defined, re.M), (target, symbol)
     with pytest.raises(llvm.LLVMTargetError, match="unknown target 'arm'"):
         llvm.target_machine("arm")
 
