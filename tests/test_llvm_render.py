@@ -166,11 +166,12 @@ def test_dropout_mask_equals_the_cpu_backends(graphc_cache_dir):
         key = graphc.input("key", (), "int64")
         u = random_uniform(key, (5, 40), salt=9, dtype="float32")  # nn.Dropout's mask, as the layer draws it
         y = g.output(graphc.where(graphc.greater_equal(u, 0.3), x * (1.0 / 0.7), 0.0))
-    feeds = [np.ones((5, 40), np.float32), np.array(77, np.int64)]
-    (got,) = Step(program_of([y]))(*feeds)
-    want = graphc.compile(y, backend="cpu", cache_dir=graphc_cache_dir)(*feeds)
-    assert 0 < np.count_nonzero(got) < got.size
-    np.testing.assert_array_equal(got, want)
+    step, exe = Step(program_of([y])), graphc.compile(y, backend="cpu", cache_dir=graphc_cache_dir)
+    for key in (77, -123456789, 2 ** 40 + 3):  # the seed is (key mod 2**32) * 1000003 + salt mod 2**32: Python's mod
+        feeds = [np.ones((5, 40), np.float32), np.array(key, np.int64)]
+        (got,) = step(*feeds)
+        assert 0 < np.count_nonzero(got) < got.size
+        np.testing.assert_array_equal(got, exe(*feeds), err_msg=f"key {key}")
 
 
 # -- checks ------------------------------------------------------------------------------------------------
