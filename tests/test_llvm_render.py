@@ -227,6 +227,35 @@ def test_nan_and_inf_semantics_match_reference(ieee):
         np.testing.assert_array_equal(np.isnan(x), np.isnan(y), err_msg=f"output {k}")
 
 
+def test_user_functions_through_libm_and_rounding_match_reference(scratch_registry):
+    """User-defined elementwise ops with what no built-in op uses: frac, Mod, floor, ceiling, erf, Max/Min,
+    sin, atan, non-integer and negative powers, on negative, NaN and infinite values, in float64 and float32."""
+    import math
+
+    import sympy
+
+    fns = {"frac": sympy.frac, "mod": lambda v: sympy.Mod(v, 1.5), "floor": sympy.floor, "ceil": sympy.ceiling,
+           "max3": lambda v: sympy.Max(v, 0.5, -v), "min2": lambda v: sympy.Min(v, 1),
+           "trig": lambda v: sympy.sin(v) + sympy.atan(v) * sympy.cos(v), "pow": lambda v: v ** 1.5 + v ** -3}
+    for dtype in ("float64", "float32"):
+        with graphc.Graph(f"llvm_user_{dtype}") as g:
+            x = graphc.input("x", (9,), dtype)
+            outs = [graphc.elementwise(f"llvm_{name}_{dtype}", fn)(x) for name, fn in fns.items()]
+            g.output(*outs)
+        step, ref = Step(program_of(outs)), graphc.compile(outs)
+        x = np.array([-2.75, -1.5, -0.25, 0.0, 0.4, 1.5, 3.25, np.nan, -np.inf], dtype)
+        for name, got, want in zip(fns, step(x), ref(x)):
+            np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == "float32" else 1e-14, err_msg=f"{name} {dtype}")
+        # erf: libm's erf/erff (the reference backend cannot run it on arrays: SymPy prints math.erf); Python's
+        # math.erf is the oracle.
+        with graphc.Graph(f"llvm_erf_{dtype}") as g:
+            v = graphc.input("x", (9,), dtype)
+            out = g.output(graphc.elementwise(f"llvm_erf_{dtype}", sympy.erf)(v))
+        (got,) = Step(program_of([out]))(x)
+        want = np.array([math.erf(float(t)) for t in x], dtype)
+        np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == "float32" else 1e-15, err_msg=f"erf {dtype}")
+
+
 # -- the text ----------------------------------------------------------------------------------------------
 
 def tiny_graph():
