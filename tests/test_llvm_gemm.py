@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import mmap
 import os
 import re
 import shutil
@@ -200,6 +201,48 @@ def test_empty_products(libraries, dtype):
     for m, n, k in ((5, 7, 0), (0, 7, 5), (5, 0, 5), (1, 3, 0)):
         for beta in (0.0, 0.3):
             check_gemm(libraries["native"], dtype, 0, 0, m, n, k, rng, beta=beta, pad=(1, 1, 1))
+
+
+PAGE = 4096
+
+
+class GuardedArray:
+    """A [rows, cols] C-contiguous array whose last element ends right before an inaccessible page, so a
+    read or write past it crashes the process instead of passing unnoticed."""
+
+    def __init__(self, rows: int, cols: int, dtype: str, values: np.ndarray):
+        nbytes = rows * cols * np.dtype(dtype).itemsize
+        size = -(-nbytes // PAGE) * PAGE + PAGE
+        self.map = mmap.mmap(-1, size)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        if libc.mprotect(base + size - PAGE, PAGE, 0) != 0:  # PROT_NONE
+            raise OSError(ctypes.get_errno(), "mprotect")
+        self.array = np.frombuffer(self.map, dtype, count=rows * cols, offset=size - PAGE - nbytes).reshape(rows, cols)
+        self.array[...] = values
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nothing_read_or_written_past_the_operands(libraries, dtype):
+    """A, B and C each end at an inaccessible page (leading dimension = row length): edge tiles, packed
+    panels and the one-row paths stay inside the operands (an overrun crashes the test process). Values
+    are checked against NumPy too."""
+    rng = np.random.default_rng(35)
+    for ta, tb in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        for m, n, k in ((1, 17, 5), (1, 33, 257), (2, 17, 3), (7, 31, 9), (13, 33, 257), (6, 1, 1), (65, 130, 17)):
+            a_shape = (k, m) if ta else (m, k)
+            b_shape = (n, k) if tb else (k, n)
+            a = GuardedArray(*a_shape, dtype, rng.standard_normal(a_shape))
+            b = GuardedArray(*b_shape, dtype, rng.standard_normal(b_shape))
+            c = GuardedArray(m, n, dtype, rng.standard_normal((m, n)))
+            op_a = (a.array.T if ta else a.array).astype(np.float64)
+            op_b = (b.array.T if tb else b.array).astype(np.float64)
+            expected = 0.5 * op_a @ op_b + 0.3 * c.array.astype(np.float64)
+            scale = 0.5 * np.abs(op_a) @ np.abs(op_b) + 0.3 * np.abs(c.array.astype(np.float64))
+            libraries["native"](dtype, ta, tb, m, n, k, 0.5, a.array, a_shape[1], b.array, b_shape[1], 0.3, c.array, n)
+            assert np.all(np.abs(c.array - expected) <= RTOL[dtype] * scale), (ta, tb, m, n, k)
+            del a, b, c
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
