@@ -7,7 +7,8 @@ transposed products (dX = dY @ W^T: trans_b; dW = X^T @ dY: trans_a). Each GEMM 
 "native" target (the host's CPU, AVX-512 here) and once for "generic" (x86-64 baseline), linked with
 ``cc -shared`` and called through ctypes, so both columns include ctypes' call overhead (about a
 microsecond, which is what dominates the batch-1 rows; NumPy pays a similar one). Every figure is the
-median of ``--repeats`` timings, each of a loop long enough to last ~20 ms. The last row sums the three
+median of ``--repeats`` timings, each of a loop long enough to last ~20 ms, the three columns
+timed in turn within each round (so that load from other processes hits them alike). The last row sums the three
 forward products at batch 128: the GEMM part of the exported MLP forward against OpenBLAS's.
 """
 from __future__ import annotations
@@ -87,20 +88,23 @@ def bind(lib: ctypes.CDLL, dtype: str):
     return fn
 
 
-def seconds_per_call(call, repeats: int) -> float:
-    """Median over ``repeats`` of the mean time of a ~20 ms loop of calls."""
-    call()
-    start = time.perf_counter()
-    call()
-    once = max(time.perf_counter() - start, 1e-7)
-    loops = max(1, int(0.02 / once))
-    samples = []
-    for _ in range(repeats):
+def interleaved_seconds(calls: dict, repeats: int) -> dict:
+    """Per name, the median over ``repeats`` rounds of the mean time of a ~20 ms loop of calls; each round
+    times every call once, in turn, so that load from other processes hits them alike."""
+    loops = {}
+    for name, call in calls.items():
+        call()
         start = time.perf_counter()
-        for _ in range(loops):
-            call()
-        samples.append((time.perf_counter() - start) / loops)
-    return statistics.median(samples)
+        call()
+        loops[name] = max(1, int(0.02 / max(time.perf_counter() - start, 1e-7)))
+    samples = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            for _ in range(loops[name]):
+                call()
+            samples[name].append((time.perf_counter() - start) / loops[name])
+    return {name: statistics.median(s) for name, s in samples.items()}
 
 
 def operands(ta: int, tb: int, m: int, n: int, k: int, dtype: str, rng: np.random.Generator):
@@ -117,16 +121,21 @@ def run(dtype: str, repeats: int, blocking: Blocking | None) -> list[dict]:
         for label, ta, tb, m, n, k in SHAPES:
             a, b, c = operands(ta, tb, m, n, k, dtype, rng)
             row = {"shape": label, "trans_a": ta, "trans_b": tb, "m": m, "n": n, "k": k}
+            op_a, op_b = (a.T if ta else a), (b.T if tb else b)
+            calls = {}
             for target, fn in gemms.items():
                 args = (ta, tb, m, n, k, 1.0, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], 0.0,
                         c.ctypes.data, c.shape[1])
-                row[f"{target}_s"] = seconds_per_call(lambda fn=fn, args=args: fn(*args), repeats)
-                expected = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
-                scale = np.abs(a.T if ta else a).astype(np.float64) @ np.abs(b.T if tb else b).astype(np.float64)
+                calls[target] = lambda fn=fn, args=args: fn(*args)
+                c[...] = np.nan
+                calls[target]()
+                expected = op_a.astype(np.float64) @ op_b.astype(np.float64)
+                scale = np.abs(op_a.astype(np.float64)) @ np.abs(op_b.astype(np.float64))
                 if not np.all(np.abs(c - expected) <= 1e-5 * scale + 1e-30):
                     raise AssertionError(f"{label}: {target} GEMM disagrees with NumPy")
-            oa, ob = (a.T if ta else a), (b.T if tb else b)
-            row["numpy_s"] = seconds_per_call(lambda oa=oa, ob=ob, c=c: np.matmul(oa, ob, out=c), repeats)
+            calls["numpy"] = lambda op_a=op_a, op_b=op_b, c=c: np.matmul(op_a, op_b, out=c)
+            for name, seconds in interleaved_seconds(calls, repeats).items():
+                row[f"{name}_s"] = seconds
             flops = 2.0 * m * n * k
             for key in ("native", "generic", "numpy"):
                 row[f"{key}_gflops"] = flops / row[f"{key}_s"] / 1e9
@@ -157,7 +166,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.blocking and not args.dtype:
         parser.error("--blocking needs --dtype")
-    result = {"cpu": llvm.get_host_cpu_name(), "threads": 1, "repeats": args.repeats}
+    result = {"cpu": llvm.get_host_cpu_name(), "threads": 1, "repeats": args.repeats,
+              "load_average": os.getloadavg()}
     for dtype in [args.dtype] if args.dtype else DTYPES:
         blocking = default_blocking(dtype)
         if args.blocking:
