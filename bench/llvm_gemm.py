@@ -8,7 +8,8 @@ transposed products (dX = dY @ W^T: trans_b; dW = X^T @ dY: trans_a). Each GEMM 
 ``cc -shared`` and called through ctypes, so both columns include ctypes' call overhead (about a
 microsecond, which is what dominates the batch-1 rows; NumPy pays a similar one). Every figure is the
 median of ``--repeats`` timings, each of a loop long enough to last ~20 ms, the three columns
-timed in turn within each round (so that load from other processes hits them alike). The last row sums the three
+timed in turn within each round (so that load from other processes hits them alike); the fastest round
+is recorded too (``*_best_s``): on a shared machine it is the least disturbed one. The last row sums the three
 forward products at batch 128: the GEMM part of the exported MLP forward against OpenBLAS's.
 """
 from __future__ import annotations
@@ -89,7 +90,7 @@ def bind(lib: ctypes.CDLL, dtype: str):
 
 
 def interleaved_seconds(calls: dict, repeats: int) -> dict:
-    """Per name, the median over ``repeats`` rounds of the mean time of a ~20 ms loop of calls; each round
+    """Per name, (median, minimum) over ``repeats`` rounds of the mean time of a ~20 ms loop of calls; each round
     times every call once, in turn, so that load from other processes hits them alike."""
     loops = {}
     for name, call in calls.items():
@@ -104,7 +105,7 @@ def interleaved_seconds(calls: dict, repeats: int) -> dict:
             for _ in range(loops[name]):
                 call()
             samples[name].append((time.perf_counter() - start) / loops[name])
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return {name: (statistics.median(s), min(s)) for name, s in samples.items()}
 
 
 def operands(ta: int, tb: int, m: int, n: int, k: int, dtype: str, rng: np.random.Generator):
@@ -134,8 +135,9 @@ def run(dtype: str, repeats: int, blocking: Blocking | None) -> list[dict]:
                 if not np.all(np.abs(c - expected) <= 1e-5 * scale + 1e-30):
                     raise AssertionError(f"{label}: {target} GEMM disagrees with NumPy")
             calls["numpy"] = lambda op_a=op_a, op_b=op_b, c=c: np.matmul(op_a, op_b, out=c)
-            for name, seconds in interleaved_seconds(calls, repeats).items():
-                row[f"{name}_s"] = seconds
+            for name, (median, best) in interleaved_seconds(calls, repeats).items():
+                row[f"{name}_s"] = median
+                row[f"{name}_best_s"] = best
             flops = 2.0 * m * n * k
             for key in ("native", "generic", "numpy"):
                 row[f"{key}_gflops"] = flops / row[f"{key}_s"] / 1e9
@@ -144,17 +146,20 @@ def run(dtype: str, repeats: int, blocking: Blocking | None) -> list[dict]:
     total = {"shape": "MLP forward GEMMs, batch 128"}
     for key in ("native", "generic", "numpy"):
         total[f"{key}_s"] = sum(r[f"{key}_s"] for r in forward)
+        total[f"{key}_best_s"] = sum(r[f"{key}_best_s"] for r in forward)
         total[f"{key}_gflops"] = sum(2.0 * r["m"] * r["n"] * r["k"] for r in forward) / total[f"{key}_s"] / 1e9
     rows.append(total)
     return rows
 
 
 def print_table(rows: list[dict], dtype: str, blocking: Blocking) -> None:
-    print(f"{dtype}, MR={blocking.mr} NR={blocking.nr} KC={blocking.kc}, one thread; GF/s (time per call)")
-    print(f"{'shape':32} {'native':>18} {'generic':>18} {'numpy':>18} {'native/numpy':>12}")
+    print(f"{dtype}, MR={blocking.mr} NR={blocking.nr} KC={blocking.kc}, one thread; GF/s (median time per call);"
+          " numpy/native: speed of ours relative to OpenBLAS, from the medians and from the fastest rounds")
+    print(f"{'shape':32} {'native':>18} {'generic':>18} {'numpy':>18} {'numpy/native':>12} {'(fastest)':>10}")
     for r in rows:
         cells = [f"{r[f'{key}_gflops']:7.1f} ({r[f'{key}_s'] * 1e6:7.1f}us)" for key in ("native", "generic", "numpy")]
-        print(f"{r['shape']:32} {cells[0]:>18} {cells[1]:>18} {cells[2]:>18} {r['numpy_s'] / r['native_s']:12.2f}")
+        print(f"{r['shape']:32} {cells[0]:>18} {cells[1]:>18} {cells[2]:>18} {r['numpy_s'] / r['native_s']:12.2f}"
+              f" {r['numpy_best_s'] / r['native_best_s']:10.2f}")
 
 
 def main() -> None:
