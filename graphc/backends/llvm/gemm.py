@@ -8,23 +8,33 @@ Both have the cpu runtime's row-major contract (C = alpha * op(A) @ op(B) + beta
 ``blas="generated"`` writes the whole loop nest in IR, so the artifact needs nothing but libc:
 
 1. C is scaled by beta first (beta == 0 stores zeros and never reads C, so NaN in C does not propagate;
-   beta == 1 leaves it untouched). With alpha == 0, or k == 0, that is all (A and B are not read, as in
-   BLAS).
-2. k is cut into blocks of ``kc`` and n into panels of ``nr`` columns. Each [kc, nr] panel of op(B) is
-   packed into a stack buffer (``kc * nr`` elements, zero-padded past n), so every transpose and leading
-   dimension reads the same contiguous panel. With m <= mr and B not transposed (batch-1 inference: a
-   GEMV), a full-width panel is read straight from B instead: it is used once, packing would only copy it.
-3. A register-blocked micro-kernel computes an [r, nr] tile (r = min(mr, rows left); one specialized
-   kernel per r, so a 1-row product does 1 row of work) in ``r * nr / lanes`` vector accumulators
-   (``ir.VectorType``: 16 floats / 8 doubles; LLVM splits them into the registers a baseline x86-64 has,
-   so one IR serves "native" and "generic") and adds alpha * tile into C.
+   beta == 1 leaves it untouched). With alpha == 0, k == 0, m == 0 or n == 0 that is all (A and B are not
+   read, as in BLAS).
+2. m == 1 (batch-1 inference, a GEMV) reads B once in its storage order, nothing packed: B not transposed,
+   rows of B are added into an accumulator row on the stack (``_row_axpy``); B transposed (and A not), one
+   vector dot product per column (``_row_dots``).
+3. Otherwise k is cut into blocks of ``kc`` and n into panels of ``nr`` columns. Each [kc, nr] panel of
+   op(B) is packed into a stack buffer (``kc * nr`` elements, zero-padded past n), so every transpose and
+   leading dimension reads the same contiguous panel; with m <= mr and B not transposed, a full-width
+   panel is read straight from B instead (it is used once: packing would only copy it).
+4. A register-blocked micro-kernel computes an [r, v * lanes] tile (r = min(mr, rows left), v = the vectors
+   needed for the columns left; one specialized kernel per (r, v), so edges do only the work they need) in
+   ``r * v`` vector accumulators (``ir.VectorType``: 16 floats / 8 doubles; LLVM splits them into the
+   registers a baseline x86-64 has, so one IR serves "native" and "generic") and adds alpha * tile into C
+   (through a small stack tile when the panel is narrower than the kernel, so nothing past n is touched).
 
-Summation order (exactness): every product is accumulated in the dtype. For each C element, the k block
-[p0, p0 + kc) is summed in increasing p from 0 with ``llvm.fmuladd`` (fused on targets with FMA, such as
-"native" here; a multiply then an add on "generic", so the two targets agree to rounding, not bitwise):
-``s = fmuladd(a[i, p], b[p, j], s)``. Then ``c = fmuladd(alpha, s, c)`` block after block in increasing p0,
-after ``c = beta * c``. The result therefore does not depend on m, n, the transposes or the leading
-dimensions, only on k's blocking.
+Summation order (exactness): every product is accumulated in the dtype, with ``llvm.fmuladd`` (fused on
+targets with FMA, such as "native" here; a multiply then an add on "generic", so the two targets agree to
+rounding, not bitwise). After ``c = beta * c``:
+
+* blocked path (m >= 2, and m == 1 with both operands transposed): for each C element, each k block
+  [p0, p0 + kc) is summed from 0 in increasing p, ``s = fmuladd(a[i, p], b[p, j], s)``, then
+  ``c = fmuladd(alpha, s, c)``, block after block in increasing p0. Independent of m, n, the transposes
+  and the leading dimensions.
+* m == 1, B not transposed: one sum over all of k in increasing p from 0, then ``c = fmuladd(alpha, s, c)``.
+* m == 1, B transposed, A not: p is spread over ``4 * lanes`` partial sums (p mod 4 * lanes), each in
+  increasing p; the four accumulators are added pairwise, their lanes by halving, then the last
+  k mod (4 * lanes) terms in increasing p; then ``c = fmuladd(alpha, s, c)``.
 
 No global state, no malloc: the only scratch lives in the function's frame, so the function is re-entrant.
 
@@ -77,6 +87,12 @@ _FLOAT = {
 }
 
 BLAS_CHOICES = ("generated", "system")
+DTYPES = tuple(_FLOAT)
+
+
+def default_blocking(dtype: str) -> Blocking:
+    """The measured blocking of the generated GEMM for ``dtype`` (bench/llvm_gemm.py)."""
+    return _spec(dtype)[3]
 
 
 def gemm_symbol(dtype: str) -> str:
@@ -218,7 +234,8 @@ class _GemmWriter:
     def write(self) -> None:
         blk = self.blk
         ta, tb, m, n, k, alpha, a, lda, bmat, ldb, beta, c, ldc = self.fn.args
-        kernels = [self._define_kernel(rows) for rows in range(1, blk.mr + 1)]
+        vectors = blk.nr // blk.lanes
+        kernels = [self._define_kernel(rows, v) for rows in range(1, blk.mr + 1) for v in range(1, vectors + 1)]
         b = self._start(self.fn)
         self._scale_c(b, m, n, beta, c, ldc)
         nothing_to_add = b.or_(b.fcmp_ordered("==", alpha, ir.Constant(self.t, 0.0)),
@@ -233,6 +250,14 @@ class _GemmWriter:
         a_cs = b.select(a_trans, lda, I64(1))
         panel = self._alloca(self.t, blk.kc * blk.nr, align=64)
         tile = self._alloca(self.t, blk.mr * blk.nr, align=64)
+        # batch-1 inference (m == 1): a GEMV, one pass over B in its storage order, nothing packed
+        one_row = b.icmp_signed("==", m, I64(1))
+        with b.if_then(b.and_(one_row, b.not_(b_trans))):
+            self._row_axpy(b, k, a, a_cs, bmat, ldb, n, c, alpha, panel)
+            b.ret_void()
+        with b.if_then(b.and_(one_row, b.and_(b_trans, b.not_(a_trans)))):
+            self._row_dots(b, k, a, bmat, ldb, n, c, alpha)
+            b.ret_void()
         read_b_directly = b.and_(b.not_(b_trans), b.icmp_signed("<=", m, I64(blk.mr)))
         with self._loop(b, I64(0), k, blk.kc, "pc") as pc:
             kc = _min(b, I64(blk.kc), b.sub(k, pc))
@@ -252,13 +277,99 @@ class _GemmWriter:
                 b_stride = b.phi(I64, "b_stride")
                 b_stride.add_incoming(ldb, direct_block)
                 b_stride.add_incoming(I64(blk.nr), packed_block)
+                # the narrowest kernel covering nr columns: ceil(nr / lanes) vectors
+                panel_vectors = b.sdiv(b.add(nr, I64(blk.lanes - 1)), I64(blk.lanes))
                 with self._loop(b, I64(0), m, blk.mr, "ic") as ic:
                     rows = _min(b, I64(blk.mr), b.sub(m, ic))
+                    which = b.add(b.mul(b.sub(rows, I64(1)), I64(vectors)), panel_vectors)
                     a_ptr = self._at(b, a, b.mul(ic, a_rs), b.mul(pc, a_cs))
                     c_ptr = self._at(b, c, b.mul(ic, ldc), jc)
                     args = [kc, a_ptr, a_rs, a_cs, b_ptr, b_stride, c_ptr, ldc, nr, alpha, tile]
-                    self._dispatch(b, rows, kernels, args)
+                    self._dispatch(b, which, kernels, args)
         b.ret_void()
+
+    def _row_axpy(self, b: ir.IRBuilder, k, a, a_cs, bmat, ldb, n, c, alpha, scratch, unroll: int = 4) -> None:
+        """c[0, :] += alpha * sum_p a[0, p] * B[p, :] for B not transposed: rows of B are added into an
+        accumulator row (``scratch``, KC * NR elements, so n is cut into chunks of that width) in increasing
+        p, ``unroll`` rows per pass over the accumulator (same order, fewer loads and stores of it), reading
+        B once, contiguously; then alpha times the accumulator is added into C."""
+        width = I64(self.blk.kc * self.blk.nr)
+        k_unrolled = b.sub(k, b.srem(k, I64(unroll)))
+        with self._loop(b, I64(0), n, width, "rj") as jc:
+            w = _min(b, width, b.sub(n, jc))
+            with self._loop(b, I64(0), w, 1, "rz") as j:
+                b.store(ir.Constant(self.t, 0.0), self._at(b, scratch, j))
+            with self._loop(b, I64(0), k_unrolled, unroll, "rp") as p:
+                self._add_rows(b, [b.add(p, I64(u)) for u in range(unroll)], a, a_cs, bmat, ldb, jc, w, scratch)
+            with self._loop(b, k_unrolled, k, 1, "rq") as p:
+                self._add_rows(b, [p], a, a_cs, bmat, ldb, jc, w, scratch)
+            with self._loop(b, I64(0), w, 1, "rc") as j:
+                ptr = self._at(b, c, jc, j)
+                b.store(self._fmuladd(b, alpha, b.load(self._at(b, scratch, j)), b.load(ptr)), ptr)
+
+    def _add_rows(self, b: ir.IRBuilder, ps: list, a, a_cs, bmat, ldb, jc, w, acc_row) -> None:
+        """acc_row[0:w] = fmuladd(a[0, p], B[p, jc:jc + w], acc_row[0:w]) for p in ``ps``, in that order."""
+        lanes = self.blk.lanes
+        w_vectors = b.sub(w, b.srem(w, I64(lanes)))
+        a_ps = [b.load(self._at(b, a, b.mul(p, a_cs))) for p in ps]
+        a_pvs = [self._splat(b, x) for x in a_ps]
+        b_rows = [self._at(b, bmat, b.mul(p, ldb), jc) for p in ps]
+        with self._loop(b, I64(0), w_vectors, lanes, "rv") as j:
+            ptr = self._at(b, acc_row, j)
+            acc = self._vload(b, ptr)
+            for a_pv, b_row in zip(a_pvs, b_rows):
+                acc = self._fmuladd(b, a_pv, self._vload(b, self._at(b, b_row, j)), acc)
+            self._vstore(b, acc, ptr)
+        with self._loop(b, w_vectors, w, 1, "rt") as j:
+            ptr = self._at(b, acc_row, j)
+            acc = b.load(ptr)
+            for a_p, b_row in zip(a_ps, b_rows):
+                acc = self._fmuladd(b, a_p, b.load(self._at(b, b_row, j)), acc)
+            b.store(acc, ptr)
+
+    def _row_dots(self, b: ir.IRBuilder, k, a, bmat, ldb, n, c, alpha, unroll: int = 4) -> None:
+        """c[0, j] += alpha * dot(a[0, :], b[j, :]) for B transposed and A not (both rows contiguous in p):
+        each dot sums p in ``unroll * lanes`` independent vector lanes (lane l of accumulator u takes
+        p = u * lanes + l (mod unroll * lanes)), adds the accumulators pairwise and the lanes by halving,
+        then the p past the last whole step in increasing order."""
+        lanes = self.blk.lanes
+        step = unroll * lanes
+        k_vectors = b.sub(k, b.srem(k, I64(step)))
+        accs = [self._alloca(self.vt) for _ in range(unroll)]
+        with self._loop(b, I64(0), n, 1, "dj") as j:
+            b_row = self._at(b, bmat, b.mul(j, ldb))
+            for acc in accs:
+                b.store(ir.Constant(self.vt, [0.0] * lanes), acc)
+            with self._loop(b, I64(0), k_vectors, step, "dp") as p:
+                for u, acc in enumerate(accs):
+                    offset = b.add(p, I64(u * lanes))
+                    x = self._vload(b, self._at(b, a, offset))
+                    y = self._vload(b, self._at(b, b_row, offset))
+                    b.store(self._fmuladd(b, x, y, b.load(acc)), acc)
+            vectors = [b.load(acc) for acc in accs]
+            while len(vectors) > 1:
+                vectors = [b.fadd(x, y) for x, y in zip(vectors[::2], vectors[1::2])]
+            total = self._lane_sum(b, vectors[0])
+            dot = self._alloca(self.t)
+            b.store(total, dot)
+            with self._loop(b, k_vectors, k, 1, "dt") as p:
+                x = b.load(self._at(b, a, p))
+                y = b.load(self._at(b, b_row, p))
+                b.store(self._fmuladd(b, x, y, b.load(dot)), dot)
+            ptr = self._at(b, c, j)
+            b.store(self._fmuladd(b, alpha, b.load(dot), b.load(ptr)), ptr)
+
+    def _lane_sum(self, b: ir.IRBuilder, v):
+        """The sum of a vector's lanes, halving: (v[:h] + v[h:]) until one lane is left."""
+        count = v.type.count
+        while count > 1:
+            half = count // 2
+            undef = ir.Constant(v.type, ir.Undefined)
+            lo = b.shuffle_vector(v, undef, ir.Constant(ir.VectorType(I32, half), list(range(half))))
+            hi = b.shuffle_vector(v, undef, ir.Constant(ir.VectorType(I32, half), list(range(half, count))))
+            v = b.fadd(lo, hi)
+            count = half
+        return b.extract_element(v, I32(0))
 
     def _scale_c(self, b: ir.IRBuilder, m, n, beta, c, ldc) -> None:
         """C *= beta; with beta == 0, C = 0 without reading it (NaN in C does not propagate)."""
@@ -296,11 +407,11 @@ class _GemmWriter:
             with self._loop(b, nr, nr_full, 1, "zj") as j:
                 b.store(ir.Constant(self.t, 0.0), self._at(b, dst, j))
 
-    def _dispatch(self, b: ir.IRBuilder, rows, kernels: list[ir.Function], args: list) -> None:
-        """switch (rows) { case r: kernel_r(args) }"""
+    def _dispatch(self, b: ir.IRBuilder, which, kernels: list[ir.Function], args: list) -> None:
+        """switch (which) { case w: kernels[w - 1](args) } (which = (rows - 1) * NV + vectors)"""
         done = b.append_basic_block("kernel.done")
         cases = [b.append_basic_block(f"kernel.{r}") for r in range(1, len(kernels) + 1)]
-        switch = b.switch(rows, cases[-1])
+        switch = b.switch(which, cases[-1])
         for r, (case, kernel) in enumerate(zip(cases, kernels), start=1):
             switch.add_case(I64(r), case)
             b.position_at_end(case)
@@ -308,14 +419,14 @@ class _GemmWriter:
             b.branch(done)
         b.position_at_end(done)
 
-    def _define_kernel(self, rows: int) -> ir.Function:
-        """An internal function computing one [rows, NR] tile over a k block and adding alpha * it into C:
-        ``(kc, a, a_rs, a_cs, b_panel, b_stride, c, ldc, nr, alpha, tile)``; ``nr < NR`` goes through the
-        ``tile`` scratch so that columns past n are neither read nor written."""
+    def _define_kernel(self, rows: int, vectors: int) -> ir.Function:
+        """An internal function computing one [rows, vectors * lanes] tile over a k block and adding alpha * it
+        into C: ``(kc, a, a_rs, a_cs, b_panel, b_stride, c, ldc, nr, alpha, tile)``; ``nr < vectors * lanes``
+        goes through the ``tile`` scratch so that columns past n are neither read nor written."""
         blk = self.blk
-        vectors = blk.nr // blk.lanes
+        width = vectors * blk.lanes
         fnty = ir.FunctionType(ir.VoidType(), [I64, self.p, I64, I64, self.p, I64, self.p, I64, I64, self.t, self.p])
-        fn = ir.Function(self.module, fnty, f"{self.symbol}_kernel_{rows}x{blk.nr}")
+        fn = ir.Function(self.module, fnty, f"{self.symbol}_kernel_{rows}x{width}")
         fn.linkage = "internal"
         kc, a, a_rs, a_cs, bp, b_stride, c, ldc, nr, alpha, tile = fn.args
         for arg in (a, bp, c, tile):
@@ -336,7 +447,7 @@ class _GemmWriter:
                 for v in range(vectors):
                     b.store(self._fmuladd(b, a_ip, b_vecs[v], b.load(accs[i][v])), accs[i][v])
         alpha_v = self._splat(b, alpha)
-        full = b.icmp_signed("==", nr, I64(blk.nr))
+        full = b.icmp_signed("==", nr, I64(width))
         with b.if_else(full, likely=True) as (then, otherwise):
             with then:  # C[i, 0:NR] += alpha * acc, whole vectors
                 for i in range(rows):
@@ -347,12 +458,12 @@ class _GemmWriter:
             with otherwise:  # the last panel of n: through the tile, element by element
                 for i in range(rows):
                     for v in range(vectors):
-                        self._vstore(b, b.load(accs[i][v]), self._at(b, tile, I64(i * blk.nr + v * blk.lanes)))
+                        self._vstore(b, b.load(accs[i][v]), self._at(b, tile, I64(i * width + v * blk.lanes)))
                 for i in range(rows):
                     c_row = self._at(b, c, b.mul(I64(i), ldc))
                     with self._loop(b, I64(0), nr, 1, "ej") as j:
                         ptr = self._at(b, c_row, j)
-                        s = b.load(self._at(b, tile, I64(i * blk.nr), j))
+                        s = b.load(self._at(b, tile, I64(i * width), j))
                         b.store(self._fmuladd(b, alpha, s, b.load(ptr)), ptr)
         b.ret_void()
         return fn
