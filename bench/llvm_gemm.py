@@ -22,7 +22,6 @@ import argparse  # noqa: E402
 import ctypes  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -31,7 +30,8 @@ import llvmlite.binding as llvm  # noqa: E402
 import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 
-from graphc.backends.llvm.gemm import DTYPES, Blocking, default_blocking, define_gemm, gemm_symbol  # noqa: E402
+from graphc.backends.llvm.gemm import DTYPES, Blocking, default_blocking, define_gemm, gemm_argtypes, gemm_symbol  # noqa: E402
+from graphc.backends.llvm.target import link_shared  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,40 +52,13 @@ SHAPES = [
 ]
 
 
-def target_machine(target: str) -> llvm.TargetMachine:
-    """"native" (host CPU and features) or "generic" (x86-64 baseline); position-independent code."""
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    t = llvm.Target.from_triple(llvm.get_process_triple())
-    if target == "native":
-        return t.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
-                                       opt=3, reloc="pic", codemodel="default")
-    return t.create_target_machine(cpu="x86-64", features="", opt=3, reloc="pic", codemodel="default")
-
-
-def compile_library(dtype: str, target: str, directory: str, blocking: Blocking | None) -> ctypes.CDLL:
-    """A shared library holding only define_gemm's function, optimized at O3 (new pass manager)."""
+def compile_library(dtype: str, target: str, directory: str, blocking: Blocking | None):
+    """graphc_?gemm of ``dtype`` alone in a shared library (O3, new pass manager), bound with ctypes."""
     module = ir.Module(name="gemm")
-    module.triple = llvm.get_process_triple()
     define_gemm(module, dtype, blocking=blocking)
-    parsed = llvm.parse_assembly(str(module))
-    parsed.verify()
-    machine = target_machine(target)
-    builder = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
-    builder.getModulePassManager().run(parsed, builder)
-    obj = Path(directory, f"{dtype}_{target}.o")
-    obj.write_bytes(machine.emit_object(parsed))
-    so = Path(directory, f"lib{dtype}_{target}.so")
-    subprocess.run(["cc", "-shared", "-o", str(so), str(obj)], check=True)
-    return ctypes.CDLL(str(so))
-
-
-def bind(lib: ctypes.CDLL, dtype: str):
-    scalar = ctypes.c_float if dtype == "float32" else ctypes.c_double
+    lib = ctypes.CDLL(str(link_shared(module, directory, f"{dtype}_{target}", target)))
     fn = getattr(lib, gemm_symbol(dtype))
-    i32, i64, ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [i32, i32, i64, i64, i64, scalar, ptr, i64, ptr, i64, scalar, ptr, i64]
-    fn.restype = None
+    fn.argtypes, fn.restype = gemm_argtypes(dtype), None
     return fn
 
 
@@ -117,7 +90,7 @@ def operands(ta: int, tb: int, m: int, n: int, k: int, dtype: str, rng: np.rando
 def run(dtype: str, repeats: int, blocking: Blocking | None) -> list[dict]:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as d:
-        gemms = {t: bind(compile_library(dtype, t, d, blocking), dtype) for t in ("native", "generic")}
+        gemms = {t: compile_library(dtype, t, d, blocking) for t in ("native", "generic")}
         rows = []
         for label, ta, tb, m, n, k in SHAPES:
             a, b, c = operands(ta, tb, m, n, k, dtype, rng)

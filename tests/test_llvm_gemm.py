@@ -17,7 +17,16 @@ import numpy as np
 import pytest
 from llvmlite import ir
 
-from graphc.backends.llvm.gemm import DTYPES, GemmError, default_blocking, define_gemm, gemm_symbol, gemm_type
+from graphc.backends.llvm.gemm import (
+    DTYPES,
+    GemmError,
+    default_blocking,
+    define_gemm,
+    gemm_argtypes,
+    gemm_symbol,
+    gemm_type,
+)
+from graphc.backends.llvm.target import link_shared, optimize, target_machine
 from graphc.ir.errors import DTypeError
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler to link the object")
@@ -26,34 +35,7 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C co
 RTOL = {"float32": 1e-5, "float64": 1e-12}
 
 
-# ---- compiling (graphc.backends.llvm.target when the llvmrender branch has landed) -------------------------
-
-def _target_machine(target: str) -> llvm.TargetMachine:
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    t = llvm.Target.from_triple(llvm.get_process_triple())
-    if target == "native":
-        return t.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
-                                       opt=3, reloc="pic", codemodel="default")
-    return t.create_target_machine(cpu="x86-64", features="", opt=3, reloc="pic", codemodel="default")
-
-
-def _optimized(module: ir.Module, machine: llvm.TargetMachine) -> llvm.ModuleRef:
-    parsed = llvm.parse_assembly(str(module))
-    parsed.verify()
-    builder = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
-    builder.getModulePassManager().run(parsed, builder)
-    return parsed
-
-
-def compile_object(module: ir.Module, target: str) -> bytes:
-    try:
-        from graphc.backends.llvm import target as llvm_target
-    except ImportError:
-        machine = _target_machine(target)
-        return machine.emit_object(_optimized(module, machine))
-    return llvm_target.compile_object(module, target)
-
+# ---- compiling --------------------------------------------------------------------------------------------
 
 def gemm_module(blas: str = "generated") -> ir.Module:
     module = ir.Module(name="gemm_test")
@@ -71,11 +53,8 @@ class Gemm:
         self.object = obj
         self.fns = {}
         for dtype in DTYPES:
-            scalar = ctypes.c_float if dtype == "float32" else ctypes.c_double
             fn = getattr(self.lib, gemm_symbol(dtype))
-            i32, i64, ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
-            fn.argtypes = [i32, i32, i64, i64, i64, scalar, ptr, i64, ptr, i64, scalar, ptr, i64]
-            fn.restype = None
+            fn.argtypes, fn.restype = gemm_argtypes(dtype), None
             self.fns[dtype] = fn
 
     def __call__(self, dtype, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
@@ -87,11 +66,8 @@ def libraries(tmp_path_factory) -> dict[str, Gemm]:
     directory = tmp_path_factory.mktemp("llvm_gemm")
     out = {}
     for target in ("native", "generic"):
-        obj = directory / f"gemm_{target}.o"
-        obj.write_bytes(compile_object(gemm_module(), target))
-        so = directory / f"libgemm_{target}.so"
-        subprocess.run(["cc", "-shared", "-o", str(so), str(obj)], check=True)
-        out[target] = Gemm(so, obj)
+        so = link_shared(gemm_module(), directory, f"gemm_{target}", target)
+        out[target] = Gemm(so, so.with_name(f"gemm_{target}.o"))
     return out
 
 
@@ -391,8 +367,8 @@ def test_system_blas_wrapper_calls_cblas():
     cblas = _scipy_cblas()
     for letter in ("s", "d"):
         llvm.add_symbol(f"cblas_{letter}gemm", ctypes.cast(getattr(cblas, f"scipy_cblas_{letter}gemm"), ctypes.c_void_p).value)
-    machine = _target_machine("native")
-    engine = llvm.create_mcjit_compiler(_optimized(gemm_module("system"), machine), machine)
+    machine = target_machine("native")
+    engine = llvm.create_mcjit_compiler(optimize(gemm_module("system"), "native"), machine)
     engine.finalize_object()
 
     class Jitted(Gemm):

@@ -107,6 +107,15 @@ def gemm_type(dtype: str) -> ir.FunctionType:
     return ir.FunctionType(ir.VoidType(), [I32, I32, I64, I64, I64, t, p, I64, p, I64, t, p, I64])
 
 
+def gemm_argtypes(dtype: str) -> list:
+    """The ctypes argument types of ``graphc_sgemm``/``graphc_dgemm`` (for calling a linked library)."""
+    import ctypes
+
+    scalar = ctypes.c_float if dtype == "float32" else ctypes.c_double
+    i32, i64, ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
+    return [i32, i32, i64, i64, i64, scalar, ptr, i64, ptr, i64, scalar, ptr, i64]
+
+
 def define_gemm(module: ir.Module, dtype: str, blas: str = "generated", blocking: Blocking | None = None) -> ir.Function:
     """Define ``graphc_sgemm`` (float32) or ``graphc_dgemm`` (float64) in ``module`` once and return it.
 

@@ -2,7 +2,8 @@
 
     target_machine("native" | "generic")   the host's CPU and features, or baseline x86-64 (any x86-64)
     compile_object(module, target) -> bytes  parse, verify, O3 (new pass manager), emit_object
-    jit_entry(module, symbol) -> callable    the object linked by ``cc`` into a shared library, via ctypes
+    link_shared(module, dir, name, target)   the object linked by ``cc`` into dir/lib<name>.so
+    jit_entry(module, symbol) -> callable    that library's entry function, via ctypes (tests)
 """
 from __future__ import annotations
 
@@ -99,13 +100,21 @@ class JitEntry:
         return fn
 
 
-def jit_entry(module: ir.Module | str, symbol: str, target: str = "native") -> JitEntry:
-    """``symbol`` of ``module`` callable from Python (tests): the object of :func:`compile_object` linked by
-    ``cc -shared`` against libm into a temporary library, loaded with ctypes."""
-    directory = tempfile.TemporaryDirectory(prefix="graphc-llvm-")
-    obj, lib = Path(directory.name, "module.o"), Path(directory.name, "module.so")
+def link_shared(module: ir.Module | str, directory: str | Path, name: str = "module",
+                target: str = "native") -> Path:
+    """``directory/lib<name>.so``: the object of :func:`compile_object` (kept as ``<name>.o``) linked by
+    ``cc -shared`` against libm."""
+    obj, lib = Path(directory, f"{name}.o"), Path(directory, f"lib{name}.so")
     obj.write_bytes(compile_object(module, target))
     done = subprocess.run(["cc", "-shared", "-o", str(lib), str(obj), "-lm"], capture_output=True, text=True)
     if done.returncode:
-        raise LLVMTargetError(f"llvm target: cc could not link {symbol}: {done.stderr.strip()}")
+        raise LLVMTargetError(f"llvm target: cc could not link {lib.name}: {done.stderr.strip()}")
+    return lib
+
+
+def jit_entry(module: ir.Module | str, symbol: str, target: str = "native") -> JitEntry:
+    """``symbol`` of ``module`` callable from Python (tests): :func:`link_shared` into a temporary directory,
+    loaded with ctypes."""
+    directory = tempfile.TemporaryDirectory(prefix="graphc-llvm-")
+    lib = link_shared(module, directory.name, target=target)
     return JitEntry(ctypes.CDLL(str(lib)), symbol, directory)
