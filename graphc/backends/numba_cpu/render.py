@@ -31,6 +31,7 @@ from ..lowering.ir import (
     library_calls,
 )
 from ..numba_scalar import NP_TYPE, NumbaStatements
+from ..threads import PARALLEL_MIN_WORK
 
 #: Body lines per driver function. Numba's liveness analysis and LLVM grow faster than linearly with
 #: function size, but each extra function costs its own pipeline: measured on the LeNet-5 step (344
@@ -60,14 +61,6 @@ b8 = np.bool_
 NJIT = dict(cache={cache}, error_model="numpy", fastmath={fastmath}, boundscheck={boundscheck!r}, nogil=True{parallel})
 '''
 
-#: The cost rule of parallel loops: a kernel's outer loop runs on all of the process's threads (``prange``)
-#: when the loop is independent (``Loop.parallel``) and its nest executes at least this many statements
-#: (loads, assignments, stores: ``nest_work``). Measured on the dev machine (2-core EPYC, OpenMP layer,
-#: load ~0.5): a prange region costs ~1.9 us to start and join where the same loop of 1000 elements
-#: takes 0.35 us serially; the parallel loop wins from ~20,000 elements of two statements each
-#: (10,000: 2.3 us vs 1.7 us serial; 100,000: 9.3 us vs 15.1 us). Below the rule a module keeps
-#: ``parallel=False``: Numba's parallel pipeline costs compile time even where it finds nothing to do.
-PARALLEL_MIN_WORK = 40_000
 
 #: The library calls numba_cpu/collective.py provides (it imports numba-mpi, an extra): a module imports
 #: them only when its program calls them, and is then compiled in every process (see that module).
