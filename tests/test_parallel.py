@@ -56,12 +56,18 @@ def test_cost_rule_counts_statements_and_refuses_what_cannot_run_in_parallel():
     assert not R.runs_parallel(Loop(i, 1, [inner]), 1)  # one iteration: nothing to split
     from graphc.backends.lowering.ir import Call
     assert not R.runs_parallel(Loop(i, 100, [inner, Call("max_pool", ())]), 1)  # a library call has its threads
+    # a sum over the rows (sequential i) into columns j: split into column blocks, each row in order
+    column_sum = Loop(i, 100, [Loop(j, 500, [Store(buf, j, sp.Integer(1), reduce="add")])], parallel=False)
+    assert R.splits_columns(column_sum, 40_000) and not R.splits_columns(column_sum, 50_001)
+    by_row = Loop(i, 100, [Loop(j, 500, [Store(buf, i + j, sp.Integer(1), reduce="add")])], parallel=False)
+    assert not R.splits_columns(by_row, 1)  # the outer range chooses the element: blocks would overlap
 
 
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory):
-    """relu(x) * w summed over rows' columns, x [256, 300]: an elementwise nest of ~300k statements
-    (parallel) and a row reduction whose outer range is independent (parallel), no GEMM."""
+    """relu(x) * w, x [256, 300]: an elementwise nest of ~300k statements (parallel), a row sum whose outer
+    range is independent (parallel) and a column sum whose outer range is the reduced one (column
+    blocks); no GEMM."""
     rng = np.random.default_rng(0)
     with graphc.Graph("wide") as g:
         x = graphc.input("x", (256, 300))
@@ -69,6 +75,7 @@ def wide(tmp_path_factory):
         h = graphc.relu(x) * w
         g.output(h)
         g.output(graphc.sum(h * h, axis=1))
+        g.output(graphc.sum(h, axis=0))
     cache = str(tmp_path_factory.mktemp("cache"))
     exe = graphc.compile(g, backend="cpu", cache_dir=cache, threads=1)
     ref = graphc.compile(g, backend="reference")
@@ -80,6 +87,26 @@ def test_large_independent_loops_render_as_prange(wide):
     assert "parallel=True" in exe.source
     assert exe.source.count("in prange(") >= 2
     assert "from numba import njit, prange" in exe.source
+    # the column sum (a reduction over the sequential row range): blocks of columns in parallel
+    assert "for block" in exe.source and "blocks, each summing over" in exe.source
+
+
+def test_a_parallel_module_loads_from_numbas_cache_in_another_process(wide, tmp_path):
+    """parallel=True keeps cache=True working: a second process loads the compiled step (no recompile)."""
+    exe, _, _ = wide
+    code = ("import graphc, numpy as np\n"
+            "with graphc.Graph('wide') as g:\n"
+            "    x = graphc.input('x', (256, 300))\n"
+            "    w = graphc.param('w', np.random.default_rng(0).standard_normal(300).astype(np.float32))\n"
+            "    h = graphc.relu(x) * w\n"
+            "    g.output(h)\n"
+            "    g.output(graphc.sum(h * h, axis=1))\n"
+            "    g.output(graphc.sum(h, axis=0))\n"
+            f"exe = graphc.compile(g, backend='cpu', cache_dir={exe.stats['cache_dir'].rsplit('/', 1)[0]!r})\n"
+            "print(exe.stats['cache'], exe.stats['numba_cache_hit'])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.split() == ["hit", "True"], out.stdout + out.stderr
 
 
 def test_tiny_step_keeps_the_serial_pipeline(tmp_path):

@@ -9,6 +9,8 @@ from .. import threads as _threads
 from ..lowering import Program, aligned
 from ..native import NativeExecutable, ParamStore, aligned_bytes
 
+_CURRENT = _threads._current  # the count both pools run with now: read on every call, so bound once
+
 
 class NumbaExecutable(NativeExecutable):
     """A graph compiled by the numba_cpu backend: ``exe(*inputs)`` is one call of the native driver.
@@ -59,7 +61,7 @@ class NumbaExecutable(NativeExecutable):
         return self.threads
 
     def _apply_threads(self) -> None:
-        if _threads._current[0] != self.threads:  # both pools already run with this count: nothing to do
+        if _CURRENT[0] != self.threads:  # both pools already run with this count: nothing to do
             _threads.apply(self.threads)
 
     # -- running ----------------------------------------------------------------------------------
@@ -76,7 +78,7 @@ class NumbaExecutable(NativeExecutable):
                 if not flags.owndata and np.may_share_memory(a, self._written):  # run() copies it
                     break
             else:
-                if _threads._current[0] != self.threads:
+                if _CURRENT[0] != self.threads:
                     _threads.apply(self.threads)
                 outs = self._step(*args, self._state, self._ws, self._status)
                 if self._status[0]:

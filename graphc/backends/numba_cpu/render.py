@@ -99,6 +99,41 @@ def runs_parallel(loop, min_work: int | None = None) -> bool:
             and loop.extent * nest_work(loop.body) >= limit)
 
 
+def _statements(body, kind):
+    for s in body:
+        if isinstance(s, Loop):
+            yield from _statements(s.body, kind)
+        elif isinstance(s, kind):
+            yield s
+
+
+#: The blocks a column-split reduction is cut into (see :func:`splits_columns`): a constant, not the thread
+#: count, because ``numba.get_num_threads()`` in the generated code makes Numba refuse to cache it (a ctypes
+#: pointer); OpenMP deals the blocks to the threads. Every element is summed in the same order whatever the
+#: block count, so the results do not depend on it.
+COLUMN_BLOCKS = 8
+
+
+def splits_columns(loop, min_work: int | None = None) -> bool:
+    """The cost rule's second form, for a reduction over a sequential outer range (a bias gradient: the
+    sum over the rows of [rows, cols]): ``loop`` is sequential and holds exactly one independent loop,
+    every store of which writes an element indexed by that inner loop's variable alone (not by the
+    outer one, nor by any value computed from it), and nothing it stores is loaded in the nest. Then the inner range can be cut into one block per
+    thread, each thread running the whole outer range over its block: every element is summed by one
+    thread in the original order (bit-identical results at any thread count)."""
+    limit = PARALLEL_MIN_WORK if min_work is None else min_work
+    if not (isinstance(loop, Loop) and not loop.parallel and len(loop.body) == 1):
+        return False
+    inner = loop.body[0]
+    if not (isinstance(inner, Loop) and inner.parallel and inner.extent > 1 and _plain(inner.body)):
+        return False
+    stores = list(_statements(inner.body, Store))
+    stored = {id(st.buffer) for st in stores}
+    return (bool(stores) and all(sp.sympify(st.index).free_symbols == {inner.var} for st in stores)
+            and not any(id(ld.buffer) in stored for ld in _statements(inner.body, Load))
+            and loop.extent * nest_work([inner]) >= limit)
+
+
 class Renderer(NumbaStatements):
     """Names every buffer and prints every statement of one Program as @njit code."""
 
@@ -116,9 +151,23 @@ class Renderer(NumbaStatements):
                 self.parallel_loops += 1
                 out.append(f"    for {s.var} in prange({s.extent}):  # parallel: {nest_work([s])} statements")
                 out += super().lines(s.body, 2)
+            elif splits_columns(s, self.min_work):
+                out += self.column_blocks(s)
             else:
                 out += super().lines([s], 1)
         return out
+
+    def column_blocks(self, loop) -> list[str]:
+        """``loop`` (see :func:`splits_columns`) with its inner range cut into COLUMN_BLOCKS blocks, in prange."""
+        k = self.parallel_loops
+        self.parallel_loops += 1
+        inner = loop.body[0]
+        n, ext = min(COLUMN_BLOCKS, inner.extent), inner.extent
+        return [f"    for block{k} in prange({n}):  # parallel: {inner.var} in {n} blocks, each summing over "
+                f"{loop.var} in order ({nest_work([loop])} statements)",
+                f"        for {loop.var} in range({loop.extent}):",
+                f"            for {inner.var} in range(block{k} * {ext} // {n}, (block{k} + 1) * {ext} // {n}):",
+                *super().lines(inner.body, 4)]
 
     def target_lines(self, s, pad: str) -> list[str]:
         if isinstance(s, Check):
