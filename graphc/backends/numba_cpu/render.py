@@ -118,9 +118,9 @@ def splits_columns(loop, min_work: int | None = None) -> bool:
     """The cost rule's second form, for a reduction over a sequential outer range (a bias gradient: the
     sum over the rows of [rows, cols]): ``loop`` is sequential and holds exactly one independent loop,
     every store of which writes an element indexed by that inner loop's variable alone (not by the
-    outer one, nor by any value computed from it), and nothing it stores is loaded in the nest. Then the inner range can be cut into one block per
-    thread, each thread running the whole outer range over its block: every element is summed by one
-    thread in the original order (bit-identical results at any thread count)."""
+    outer one, nor by any value computed from it), and nothing it stores is loaded in the nest. Then the
+    inner range can be cut into blocks, each thread running the whole outer range over its blocks: every
+    element is summed by one thread in the original order (bit-identical results at any thread count)."""
     limit = PARALLEL_MIN_WORK if min_work is None else min_work
     if not (isinstance(loop, Loop) and not loop.parallel and len(loop.body) == 1):
         return False
