@@ -26,7 +26,9 @@ same network in PyTorch (graphc and torch only; each framework initializes its o
 dropout masks, so their losses are not compared). Threads: OPENBLAS/OMP/MKL_NUM_THREADS, torch's
 set_num_threads and XLA's intra-op threads are all set to the count, and each worker process is
 pinned to that many cores (sched_setaffinity); ``cpu_per_wall`` in the JSON shows the cores kept busy.
-graphc gets ``threads=`` the count (compile and fit), so that its policy does not override the benchmark's.
+graphc gets ``threads=`` the count (compile and fit), so that its policy does not override the benchmark's;
+under ``--contended`` it runs its default policy instead (``threads=None``: the pinned cores, less those
+another process keeps busy), which is what a user on a shared machine gets.
 
 ``--contended``: one busy process (``while True: pass``) pinned to the last core runs during every
 framework's measurement (started before the worker, killed after it): the shared machine of issue 16.
@@ -148,6 +150,11 @@ def epoch_indices(perm, batch):
 
 # -- workers: one framework in this process --------------------------------------------------------------------
 
+def graphc_threads() -> int | None:
+    """graphc's ``threads=``: the benchmark's count, or its default policy when contended."""
+    return None if args.contended else args.threads
+
+
 def graphc_step(workload: str, weights, cache_dir: str):
     import graphc
 
@@ -178,7 +185,7 @@ def graphc_step(workload: str, weights, cache_dir: str):
         for p, d in zip(params, graphc.grad(loss, params)):
             g.update(p, p - LR * d)
     t0 = time.perf_counter()
-    exe = graphc.compile(loss, inputs=[x, y], backend="cpu", cache_dir=cache_dir, threads=args.threads)
+    exe = graphc.compile(loss, inputs=[x, y], backend="cpu", cache_dir=cache_dir, threads=graphc_threads())
     compile_s = time.perf_counter() - t0
 
     def step(xb, yb):
@@ -189,7 +196,8 @@ def graphc_step(workload: str, weights, cache_dir: str):
 
     if workload == "mlp" and args.graphc_epoch == "fit":
         epoch = graphc_fit_epoch(weights, cache_dir)
-    stats = {k: exe.stats.get(k) for k in ("cache", "cache_problems", "cache_key", "codegen_s", "numba_compile_s")}
+    stats = {k: exe.stats.get(k) for k in ("cache", "cache_problems", "cache_key", "codegen_s", "numba_compile_s",
+                                           "threads", "threads_others_busy")}
     return step, epoch, compile_s, stats
 
 
@@ -208,7 +216,7 @@ def graphc_fit_epoch(weights, cache_dir: str):
 
     def epoch(X, Y, perm):
         return graphc.fit(model, (X, Y), epochs=1, batch_size=128, trainer=trainer, verbose=False,
-                          last_batch="wrap", threads=args.threads)["loss"]
+                          last_batch="wrap", threads=graphc_threads())["loss"]
 
     return epoch
 
@@ -235,7 +243,7 @@ def graphc_resnet_step(cache_dir: str):
     compile_s = time.perf_counter() - t0
     from graphc.backends.threads import ThreadPolicy
 
-    exe.use_threads(ThreadPolicy(args.threads))
+    exe.use_threads(ThreadPolicy(graphc_threads()))
 
     keys = iter(range(10 ** 9))
 
