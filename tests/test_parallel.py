@@ -138,6 +138,9 @@ def test_parallel_loops_equal_the_reference_and_each_other_at_1_and_2_threads(wi
 
 
 # -- the runtime kernels: NumPy oracles --------------------------------------------------------------------
+# Regression guards (they pass on main too, but for T.apply): the runtime kernels stay serial on this
+# branch (parallel=True versions made the LeNet step 45% slower at 1 thread; see docs/performance.md), and
+# these pin their results at both thread counts against NumPy for whoever parallelizes them next.
 
 def _im2col_oracle(x, kh, kw, ph, pw):
     C, H, W = x.shape

@@ -35,9 +35,8 @@ SPIN_DEFAULTS = {"GOMP_SPINCOUNT": "1000", "OPENBLAS_THREAD_TIMEOUT": "4"}
 for _var, _value in SPIN_DEFAULTS.items():
     os.environ.setdefault(_var, _value)
 
-#: The cost rule of parallel loops: a kernel's outer loop (numba_cpu's renderer) or a
-#: runtime kernel's (numba_cpu.runtime: im2col, col2im, pooling) runs on all of the process's threads (``prange``)
-#: when the loop is independent (``Loop.parallel``) and its nest executes at least this many statements
+#: The cost rule of parallel loops: a kernel's outer loop (numba_cpu's renderer) runs on all of the process's
+#: threads (``prange``) when the loop is independent (``Loop.parallel``) and its nest executes at least this many statements
 #: (loads, assignments, stores: ``nest_work``). Measured on the dev machine (2-core EPYC, OpenMP layer,
 #: load ~0.5): a prange region costs ~1.9 us to start and join where the same loop of 1000 elements
 #: takes 0.35 us serially; the parallel loop wins from ~20,000 elements of two statements each

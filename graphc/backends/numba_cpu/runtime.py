@@ -15,13 +15,12 @@ from typing import Iterator
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
 
 from ..cache import cache_root, writable_root
-from ..threads import PARALLEL_MIN_WORK
 
 _char = ir.IntType(8)
 _void_p = ir.IntType(8).as_pointer()
@@ -80,12 +79,6 @@ def gemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, a_off, lda, b, b_off, l
 # Every array is flat; ``*o`` arguments are element offsets (image n, a workspace slot); shapes are ints.
 
 _KERNEL = dict(cache=True, error_model="numpy", nogil=True, fastmath={"contract"})
-#: The kernels with an independent outer range (the rows of im2col, the planes of col2im and pooling,
-#: the (image, channel) planes of the direct convolution): ``prange`` over it when the work reaches the
-#: cost rule (PARALLEL_MIN_WORK element operations, see graphc.backends.threads), a plain loop below.
-#: Compiled once per machine (Numba's cache), so the parallel pipeline's compile time is paid once.
-_PARALLEL_KERNEL = dict(_KERNEL, parallel=True)
-MIN_WORK = PARALLEL_MIN_WORK
 
 
 def _numba_fallback_cache_dir() -> str | None:
@@ -111,17 +104,14 @@ def _numba_cache_dir(path: str) -> Iterator[None]:
         numba.config.CACHE_DIR = saved
 
 
-def _kernel(fn=None, *, parallel: bool = False):
-    """``@njit(**_KERNEL)`` (``parallel``: ``_PARALLEL_KERNEL``), with a cache wherever one can be written. Numba keeps the cache beside this
+def _kernel(fn):
+    """``@njit(**_KERNEL)``, with a cache wherever one can be written. Numba keeps the cache beside this
     file or in the user's cache directory; with a read-only install and a read-only home it has neither,
     and refuses to decorate ("cannot cache function ...: no locator available"). Then the cache goes
     where graphc's compile cache goes, and if nothing at all is writable the kernels are compiled in
     every process instead (one warning)."""
-    if fn is None:
-        return lambda f: _kernel(f, parallel=parallel)
-    options = _PARALLEL_KERNEL if parallel else _KERNEL
     try:
-        return njit(**options)(fn)
+        return njit(**_KERNEL)(fn)
     except RuntimeError as err:
         if "no locator available" not in str(err):
             raise
@@ -130,7 +120,7 @@ def _kernel(fn=None, *, parallel: bool = False):
     if fallback is not None:
         try:
             with _numba_cache_dir(fallback):
-                return njit(**options)(fn)
+                return njit(**_KERNEL)(fn)
         except RuntimeError as err:
             if "no locator available" not in str(err):
                 raise
@@ -140,85 +130,60 @@ def _kernel(fn=None, *, parallel: bool = False):
         _warned_uncached = True
         warnings.warn(f"graphc: the runtime kernels are compiled in every process: {reason}", RuntimeWarning,
                       stacklevel=2)
-    return njit(**dict(options, cache=False))(fn)
+    return njit(**dict(_KERNEL, cache=False))(fn)
 
 
 _warned_uncached = False
 
 
 @_kernel
-def _im2col_row(x, xo, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, co, r):
-    """Row r = (c*kh + i)*kw + j of im2col's column matrix."""
-    c = r // (kh * kw)
-    i = (r // kw) % kh
-    j = r % kw
-    row = co + r * Ho * Wo
-    for ho in range(Ho):
-        h = ho * sh - ph + i * dh
-        if h < 0 or h >= H:
-            for wo in range(Wo):
-                col[row + ho * Wo + wo] = 0
-        else:
-            xb = xo + (c * H + h) * W
-            for wo in range(Wo):
-                q = wo * sw - pw + j * dw
-                col[row + ho * Wo + wo] = x[xb + q] if q >= 0 and q < W else 0
-
-
-@_kernel(parallel=True)
 def im2col(x, xo, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, co):
-    """col[(c*kh + i)*kw + j, ho*Wo + wo] = x[c, ho*sh - ph + i*dh, wo*sw - pw + j*dw] (0 outside);
-    the rows in parallel when the matrix is large enough."""
-    rows = C * kh * kw
-    if rows * Ho * Wo >= MIN_WORK:
-        for r in prange(rows):
-            _im2col_row(x, xo, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, co, r)
-    else:
-        for r in range(rows):
-            _im2col_row(x, xo, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, co, r)
-
-
-@_kernel
-def _direct_plane(x, xo, w, wo_, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, out, oo, plane):
-    """Output plane ``plane`` = n*Co + o of the direct convolution."""
-    n = plane // Co
-    o = plane % Co
+    """col[(c*kh + i)*kw + j, ho*Wo + wo] = x[c, ho*sh - ph + i*dh, wo*sw - pw + j*dw] (0 outside)."""
     P = Ho * Wo
-    ob = oo + plane * P
-    for q in range(P):
-        out[ob + q] = 0
     for c in range(C):
-        xb = xo + (n * C + c) * H * W
         for i in range(kh):
             for j in range(kw):
-                wv = w[wo_ + ((o * C + c) * kh + i) * kw + j]
-                shift = j * dw - pw
-                # output columns whose input column v*sw + shift lies in [0, W)
-                lo = max(0, -((shift) // sw)) if shift < 0 else 0
-                hi = min(Wo, (W - 1 - shift) // sw + 1) if W - 1 - shift >= 0 else 0
+                row = co + ((c * kh + i) * kw + j) * P
                 for ho in range(Ho):
                     h = ho * sh - ph + i * dh
                     if h < 0 or h >= H:
-                        continue
-                    rb = xb + h * W + shift
-                    orow = ob + ho * Wo
-                    for v in range(lo, hi):
-                        out[orow + v] += wv * x[rb + v * sw]
+                        for wo in range(Wo):
+                            col[row + ho * Wo + wo] = 0
+                    else:
+                        xb = xo + (c * H + h) * W
+                        for wo in range(Wo):
+                            q = wo * sw - pw + j * dw
+                            col[row + ho * Wo + wo] = x[xb + q] if q >= 0 and q < W else 0
 
 
-@_kernel(parallel=True)
+@_kernel
 def conv2d_direct(x, xo, w, wo_, N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, out, oo):
     """The direct loop nest: out[n, o, ho, wo] = sum over c, i, j of w[o, c, i, j] *
     x[n, c, ho*sh - ph + i*dh, wo*sw - pw + j*dw]. Each (c, i, j) adds one weight times a shifted input
-    row to every output row; the output plane stays in L1, the inner loop runs along the row (SIMD).
-    The (n, o) planes in parallel when the work is large enough (each plane's sum in the same order)."""
-    planes = N * Co
-    if planes * C * kh * kw * Ho * Wo >= MIN_WORK:
-        for p in prange(planes):
-            _direct_plane(x, xo, w, wo_, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, out, oo, p)
-    else:
-        for p in range(planes):
-            _direct_plane(x, xo, w, wo_, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, out, oo, p)
+    row to every output row; the output plane stays in L1, the inner loop runs along the row (SIMD)."""
+    P = Ho * Wo
+    for n in range(N):
+        for o in range(Co):
+            ob = oo + (n * Co + o) * P
+            for q in range(P):
+                out[ob + q] = 0
+            for c in range(C):
+                xb = xo + (n * C + c) * H * W
+                for i in range(kh):
+                    for j in range(kw):
+                        wv = w[wo_ + ((o * C + c) * kh + i) * kw + j]
+                        shift = j * dw - pw
+                        # output columns whose input column v*sw + shift lies in [0, W)
+                        lo = max(0, -((shift) // sw)) if shift < 0 else 0
+                        hi = min(Wo, (W - 1 - shift) // sw + 1) if W - 1 - shift >= 0 else 0
+                        for ho in range(Ho):
+                            h = ho * sh - ph + i * dh
+                            if h < 0 or h >= H:
+                                continue
+                            rb = xb + h * W + shift
+                            orow = ob + ho * Wo
+                            for v in range(lo, hi):
+                                out[orow + v] += wv * x[rb + v * sw]
 
 
 @_kernel
@@ -232,88 +197,59 @@ def conv2d_im2col(x, xo, w, wo_, N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw,
 
 
 @_kernel
-def _col2im_plane(cols, co, kh, kw, H, W, sh, sw, ph, pw, dh, dw, Ho, Wo, out, oo, o):
-    for i in range(kh):
-        for j in range(kw):
-            row = co + ((o * kh + i) * kw + j) * H * W
-            for h in range(H):
-                oh = h * sh - ph + i * dh
-                if oh >= 0 and oh < Ho:
-                    ob = oo + (o * Ho + oh) * Wo
-                    for q in range(W):
-                        ow = q * sw - pw + j * dw
-                        if ow >= 0 and ow < Wo:
-                            out[ob + ow] += cols[row + h * W + q]
-
-
-@_kernel(parallel=True)
 def col2im_add(cols, co, Co, kh, kw, H, W, sh, sw, ph, pw, dh, dw, Ho, Wo, out, oo):
-    """The adjoint of im2col: out[o, h*sh - ph + i*dh, w*sw - pw + j*dw] += cols[(o*kh + i)*kw + j, h*W + w];
-    the output planes o in parallel when the work is large enough (each in the same order)."""
-    if Co * kh * kw * H * W >= MIN_WORK:
-        for o in prange(Co):
-            _col2im_plane(cols, co, kh, kw, H, W, sh, sw, ph, pw, dh, dw, Ho, Wo, out, oo, o)
-    else:
-        for o in range(Co):
-            _col2im_plane(cols, co, kh, kw, H, W, sh, sw, ph, pw, dh, dw, Ho, Wo, out, oo, o)
+    """The adjoint of im2col: out[o, h*sh - ph + i*dh, w*sw - pw + j*dw] += cols[(o*kh + i)*kw + j, h*W + w]."""
+    P = H * W
+    for o in range(Co):
+        for i in range(kh):
+            for j in range(kw):
+                row = co + ((o * kh + i) * kw + j) * P
+                for h in range(H):
+                    oh = h * sh - ph + i * dh
+                    if oh >= 0 and oh < Ho:
+                        ob = oo + (o * Ho + oh) * Wo
+                        for q in range(W):
+                            ow = q * sw - pw + j * dw
+                            if ow >= 0 and ow < Wo:
+                                out[ob + ow] += cols[row + h * W + q]
 
 
 @_kernel
-def _max_plane(x, xo, p, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo):
-    """Max over each window of plane p (padding is -inf); NaN propagates, as in NumPy."""
-    pb = xo + p * H * W
-    for ho in range(Ho):
-        for wo in range(Wo):
-            acc = -np.inf
-            for i in range(kh):
-                h = ho * sh - ph + i
-                if h >= 0 and h < H:
-                    for j in range(kw):
-                        q = wo * sw - pw + j
-                        if q >= 0 and q < W:
-                            val = x[pb + h * W + q]
-                            if val > acc or val != val:
-                                acc = val
-            out[oo + (p * Ho + ho) * Wo + wo] = acc
-
-
-@_kernel(parallel=True)
 def max_pool(x, xo, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo):
-    """Max over each window (padding is -inf); NaN propagates, as in NumPy. Planes in parallel when large."""
-    if planes * Ho * Wo * kh * kw >= MIN_WORK:
-        for p in prange(planes):
-            _max_plane(x, xo, p, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo)
-    else:
-        for p in range(planes):
-            _max_plane(x, xo, p, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo)
+    """Max over each window (padding is -inf); NaN propagates, as in NumPy."""
+    for p in range(planes):
+        pb = xo + p * H * W
+        for ho in range(Ho):
+            for wo in range(Wo):
+                acc = -np.inf
+                for i in range(kh):
+                    h = ho * sh - ph + i
+                    if h >= 0 and h < H:
+                        for j in range(kw):
+                            q = wo * sw - pw + j
+                            if q >= 0 and q < W:
+                                val = x[pb + h * W + q]
+                                if val > acc or val != val:
+                                    acc = val
+                out[oo + (p * Ho + ho) * Wo + wo] = acc
 
 
 @_kernel
-def _avg_plane(x, xo, p, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo):
-    pb = xo + p * H * W
-    for ho in range(Ho):
-        for wo in range(Wo):
-            acc = 0.0
-            for i in range(kh):
-                h = ho * sh - ph + i
-                if h >= 0 and h < H:
-                    for j in range(kw):
-                        q = wo * sw - pw + j
-                        if q >= 0 and q < W:
-                            acc += x[pb + h * W + q]
-            out[oo + (p * Ho + ho) * Wo + wo] = acc / (kh * kw)
-
-
-@_kernel(parallel=True)
 def avg_pool(x, xo, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo):
-    """Mean over each window; zero padding counts in the mean (PyTorch's count_include_pad). Planes in
-    parallel when large."""
-    if planes * Ho * Wo * kh * kw >= MIN_WORK:
-        for p in prange(planes):
-            _avg_plane(x, xo, p, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo)
-    else:
-        for p in range(planes):
-            _avg_plane(x, xo, p, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo)
+    """Mean over each window; zero padding counts in the mean (PyTorch's count_include_pad)."""
+    for p in range(planes):
+        pb = xo + p * H * W
+        for ho in range(Ho):
+            for wo in range(Wo):
+                acc = 0.0
+                for i in range(kh):
+                    h = ho * sh - ph + i
+                    if h >= 0 and h < H:
+                        for j in range(kw):
+                            q = wo * sw - pw + j
+                            if q >= 0 and q < W:
+                                acc += x[pb + h * W + q]
+                out[oo + (p * Ho + ho) * Wo + wo] = acc / (kh * kw)
 
 
 @_kernel
@@ -335,55 +271,33 @@ def _first_max(x, pb, H, W, kh, kw, sh, sw, ph, pw, ho, wo):
 
 
 @_kernel
-def _max_backward_plane(x, xo, g, go, p, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo):
-    pb = xo + p * H * W
-    ob = oo + p * H * W
-    for k in range(H * W):
-        out[ob + k] = 0
-    for ho in range(Ho):
-        for wo in range(Wo):
-            bh, bw = _first_max(x, pb, H, W, kh, kw, sh, sw, ph, pw, ho, wo)
-            if bh >= 0 and bh < H and bw >= 0 and bw < W:
-                out[ob + bh * W + bw] += g[go + (p * Ho + ho) * Wo + wo]
-
-
-@_kernel(parallel=True)
 def max_pool_backward(x, xo, g, go, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo):
-    """out (zeroed here) [p, h, w] += g[p, ho, wo] at the first maximum of each window of x; the planes
-    in parallel when large (each plane's sums in the same order)."""
-    if planes * Ho * Wo * kh * kw >= MIN_WORK:
-        for p in prange(planes):
-            _max_backward_plane(x, xo, g, go, p, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo)
-    else:
-        for p in range(planes):
-            _max_backward_plane(x, xo, g, go, p, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo)
+    """out (zeroed here) [p, h, w] += g[p, ho, wo] at the first maximum of each window of x."""
+    for k in range(planes * H * W):
+        out[oo + k] = 0
+    for p in range(planes):
+        pb = xo + p * H * W
+        for ho in range(Ho):
+            for wo in range(Wo):
+                bh, bw = _first_max(x, pb, H, W, kh, kw, sh, sw, ph, pw, ho, wo)
+                if bh >= 0 and bh < H and bw >= 0 and bw < W:
+                    out[oo + p * H * W + bh * W + bw] += g[go + (p * Ho + ho) * Wo + wo]
 
 
 @_kernel
-def _gather_plane(x, xo, v, vo, p, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo):
-    pb = xo + p * H * W
-    for ho in range(Ho):
-        for wo in range(Wo):
-            bh, bw = _first_max(x, pb, H, W, kh, kw, sh, sw, ph, pw, ho, wo)
-            inside = bh >= 0 and bh < H and bw >= 0 and bw < W
-            out[oo + (p * Ho + ho) * Wo + wo] = v[vo + p * H * W + bh * W + bw] if inside else 0
-
-
-@_kernel(parallel=True)
 def max_pool_gather(x, xo, v, vo, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo):
-    """out[p, ho, wo] = v[p, h, w] at the first maximum (h, w) of window (ho, wo) of x (0 if padding);
-    planes in parallel when large."""
-    if planes * Ho * Wo * kh * kw >= MIN_WORK:
-        for p in prange(planes):
-            _gather_plane(x, xo, v, vo, p, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo)
-    else:
-        for p in range(planes):
-            _gather_plane(x, xo, v, vo, p, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, out, oo)
+    """out[p, ho, wo] = v[p, h, w] at the first maximum (h, w) of window (ho, wo) of x (0 if padding)."""
+    for p in range(planes):
+        pb = xo + p * H * W
+        for ho in range(Ho):
+            for wo in range(Wo):
+                bh, bw = _first_max(x, pb, H, W, kh, kw, sh, sw, ph, pw, ho, wo)
+                inside = bh >= 0 and bh < H and bw >= 0 and bw < W
+                out[oo + (p * Ho + ho) * Wo + wo] = v[vo + p * H * W + bh * W + bw] if inside else 0
 
 
 #: The generic kernels a generated module may import (graphc flushes their Numba cache if it fails to load).
-KERNELS = (_im2col_row, im2col, _direct_plane, conv2d_direct, conv2d_im2col, _col2im_plane, col2im_add, _max_plane,
-           max_pool, _avg_plane, avg_pool, _first_max, _max_backward_plane, max_pool_backward, _gather_plane,
+KERNELS = (im2col, conv2d_direct, conv2d_im2col, col2im_add, max_pool, avg_pool, _first_max, max_pool_backward,
            max_pool_gather)
 
 
