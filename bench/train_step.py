@@ -197,7 +197,8 @@ def graphc_step(workload: str, weights, cache_dir: str):
     if workload == "mlp" and args.graphc_epoch == "fit":
         epoch = graphc_fit_epoch(weights, cache_dir)
     stats = {k: exe.stats.get(k) for k in ("cache", "cache_problems", "cache_key", "codegen_s", "numba_compile_s",
-                                           "threads", "threads_others_busy")}
+                                           "threads_others_busy")}
+    stats["graphc_threads"] = exe.stats.get("threads")  # the count graphc chose (``threads`` is the benchmark's)
     return step, epoch, compile_s, stats
 
 
