@@ -1,7 +1,7 @@
 """Training-step benchmark: graphc's numba_cpu backend against PyTorch (eager) and JAX (jit).
 
-    python bench/train_step.py --workload mlp|tiny|cnn --frameworks graphc,torch,jax --json OUT
-                               [--procs 3] [--threads 1,2]
+    python bench/train_step.py --workload mlp|tiny|cnn|resnet --frameworks graphc,torch,jax --json OUT
+                               [--procs 3] [--threads 1,2] [--contended]
 
 Every measurement runs in its own fresh process, the frameworks interleaved round by round, at
 least ``--procs`` processes per framework and thread count. All frameworks start from the same
@@ -20,13 +20,28 @@ same rounds, so that "no step got slower" is measured in one run on one machine.
 
 Workloads: mlp 784-512-256-10 ReLU, softmax cross-entropy, SGD lr 0.01, batch 128; tiny 64-32-10
 tanh, batch 32; cnn 1x28x28 -> conv 6@5x5 pad 2 -> ReLU -> maxpool 2 -> conv 16@5x5 -> ReLU ->
-maxpool 2 -> dense 400-120-84-10 (ReLU), batch 64. Threads: OPENBLAS/OMP/MKL_NUM_THREADS, torch's
+maxpool 2 -> dense 400-120-84-10 (ReLU), batch 64; resnet: examples/fashion_resnet.py's residual CNN
+(conv-BN-ReLU, residual blocks, max and global average pooling, dropout; Adam 2e-3, batch 64) against the
+same network in PyTorch (graphc and torch only; each framework initializes its own weights and draws its own
+dropout masks, so their losses are not compared). Threads: OPENBLAS/OMP/MKL_NUM_THREADS, torch's
 set_num_threads and XLA's intra-op threads are all set to the count, and each worker process is
 pinned to that many cores (sched_setaffinity); ``cpu_per_wall`` in the JSON shows the cores kept busy.
+graphc gets ``threads=`` the count (compile and fit), so that its policy does not override the benchmark's;
+under ``--contended`` it runs its default policy instead (``threads=None``: the pinned cores, less those
+another process keeps busy), which is what a user on a shared machine gets.
+
+``--contended``: one busy process (``while True: pass``) pinned to the last core runs during every
+framework's measurement (started before the worker, killed after it): the shared machine of issue 16.
+
+Roofline: ``gemm_mflop`` is the workload's GEMM work per step (forward and backward GEMMs, convolutions as
+their GEMMs, the first layer's input gradient not computed), ``blas_gflops`` the float32 GEMM peak measured
+in the same run at the same thread count (SciPy's sgemm, 1024^3, best of 5, pinned like the workers), and
+``roofline_ms`` their ratio: the step's time if it were all GEMM at the peak.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -45,6 +60,7 @@ WORKLOADS = {
     "mlp": dict(batch=128, layers=(784, 512, 256, 10), act="relu", block=50, blocks=7),
     "tiny": dict(batch=32, layers=(64, 32, 10), act="tanh", block=3000, blocks=7),
     "cnn": dict(batch=64, block=20, blocks=7),
+    "resnet": dict(batch=64, block=5, blocks=5),
 }
 EPOCH_SAMPLES = 60_000
 
@@ -64,7 +80,9 @@ def problem(workload: str):
         weights.append(rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32))
         weights.append(np.zeros(fan_out, np.float32))
 
-    if workload == "cnn":
+    if workload == "resnet":  # each framework initializes the network itself (see the module's docstring)
+        x = rng.standard_normal((spec["batch"], 1, 28, 28)).astype(np.float32)
+    elif workload == "cnn":
         for shape in ((6, 1, 5, 5), (16, 6, 5, 5)):
             fan_in = shape[1] * shape[2] * shape[3]
             limit = np.sqrt(6.0 / (fan_in + shape[0] * shape[2] * shape[3]))
@@ -79,6 +97,38 @@ def problem(workload: str):
         x = rng.standard_normal((spec["batch"], spec["layers"][0])).astype(np.float32)
     y = rng.integers(0, 10, spec["batch"]).astype(np.int64)
     return weights, x, y
+
+
+def gemm_mflop(workload: str) -> float:
+    """The GEMM work of one training step (MFLOP): each dense layer and each convolution (as the GEMM of
+    its im2col) three times (forward, input gradient, weight gradient), less the input gradient of the
+    first layer, which nobody asks for."""
+    spec = WORKLOADS[workload]
+    B = spec["batch"]
+    if workload == "cnn":  # (Co, C*kh*kw, Ho*Wo) of each conv, then the dense layers
+        convs = [(6, 25, 784), (16, 150, 100)]
+        dense = [(400, 120), (120, 84), (84, 10)]
+    elif workload == "resnet":
+        convs = [(16, 9, 784)] + [(16, 144, 784)] * 2 + [(32, 144, 196)] + [(32, 288, 196)] * 2
+        dense = [(32, 10)]
+    else:
+        convs, dense = [], list(zip(spec["layers"][:-1], spec["layers"][1:]))
+    products = [B * co * k * p for co, k, p in convs] + [B * a * b for a, b in dense]
+    return 2 * (3 * sum(products) - products[0]) / 1e6
+
+
+def blas_peak_gflops(threads: int) -> float:
+    """float32 GEMM GF/s of SciPy's BLAS (the one Numba calls) at ``threads``, in a fresh pinned process."""
+    code = ("import os, time, numpy as np\n"
+            f"os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:{threads}])\n"
+            "from scipy.linalg.blas import sgemm\n"
+            "a = np.ones((1024, 1024), np.float32, order='F'); sgemm(1.0, a, a)\n"
+            "best = min(((lambda t: (sgemm(1.0, a, a), time.perf_counter() - t)[1])(time.perf_counter()))"
+            " for _ in range(5))\n"
+            "print(2 * 1024 ** 3 / best / 1e9)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=thread_env(threads),
+                         timeout=300, check=True)
+    return float(out.stdout.strip())
 
 
 def epoch_data():
@@ -100,10 +150,17 @@ def epoch_indices(perm, batch):
 
 # -- workers: one framework in this process --------------------------------------------------------------------
 
+def graphc_threads() -> int | None:
+    """graphc's ``threads=``: the benchmark's count, or its default policy when contended."""
+    return None if args.contended else args.threads
+
+
 def graphc_step(workload: str, weights, cache_dir: str):
     import graphc
 
     spec = WORKLOADS[workload]
+    if workload == "resnet":
+        return graphc_resnet_step(cache_dir)
     with graphc.Graph(f"bench_{workload}") as g:
         params = [graphc.param(f"p{k}", w) for k, w in enumerate(weights)]
         if workload == "cnn":
@@ -128,7 +185,7 @@ def graphc_step(workload: str, weights, cache_dir: str):
         for p, d in zip(params, graphc.grad(loss, params)):
             g.update(p, p - LR * d)
     t0 = time.perf_counter()
-    exe = graphc.compile(loss, inputs=[x, y], backend="cpu", cache_dir=cache_dir)
+    exe = graphc.compile(loss, inputs=[x, y], backend="cpu", cache_dir=cache_dir, threads=graphc_threads())
     compile_s = time.perf_counter() - t0
 
     def step(xb, yb):
@@ -139,7 +196,9 @@ def graphc_step(workload: str, weights, cache_dir: str):
 
     if workload == "mlp" and args.graphc_epoch == "fit":
         epoch = graphc_fit_epoch(weights, cache_dir)
-    stats = {k: exe.stats.get(k) for k in ("cache", "cache_problems", "cache_key", "codegen_s", "numba_compile_s")}
+    stats = {k: exe.stats.get(k) for k in ("cache", "cache_problems", "cache_key", "codegen_s", "numba_compile_s",
+                                           "threads_others_busy")}
+    stats["graphc_threads"] = exe.stats.get("threads")  # the count graphc chose (``threads`` is the benchmark's)
     return step, epoch, compile_s, stats
 
 
@@ -158,12 +217,81 @@ def graphc_fit_epoch(weights, cache_dir: str):
 
     def epoch(X, Y, perm):
         return graphc.fit(model, (X, Y), epochs=1, batch_size=128, trainer=trainer, verbose=False,
-                          last_batch="wrap")["loss"]
+                          last_batch="wrap", threads=graphc_threads())["loss"]
 
     return epoch
 
 
+def resnet_module():
+    sys.path.insert(0, str(ROOT / "examples"))
+    import fashion_resnet
+
+    return fashion_resnet
+
+
+def graphc_resnet_step(cache_dir: str):
+    """examples/fashion_resnet.py's model and optimizer: one compiled training step through the Trainer."""
+    import numpy as np
+
+    import graphc
+
+    os.environ["GRAPHC_CACHE_DIR"] = cache_dir
+    example = resnet_module()
+    net = example.model(seed=0)
+    trainer = graphc.train.Trainer(net, example.optimizer, backend="cpu")
+    t0 = time.perf_counter()
+    exe = trainer.step_executable(WORKLOADS["resnet"]["batch"])
+    compile_s = time.perf_counter() - t0
+    from graphc.backends.threads import ThreadPolicy
+
+    exe.use_threads(ThreadPolicy(graphc_threads()))
+
+    keys = iter(range(10 ** 9))
+
+    def step(xb, yb):  # the step's inputs as fit feeds them: lr (float64) and a dropout key (int64) per step
+        feeds = trainer._feeds(xb, yb, np.float64(2e-3), np.int64(next(keys)))
+        return float(trainer.run_step(exe, feeds)[0])
+
+    stats = {k: exe.stats.get(k) for k in ("cache", "cache_problems", "cache_key", "codegen_s", "numba_compile_s")}
+    return step, None, compile_s, stats
+
+
+def torch_resnet(threads: int):
+    """examples/fashion_resnet.py's network in PyTorch (Adam 2e-3, dropout 0.2, BN in training mode)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
+                                      nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c))
+
+        def forward(self, x):
+            return F.relu(x + self.body(x))
+
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), Block(16), nn.MaxPool2d(2),
+                        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), Block(32), nn.MaxPool2d(2),
+                        nn.AvgPool2d(7), nn.Flatten(), nn.Dropout(0.2), nn.Linear(32, 10))
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+
+    def step(xb, yb):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(torch.from_numpy(xb)), torch.from_numpy(yb))
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    return step, None, None, {"version": torch.__version__}
+
+
 def torch_step(workload: str, weights, threads: int):
+    if workload == "resnet":
+        return torch_resnet(threads)
     import torch
     import torch.nn.functional as F
 
@@ -300,7 +428,7 @@ def worker(args) -> dict:
     result = {"framework": framework, "workload": args.workload, "threads": args.threads, "losses": losses,
               "ms_per_step": statistics.median(blocks), "blocks_ms": blocks, "compile_s": compile_s,
               "first_result_s": first_result_s, "last_loss": last, "cpu_per_wall": cpu_per_wall,
-              "load_average": os.getloadavg()[0], **extra}
+              "load_average": os.getloadavg()[0], "contended": args.contended, **extra}
     if args.workload == "mlp":
         X, Y, perm = epoch_data()
         times = []
@@ -327,13 +455,33 @@ def thread_env(threads: int, root: Path = ROOT) -> dict:
     return env
 
 
+@contextlib.contextmanager
+def busy_core(on: bool):
+    """``--contended``: a ``while True: pass`` process pinned to the last core while the body runs."""
+    if not on:
+        yield
+        return
+    core = sorted(os.sched_getaffinity(0))[-1]
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                            preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+    try:
+        time.sleep(0.2)  # it runs before the worker starts
+        yield
+    finally:
+        busy.kill()
+        busy.wait()
+
+
 def run_worker(framework: str, workload: str, threads: int, cache_dir: str) -> dict:
     """One measurement in a fresh process; ``graphc-base-*`` runs the baseline checkout's script and graphc."""
     root = Path(args.baseline).resolve() if framework.startswith("graphc-base") else ROOT
     name = framework.replace("graphc-base", "graphc")
     cmd = [sys.executable, str(root / "bench" / "train_step.py"), "--worker", name, "--workload", workload,
            "--threads", str(threads), "--cache-dir", cache_dir, "--graphc-epoch", args.graphc_epoch]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads, root), timeout=900)
+    if args.contended:
+        cmd.append("--contended")
+    with busy_core(args.contended):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads, root), timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"{framework} worker failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -341,10 +489,11 @@ def run_worker(framework: str, workload: str, threads: int, cache_dir: str) -> d
     return result
 
 
-def summarize(results: list[dict], frameworks: list[str]) -> dict:
+def summarize(results: list[dict], frameworks: list[str], peaks: dict[int, float] | None = None) -> dict:
     table = {}
     for threads in sorted({r["threads"] for r in results}):
         rows = {}
+        peak = (peaks or {}).get(threads)
         for fw in frameworks:
             names = [f"{fw}-cold", f"{fw}-warm"] if fw.startswith("graphc") else [fw]
             runs = [r for r in results if r["threads"] == threads and r["framework"] in names]
@@ -366,6 +515,11 @@ def summarize(results: list[dict], frameworks: list[str]) -> dict:
                 row["epoch_s"] = statistics.median(r["epoch_s"] for r in runs)
                 row["epoch_steps"] = runs[0]["epoch_steps"]
             row["losses"] = runs[0]["losses"]
+            if peak:
+                row["gemm_mflop"] = gemm_mflop(runs[0]["workload"])
+                row["blas_gflops"] = peak
+                row["roofline_ms"] = row["gemm_mflop"] / peak
+                row["x_roofline"] = row["ms_per_step"] / row["roofline_ms"]
             rows[fw] = row
         base = rows.get("graphc")
         for row in rows.values():
@@ -373,6 +527,8 @@ def summarize(results: list[dict], frameworks: list[str]) -> dict:
                 row["ratio_to_graphc"] = row["ms_per_step"] / base["ms_per_step"]
                 if "epoch_s" in row:
                     row["epoch_ratio_to_graphc"] = row["epoch_s"] / base["epoch_s"]
+                if row is not base and runs[0]["workload"] == "resnet":
+                    continue  # own weights and dropout masks per framework: losses not comparable
                 diff = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(row["losses"], base["losses"]))
                 row["loss_rel_diff_vs_graphc"] = diff
         table[threads] = rows
@@ -381,16 +537,22 @@ def summarize(results: list[dict], frameworks: list[str]) -> dict:
 
 def print_table(workload: str, table: dict) -> None:
     for threads, rows in table.items():
-        print(f"\n== {workload}, {threads} thread{'s' if threads > 1 else ''}")
-        print(f"{'framework':10s} {'ms/step':>10s} {'x graphc':>9s} {'compile s':>22s} {'epoch s':>9s} "
-              f"{'loss diff':>10s}  procs")
+        contended = ", contended (a busy process on the last core)" if args.contended else ""
+        print(f"\n== {workload}, {threads} thread{'s' if threads > 1 else ''}{contended}")
+        first = next(iter(rows.values()), {})
+        if "roofline_ms" in first:
+            print(f"roofline: {first['gemm_mflop']:.1f} MFLOP of GEMM at {first['blas_gflops']:.0f} GF/s "
+                  f"= {first['roofline_ms']:.3f} ms/step")
+        print(f"{'framework':10s} {'ms/step':>10s} {'x graphc':>9s} {'x roofline':>10s} {'compile s':>22s} "
+              f"{'epoch s':>9s} {'loss diff':>10s}  procs")
         for fw, row in rows.items():
             if fw.startswith("graphc"):
                 comp = f"{row['compile_cold_s']:.2f} cold/{row['compile_warm_s']:.3f} warm"
             else:
                 comp = f"{row['compile_s']:.2f} first step"
             epoch = f"{row['epoch_s']:.3f}" if "epoch_s" in row else "-"
-            print(f"{fw:10s} {row['ms_per_step']:10.4f} {row.get('ratio_to_graphc', 1):9.2f} {comp:>22s} "
+            roof = f"{row['x_roofline']:.2f}" if "x_roofline" in row else "-"
+            print(f"{fw:10s} {row['ms_per_step']:10.4f} {row.get('ratio_to_graphc', 1):9.2f} {roof:>10s} {comp:>22s} "
                   f"{epoch:>9s} {row.get('loss_rel_diff_vs_graphc', 0):10.1e}  {row['processes']}")
 
 
@@ -403,6 +565,8 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--graphc-epoch", choices=("fit", "run_epoch"), default="fit",
                         help="mlp epoch: through graphc.fit (the default) or one bare Executable.run_epoch call")
+    parser.add_argument("--contended", action="store_true",
+                        help="a busy process pinned to the last core during every measurement")
     parser.add_argument("--baseline", help="another checkout of graphc, measured as framework graphc-base")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
@@ -413,6 +577,8 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    if args.workload == "resnet" and "jax" in frameworks:
+        parser.error("the resnet workload runs graphc and torch only (--frameworks graphc,torch)")
     if args.baseline:
         frameworks.insert(1, "graphc-base")
     results = []
@@ -427,12 +593,16 @@ def main() -> None:
                         print(f"  {threads} thr, round {round_ + 1}: {name:12s} {r['ms_per_step']:.4f} ms/step, "
                               f"compile {r['compile_s']:.3f} s", file=sys.stderr, flush=True)
                         results.append(r)
-    table = summarize(results, frameworks)
+    peaks = {}
+    for threads in sorted({r["threads"] for r in results}):
+        with busy_core(args.contended):
+            peaks[threads] = blas_peak_gflops(threads)
+    table = summarize(results, frameworks, peaks)
     agree = all(row.get("loss_rel_diff_vs_graphc", 0) < 1e-3 for rows in table.values() for row in rows.values())
     print_table(args.workload, table)
     print(f"\nlosses after 10 steps agree across frameworks (relative difference < 1e-3): {agree}")
     if args.json:
-        info = {"workload": args.workload, "command": " ".join(sys.argv), "python": platform.python_version(),
+        info = {"workload": args.workload, "contended": args.contended, "blas_gflops": peaks, "command": " ".join(sys.argv), "python": platform.python_version(),
                 "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                 "losses_agree": agree, "table": table, "runs": results}
         Path(args.json).write_text(json.dumps(info, indent=1, default=str))

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from ..ir import Graph, GraphcError, Node
 from ..ir.rewrite import clone
+from . import threads as _threads  # first: it sets the thread pools' spin defaults before they load
 from .executable import Executable
 
 #: The backends that run a lowered Program as native code (and build from the optimized graph).
@@ -20,7 +21,7 @@ BACKENDS = ("reference", "cpu", "cuda")
 
 def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "reference",
             name: str | None = None, optimize: int | None = None, fast_math: bool = False,
-            **options: Any) -> Executable:
+            threads: int | None = None, **options: Any) -> Executable:
     """Compile ``outputs`` (a Tensor, a list, or a Graph: all its outputs) of their graph into an :class:`Executable`.
 
     ``inputs`` fixes the positional call order (default: the graph's inputs that are needed,
@@ -29,6 +30,10 @@ def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "r
     on every call. ``fast_math`` allows the passes' rewrites that do not hold for NaN, infinities or
     overflow (see graphc.optimize and docs/passes.md; the default keeps IEEE semantics). ``options``
     go to the backend (``backend="cpu"``: see graphc.backends.numba_cpu.build).
+
+    ``threads`` (backend "cpu"): the threads of graphc's parallel loops and of BLAS. None (default): the
+    cores of the process's affinity mask, less each core other processes kept busy during the compile
+    (graphc.backends.threads), re-checked by ``fit`` each epoch and by ``run_epoch``; an int fixes it.
 
     ``check_finite=True`` (every backend): NaN or Inf in an input or parameter is an InputError naming
     it; NaN or Inf in an output or an updated parameter after a call puts the parameters back to their
@@ -42,6 +47,7 @@ def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "r
 
         require_device()
     t0 = time.perf_counter()
+    policy = _threads.ThreadPolicy(_threads.check_threads(threads, "compile"))  # samples the load over the build
     built, graph, call_inputs, optimized = _prepare(tensors, inputs, backend, name, optimize, fast_math)
     if backend in NATIVE:
         if backend == "cuda":
@@ -56,6 +62,8 @@ def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "r
 
         exe = reference.build(graph, call_inputs, **options)
     exe.source_graph = built
+    if backend == "cpu":
+        exe.use_threads(policy)
     exe.stats["trace_to_build_s"] = time.perf_counter() - t0
     if optimized is not None:
         exe.stats["optimize"] = optimized  # the OptimizeResult: per-pass statistics and the buffer plan

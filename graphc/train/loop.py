@@ -20,6 +20,7 @@ import numpy as np
 from .. import dsl
 from ..backends import compile as compile_graph
 from ..backends import finite
+from ..backends import threads as thread_policy
 from ..ir import Graph, InputError
 from ..ir.errors import NonFiniteError
 from ..nn.layers import Context, Module, RandomLayer
@@ -89,6 +90,8 @@ class History:
     executable: Any = field(default=None, repr=False, compare=False)
     #: The :class:`Trainer` fit used, holding every compiled step (``trainer.step_executable(batch_size)``).
     trainer: Any = field(default=None, repr=False, compare=False)
+    #: The thread count each epoch ran with (backend "cpu"; see ``fit``'s ``threads``). Not saved in checkpoints.
+    threads: list[int] = field(default_factory=list, repr=False, compare=False)
 
     def append(self, epoch: int, **values: float) -> None:
         self.epochs.append(epoch)
@@ -595,7 +598,8 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
         loss: Any = "softmax_cross_entropy", l2: float = 0.0, seed: int = 0, backend: str | None = None,
         checkpoint: str | None = None, resume: bool = False, verbose: bool = True,
         trainer: Trainer | None = None, last_batch: str = "partial",
-        metrics: tuple[str, ...] | None = None, monitor: bool = False, distributed: Any = None) -> History:
+        metrics: tuple[str, ...] | None = None, monitor: bool = False, distributed: Any = None,
+        threads: int | None = None) -> History:
     """Train ``model`` on ``train_data`` = (x, y) and return its :class:`History`.
 
     ``loss``: ``"softmax_cross_entropy"`` (the default: logits [N, C], integer labels y [N]), ``"mse"``,
@@ -625,6 +629,12 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
     the same parameters (those of one process training on the whole minibatches); rank 0 alone prints and
     writes the checkpoint.
 
+    ``threads`` (backend "cpu"): the threads of the compiled step's parallel loops and of BLAS. None (the
+    default): the cores of the process's affinity mask, less each core other processes keep busy, measured
+    from /proc/stat before the first epoch (at least 50 ms: the compile, or a wait) and again over each
+    epoch, so that a machine shared with a busy process trains on 1 thread instead of collapsing; an int
+    fixes the count. ``history.threads`` holds each epoch's (graphc.backends.threads).
+
     >>> import graphc, numpy as np
     >>> from graphc.nn import Sequential, Dense
     >>> x = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32); y = (x[:, 0] > 0).astype(np.int64)
@@ -635,6 +645,7 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
     True
     """
     epochs = check_count("fit", "epochs", epochs, minimum=0)
+    threads = thread_policy.check_threads(threads, "fit")
     batch_size_of = _batch_size_of(batch_size)
     _check_last_batch(last_batch)
     world = world_of(distributed) if trainer is None or distributed is not None else trainer.world
@@ -646,13 +657,24 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
     _check_monitor(monitor, trainer)
     with world.aborting():  # an error on one rank ends the job: the others may wait for it in a collective
         return _fit(model, trainer, world, train_data, epochs, batch_size_of, schedule, validation_data,
-                    early_stopping, seed, checkpoint, resume, verbose, last_batch)
+                    early_stopping, seed, checkpoint, resume, verbose, last_batch, threads)
+
+
+def _use_threads(trainer: Trainer, policy: thread_policy.ThreadPolicy) -> int | None:
+    """Every compiled step and evaluation of ``trainer`` that runs native threads (backend "cpu") runs
+    with ``policy``'s count, decided now; returns it (None when there is no such executable)."""
+    count = None
+    for exe in [*trainer._steps.values(), *trainer._eval.values()]:
+        if hasattr(exe, "use_threads"):
+            count = exe.use_threads(policy)
+    return count
 
 
 def _fit(model: Module, trainer: Trainer, world: World, train_data, epochs: int, batch_size_of, schedule,
          validation_data, early_stopping, seed: int, checkpoint: str | None, resume: bool, verbose: bool,
-         last_batch: str) -> History:
+         last_batch: str, threads: int | None = None) -> History:
     """fit's epochs, on a trainer whose arguments are checked (see :func:`fit`)."""
+    policy = thread_policy.ThreadPolicy(threads)  # measures other processes' load from here on
     (x, y), validation_data = _fit_data(model, trainer.loss, train_data, validation_data)
     trainer.target = loss_defs.target_of(trainer.loss, model, y)
     loss_defs.check_metric_targets(trainer.metrics, trainer.loss, trainer.target, tuple(model.out_shape))
@@ -667,6 +689,7 @@ def _fit(model: Module, trainer: Trainer, world: World, train_data, epochs: int,
     best: tuple[float, dict[str, np.ndarray]] | None = None
     bad_epochs = 0
     first_step = trainer.step_executable(batch_size_of(0))
+    policy.settle()  # a first decision from a window of at least 50 ms (the compile, else a short wait)
     if resume and checkpoint and world.from_root(lambda: os.path.exists(checkpoint)):  # nothing saved yet: start
         start_epoch, history, best, bad_epochs = _restore(trainer, schedule, rng, checkpoint, world)
     history.executable, history.trainer = first_step, trainer
@@ -682,6 +705,10 @@ def _fit(model: Module, trainer: Trainer, world: World, train_data, epochs: int,
             lr_of_step = (lambda e: lambda s: schedule(e))(epoch)
         if trainer.monitors is not None:
             trainer.monitors.reset()
+        trainer.step_executable(batch_size)  # compiled before the decision, so that it runs with it
+        count = _use_threads(trainer, policy)  # re-decided from the load over the last epoch
+        if count is not None:
+            history.threads.append(count)
         try:
             train_scores = trainer.train_epoch(x, y, batch_size, lr_of_step, rng, seed, last_batch, epoch=epoch + 1)
         except NonFiniteError:

@@ -5,8 +5,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import threads as _threads
 from ..lowering import Program, aligned
 from ..native import NativeExecutable, ParamStore, aligned_bytes
+
+_CURRENT = _threads._current  # the count both pools run with now: read on every call, so bound once
 
 
 class NumbaExecutable(NativeExecutable):
@@ -39,6 +42,27 @@ class NumbaExecutable(NativeExecutable):
         self._step = module.step
         self._signature = self._step.signatures[0]
         self._inspectable = None
+        self.threads_policy = _threads.ThreadPolicy(None)
+        self.threads = _threads.usable(self.threads_policy.threads)  # the thread count each call runs with (see use_threads)
+
+    # -- threads ------------------------------------------------------------------------------------
+    def use_threads(self, policy: "_threads.ThreadPolicy") -> int:
+        """Run with ``policy``'s thread count (decided now from the load it measured since it started);
+        ``graphc.compile(..., threads=)`` hands its policy here. Returns the count."""
+        self.threads_policy = policy
+        self.threads = _threads.usable(policy.recheck())
+        self.stats["threads"], self.stats["threads_others_busy"] = self.threads, round(policy.others, 2)
+        return self.threads
+
+    def recheck_threads(self) -> int:
+        """Re-decide the thread count from the load of other processes since the last decision (cheap: two
+        reads of /proc/stat); a fixed ``threads=`` stays."""
+        self.threads = _threads.usable(self.threads_policy.recheck())
+        return self.threads
+
+    def _apply_threads(self) -> None:
+        if _CURRENT[0] != self.threads:  # both pools already run with this count: nothing to do
+            _threads.apply(self.threads)
 
     # -- running ----------------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any):
@@ -54,6 +78,8 @@ class NumbaExecutable(NativeExecutable):
                 if not flags.owndata and np.may_share_memory(a, self._written):  # run() copies it
                     break
             else:
+                if _CURRENT[0] != self.threads:
+                    _threads.apply(self.threads)
                 outs = self._step(*args, self._state, self._ws, self._status)
                 if self._status[0]:
                     self._raise_status(list(args))
@@ -61,6 +87,7 @@ class NumbaExecutable(NativeExecutable):
         return super().__call__(*args, **kwargs)
 
     def _call_step(self, arrays: list[np.ndarray]) -> tuple:
+        self._apply_threads()
         return self._step(*arrays, self._state, self._ws, self._status)
 
     def _unaliased(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -81,6 +108,8 @@ class NumbaExecutable(NativeExecutable):
         from . import compile_function
 
         epoch = compile_function(self, "epoch", tuple(_numba_type(a) for a in arrays) + _epoch_tail())
+        self.recheck_threads()  # an epoch is long: the load may have changed since the last decision
+        self._apply_threads()
         return epoch(*arrays, perm, steps, self._state, self._ws, self._status)
 
     # -- inspection ---------------------------------------------------------------------------------

@@ -17,16 +17,21 @@ from typing import Sequence
 import sympy as sp
 
 from ..lowering.ir import (
+    Assign,
     Call,
     Check,
     Draw,
     Gemm,
+    Load,
+    Loop,
     Program,
     Ref,
     Seed,
+    Store,
     library_calls,
 )
 from ..numba_scalar import NP_TYPE, NumbaStatements
+from ..threads import PARALLEL_MIN_WORK
 
 #: Body lines per driver function. Numba's liveness analysis and LLVM grow faster than linearly with
 #: function size, but each extra function costs its own pipeline: measured on the LeNet-5 step (344
@@ -43,7 +48,7 @@ HEADER = '''\
 import math
 
 import numpy as np
-from numba import njit
+from numba import {numba_import}
 
 from graphc.backends.numba_cpu.runtime import (avg_pool, col2im_add, conv2d_direct, conv2d_im2col, exp_f32, gemm,
                                                max_pool, max_pool_backward, max_pool_gather, tanh_f32)
@@ -53,8 +58,9 @@ f64 = np.float64
 i32 = np.int32
 i64 = np.int64
 b8 = np.bool_
-NJIT = dict(cache={cache}, error_model="numpy", fastmath={fastmath}, boundscheck={boundscheck!r}, nogil=True)
+NJIT = dict(cache={cache}, error_model="numpy", fastmath={fastmath}, boundscheck={boundscheck!r}, nogil=True{parallel})
 '''
+
 
 #: The library calls numba_cpu/collective.py provides (it imports numba-mpi, an extra): a module imports
 #: them only when its program calls them, and is then compiled in every process (see that module).
@@ -69,8 +75,99 @@ def _collective_import(program: Program) -> str:
             f"from graphc.backends.numba_cpu.collective import {', '.join(used)}\n")
 
 
+def nest_work(body) -> int:
+    """The statements (loads, assignments, stores) one run of ``body`` executes: each loop's body times
+    its extent. The cost rule's estimate of a loop nest's element operations."""
+    work = 0
+    for s in body:
+        work += s.extent * nest_work(s.body) if isinstance(s, Loop) else 1
+    return work
+
+
+def _plain(body) -> bool:
+    """Whether ``body`` holds only loops, loads, assignments and stores: no check (an early return), no
+    library call (its own threads), no random draw (one generator): what a prange body may contain."""
+    return all(_plain(s.body) if isinstance(s, Loop) else isinstance(s, (Load, Assign, Store)) for s in body)
+
+
+def runs_parallel(loop, min_work: int | None = None) -> bool:
+    """The cost rule: ``loop`` (a kernel's outer statement) is rendered as a ``prange`` when its iterations
+    are independent, its body is plain (see :func:`_plain`) and its nest does at least ``min_work``
+    (default PARALLEL_MIN_WORK) statements."""
+    limit = PARALLEL_MIN_WORK if min_work is None else min_work
+    return (isinstance(loop, Loop) and loop.parallel and loop.extent > 1 and _plain(loop.body)
+            and loop.extent * nest_work(loop.body) >= limit)
+
+
+def _statements(body, kind):
+    for s in body:
+        if isinstance(s, Loop):
+            yield from _statements(s.body, kind)
+        elif isinstance(s, kind):
+            yield s
+
+
+#: The blocks a column-split reduction is cut into (see :func:`splits_columns`): a constant, not the thread
+#: count, because ``numba.get_num_threads()`` in the generated code makes Numba refuse to cache it (a ctypes
+#: pointer); OpenMP deals the blocks to the threads. Every element is summed in the same order whatever the
+#: block count, so the results do not depend on it.
+COLUMN_BLOCKS = 8
+
+
+def splits_columns(loop, min_work: int | None = None) -> bool:
+    """The cost rule's second form, for a reduction over a sequential outer range (a bias gradient: the
+    sum over the rows of [rows, cols]): ``loop`` is sequential and holds exactly one independent loop,
+    every store of which writes an element indexed by that inner loop's variable alone (not by the
+    outer one, nor by any value computed from it), and nothing it stores is loaded in the nest. Then the
+    inner range can be cut into blocks, each thread running the whole outer range over its blocks: every
+    element is summed by one thread in the original order (bit-identical results at any thread count)."""
+    limit = PARALLEL_MIN_WORK if min_work is None else min_work
+    if not (isinstance(loop, Loop) and not loop.parallel and len(loop.body) == 1):
+        return False
+    inner = loop.body[0]
+    if not (isinstance(inner, Loop) and inner.parallel and inner.extent > 1 and _plain(inner.body)):
+        return False
+    stores = list(_statements(inner.body, Store))
+    stored = {id(st.buffer) for st in stores}
+    return (bool(stores) and all(sp.sympify(st.index).free_symbols == {inner.var} for st in stores)
+            and not any(id(ld.buffer) in stored for ld in _statements(inner.body, Load))
+            and loop.extent * nest_work([inner]) >= limit)
+
+
 class Renderer(NumbaStatements):
     """Names every buffer and prints every statement of one Program as @njit code."""
+
+    def __init__(self, program, min_work: int | None = None):
+        super().__init__(program)
+        self.min_work = min_work
+        self.parallel_loops = 0  # the prange loops printed so far
+
+    def lines(self, body, depth: int = 1) -> list[str]:
+        if depth != 1:
+            return super().lines(body, depth)
+        out: list[str] = []
+        for s in body:  # a kernel's outer statements: its parallel loops big enough to pay become pranges
+            if runs_parallel(s, self.min_work):
+                self.parallel_loops += 1
+                out.append(f"    for {s.var} in prange({s.extent}):  # parallel: {nest_work([s])} statements")
+                out += super().lines(s.body, 2)
+            elif splits_columns(s, self.min_work):
+                out += self.column_blocks(s)
+            else:
+                out += super().lines([s], 1)
+        return out
+
+    def column_blocks(self, loop) -> list[str]:
+        """``loop`` (see :func:`splits_columns`) with its inner range cut into COLUMN_BLOCKS blocks, in prange."""
+        k = self.parallel_loops
+        self.parallel_loops += 1
+        inner = loop.body[0]
+        n, ext = min(COLUMN_BLOCKS, inner.extent), inner.extent
+        return [f"    for block{k} in prange({n}):  # parallel: {inner.var} in {n} blocks, each summing over "
+                f"{loop.var} in order ({nest_work([loop])} statements)",
+                f"        for {loop.var} in range({loop.extent}):",
+                f"            for {inner.var} in range(block{k} * {ext} // {n}, (block{k} + 1) * {ext} // {n}):",
+                *super().lines(inner.body, 4)]
 
     def target_lines(self, s, pad: str) -> list[str]:
         if isinstance(s, Check):
@@ -101,10 +198,11 @@ def _coefficient(expr: sp.Expr) -> str:
 
 # -- the module ------------------------------------------------------------------------------------------
 
-def render(program: Program, version: str) -> str:
-    """The Python module of ``program``: header, buffer-plan constants, ``step`` (and its parts), ``epoch``."""
-    r = Renderer(program)
+def render(program: Program, version: str, min_work: int | None = None) -> str:
+    """The Python module of ``program``: header, buffer-plan constants, ``step`` (and its parts), ``epoch``.
+    ``min_work``: the cost rule's threshold (default PARALLEL_MIN_WORK; tests lower it)."""
     opts = program.options
+    r = Renderer(program, min_work)
     graph = program.graph
     prologue = _kernel_chunks(r, program.checks)
     chunks = _kernel_chunks(r, program.kernels)
@@ -113,10 +211,13 @@ def render(program: Program, version: str) -> str:
     flags = sorted(opts.get("fastmath") or ())
     summary = f"{len(graph.nodes)} nodes, {len(graph.params)} parameters, {len(graph.updates)} updates"
     collective_import = _collective_import(program)
+    parallel = r.parallel_loops > 0  # Numba's parallel pipeline only where a loop pays for it
     lines = [HEADER.rstrip("\n").format(version=version, name=graph.name, summary=summary,
                            collective_import=collective_import, cache=not collective_import,
                            fastmath="{" + ", ".join(repr(f) for f in flags) + "}" if flags else "False",
-                           boundscheck=bool(opts.get("boundscheck", False)))]
+                           boundscheck=bool(opts.get("boundscheck", False)),
+                           numba_import="njit, prange" if parallel else "njit",
+                           parallel=", parallel=True" if parallel else "")]
     if r.consts:
         lines.append("# Buffer plan: element offsets into the parameter store (P: parameters, C: constants) and")
         lines.append("# the workspace (V: node values, S: scratch), which dead values hand on to later ones.")

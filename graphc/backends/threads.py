@@ -1,0 +1,246 @@
+"""One thread count for the process: graphc's own loops (Numba's pool) and BLAS (SciPy's OpenBLAS).
+
+A compiled step runs its kernels one after the other: a GEMM (OpenBLAS's threads), then a loop nest
+(Numba's ``prange`` threads), never both at once. So both pools get the same count T and never
+oversubscribe the T cores between them. The count is set through Numba (``numba.set_num_threads``)
+and through the OpenBLAS that Numba's BLAS calls resolve to (``scipy_openblas_set_num_threads``, found
+in the loaded library with ctypes: threadpoolctl is not a dependency).
+
+The policy (``threads=None``, the default): every core of the process's affinity mask, unless other
+processes keep a core busy. A machine shared with a busy process is the case that collapses: a parallel
+region (OpenMP or OpenBLAS) waits for its slowest thread, and a thread that shares its core with a busy
+process gets half of it at best, a scheduler time slice (milliseconds) late at worst. The load of
+*other* processes is measured from ``/proc/stat`` over a window graphc already spends (the compile, an
+epoch of ``fit``): the whole machine's busy time minus this process's own CPU time. Each core that
+others keep busy more than half the time is taken off; at least one thread stays.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from ..ir import GraphcError
+
+#: How long the two pools' idle threads busy-wait for more work before they sleep, set (unless the user set
+#: them) before either library starts: OpenMP's (Numba's layer) ``GOMP_SPINCOUNT`` spins and OpenBLAS's
+#: ``OPENBLAS_THREAD_TIMEOUT`` (2**value cycles). Their defaults (300,000 spins; 2**28 cycles, ~0.1 s)
+#: keep each pool's threads spinning while the other pool works: with 2 threads on the 2-core dev machine,
+#: the MLP 784-512-256-10 step took 30 ms instead of 2 ms (the GEMM waited for a core an OpenMP thread
+#: spun on). With these values the same step took 1.9-2.1 ms at 1 and 2 threads (machine load ~1.9).
+SPIN_DEFAULTS = {"GOMP_SPINCOUNT": "1000", "OPENBLAS_THREAD_TIMEOUT": "4"}
+for _var, _value in SPIN_DEFAULTS.items():
+    os.environ.setdefault(_var, _value)
+
+#: The cost rule of parallel loops: a kernel's outer loop (numba_cpu's renderer) runs on all of the process's
+#: threads (``prange``) when the loop is independent (``Loop.parallel``) and its nest executes at least this many statements
+#: (loads, assignments, stores: ``nest_work``). Measured on the dev machine (2-core EPYC, OpenMP layer,
+#: load ~0.5): a prange region costs ~1.9 us to start and join where the same loop of 1000 elements
+#: takes 0.35 us serially; the parallel loop wins from ~20,000 elements of two statements each
+#: (10,000: 2.3 us vs 1.7 us serial; 100,000: 9.3 us vs 15.1 us). Below the rule a module keeps
+#: ``parallel=False``: Numba's parallel pipeline costs compile time even where it finds nothing to do.
+PARALLEL_MIN_WORK = 40_000
+
+#: A core counts as taken by other processes when they keep it busy more than this share of the time.
+TAKEN_SHARE = 0.5
+
+
+class ThreadsError(GraphcError, ValueError):
+    """A ``threads=`` value that is not a positive thread count (or None for the policy)."""
+
+
+# -- reading the machine's load ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """A snapshot: the machine's busy and total time (seconds, summed over the cores of /proc/stat's
+    ``cpu`` line), this process's own CPU time (all its threads) and the wall clock."""
+
+    busy_s: float
+    total_s: float
+    own_s: float
+    wall_s: float
+
+
+def parse_proc_stat(text: str, ticks_per_s: float = 100.0) -> tuple[float, float]:
+    """(busy, total) seconds from the aggregate ``cpu`` line of /proc/stat: idle and iowait are not busy;
+    guest time is already inside user time, so it is not counted twice."""
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            values = [float(v) for v in fields[1:]]
+            values += [0.0] * (10 - len(values))
+            user, nice, system, idle, iowait, irq, softirq, steal = values[:8]
+            busy = user + nice + system + irq + softirq + steal
+            return busy / ticks_per_s, (busy + idle + iowait) / ticks_per_s
+    raise ThreadsError("graphc.threads: /proc/stat has no aggregate 'cpu' line")
+
+
+def _ticks_per_s() -> float:
+    try:
+        return float(os.sysconf("SC_CLK_TCK"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - every Linux has it
+        return 100.0
+
+
+def snapshot(read: Callable[[], str] | None = None) -> CpuTimes | None:
+    """The machine's CPU times now (None where /proc/stat cannot be read: not Linux)."""
+    try:
+        text = read() if read is not None else open("/proc/stat").read()
+    except OSError:
+        return None
+    busy, total = parse_proc_stat(text, _ticks_per_s())
+    return CpuTimes(busy, total, time.process_time(), time.monotonic())
+
+
+def others_busy(before: CpuTimes, after: CpuTimes) -> float:
+    """How many cores other processes kept busy between two snapshots (0.0 for a window too short to
+    say: under 20 ms of wall time, or two ticks of /proc/stat)."""
+    wall = after.wall_s - before.wall_s
+    if wall < 0.02 or after.total_s - before.total_s <= 2.0 / _ticks_per_s():
+        return 0.0
+    busy = (after.busy_s - before.busy_s) - (after.own_s - before.own_s)
+    return max(0.0, busy / wall)
+
+
+# -- the decision ------------------------------------------------------------------------------------------
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def choose_threads(cores: int, others: float) -> int:
+    """The policy's thread count: ``cores`` minus each core other processes keep busy more than
+    TAKEN_SHARE of the time (``others`` cores' worth of their load), at least 1."""
+    taken = math.floor(others + (1.0 - TAKEN_SHARE))
+    return max(1, min(cores, cores - taken))
+
+
+def check_threads(threads: int | None, where: str) -> int | None:
+    """``threads`` validated: None (the policy) or a positive int."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ThreadsError(f"{where}: threads must be None (the default policy) or a positive int, got {threads!r}")
+    return threads
+
+
+class ThreadPolicy:
+    """The thread count of a compiled graph or of a ``fit``: ``fixed`` when the user gave one, else the
+    policy's, decided from the load measured since it was made and re-decided by :meth:`recheck`."""
+
+    def __init__(self, fixed: int | None = None, read: Callable[[], str] | None = None,
+                 cores: int | None = None):
+        self.fixed = fixed
+        self.cores = cores or available_cores()
+        self._read = read
+        self._since = snapshot(read) if fixed is None else None
+        self.others = 0.0
+        self.threads = fixed if fixed is not None else self.cores
+
+    def settle(self, min_window_s: float = 0.05) -> int:
+        """The first decision, from a window of at least ``min_window_s`` since it was made (waiting for
+        the rest when the work before it, a compile, was shorter)."""
+        if self.fixed is None and self._since is not None:
+            left = min_window_s - (time.monotonic() - self._since.wall_s)
+            if left > 0:
+                time.sleep(left)
+        return self.recheck()
+
+    def recheck(self) -> int:
+        """The thread count from the load of other processes since the last check (or start)."""
+        if self.fixed is not None:
+            return self.fixed
+        now = snapshot(self._read)
+        if now is None or self._since is None:
+            return self.threads
+        if now.wall_s - self._since.wall_s >= 0.02:
+            self.others = others_busy(self._since, now)
+            self.threads = choose_threads(self.cores, self.others)
+            self._since = now
+        return self.threads
+
+
+# -- applying it to both pools -----------------------------------------------------------------------------
+
+_current: list[int] = [0]  # the count last applied in this process (0: none yet)
+_blas_setter: list = []
+
+
+def _scipy_openblas() -> ctypes.CDLL | None:
+    """The OpenBLAS that Numba's BLAS calls resolve to: SciPy's (loaded with scipy.linalg.cython_blas), not
+    NumPy's own copy (numpy.libs), which the same process also has loaded."""
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401 - loads the library Numba's np.dot and gemm call
+
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
+    except (ImportError, OSError):  # pragma: no cover - no SciPy BLAS, or no /proc: nothing to set
+        return None
+    scipy_first = sorted(paths, key=lambda p: ("scipy" not in p or "numpy.libs" in p, p))
+    return ctypes.CDLL(scipy_first[0]) if scipy_first else None
+
+
+def _symbol(lib: ctypes.CDLL, names: tuple[str, ...]):
+    for name in names:
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            return fn
+    return None
+
+
+def _openblas_setter():
+    """``set_num_threads`` of SciPy's OpenBLAS (see :func:`_scipy_openblas`), or None if not found."""
+    if not _blas_setter:
+        lib = _scipy_openblas()
+        fn = lib and _symbol(lib, ("scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+                                   "openblas_set_num_threads", "openblas_set_num_threads64_"))
+        if fn is not None:
+            fn.argtypes, fn.restype = [ctypes.c_int], None
+        _blas_setter.append(fn)
+    return _blas_setter[0]
+
+
+def blas_threads() -> int | None:
+    """SciPy's OpenBLAS's current thread count, by its own getter (None where it was not found)."""
+    lib = _scipy_openblas()
+    fn = lib and _symbol(lib, ("scipy_openblas_get_num_threads", "scipy_openblas_get_num_threads64_",
+                               "openblas_get_num_threads", "openblas_get_num_threads64_"))
+    if fn is None:
+        return None
+    fn.restype = ctypes.c_int
+    return int(fn())
+
+
+def usable(threads: int) -> int:
+    """``threads`` capped at the size of Numba's pool (NUMBA_NUM_THREADS, fixed when Numba loads)."""
+    import numba
+
+    return max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+
+
+def apply(threads: int) -> int:
+    """Give both pools ``threads`` (capped at Numba's pool size); returns the count applied."""
+    import numba
+
+    threads = usable(threads)
+    if _current[0] == threads:
+        return threads
+    numba.set_num_threads(threads)
+    setter = _openblas_setter()
+    if setter is not None:
+        setter(threads)
+    _current[0] = threads
+    return threads
+
+
+def current() -> int:
+    """The count last applied by graphc in this process (0: none yet)."""
+    return _current[0]
