@@ -13,11 +13,30 @@ faster on this machine for each node's shapes, measured once and remembered in t
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
+import pickle
 import time
-from typing import Any, Sequence
+import warnings
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from ...ir import Graph, Node
-from ..cache import Entry, cache_key, cache_root, locked, op_definitions, writable_root
+from ..cache import (
+    MODULE_FILE,
+    PROGRAM_FILE,
+    Entry,
+    RecordError,
+    cache_key,
+    cache_root,
+    locked,
+    op_definitions,
+    read_record,
+    writable_root,
+    write_record,
+)
 from ..lowering import Program, has_rule, lower
 from .executable import NumbaExecutable
 from .render import render
@@ -82,16 +101,58 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
                   cache_dir: str | None = None) -> NumbaExecutable:
     """Render ``program``, compile it through the on-disk cache and wrap it in an Executable.
 
-    The cache entry is looked up and written under an exclusive file lock; an entry whose files do
-    not match their manifest checksums is wiped and rebuilt (``stats["cache"] == "rebuilt"``).
+    The entry is named by the Program (its graph's structural hash, inputs and codegen options); the
+    cache entry is looked up and written under an exclusive file lock; an entry whose files do not
+    match their manifest checksums is wiped and rebuilt (``stats["cache"] == "rebuilt"``).
     """
-    from ..._version import __version__
-
     graph = program.graph
     positions = [graph.nodes.index(n) for n in program.inputs]
     options = {k: program.options.get(k) for k in _CODEGEN_OPTIONS}
     key = cache_key(graph.structural_hash(), positions, options, op_definitions(graph))
+    return _build_entry(key, lambda stages: program, None, check_finite=check_finite, strict=strict,
+                        cache_dir=cache_dir)
+
+
+def source_key(graph: Graph, inputs: Sequence[Node], level: int | None, fast_math: bool,
+               options: dict[str, Any]) -> str:
+    """The cache key :func:`build_graph` files a compile under: everything that determines its Program, known
+    before any pass runs. The graph as built (structural hash, the ops' definitions), its node names and
+    source lines (they are in the Program: error messages, kernel headings), the inputs' order, the
+    optimize level, ``fast_math``, the codegen options and the environment (versions, CPU, the sources of
+    the passes, the IR, the lowering and this renderer)."""
+    names = hashlib.sha256(repr([graph.name] + [(n.name, n.loc) for n in graph.nodes]).encode()).hexdigest()
+    material = {"optimize": level, "fast_math": bool(fast_math), "names": names,
+                **{k: options.get(k) for k in _SOURCE_OPTIONS}}
+    return cache_key(graph.structural_hash(), [graph.nodes.index(n) for n in inputs], material,
+                     op_definitions(graph), before_passes=True)
+
+
+#: build()'s options that change the Program (check_finite, strict and cache_dir do not).
+_SOURCE_OPTIONS = ("boundscheck", "fastmath", "part_lines", "conv")
+#: The options lower_program takes.
+LOWER_OPTIONS = _SOURCE_OPTIONS + ("cache_dir",)
+
+
+def build_graph(built: Graph, key: str, make_program: Callable[[dict[str, float]], Program], *,
+                check_finite: bool = False, strict: bool = False, cache_dir: str | None = None,
+                boundscheck: bool = False, fastmath: Sequence[str] | None = None, part_lines: int | None = None,
+                conv: str = "auto") -> NumbaExecutable:
+    """``graphc.compile``'s path: the entry ``key`` (:func:`source_key` of ``built``, the graph as the user
+    built it) holds the Program; a hit unpickles it and loads the machine code, skipping the passes, the
+    lowering and the rendering. On a miss (or a damaged entry) ``make_program(stages)`` runs the passes and
+    the lowering (recording their seconds in ``stages``), and the Program is stored with the module. The
+    codegen options (as for :func:`build`) are in ``key`` and in what ``make_program`` lowers."""
+    return _build_entry(key, make_program, built, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
+
+
+def _build_entry(key: str, make_program: Callable[[dict[str, float]], Program], built: Graph | None, *,
+                 check_finite: bool, strict: bool, cache_dir: str | None) -> NumbaExecutable:
+    """The entry ``key``, loaded or (re)built under its lock. ``built`` is not None when the entry holds
+    the Program (its parameters take their current values from ``built``)."""
+    from ..._version import __version__
+
     stats: dict[str, Any] = {"cache_key": key}
+    stages: dict[str, float] = {}  # seconds per stage that ran: passes, lower, render, import, numba...
     # A read-only or missing home: compile into a per-user temporary cache.
     root, unusable = writable_root(cache_root(cache_dir))
     if unusable:
@@ -99,15 +160,39 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
     entry = Entry(root, key)
     stats["cache_dir"] = str(entry.dir)
     t0 = time.perf_counter()
+
+    def rebuild(program: Program) -> str:
+        t = time.perf_counter()
+        source = render(program, __version__)
+        stages["render"] = stages.get("render", 0.0) + time.perf_counter() - t
+        source_sha = entry.reset(source)
+        if built is not None:
+            write_record(entry.program_path, dump_program(program))
+        return source_sha
+
     with locked(entry.lock_path):
         problems = entry.problems()
+        program = None
+        if not problems and built is not None:
+            t = time.perf_counter()
+            try:
+                program = load_program(read_record(entry.program_path), built)
+            except RecordError as err:
+                problems = [str(err)]
+            stages["program_load"] = time.perf_counter() - t
+        if any(PROGRAM_FILE in p for p in problems):
+            warnings.warn(f"graphc: the compile cache entry {entry.dir} holds a damaged Program ({'; '.join(problems)}); "
+                          f"rebuilding it", RuntimeWarning, stacklevel=4)
         if problems:
             stats["cache"] = "miss" if problems == ["absent"] else "rebuilt"
             stats["cache_problems"] = problems
-            source_sha = entry.reset(render(program, __version__))
+            program = make_program(stages)
+            source_sha = rebuild(program)
         else:
             stats["cache"] = "hit"
-            source_sha = entry.read_manifest()["files"]["graph.py"]
+            source_sha = entry.read_manifest()["files"][MODULE_FILE]
+            if program is None:
+                program = make_program(stages)
         t1 = time.perf_counter()
         module = entry.import_module(reuse=not problems)
         t2 = time.perf_counter()
@@ -121,7 +206,7 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
             # Files that passed their checksums still failed to load (another Numba build?): rebuild.
             stats["cache"] = "rebuilt"
             stats["cache_problems"] = [f"numba could not load the cached code: {type(err).__name__}: {err}"]
-            source_sha = entry.reset(render(program, __version__))
+            source_sha = rebuild(program)
             module = entry.import_module(reuse=False)
             before = _counts(module.step)
             _compile(module.step, step_sig)
@@ -129,14 +214,73 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
         after = _counts(module.step)
         numba_hits, numba_misses = after[0] - before[0], after[1] - before[1]
         if stats["cache"] != "hit" or numba_misses:
-            entry.write_manifest(source_sha, {"graph": graph.name, "program": program.summary()})
+            entry.write_manifest(source_sha, {"graph": program.graph.name, "program": program.summary()})
         if stats["cache"] == "hit" and numba_misses:
             stats["cache"] = "numba-miss"  # our files were fine, but Numba recompiled (it judged its cache stale)
     module.step.disable_compile()  # every call must match the signature compiled here
+    stages.update({"import": t2 - t1, "numba": t3 - t2})
     stats.update({"import_s": t2 - t1, "numba_compile_s": t3 - t2, "build_s": time.perf_counter() - t0,
-                  "numba_cache_hit": numba_hits > 0 and not numba_misses, "in_process": not numba_hits + numba_misses})
+                  "numba_cache_hit": numba_hits > 0 and not numba_misses, "in_process": not numba_hits + numba_misses,
+                  "stages": stages})
     source = entry.module_path.read_text()
     return NumbaExecutable(program, module, stats, source, entry, check_finite=check_finite, strict=strict)
+
+
+# -- the Program in the entry --------------------------------------------------------------------------------
+
+#: The pickled Program's own format (bump when Program's fields change meaning); the record's header
+#: carries its checksum (graphc.backends.cache.write_record).
+PROGRAM_FORMAT = 1
+
+
+class _ProgramPickler(pickle.Pickler):
+    """Pickles a Program without its parameters' values (megabytes, and stale on the next compile: a hit
+    takes the values of the graph being compiled)."""
+
+    def __init__(self, file, params: list[Node]):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._values = {id(p.value): k for k, p in enumerate(params) if p.value is not None}
+
+    def persistent_id(self, obj: Any):
+        if type(obj) is np.ndarray and id(obj) in self._values:
+            return ("param", self._values[id(obj)])
+        return None
+
+
+class _ProgramUnpickler(pickle.Unpickler):
+    def persistent_load(self, pid: Any):
+        return None  # a parameter's value: filled in from the graph being compiled
+
+
+def dump_program(program: Program) -> bytes:
+    """``program`` as bytes: its state table keyed by node position (it is keyed by ``id(node)``, which
+    does not survive pickling), parameter values left out."""
+    graph = program.graph
+    state = {graph.nodes.index(n): program.state[id(n)] for n in graph.nodes if id(n) in program.state}
+    buffer = io.BytesIO()
+    _ProgramPickler(buffer, graph.params).dump({"format": PROGRAM_FORMAT,
+                                                "program": dataclasses.replace(program, state=state)})
+    return buffer.getvalue()
+
+
+def load_program(data: bytes, built: Graph) -> Program:
+    """The Program of :func:`dump_program`, its parameters given the current values of ``built``'s
+    parameters of the same names; RecordError when it is not a Program this graphc wrote for ``built``."""
+    try:
+        record = _ProgramUnpickler(io.BytesIO(data)).load()
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means: not ours, rebuild
+        raise RecordError(f"{PROGRAM_FILE}: cannot be unpickled ({type(err).__name__}: {err})") from None
+    program = record.get("program") if isinstance(record, dict) else None
+    if not isinstance(program, Program) or record.get("format") != PROGRAM_FORMAT:
+        raise RecordError(f"{PROGRAM_FILE}: not a Program of format {PROGRAM_FORMAT}")
+    graph = program.graph
+    values = {p.name: p.value for p in built.params}
+    for p in graph.params:
+        if p.name not in values:
+            raise RecordError(f"{PROGRAM_FILE}: its parameter {p.name!r} is not in graph {built.name!r}")
+        p.value = values[p.name]
+    program.state = {id(graph.nodes[k]): slot for k, slot in program.state.items()}
+    return program
 
 
 def _counts(dispatcher) -> tuple[int, int]:
