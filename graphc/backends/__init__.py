@@ -89,7 +89,8 @@ def _build_cpu(tensors: list, inputs: Sequence[Any] | None, name: str | None, op
     exe.source_graph = built
     if optimized:
         exe.stats["optimize"] = optimized[0]  # the OptimizeResult: per-pass statistics and the buffer plan
-        exe.stats["codegen_s"] = exe.stats["stages"]["lower"] + exe.stats["stages"].get("render", 0.0)
+    stages = exe.stats["stages"]
+    exe.stats["codegen_s"] = stages.get("lower", 0.0) + stages.get("render", 0.0)  # 0 on a hit: none ran
     return exe
 
 

@@ -167,13 +167,18 @@ def _build_entry(key: str, make_program: Callable[[dict[str, float]], Program], 
         stages["render"] = stages.get("render", 0.0) + time.perf_counter() - t
         source_sha = entry.reset(source)
         if built is not None:
-            write_record(entry.program_path, dump_program(program))
+            try:
+                payload = dump_program(program)
+            except Exception as err:  # noqa: BLE001 - a value pickle cannot write: the entry goes without it
+                stats["program_not_stored"] = f"{type(err).__name__}: {err}"  # a hit then lowers the graph again
+            else:
+                write_record(entry.program_path, payload)
         return source_sha
 
     with locked(entry.lock_path):
         problems = entry.problems()
         program = None
-        if not problems and built is not None:
+        if not problems and built is not None and PROGRAM_FILE in entry.read_manifest()["files"]:
             t = time.perf_counter()
             try:
                 program = load_program(read_record(entry.program_path), built)
@@ -245,6 +250,22 @@ class _ProgramPickler(pickle.Pickler):
         if type(obj) is np.ndarray and id(obj) in self._values:
             return ("param", self._values[id(obj)])
         return None
+
+
+    def reducer_override(self, obj: Any):
+        # The SymPy functions of the dtype casts are classes made at import (ops.elementwise.CAST_FUNCTIONS),
+        # not module attributes: pickled by their dtype's name.
+        from ...ops.elementwise import CAST_FUNCTIONS
+
+        if isinstance(obj, type) and CAST_FUNCTIONS.get(getattr(obj, "dtype_name", None)) is obj:
+            return _cast_function, (obj.dtype_name,)
+        return NotImplemented
+
+
+def _cast_function(dtype_name: str):
+    from ...ops.elementwise import CAST_FUNCTIONS
+
+    return CAST_FUNCTIONS[dtype_name]
 
 
 class _ProgramUnpickler(pickle.Unpickler):
