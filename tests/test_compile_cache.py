@@ -115,7 +115,8 @@ def test_another_parameter_name_is_another_entry(filled):
 def test_stage_timings_are_reported(filled):
     _, cold = filled
     stages = cold.stats["stages"]
-    assert set(stages) >= {"passes", "lower", "render", "import", "numba"}
+    assert set(stages) >= {"passes", "lower", "render", "import", "numba", "passes_cpu", "lower_cpu", "render_cpu",
+                           "import_cpu", "numba_cpu"}
     assert all(isinstance(v, float) and v >= 0 for v in stages.values())
     assert cold.stats["optimize"].level == graphc.passes.DEFAULT_LEVEL
 

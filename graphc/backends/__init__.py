@@ -75,15 +75,13 @@ def _build_cpu(tensors: list, inputs: Sequence[Any] | None, name: str | None, op
     key = numba_cpu.source_key(built, call_inputs, optimize, fast_math, options)
     optimized: list = []
 
-    def make_program(stages: dict[str, float]):
-        t = time.perf_counter()
-        graph, lowered_inputs, result = _optimize(built, call_inputs, optimize, fast_math)
+    def make_program(stages: numba_cpu.Stages):
+        with stages.timed("passes"):
+            graph, lowered_inputs, result = _optimize(built, call_inputs, optimize, fast_math)
         optimized.append(result)
-        t1 = time.perf_counter()
-        program = numba_cpu.lower_program(graph, lowered_inputs, plan=result.buffer_plan if result else None,
-                                          **{k: v for k, v in options.items() if k in numba_cpu.LOWER_OPTIONS})
-        stages["passes"], stages["lower"] = t1 - t, time.perf_counter() - t1
-        return program
+        with stages.timed("lower"):
+            return numba_cpu.lower_program(graph, lowered_inputs, plan=result.buffer_plan if result else None,
+                                           **{k: v for k, v in options.items() if k in numba_cpu.LOWER_OPTIONS})
 
     exe = numba_cpu.build_graph(built, key, make_program, **options)
     exe.source_graph = built

@@ -13,13 +13,14 @@ faster on this machine for each node's shapes, measured once and remembered in t
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
 import pickle
 import time
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -113,6 +114,20 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
                         cache_dir=cache_dir)
 
 
+class Stages(dict):
+    """Seconds per compile stage that ran (passes, lower, render, program_load, import, numba), in wall time,
+    and the same stage's CPU time of this process under ``<stage>_cpu`` (a loaded machine inflates wall time)."""
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - wall
+            self[f"{name}_cpu"] = self.get(f"{name}_cpu", 0.0) + time.process_time() - cpu
+
+
 def source_key(graph: Graph, inputs: Sequence[Node], level: int | None, fast_math: bool,
                options: dict[str, Any]) -> str:
     """The cache key :func:`build_graph` files a compile under: everything that determines its Program, known
@@ -133,7 +148,7 @@ _SOURCE_OPTIONS = ("boundscheck", "fastmath", "part_lines", "conv")
 LOWER_OPTIONS = _SOURCE_OPTIONS + ("cache_dir",)
 
 
-def build_graph(built: Graph, key: str, make_program: Callable[[dict[str, float]], Program], *,
+def build_graph(built: Graph, key: str, make_program: Callable[[Stages], Program], *,
                 check_finite: bool = False, strict: bool = False, cache_dir: str | None = None,
                 boundscheck: bool = False, fastmath: Sequence[str] | None = None, part_lines: int | None = None,
                 conv: str = "auto") -> NumbaExecutable:
@@ -145,14 +160,14 @@ def build_graph(built: Graph, key: str, make_program: Callable[[dict[str, float]
     return _build_entry(key, make_program, built, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
 
 
-def _build_entry(key: str, make_program: Callable[[dict[str, float]], Program], built: Graph | None, *,
+def _build_entry(key: str, make_program: Callable[[Stages], Program], built: Graph | None, *,
                  check_finite: bool, strict: bool, cache_dir: str | None) -> NumbaExecutable:
     """The entry ``key``, loaded or (re)built under its lock. ``built`` is not None when the entry holds
     the Program (its parameters take their current values from ``built``)."""
     from ..._version import __version__
 
     stats: dict[str, Any] = {"cache_key": key}
-    stages: dict[str, float] = {}  # seconds per stage that ran: passes, lower, render, import, numba...
+    stages = Stages()
     # A read-only or missing home: compile into a per-user temporary cache.
     root, unusable = writable_root(cache_root(cache_dir))
     if unusable:
@@ -162,9 +177,8 @@ def _build_entry(key: str, make_program: Callable[[dict[str, float]], Program], 
     t0 = time.perf_counter()
 
     def rebuild(program: Program) -> str:
-        t = time.perf_counter()
-        source = render(program, __version__)
-        stages["render"] = stages.get("render", 0.0) + time.perf_counter() - t
+        with stages.timed("render"):
+            source = render(program, __version__)
         source_sha = entry.reset(source)
         if built is not None:
             try:
@@ -179,12 +193,11 @@ def _build_entry(key: str, make_program: Callable[[dict[str, float]], Program], 
         problems = entry.problems()
         program = None
         if not problems and built is not None and PROGRAM_FILE in entry.read_manifest()["files"]:
-            t = time.perf_counter()
-            try:
-                program = load_program(read_record(entry.program_path), built)
-            except RecordError as err:
-                problems = [str(err)]
-            stages["program_load"] = time.perf_counter() - t
+            with stages.timed("program_load"):
+                try:
+                    program = load_program(read_record(entry.program_path), built)
+                except RecordError as err:
+                    problems = [str(err)]
         if any(PROGRAM_FILE in p for p in problems):
             warnings.warn(f"graphc: the compile cache entry {entry.dir} holds a damaged Program ({'; '.join(problems)}); "
                           f"rebuilding it", RuntimeWarning, stacklevel=4)
@@ -199,8 +212,10 @@ def _build_entry(key: str, make_program: Callable[[dict[str, float]], Program], 
             if program is None:
                 program = make_program(stages)
         t1 = time.perf_counter()
-        module = entry.import_module(reuse=not problems)
+        with stages.timed("import"):
+            module = entry.import_module(reuse=not problems)
         t2 = time.perf_counter()
+        numba_cpu_s = time.process_time()
         step_sig = _step_signature(program)
         before = _counts(module.step)
         try:
@@ -216,6 +231,7 @@ def _build_entry(key: str, make_program: Callable[[dict[str, float]], Program], 
             before = _counts(module.step)
             _compile(module.step, step_sig)
         t3 = time.perf_counter()
+        numba_cpu_s = time.process_time() - numba_cpu_s
         after = _counts(module.step)
         numba_hits, numba_misses = after[0] - before[0], after[1] - before[1]
         if stats["cache"] != "hit" or numba_misses:
@@ -223,7 +239,7 @@ def _build_entry(key: str, make_program: Callable[[dict[str, float]], Program], 
         if stats["cache"] == "hit" and numba_misses:
             stats["cache"] = "numba-miss"  # our files were fine, but Numba recompiled (it judged its cache stale)
     module.step.disable_compile()  # every call must match the signature compiled here
-    stages.update({"import": t2 - t1, "numba": t3 - t2})
+    stages.update({"numba": t3 - t2, "numba_cpu": numba_cpu_s})
     stats.update({"import_s": t2 - t1, "numba_compile_s": t3 - t2, "build_s": time.perf_counter() - t0,
                   "numba_cache_hit": numba_hits > 0 and not numba_misses, "in_process": not numba_hits + numba_misses,
                   "stages": stages})
