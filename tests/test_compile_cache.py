@@ -209,3 +209,48 @@ def test_a_record_is_verified_before_it_is_unpickled(tmp_path):
     path.write_bytes(b"something else")
     with pytest.raises(cache_module.RecordError, match="r.pkl: not a graphc record"):
         cache_module.read_record(path)
+
+
+# -- a hit in a new process ---------------------------------------------------------------------------------------
+
+PROCESS = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_compile_cache import X, Y, compile_step
+exe = compile_step({cache!r}, seed=3)
+losses = [float(exe(X, Y)) for _ in range(2)]
+epoch = exe.run_epoch(np.tile(X, (3, 1)), np.tile(Y, 3), perm=np.arange(12))
+print(json.dumps({{"cache": exe.stats["cache"], "stages": sorted(exe.stats["stages"]), "losses": losses,
+                  "epoch": np.asarray(epoch).ravel().tolist(), "W": exe.params["W"].tolist()}}))
+"""
+
+
+def run_process(cache_dir: Path) -> dict:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    code = PROCESS.format(tests=str(root / "tests"), cache=str(cache_dir))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_a_hit_in_a_new_process_loads_the_machine_code_and_trains_like_the_reference(tmp_path):
+    """The second process loads the Program and Numba's machine code (without Numba's target set-up), then
+    runs steps and an epoch (compiled there, on top of the loaded step): the same numbers as the first
+    process and as the reference backend."""
+    first, second = run_process(tmp_path), run_process(tmp_path)
+    assert first["cache"] == "miss" and second["cache"] == "hit"
+    assert "passes" in first["stages"] and "passes" not in second["stages"]
+    assert second["losses"] == first["losses"] and second["epoch"] == first["epoch"] and second["W"] == first["W"]
+    loss, inputs = train_step(3)
+    reference = graphc.compile(loss, inputs=inputs)
+    want = [float(reference(X, Y)) for _ in range(2)]
+    want += [float(reference(X[rows], Y[rows])) for rows in (slice(0, 4), slice(4, 8), slice(8, 12))
+             for _ in range(1)]
+    np.testing.assert_allclose(second["losses"] + second["epoch"], want, rtol=1e-5)
+    np.testing.assert_allclose(second["W"], reference.params["W"], rtol=1e-5, atol=1e-6)
