@@ -250,7 +250,7 @@ def test_a_hit_in_a_new_process_loads_the_machine_code_and_trains_like_the_refer
     loss, inputs = train_step(3)
     reference = graphc.compile(loss, inputs=inputs)
     want = [float(reference(X, Y)) for _ in range(2)]
-    want += [float(reference(X[rows], Y[rows])) for rows in (slice(0, 4), slice(4, 8), slice(8, 12))
-             for _ in range(1)]
+    data_x, data_y = np.tile(X, (3, 1)), np.tile(Y, 3)  # the epoch's data, visited in order (perm = 0..11)
+    want += [float(reference(data_x[rows], data_y[rows])) for rows in (slice(0, 4), slice(4, 8), slice(8, 12))]
     np.testing.assert_allclose(second["losses"] + second["epoch"], want, rtol=1e-5)
     np.testing.assert_allclose(second["W"], reference.params["W"], rtol=1e-5, atol=1e-6)
