@@ -254,3 +254,21 @@ def test_a_hit_in_a_new_process_loads_the_machine_code_and_trains_like_the_refer
     want += [float(reference(data_x[rows], data_y[rows])) for rows in (slice(0, 4), slice(4, 8), slice(8, 12))]
     np.testing.assert_allclose(second["losses"] + second["epoch"], want, rtol=1e-5)
     np.testing.assert_allclose(second["W"], reference.params["W"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_program_that_cannot_be_pickled_leaves_the_entry_without_it(tmp_path, monkeypatch, recwarn):
+    """A Program pickle cannot write (a user op's SymPy class that is not importable): the entry is written
+    without program.pkl and a hit lowers the graph again, silently (nothing in the entry is damaged)."""
+    def unpicklable(program):
+        raise TypeError("cannot pickle 'UserActivation' class")
+    monkeypatch.setattr(numba_cpu, "dump_program", unpicklable)
+    cold = compile_step(tmp_path)
+    assert cold.stats["cache"] == "miss" and "UserActivation" in cold.stats["program_not_stored"]
+    entry = cache_module.Entry(tmp_path, cold.stats["cache_key"])
+    assert not entry.program_path.exists() and entry.problems() == []
+    hit = compile_step(tmp_path)
+    assert hit.stats["cache"] == "hit" and "passes" in hit.stats["stages"] and "render" not in hit.stats["stages"]
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    loss, inputs = train_step(0)
+    np.testing.assert_allclose(run_three_steps(hit)[0], run_three_steps(graphc.compile(loss, inputs=inputs))[0],
+                               rtol=1e-5)

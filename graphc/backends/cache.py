@@ -2,8 +2,10 @@
 
 An entry is ``<root>/<key>/`` (root: ``$GRAPHC_CACHE_DIR`` or ``~/.cache/graphc``) holding the
 generated module ``graph.py``, Numba's cache files in ``__pycache__/`` (``cache=True`` keeps the
-machine code next to the module it came from) and ``manifest.json``: the key, the versions that
-went into it and a SHA-256 of every file. The key hashes the graph's structure (ops, attributes,
+machine code next to the module it came from), for an entry ``graphc.compile`` made the lowered
+Program ``program.pkl`` (a record: :func:`write_record`) and ``manifest.json``: the key, the versions
+that went into it and a SHA-256 of every file. ``graphc.compile``'s key is of the graph before the
+passes (``before_passes``: the passes' and the IR's sources join it), so that a hit skips them. The key hashes the graph's structure (ops, attributes,
 shapes, dtypes, constants, topology), the definitions (SymPy expressions) of the elementwise ops
 it uses, user activations included, the call order of its inputs, the codegen options, graphc's,
 Numba's, llvmlite's, NumPy's and SymPy's versions, this backend's own source and the op
