@@ -1,12 +1,17 @@
-"""Cold compile and warm start of the training-step workloads, this checkout against another, head to head.
+"""Cold compile and warm start of the training-step workloads, per stage, in fresh processes.
 
-    python bench/compile_time.py --baseline DIR [--workloads tiny,mlp,cnn] [--repeats 5] [--json OUT]
+    python bench/compile_time.py [--workloads tiny,mlp,cnn] [--repeats 5] [--baseline DIR] [--json OUT]
 
-One process at a time, pinned to one core with one OpenBLAS thread, the two checkouts alternating:
-each process builds a workload's step exactly as bench/train_step.py does (``graphc_step``) and reports
-how long ``graphc.compile`` took. "cold" compiles into an empty cache directory; "warm" is a new process
-loading the cache a first (discarded) process filled. Medians per checkout; use it when the interleaved
-rounds of train_step.py scatter too much to tell compile times apart.
+Each measurement is a new process, pinned to one core with one OpenBLAS thread, that builds a workload's
+step exactly as bench/train_step.py does (``graphc_step``) and times ``graphc.compile``: its wall time,
+its CPU time (``time.process_time``, which a loaded machine inflates less) and each stage's CPU seconds as
+``exe.stats["stages"]`` reports them (the passes, the lowering (conv autotuning included), rendering,
+importing the module, Numba: its typing and lowering, then LLVM's optimization and code generation in
+CPU time, told apart by Numba's ``numba:llvm_lock`` events; loading the Program on a hit). "cold" compiles into an empty cache
+directory (the runtime kernels' own Numba cache, once per machine, stays warm); "hit" is a new process
+loading the entry a first (discarded) process wrote. Prints the markdown table of docs/benchmarks.md,
+medians of ``--repeats`` runs, with the load average it ran under. ``--baseline DIR`` (another checkout,
+e.g. a git worktree of the commit before) adds its medians, the two checkouts alternating.
 """
 from __future__ import annotations
 
@@ -22,13 +27,49 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = """
-import json, sys
+import json, sys, time
 sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
+cpu = time.process_time
+t_import = cpu()
+import graphc
 import train_step
-train_step.args = type("Args", (), {{"graphc_epoch": "fit"}})()
+t_import = cpu() - t_import
+llvm = [0.0, 0, 0.0]  # seconds, nesting depth, start
+try:
+    from numba.core import event
+
+    class _LLVM(event.Listener):  # Numba's LLVM work (optimization, code generation, linking) in CPU time
+        def on_start(self, ev):
+            llvm[1] += 1
+            if llvm[1] == 1:
+                llvm[2] = cpu()
+
+        def on_end(self, ev):
+            llvm[1] -= 1
+            if llvm[1] == 0:
+                llvm[0] += cpu() - llvm[2]
+
+    event.register("numba:llvm_lock", _LLVM())
+except Exception:
+    pass
+train_step.args = type("Args", (), {{"graphc_epoch": "step"}})()
 weights, x, y = train_step.problem({workload!r})
+built = {{}}
+_compile = graphc.compile
+
+
+def timed_compile(*args, **kwargs):  # the executable (its stats) and the CPU time of graphc.compile alone
+    c0 = cpu()
+    built["exe"] = _compile(*args, **kwargs)
+    built["cpu"] = cpu() - c0
+    return built["exe"]
+
+
+graphc.compile = timed_compile
 _, _, compile_s, stats = train_step.graphc_step({workload!r}, weights, {cache!r})
-print(json.dumps({{"compile_s": compile_s, "codegen_s": stats.get("codegen_s"), "cache": stats.get("cache")}}))
+print(json.dumps({{"compile_s": compile_s, "compile_cpu_s": built["cpu"], "import_cpu_s": t_import,
+                  "llvm_cpu_s": llvm[0], "cache": stats.get("cache"),
+                  "stages": built["exe"].stats.get("stages") or {{}}}}))
 """
 
 
@@ -44,31 +85,74 @@ def measure(root: Path, workload: str, cache: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_side(root: Path, workload: str, warm_cache: str) -> dict[str, dict]:
+    with tempfile.TemporaryDirectory() as cold:
+        cold_run = measure(root, workload, cold)
+    return {"cold": cold_run, "hit": measure(root, workload, warm_cache)}
+
+
+def median(runs: list[dict], pick) -> float | None:
+    values = [v for v in (pick(r) for r in runs) if v is not None]
+    return statistics.median(values) if values else None
+
+
+def row(workload: str, side: str, runs: dict[str, list[dict]]) -> str:
+    cold, hit = runs["cold"], runs["hit"]
+
+    def stage(name):  # CPU seconds
+        return median(cold, lambda r: r["stages"].get(f"{name}_cpu"))
+
+    numba_total, llvm = stage("numba"), median(cold, lambda r: r.get("llvm_cpu_s"))
+    cells = [median(cold, lambda r: r["compile_s"]), median(cold, lambda r: r["compile_cpu_s"]),
+             stage("passes"), stage("lower"), stage("render"), stage("import"),
+             None if numba_total is None or llvm is None else max(numba_total - llvm, 0.0), llvm,
+             median(hit, lambda r: r["compile_s"]), median(hit, lambda r: r["compile_cpu_s"]),
+             median(hit, lambda r: r["stages"].get("program_load_cpu"))]
+    text = ["-" if c is None else f"{c:.3f}" for c in cells]
+    return f"| {workload} | {side} | " + " | ".join(text) + " |"
+
+
+HEADER = ("| workload | checkout | cold wall s | cold CPU s | passes | lower (+autotune) | render | import | "
+          "Numba typing+lowering | LLVM opt+codegen | hit wall s | hit CPU s | hit: Program load |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline", required=True, help="the other checkout (e.g. a git worktree of the commit before)")
+    parser.add_argument("--baseline", help="another checkout to compare with (e.g. a git worktree of the commit before)")
     parser.add_argument("--workloads", default="tiny,mlp,cnn")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="write the measurements here")
     args = parser.parse_args()
-    roots = {"before": Path(args.baseline).resolve(), "after": ROOT}
+    roots = {"this": ROOT}
+    if args.baseline:
+        roots = {"baseline": Path(args.baseline).resolve(), "this": ROOT}
+    with open("/proc/loadavg") as f:
+        load_before = f.read().split()[:3]
     results: dict = {}
+    lines = [HEADER]
     for workload in args.workloads.split(","):
-        runs: dict[str, dict[str, list[float]]] = {side: {"cold": [], "warm": []} for side in roots}
+        runs = {side: {"cold": [], "hit": []} for side in roots}
         with tempfile.TemporaryDirectory() as warm_root:
             for side, root in roots.items():  # fill each side's warm cache once
                 measure(root, workload, os.path.join(warm_root, side))
             for _ in range(args.repeats):
                 for side, root in roots.items():
-                    with tempfile.TemporaryDirectory() as cold:
-                        runs[side]["cold"].append(measure(root, workload, cold)["compile_s"])
-                    runs[side]["warm"].append(measure(root, workload, os.path.join(warm_root, side))["compile_s"])
+                    got = run_side(root, workload, os.path.join(warm_root, side))
+                    for kind in ("cold", "hit"):
+                        runs[side][kind].append(got[kind])
         results[workload] = runs
-        for kind in ("cold", "warm"):
-            before, after = (statistics.median(runs[s][kind]) for s in ("before", "after"))
-            print(f"{workload:5s} {kind}: before {before:.3f} s, after {after:.3f} s (median of {args.repeats} each)")
+        for side in roots:
+            lines.append(row(workload, side, runs[side]))
+            print(lines[-1], file=sys.stderr, flush=True)
+    with open("/proc/loadavg") as f:
+        load_after = f.read().split()[:3]
+    print(f"Medians of {args.repeats} fresh processes each; stage columns are the cold compile's "
+          f"CPU seconds; load average {' '.join(load_before)} before, {' '.join(load_after)} after.\n")
+    print("\n".join(lines))
     if args.json:
-        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "runs": results}, indent=1))
+        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "load": [load_before, load_after],
+                                               "runs": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -445,7 +445,7 @@ def test_source_and_native_code_are_inspectable(train_step):
     headings = 0
     for body in functions:
         lines = [line for line in body.splitlines() if line.strip()]
-        declarations = [line for line in lines if re.match(r"    \w+ = (in_\w+\.reshape|\w+\.view|np\.empty)", line)]
+        declarations = [line for line in lines if re.match(r"    \w+ = (as_shape\(in_\w+|view_as|empty_flat)\(?", line)]
         rest = lines[len(declarations):]
         assert rest[0].startswith("    # "), rest[0]
         headings += sum(1 for line in rest if re.match(r"    # (%\d+ \w+|labels of|output|update|snapshot)", line))

@@ -48,25 +48,54 @@ def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "r
         require_device()
     t0 = time.perf_counter()
     policy = _threads.ThreadPolicy(_threads.check_threads(threads, "compile"))  # samples the load over the build
+    if backend == "cpu":  # the cache entry is found before the passes: a hit skips them and the codegen
+        exe = _build_cpu(tensors, inputs, name, optimize, fast_math, options)
+        exe.use_threads(policy)
+        exe.stats["trace_to_build_s"] = time.perf_counter() - t0
+        return exe
     built, graph, call_inputs, optimized = _prepare(tensors, inputs, backend, name, optimize, fast_math)
-    if backend in NATIVE:
-        if backend == "cuda":
-            from . import numba_cuda as target
-        else:
-            from . import numba_cpu as target
+    if backend == "cuda":
+        from . import numba_cuda
 
         plan = optimized.buffer_plan if optimized is not None else None  # planned once, by the passes
-        exe = target.build(graph, call_inputs, plan=plan, **options)
+        exe = numba_cuda.build(graph, call_inputs, plan=plan, **options)
     else:
         from . import reference
 
         exe = reference.build(graph, call_inputs, **options)
     exe.source_graph = built
-    if backend == "cpu":
-        exe.use_threads(policy)
     exe.stats["trace_to_build_s"] = time.perf_counter() - t0
     if optimized is not None:
         exe.stats["optimize"] = optimized  # the OptimizeResult: per-pass statistics and the buffer plan
+    return exe
+
+
+def _build_cpu(tensors: list, inputs: Sequence[Any] | None, name: str | None, optimize: int | None,
+               fast_math: bool, options: dict[str, Any]) -> Executable:
+    """compile() for backend="cpu": the entry is keyed by the graph as built (numba_cpu.source_key), so
+    that a hit unpickles its Program; only a miss runs the passes and the lowering."""
+    from . import numba_cpu
+
+    built, call_inputs = _cut(tensors, inputs, name)
+    if optimize is None:
+        from ..passes import DEFAULT_LEVEL as optimize
+    key = numba_cpu.source_key(built, call_inputs, optimize, fast_math, options)
+    optimized: list = []
+
+    def make_program(stages: numba_cpu.Stages):
+        with stages.timed("passes"):
+            graph, lowered_inputs, result = _optimize(built, call_inputs, optimize, fast_math)
+        optimized.append(result)
+        with stages.timed("lower"):
+            return numba_cpu.lower_program(graph, lowered_inputs, plan=result.buffer_plan if result else None,
+                                           **{k: v for k, v in options.items() if k in numba_cpu.LOWER_OPTIONS})
+
+    exe = numba_cpu.build_graph(built, key, make_program, **options)
+    exe.source_graph = built
+    if optimized:
+        exe.stats["optimize"] = optimized[0]  # the OptimizeResult: per-pass statistics and the buffer plan
+    stages = exe.stats["stages"]
+    exe.stats["codegen_s"] = stages.get("lower", 0.0) + stages.get("render", 0.0)  # 0 on a hit: none ran
     return exe
 
 
@@ -88,32 +117,43 @@ def _prepare(tensors: list, inputs: Sequence[Any] | None, backend: str, name: st
     """What :func:`compile` hands a backend: (the graph cut down to ``tensors`` as the user built it, the
     graph to lower (optimized: the default level for native backends), its call inputs, the OptimizeResult
     or None)."""
-    source: Graph = tensors[0].graph
     if backend not in BACKENDS:
         raise GraphcError(f"compile: unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
-    graph, mapping = clone(source, [t.node for t in tensors], name=name)
-    if inputs is None:
-        call_inputs = graph.inputs
-    else:
-        call_inputs = []
-        for t in inputs:
-            node = source.find(t) if isinstance(t, str) else getattr(t, "node", t)
-            if id(node) not in mapping:
-                raise GraphcError(f"compile: input {node.name!r} is not used by the outputs")
-            call_inputs.append(mapping[id(node)])
-        unlisted = [n.name for n in graph.inputs if all(n is not c for c in call_inputs)]
-        if unlisted:
-            raise GraphcError(f"compile: the outputs need input(s) {unlisted} that are not in `inputs`")
-    built = graph  # the graph as the user built it: check_finite replays a failing call on it
-    optimized = None
+    built, call_inputs = _cut(tensors, inputs, name)
     if optimize is None and backend in NATIVE:  # native code is built from the optimized graph (optimize=0: as written)
         from ..passes import DEFAULT_LEVEL as optimize
-    if optimize is not None:  # graphc.passes: level 0..3; inputs are matched to their copies by name
-        from ..passes import optimize as run_passes
-
-        optimized = run_passes(graph, optimize, fast_math=fast_math)
-        graph, call_inputs = optimized.graph, _inputs_of(optimized.graph, call_inputs)
+    graph, call_inputs, optimized = _optimize(built, call_inputs, optimize, fast_math)
     return built, graph, call_inputs, optimized
+
+
+def _cut(tensors: list, inputs: Sequence[Any] | None, name: str | None) -> tuple[Graph, list[Node]]:
+    """The graph cut down to ``tensors`` as the user built it (check_finite replays a failing call on it),
+    and its call inputs."""
+    source: Graph = tensors[0].graph
+    graph, mapping = clone(source, [t.node for t in tensors], name=name)
+    if inputs is None:
+        return graph, graph.inputs
+    call_inputs = []
+    for t in inputs:
+        node = source.find(t) if isinstance(t, str) else getattr(t, "node", t)
+        if id(node) not in mapping:
+            raise GraphcError(f"compile: input {node.name!r} is not used by the outputs")
+        call_inputs.append(mapping[id(node)])
+    unlisted = [n.name for n in graph.inputs if all(n is not c for c in call_inputs)]
+    if unlisted:
+        raise GraphcError(f"compile: the outputs need input(s) {unlisted} that are not in `inputs`")
+    return graph, call_inputs
+
+
+def _optimize(graph: Graph, call_inputs: list[Node], optimize: int | None, fast_math: bool) -> tuple[Graph, list[Node], Any]:
+    """(the graph to lower, its call inputs, the OptimizeResult or None): graphc.passes at level
+    ``optimize`` (None: none); inputs are matched to their copies by name."""
+    if optimize is None:
+        return graph, call_inputs, None
+    from ..passes import optimize as run_passes
+
+    optimized = run_passes(graph, optimize, fast_math=fast_math)
+    return optimized.graph, _inputs_of(optimized.graph, call_inputs), optimized
 
 
 def lower_for(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "cuda", name: str | None = None,

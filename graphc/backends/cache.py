@@ -2,8 +2,10 @@
 
 An entry is ``<root>/<key>/`` (root: ``$GRAPHC_CACHE_DIR`` or ``~/.cache/graphc``) holding the
 generated module ``graph.py``, Numba's cache files in ``__pycache__/`` (``cache=True`` keeps the
-machine code next to the module it came from) and ``manifest.json``: the key, the versions that
-went into it and a SHA-256 of every file. The key hashes the graph's structure (ops, attributes,
+machine code next to the module it came from), for an entry ``graphc.compile`` made the lowered
+Program ``program.pkl`` (a record: :func:`write_record`) and ``manifest.json``: the key, the versions
+that went into it and a SHA-256 of every file. ``graphc.compile``'s key is of the graph before the
+passes (``before_passes``: the passes' and the IR's sources join it), so that a hit skips them. The key hashes the graph's structure (ops, attributes,
 shapes, dtypes, constants, topology), the definitions (SymPy expressions) of the elementwise ops
 it uses, user activations included, the call order of its inputs, the codegen options, graphc's,
 Numba's, llvmlite's, NumPy's and SymPy's versions, this backend's own source and the op
@@ -40,7 +42,12 @@ from ..io import atomic_write
 
 MODULE_FILE = "graph.py"
 MANIFEST_FILE = "manifest.json"
-FORMAT = 1
+#: The lowered Program, kept so that a hit needs no passes, lowering or rendering (see :func:`write_record`).
+PROGRAM_FILE = "program.pkl"
+FORMAT = 2  # 2: entries of compile() are keyed by the graph before the passes and hold the Program
+#: A record file starts with this line, then the format version, the payload's SHA-256 and the payload.
+RECORD_MAGIC = b"graphc-record\n"
+RECORD_FORMAT = 1
 
 
 def cache_root(override: str | os.PathLike | None = None) -> Path:
@@ -118,6 +125,15 @@ def environment(backend: str = "numba_cpu") -> dict[str, Any]:
     return {"backend": backend, "backend_source": _SOURCES[backend], **_FINGERPRINT}
 
 
+def front_sources() -> str:
+    """A hash of what turns a graph as built into the graph that is lowered: the passes and the IR they
+    rewrite (part of the key of an entry found before the passes run, see :func:`cache_key`)."""
+    if "front" not in _SOURCES:
+        here = Path(__file__).parent.parent
+        _SOURCES["front"] = _sources_hash(here / "passes") + _sources_hash(here / "ir")
+    return _SOURCES["front"]
+
+
 def _sources_hash(directory: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(directory.glob("*.py")):
@@ -143,11 +159,43 @@ def op_definitions(graph) -> str:
 
 
 def cache_key(graph_hash: str, input_positions: list[int], options: dict[str, Any], op_definitions: str = "",
-              backend: str = "numba_cpu") -> str:
-    material = json.dumps({"graph": graph_hash, "inputs": input_positions, "ops": op_definitions,
-                           "options": {k: repr(v) for k, v in sorted(options.items())},
-                           "env": environment(backend)}, sort_keys=True)
-    return hashlib.sha256(material.encode()).hexdigest()
+              backend: str = "numba_cpu", before_passes: bool = False) -> str:
+    """The entry's name. ``before_passes``: ``graph_hash`` is of the graph as built (compile()'s key, whose
+    entry also holds the Program), so the passes' and the IR's sources go into the key as well."""
+    material = {"graph": graph_hash, "inputs": input_positions, "ops": op_definitions,
+                "options": {k: repr(v) for k, v in sorted(options.items())}, "env": environment(backend)}
+    if before_passes:
+        material["front"] = front_sources()
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+class RecordError(Exception):
+    """A record file that cannot be trusted (internal: the entry is rebuilt, never used)."""
+
+
+def write_record(path: Path, payload: bytes) -> None:
+    """Write ``payload`` atomically behind a header: magic line, format version, the payload's SHA-256."""
+    header = RECORD_MAGIC + f"{RECORD_FORMAT}\n{hashlib.sha256(payload).hexdigest()}\n".encode()
+    atomic_write(path, header + payload)
+
+
+def read_record(path: Path) -> bytes:
+    """The payload of a record written by :func:`write_record`, verified; RecordError says why not."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise RecordError(f"{path.name}: cannot be read ({err})") from None
+    if not data.startswith(RECORD_MAGIC):
+        raise RecordError(f"{path.name}: not a graphc record")
+    lines = data[len(RECORD_MAGIC):].split(b"\n", 2)
+    if len(lines) != 3:
+        raise RecordError(f"{path.name}: truncated header")
+    version, digest, payload = lines
+    if version != str(RECORD_FORMAT).encode():
+        raise RecordError(f"{path.name}: record format {version[:20]!r}, this graphc reads {RECORD_FORMAT}")
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise RecordError(f"{path.name}: checksum mismatch")
+    return payload
 
 
 def sha256_file(path: Path) -> str:
@@ -250,6 +298,7 @@ class Entry:
         self.dir = root / key
         self.module_path = self.dir / MODULE_FILE
         self.manifest_path = self.dir / MANIFEST_FILE
+        self.program_path = self.dir / PROGRAM_FILE
         self.lock_path = root / f"{key}.lock"
         self.module_name = f"_graphc_{key[:24]}"
 
@@ -290,6 +339,8 @@ class Entry:
 
     def write_manifest(self, source_sha: str, extra: dict[str, Any]) -> None:
         files = {MODULE_FILE: source_sha}
+        if self.program_path.is_file():
+            files[PROGRAM_FILE] = sha256_file(self.program_path)
         for p in self.numba_files():
             files[str(p.relative_to(self.dir))] = sha256_file(p)
         manifest = {"key": self.key, "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

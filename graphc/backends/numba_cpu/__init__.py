@@ -13,11 +13,31 @@ faster on this machine for each node's shapes, measured once and remembered in t
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
+import io
+import pickle
 import time
-from typing import Any, Sequence
+import warnings
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
 
 from ...ir import Graph, Node
-from ..cache import Entry, cache_key, cache_root, locked, op_definitions, writable_root
+from ..cache import (
+    MODULE_FILE,
+    PROGRAM_FILE,
+    Entry,
+    RecordError,
+    cache_key,
+    cache_root,
+    locked,
+    op_definitions,
+    read_record,
+    writable_root,
+    write_record,
+)
 from ..lowering import Program, has_rule, lower
 from .executable import NumbaExecutable
 from .render import render
@@ -82,16 +102,72 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
                   cache_dir: str | None = None) -> NumbaExecutable:
     """Render ``program``, compile it through the on-disk cache and wrap it in an Executable.
 
-    The cache entry is looked up and written under an exclusive file lock; an entry whose files do
-    not match their manifest checksums is wiped and rebuilt (``stats["cache"] == "rebuilt"``).
+    The entry is named by the Program (its graph's structural hash, inputs and codegen options); the
+    cache entry is looked up and written under an exclusive file lock; an entry whose files do not
+    match their manifest checksums is wiped and rebuilt (``stats["cache"] == "rebuilt"``).
     """
-    from ..._version import __version__
-
     graph = program.graph
     positions = [graph.nodes.index(n) for n in program.inputs]
     options = {k: program.options.get(k) for k in _CODEGEN_OPTIONS}
     key = cache_key(graph.structural_hash(), positions, options, op_definitions(graph))
+    return _build_entry(key, lambda stages: program, None, check_finite=check_finite, strict=strict,
+                        cache_dir=cache_dir)
+
+
+class Stages(dict):
+    """Seconds per compile stage that ran (passes, lower, render, program_load, import, numba), in wall time,
+    and the same stage's CPU time of this process under ``<stage>_cpu`` (a loaded machine inflates wall time)."""
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - wall
+            self[f"{name}_cpu"] = self.get(f"{name}_cpu", 0.0) + time.process_time() - cpu
+
+
+def source_key(graph: Graph, inputs: Sequence[Node], level: int | None, fast_math: bool,
+               options: dict[str, Any]) -> str:
+    """The cache key :func:`build_graph` files a compile under: everything that determines its Program, known
+    before any pass runs. The graph as built (structural hash, the ops' definitions), its node names and
+    source lines (they are in the Program: error messages, kernel headings), the inputs' order, the
+    optimize level, ``fast_math``, the codegen options and the environment (versions, CPU, the sources of
+    the passes, the IR, the lowering and this renderer)."""
+    names = hashlib.sha256(repr([graph.name] + [(n.name, n.loc) for n in graph.nodes]).encode()).hexdigest()
+    material = {"optimize": level, "fast_math": bool(fast_math), "names": names,
+                **{k: options.get(k) for k in _SOURCE_OPTIONS}}
+    return cache_key(graph.structural_hash(), [graph.nodes.index(n) for n in inputs], material,
+                     op_definitions(graph), before_passes=True)
+
+
+#: build()'s options that change the Program (check_finite, strict and cache_dir do not).
+_SOURCE_OPTIONS = ("boundscheck", "fastmath", "part_lines", "conv")
+#: The options lower_program takes.
+LOWER_OPTIONS = _SOURCE_OPTIONS + ("cache_dir",)
+
+
+def build_graph(built: Graph, key: str, make_program: Callable[[Stages], Program], *,
+                check_finite: bool = False, strict: bool = False, cache_dir: str | None = None,
+                boundscheck: bool = False, fastmath: Sequence[str] | None = None, part_lines: int | None = None,
+                conv: str = "auto") -> NumbaExecutable:
+    """``graphc.compile``'s path: the entry ``key`` (:func:`source_key` of ``built``, the graph as the user
+    built it) holds the Program; a hit unpickles it and loads the machine code, skipping the passes, the
+    lowering and the rendering. On a miss (or a damaged entry) ``make_program(stages)`` runs the passes and
+    the lowering (recording their seconds in ``stages``), and the Program is stored with the module. The
+    codegen options (as for :func:`build`) are in ``key`` and in what ``make_program`` lowers."""
+    return _build_entry(key, make_program, built, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
+
+
+def _build_entry(key: str, make_program: Callable[[Stages], Program], built: Graph | None, *,
+                 check_finite: bool, strict: bool, cache_dir: str | None) -> NumbaExecutable:
+    """The entry ``key``, loaded or (re)built under its lock. ``built`` is not None when the entry holds
+    the Program (its parameters take their current values from ``built``)."""
+    from ..._version import __version__
+
     stats: dict[str, Any] = {"cache_key": key}
+    stages = Stages()
     # A read-only or missing home: compile into a per-user temporary cache.
     root, unusable = writable_root(cache_root(cache_dir))
     if unusable:
@@ -99,18 +175,47 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
     entry = Entry(root, key)
     stats["cache_dir"] = str(entry.dir)
     t0 = time.perf_counter()
+
+    def rebuild(program: Program) -> str:
+        with stages.timed("render"):
+            source = render(program, __version__)
+        source_sha = entry.reset(source)
+        if built is not None:
+            try:
+                payload = dump_program(program)
+            except Exception as err:  # noqa: BLE001 - a value pickle cannot write: the entry goes without it
+                stats["program_not_stored"] = f"{type(err).__name__}: {err}"  # a hit then lowers the graph again
+            else:
+                write_record(entry.program_path, payload)
+        return source_sha
+
     with locked(entry.lock_path):
         problems = entry.problems()
+        program = None
+        if not problems and built is not None and PROGRAM_FILE in entry.read_manifest()["files"]:
+            with stages.timed("program_load"):
+                try:
+                    program = load_program(read_record(entry.program_path), built)
+                except RecordError as err:
+                    problems = [str(err)]
+        if any(PROGRAM_FILE in p for p in problems):
+            warnings.warn(f"graphc: the compile cache entry {entry.dir} holds a damaged Program ({'; '.join(problems)}); "
+                          f"rebuilding it", RuntimeWarning, stacklevel=4)
         if problems:
             stats["cache"] = "miss" if problems == ["absent"] else "rebuilt"
             stats["cache_problems"] = problems
-            source_sha = entry.reset(render(program, __version__))
+            program = make_program(stages)
+            source_sha = rebuild(program)
         else:
             stats["cache"] = "hit"
-            source_sha = entry.read_manifest()["files"]["graph.py"]
+            source_sha = entry.read_manifest()["files"][MODULE_FILE]
+            if program is None:
+                program = make_program(stages)
         t1 = time.perf_counter()
-        module = entry.import_module(reuse=not problems)
+        with stages.timed("import"):
+            module = entry.import_module(reuse=not problems)
         t2 = time.perf_counter()
+        numba_cpu_s = time.process_time()
         step_sig = _step_signature(program)
         before = _counts(module.step)
         try:
@@ -121,22 +226,98 @@ def build_program(program: Program, *, check_finite: bool = False, strict: bool 
             # Files that passed their checksums still failed to load (another Numba build?): rebuild.
             stats["cache"] = "rebuilt"
             stats["cache_problems"] = [f"numba could not load the cached code: {type(err).__name__}: {err}"]
-            source_sha = entry.reset(render(program, __version__))
+            source_sha = rebuild(program)
             module = entry.import_module(reuse=False)
             before = _counts(module.step)
             _compile(module.step, step_sig)
         t3 = time.perf_counter()
+        numba_cpu_s = time.process_time() - numba_cpu_s
         after = _counts(module.step)
         numba_hits, numba_misses = after[0] - before[0], after[1] - before[1]
         if stats["cache"] != "hit" or numba_misses:
-            entry.write_manifest(source_sha, {"graph": graph.name, "program": program.summary()})
+            entry.write_manifest(source_sha, {"graph": program.graph.name, "program": program.summary()})
         if stats["cache"] == "hit" and numba_misses:
             stats["cache"] = "numba-miss"  # our files were fine, but Numba recompiled (it judged its cache stale)
     module.step.disable_compile()  # every call must match the signature compiled here
+    stages.update({"numba": t3 - t2, "numba_cpu": numba_cpu_s})
     stats.update({"import_s": t2 - t1, "numba_compile_s": t3 - t2, "build_s": time.perf_counter() - t0,
-                  "numba_cache_hit": numba_hits > 0 and not numba_misses, "in_process": not numba_hits + numba_misses})
+                  "numba_cache_hit": numba_hits > 0 and not numba_misses, "in_process": not numba_hits + numba_misses,
+                  "stages": stages})
     source = entry.module_path.read_text()
     return NumbaExecutable(program, module, stats, source, entry, check_finite=check_finite, strict=strict)
+
+
+# -- the Program in the entry --------------------------------------------------------------------------------
+
+#: The pickled Program's own format (bump when Program's fields change meaning); the record's header
+#: carries its checksum (graphc.backends.cache.write_record).
+PROGRAM_FORMAT = 1
+
+
+class _ProgramPickler(pickle.Pickler):
+    """Pickles a Program without its parameters' values (megabytes, and stale on the next compile: a hit
+    takes the values of the graph being compiled)."""
+
+    def __init__(self, file, params: list[Node]):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._values = {id(p.value): k for k, p in enumerate(params) if p.value is not None}
+
+    def persistent_id(self, obj: Any):
+        if type(obj) is np.ndarray and id(obj) in self._values:
+            return ("param", self._values[id(obj)])
+        return None
+
+
+    def reducer_override(self, obj: Any):
+        # The SymPy functions of the dtype casts are classes made at import (ops.elementwise.CAST_FUNCTIONS),
+        # not module attributes: pickled by their dtype's name.
+        from ...ops.elementwise import CAST_FUNCTIONS
+
+        if isinstance(obj, type) and CAST_FUNCTIONS.get(getattr(obj, "dtype_name", None)) is obj:
+            return _cast_function, (obj.dtype_name,)
+        return NotImplemented
+
+
+def _cast_function(dtype_name: str):
+    from ...ops.elementwise import CAST_FUNCTIONS
+
+    return CAST_FUNCTIONS[dtype_name]
+
+
+class _ProgramUnpickler(pickle.Unpickler):
+    def persistent_load(self, pid: Any):
+        return None  # a parameter's value: filled in from the graph being compiled
+
+
+def dump_program(program: Program) -> bytes:
+    """``program`` as bytes: its state table keyed by node position (it is keyed by ``id(node)``, which
+    does not survive pickling), parameter values left out."""
+    graph = program.graph
+    state = {graph.nodes.index(n): program.state[id(n)] for n in graph.nodes if id(n) in program.state}
+    buffer = io.BytesIO()
+    _ProgramPickler(buffer, graph.params).dump({"format": PROGRAM_FORMAT,
+                                                "program": dataclasses.replace(program, state=state)})
+    return buffer.getvalue()
+
+
+def load_program(data: bytes, built: Graph) -> Program:
+    """The Program of :func:`dump_program`, its parameters given the current values of ``built``'s
+    parameters of the same names; RecordError when it is not a Program this graphc wrote for ``built``."""
+    try:
+        record = _ProgramUnpickler(io.BytesIO(data)).load()
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means: not ours, rebuild
+        raise RecordError(f"{PROGRAM_FILE}: cannot be unpickled ({type(err).__name__}: {err})") from None
+    program = record.get("program") if isinstance(record, dict) else None
+    if not isinstance(program, Program) or record.get("format") != PROGRAM_FORMAT:
+        raise RecordError(f"{PROGRAM_FILE}: not a Program of format {PROGRAM_FORMAT}")
+    graph = program.graph
+    values = {p.name: p.value for p in built.params}
+    for p in graph.params:
+        if p.name not in values:
+            raise RecordError(f"{PROGRAM_FILE}: its parameter {p.name!r} is not in graph {built.name!r}")
+        p.value = values[p.name]
+    program.state = {id(graph.nodes[k]): slot for k, slot in program.state.items()}
+    return program
 
 
 def _counts(dispatcher) -> tuple[int, int]:
@@ -151,11 +332,37 @@ def _compile(dispatcher, signature) -> None:
     if tuple(signature) in dispatcher.overloads:  # already compiled in this process
         return
     try:
-        dispatcher.compile(signature)
+        if not _load_cached(dispatcher, signature):
+            dispatcher.compile(signature)
     except Exception:
         for kernel in runtime.KERNELS:
             kernel._cache.flush()
         dispatcher.compile(signature)
+
+
+def _load_cached(dispatcher, signature) -> bool:
+    """Load ``signature``'s machine code from Numba's cache as ``dispatcher.compile`` does, less its first
+    step: ``Cache.load_overload`` refreshes the target context, which imports and installs every lowering
+    implementation Numba has (~0.3 s of a 0.4 s cache hit) that code loaded as machine code never uses;
+    its one part that such code needs, the runtime's memory manager, is initialized here.
+    False when there is nothing cached (the caller compiles); a Numba whose internals differ gets False too."""
+    from numba.core.compiler_lock import global_compiler_lock
+    from numba.core.runtime import rtsys
+
+    cache, hits = getattr(dispatcher, "_cache", None), getattr(dispatcher, "_cache_hits", None)
+    load = getattr(cache, "_load_overload", None)
+    if load is None or hits is None:
+        return False
+    with global_compiler_lock:
+        rtsys.initialize(dispatcher.targetctx)  # the part of the refresh loaded code needs: Numba's memory manager
+        cres = load(signature, dispatcher.targetctx)
+        if cres is None:
+            return False
+        hits[signature] += 1
+        if not cres.objectmode:
+            dispatcher.targetctx.insert_user_function(cres.entry_point, cres.fndesc, [cres.library])
+        dispatcher.add_overload(cres)
+    return True
 
 
 def _step_signature(program: Program) -> tuple:

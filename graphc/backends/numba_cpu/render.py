@@ -52,6 +52,7 @@ from numba import {numba_import}
 
 from graphc.backends.numba_cpu.runtime import (avg_pool, col2im_add, conv2d_direct, conv2d_im2col, exp_f32, gemm,
                                                max_pool, max_pool_backward, max_pool_gather, tanh_f32)
+from graphc.backends.numba_cpu.runtime import as_shape, empty_flat, view_as
 {collective_import}
 f32 = np.float32
 f64 = np.float64
@@ -206,7 +207,7 @@ def render(program: Program, version: str, min_work: int | None = None) -> str:
     graph = program.graph
     prologue = _kernel_chunks(r, program.checks)
     chunks = _kernel_chunks(r, program.kernels)
-    out_vars = [f"{o.name}.reshape({tuple(o.shape)!r})" for o in program.outputs]
+    out_vars = [f"as_shape({o.name}, {tuple(o.shape)!r})" for o in program.outputs]
     return_expr = "(" + ", ".join(out_vars) + ("," if len(out_vars) == 1 else "") + ")"
     flags = sorted(opts.get("fastmath") or ())
     summary = f"{len(graph.nodes)} nodes, {len(graph.params)} parameters, {len(graph.updates)} updates"
@@ -289,12 +290,12 @@ def _declarations(r: Renderer, program: Program) -> dict[str, str]:
     decl: dict[str, str] = {}
     for node, arg in zip(program.inputs, program.input_args):
         buf = program.buffers[program.graph.nodes.index(node)]
-        decl[buf.name] = f"    {buf.name} = {arg}.reshape({buf.size})  # {buf.note}, flat"
+        decl[buf.name] = f"    {buf.name} = as_shape({arg}, ({buf.size},))  # {buf.note}, flat"
     for var, (store, dtype) in r.views.items():
         source, what = ("state", "the parameter store") if store == "state" else ("ws", "the workspace")
-        decl[var] = f"    {var} = {source}.view({NP_TYPE[dtype]})  # {what} as {dtype}"
+        decl[var] = f"    {var} = view_as({source}, {NP_TYPE[dtype]})  # {what} as {dtype}"
     for o in program.outputs:
-        decl[o.name] = f"    {o.name} = np.empty({o.size}, {NP_TYPE[o.dtype]})  # {o.note}"
+        decl[o.name] = f"    {o.name} = empty_flat({o.size}, {NP_TYPE[o.dtype]})  # {o.note}"
     return decl
 
 

@@ -17,7 +17,9 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
+from numba.core.imputils import impl_ret_borrowed, impl_ret_new_ref
 from numba.extending import intrinsic
+from numba.np.arrayobj import _empty_nd_impl
 from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
 
 from ..cache import cache_root, writable_root
@@ -391,3 +393,87 @@ def exp_f32(typingctx, x):
         return builder.select(builder.fcmp_unordered("uno", v, v), v, y)
 
     return types.float32(types.float32), codegen
+
+
+# -- the driver's arrays, without NumPy's generic array methods ----------------------------------------------------
+# ``state.view(f32)``, ``x.reshape(n)``, ``np.empty(n, f32)`` and ``out.reshape(shape)`` each make Numba compile
+# a generic implementation (a compatibility check, a shape computation, the np.empty overload) the first time
+# a process compiles a driver: 0.2 s for the views and 0.2 s for reshaping the outputs of the MLP step (of
+# ~1.6 s; bench/compile_time.py). The driver knows every size when it is rendered, so these intrinsics only
+# fill in an array header: no checks, no code to compile. Each result shares (and holds a reference to)
+# the memory of its argument.
+
+def _dtype_of(value_type, what: str):
+    dtype = getattr(value_type, "dtype", None)
+    if not isinstance(value_type, (types.NumberClass, types.DType)) or dtype is None:
+        raise TypeError(f"{what}: expected a NumPy scalar type (np.float32, ...), got {value_type}")
+    return dtype
+
+
+def _array_header(context, builder, source_type, source, result_type, shape):
+    """The array of ``result_type`` (C order) over ``source``'s memory with the given shape (LLVM values)."""
+    intp = context.get_value_type(types.intp)
+    ary = context.make_array(source_type)(context, builder, source)
+    out = context.make_array(result_type)(context, builder)
+    itemsize = context.get_abi_sizeof(context.get_data_type(result_type.dtype))
+    strides, stride = [], ir.Constant(intp, itemsize)
+    for extent in reversed(shape):
+        strides.insert(0, stride)
+        stride = builder.mul(stride, extent)
+    context.populate_array(out, data=builder.bitcast(ary.data, out.data.type),
+                           shape=cgutils.pack_array(builder, list(shape), ty=intp),
+                           strides=cgutils.pack_array(builder, strides, ty=intp),
+                           itemsize=ir.Constant(intp, itemsize), meminfo=ary.meminfo, parent=ary.parent)
+    return impl_ret_borrowed(context, builder, result_type, out._getvalue())
+
+
+@intrinsic
+def view_as(typingctx, arr, dtype):
+    """``arr`` (a contiguous array, e.g. the parameter store's bytes) as a flat array of ``dtype``: as many
+    whole elements as its bytes hold. Like ``arr.view(dtype)`` on a 1-D array, without its checks."""
+    if not isinstance(arr, types.Array) or arr.layout != "C":
+        raise TypeError(f"view_as: expected a C-contiguous array, got {arr}")
+    result = types.Array(_dtype_of(dtype, "view_as"), 1, "C")
+
+    def codegen(context, builder, signature, args):
+        intp = context.get_value_type(types.intp)
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        nbytes = builder.mul(ary.nitems, ary.itemsize)
+        itemsize = context.get_abi_sizeof(context.get_data_type(result.dtype))
+        count = builder.udiv(nbytes, ir.Constant(intp, itemsize))
+        return _array_header(context, builder, signature.args[0], args[0], result, [count])
+
+    return result(arr, dtype), codegen
+
+
+@intrinsic
+def as_shape(typingctx, arr, shape):
+    """``arr`` (C-contiguous) seen with ``shape`` (a tuple of ints, possibly empty), which must hold as many
+    elements: the renderer's flat inputs and shaped outputs. Like ``arr.reshape(shape)``, without its checks."""
+    if not isinstance(arr, types.Array) or arr.layout != "C":
+        raise TypeError(f"as_shape: expected a C-contiguous array, got {arr}")
+    if not isinstance(shape, types.BaseTuple) or not all(isinstance(t, types.Integer) for t in shape):
+        raise TypeError(f"as_shape: expected a tuple of ints, got {shape}")
+    result = types.Array(arr.dtype, len(shape), "C")
+
+    def codegen(context, builder, signature, args):
+        extents = [context.cast(builder, builder.extract_value(args[1], k), t, types.intp)
+                   for k, t in enumerate(signature.args[1])]
+        return _array_header(context, builder, signature.args[0], args[0], result, extents)
+
+    return result(arr, shape), codegen
+
+
+@intrinsic
+def empty_flat(typingctx, n, dtype):
+    """A new flat array of ``n`` elements of ``dtype`` (``np.empty(n, dtype)`` without its overload)."""
+    if not isinstance(n, types.Integer):
+        raise TypeError(f"empty_flat: expected an int size, got {n}")
+    result = types.Array(_dtype_of(dtype, "empty_flat"), 1, "C")
+
+    def codegen(context, builder, signature, args):
+        size = context.cast(builder, args[0], signature.args[0], types.intp)
+        out = _empty_nd_impl(context, builder, result, [size])
+        return impl_ret_new_ref(context, builder, result, out._getvalue())
+
+    return result(n, dtype), codegen
