@@ -20,7 +20,7 @@ from graphc.ir import Graph
 from graphc.nn import Context, Conv2D, Dense, Sequential
 from graphc.ops import reduce
 from graphc.optim import HyperparameterError
-from graphc.train import Trainer, loop
+from graphc.train import loop
 
 # The new names are looked up when a test runs (not imported at the top), so that on a graphc without
 # them each test fails on its own instead of the whole file failing to import.
@@ -123,16 +123,21 @@ def scheduled_fit(tmp_path_factory):
         compiles.append((outputs[0].graph.name, backend))
         return compile_graph(outputs, backend=backend, **options)
 
+    def scheduled(model):  # one line of code for both fits: the cache entry is keyed by the graph as built,
+        # its source lines included (they are in the Program's error messages)
+        return graphc.fit(model, data(), epochs=len(SIZES), batch_size=train.BatchSizeSchedule(SIZES),
+                          optimizer=optim.Momentum(LR, MU), seed=SEED, backend="cpu", verbose=False)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRAPHC_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         mp.setattr(loop, "compile_graph", counting_compile)
         model = mlp()
         start = {k: v.copy() for k, v in model.named_values().items()}
-        history = graphc.fit(model, data(), epochs=len(SIZES), batch_size=train.BatchSizeSchedule(SIZES),
-                             optimizer=optim.Momentum(LR, MU), seed=SEED, backend="cpu", verbose=False)
+        history = scheduled(model)
         fit_compiles = list(compiles)
-        # Another Trainer (as another process would) compiles the same step: the on-disk cache has it.
-        second = Trainer(mlp(), optim.Momentum(LR, MU), backend="cpu").step_executable(6)
+        # Another model and Trainer (as another process running the script would) compiles the same steps:
+        # the on-disk cache has them.
+        second = scheduled(mlp()).trainer.step_executable(6)
         yield model, start, history, fit_compiles, second
 
 
