@@ -1,0 +1,351 @@
+"""The library calls (``ir.LIBRARY``) as plain kernel-IR loops, for targets that have no library.
+
+:func:`expand_call` turns one :class:`~.ir.Call` into Loop/Load/Assign/Store statements (and, for
+im2col, a Gemm over the call's ``col`` scratch, so that a target with its own GEMM does the product)
+that compute exactly what the interpreter's implementation of the call computes (its oracle):
+
+* conv2d_direct / conv2d_im2col overwrite y; the im2col loop over images is sequential (the images share
+  ``col``, which holds the last image's columns afterwards, as after the library kernel);
+* col2im_add adds into y. It is written as a gather, one parallel nest per (row, column) residue of the
+  strides: the kernel taps that reach a target are known when expanding, so no integer division is left
+  in the IR, every target is written by one iteration, and its taps are summed in (i, j) order from 0
+  before being added to y, the interpreter's order;
+* max_pool / avg_pool: padding is -inf for the max (a NaN in a window wins) and 0 for the average, whose
+  divisor is always kh*kw (count_include_pad, as the interpreter and the cpu runtime);
+* max_pool_backward zeroes y, then adds each window's gradient at its FIRST maximum (row-major window
+  order, padding -inf, the first NaN wins; nothing when that maximum is padding), windows in (ho, wo)
+  order. Overlapping windows may pick one element, so then only the planes run in parallel; windows that
+  do not overlap (and each hold an element of x) run in parallel too;
+* max_pool_gather: y[p, ho, wo] = g at the window's first maximum, 0 where it is padding.
+
+allreduce_* are collectives over MPI ranks: no loops compute them, and :func:`expand_call` refuses them.
+Loop and value variables are named ``lib_*`` so they never meet those of the kernel around the call.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import sympy as sp
+
+from ...ir import GraphcError
+from ...ops.elementwise import IsNaN
+from .ir import (
+    LIBRARY,
+    Assign,
+    Call,
+    Gemm,
+    Kernel,
+    Load,
+    Loop,
+    Program,
+    Ref,
+    Statement,
+    Store,
+    divided,
+    index_var,
+    linear,
+    nest,
+    scalar_var,
+)
+
+#: Library calls no loops compute: collectives across the processes of an MPI job.
+COLLECTIVES = ("allreduce_sum", "allreduce_mean")
+
+
+class LibraryCallError(GraphcError):
+    """A library call that cannot be expanded into loops: a collective, an unknown name, or operands
+    that do not match its ``ir.LIBRARY`` signature."""
+
+
+# -- the public API ---------------------------------------------------------------------------------
+
+def expand_call(call: Call) -> list[Statement]:
+    """``call`` as kernel-IR statements computing what the library kernel computes (see the module doc).
+
+    Raises :class:`LibraryCallError` for allreduce_* (no loops compute a collective), for a name that is
+    not in ``ir.LIBRARY`` and for operands that do not match its signature.
+    """
+    if call.name in COLLECTIVES:
+        raise LibraryCallError(f"library call {call.name!r} cannot be expanded into loops: it is a collective "
+                               f"over the MPI ranks of a job, which a target without MPI cannot run")
+    expansion = EXPANSIONS.get(call.name)
+    if expansion is None:
+        known = ", ".join(sorted(EXPANSIONS))
+        raise LibraryCallError(f"unknown library call {call.name!r}: the library calls loops can compute are {known}")
+    return expansion(**operands(call))
+
+
+def expand_calls(program: Program) -> Program:
+    """A copy of ``program`` whose kernels make no library call but allreduce_*: every other Call is
+    replaced by its loops (:func:`expand_call`); kernels keep their provenance (node, op, rule, line).
+    ``program`` itself is not changed."""
+    def kernels(listed: list[Kernel]) -> list[Kernel]:
+        return [dataclasses.replace(k, body=_expanded_body(k.body, k)) for k in listed]
+
+    return dataclasses.replace(program, checks=kernels(program.checks), kernels=kernels(program.kernels))
+
+
+def _expanded_body(body: Sequence, kernel: Kernel) -> list:
+    out: list = []
+    for s in body:
+        if isinstance(s, Loop):
+            out.append(dataclasses.replace(s, body=_expanded_body(s.body, kernel)))
+        elif isinstance(s, Call) and s.name not in COLLECTIVES:
+            try:
+                out += expand_call(s)
+            except LibraryCallError as e:
+                raise LibraryCallError(f"{kernel.title}: {e}") from None
+        else:
+            out.append(s)
+    return out
+
+
+def operands(call: Call) -> dict:
+    """The call's operands by their ``ir.LIBRARY`` names (Refs where the signature marks ``*``, Python ints
+    elsewhere), checked against the signature."""
+    names = [_PARAMETER.get(n.strip(), n.strip()) for n in LIBRARY[call.name].split(",")]
+    if len(call.args) != len(names):
+        raise LibraryCallError(f"library call {call.name!r} takes {len(names)} operands ({LIBRARY[call.name]}), "
+                               f"got {len(call.args)}")
+    found: dict = {}
+    for name, arg in zip(names, call.args):
+        if name.startswith("*"):
+            if not isinstance(arg, Ref):
+                raise LibraryCallError(f"library call {call.name!r}: operand {name[1:]} must be a Ref, got {arg!r}")
+            found[name[1:]] = arg
+        else:
+            found[name] = _constant(call.name, name, arg)
+    return found
+
+
+#: LIBRARY's operand names the expansions spell otherwise (``O`` reads as a zero: ConvGeometry's ``Co``).
+_PARAMETER = {"O": "Co"}
+
+
+def _constant(call: str, name: str, value) -> int:
+    """An integer operand's value: loops need their extents when they are built."""
+    number = sp.sympify(value)
+    if not number.is_Integer:
+        raise LibraryCallError(f"library call {call!r}: operand {name} must be an integer constant, got {value!r}")
+    return int(number)
+
+
+# -- building blocks ---------------------------------------------------------------------------------
+
+def _index(name: str) -> sp.Symbol:
+    return index_var(f"lib_{name}")
+
+
+def _scalar(name: str) -> sp.Symbol:
+    return scalar_var(f"lib_{name}")
+
+
+def _nest(sizes: Sequence[int], names: Sequence[str], body: list, parallel: bool = True) -> list:
+    return nest(sizes, [f"lib_{n}" for n in names], body, parallel)
+
+
+def _load(var: sp.Symbol, ref: Ref, index: sp.Expr, guard: sp.Expr | None = None) -> Load:
+    """``var = ref[index]``, reading nothing (0) where ``guard`` is false; no guard when it always holds."""
+    guard = None if guard is None or guard == sp.true else guard
+    return Load(var, ref.buffer, ref.offset + index, guard)
+
+
+def _store(ref: Ref, index: sp.Expr, value: sp.Expr, computed_in: str, reduce: str | None = None) -> Store:
+    return Store(ref.buffer, ref.offset + index, value, reduce, exact=computed_in == ref.buffer.dtype)
+
+
+def _inside(h: sp.Expr, q: sp.Expr, H: int, W: int) -> sp.Expr:
+    """Whether row ``h``, column ``q`` lies in an H x W plane (not in the padding)."""
+    return (h >= 0) & (h < H) & (q >= 0) & (q < W)
+
+
+# -- convolution ---------------------------------------------------------------------------------
+
+def conv2d_direct(x: Ref, w: Ref, N: int, C: int, H: int, W: int, Co: int, kh: int, kw: int, sh: int, sw: int,
+                  ph: int, pw: int, dh: int, dw: int, Ho: int, Wo: int, y: Ref) -> list[Statement]:
+    """y[n, o, ho, wo] = sum over (c, i, j), in that order, of w[o, c, i, j] * x[n, c, ho*sh - ph + i*dh,
+    wo*sw - pw + j*dw] (0 in the padding), accumulated in y's dtype; every output in parallel."""
+    n, o, ho, wo, c, i, j = (_index(v) for v in ("n", "o", "ho", "wo", "c", "i", "j"))
+    dtype = y.buffer.dtype
+    acc, xv, wv = _scalar("acc"), _scalar("x"), _scalar("w")
+    h, q = ho * sh - ph + i * dh, wo * sw - pw + j * dw
+    tap = [_load(xv, x, ((n * C + c) * H + h) * W + q, _inside(h, q, H, W)),
+           _load(wv, w, linear([o, c, i, j], [Co, C, kh, kw])),
+           Assign(acc, acc + wv * xv, dtype)]
+    body = [Assign(acc, sp.Integer(0), dtype),
+            *_nest([C, kh, kw], ["c", "i", "j"], tap, parallel=False),
+            _store(y, linear([n, o, ho, wo], [N, Co, Ho, Wo]), acc, dtype)]
+    return _nest([N, Co, Ho, Wo], ["n", "o", "ho", "wo"], body)
+
+
+def conv2d_im2col(x: Ref, w: Ref, N: int, C: int, H: int, W: int, Co: int, kh: int, kw: int, sh: int, sw: int,
+                  ph: int, pw: int, dh: int, dw: int, Ho: int, Wo: int, col: Ref, y: Ref) -> list[Statement]:
+    """Per image n (sequentially: the images share ``col``): col [C*kh*kw, Ho*Wo] = the image's patches
+    (0 in the padding), then the GEMM y[n] [Co, Ho*Wo] = w [Co, C*kh*kw] @ col."""
+    n, c, i, j, ho, wo = (_index(v) for v in ("n", "c", "i", "j", "ho", "wo"))
+    K, P = C * kh * kw, Ho * Wo
+    xv = _scalar("x")
+    h, q = ho * sh - ph + i * dh, wo * sw - pw + j * dw
+    patch = [_load(xv, x, n * (C * H * W) + (c * H + h) * W + q, _inside(h, q, H, W)),
+             _store(col, linear([c, i, j], [C, kh, kw]) * P + ho * Wo + wo, xv, x.buffer.dtype)]
+    product = Gemm(Co, P, K, sp.Integer(1), w, False, K, col, False, P, sp.Integer(0),
+                   Ref(y.buffer, y.offset + n * (Co * P)), P)
+    image = [*_nest([C, kh, kw, Ho, Wo], ["c", "i", "j", "ho", "wo"], patch), product]
+    return _nest([N], ["n"], image, parallel=False)
+
+
+def col2im_add(cols: Ref, Co: int, kh: int, kw: int, H: int, W: int, sh: int, sw: int, ph: int, pw: int, dh: int,
+               dw: int, Ho: int, Wo: int, y: Ref) -> list[Statement]:
+    """y[o, h*sh - ph + i*dh, q*sw - pw + j*dw] += cols[(o*kh + i)*kw + j, h*W + q], as a gather.
+
+    Target row t = a*sh + b - ph (b = (t + ph) mod sh) is reached by tap i exactly when i*dh = b (mod sh),
+    from column row h = a - (i*dh - b) / sh: one parallel nest over (o, a, a') per residue pair (b, b'),
+    its taps listed here, so that no index needs a division. Each target's taps are summed from 0 in
+    (i, j) order, then added to y: the interpreter's order, bit for bit."""
+    dtype = y.buffer.dtype
+    o, a, e = _index("o"), _index("a"), _index("e")
+    acc, cv = _scalar("acc"), _scalar("c")
+    out: list[Statement] = []
+    for b in range(sh):
+        rows = _residue_targets(b, sh, ph, Ho)
+        taps_i = [(i, (i * dh - b) // sh) for i in range(kh) if (i * dh - b) % sh == 0]
+        for bw in range(sw):
+            columns = _residue_targets(bw, sw, pw, Wo)
+            taps_j = [(j, (j * dw - bw) // sw) for j in range(kw) if (j * dw - bw) % sw == 0]
+            if not rows[1] or not columns[1] or not taps_i or not taps_j:
+                continue  # no targets, or none any tap reaches (y + 0 is y)
+            a_abs, e_abs = a + rows[0], e + columns[0]
+            body: list[Statement] = [Assign(acc, sp.Integer(0), dtype)]
+            for i, di in taps_i:
+                for j, dj in taps_j:
+                    h, q = a_abs - di, e_abs - dj
+                    body += [_load(cv, cols, linear([o, i, j], [Co, kh, kw]) * (H * W) + h * W + q,
+                                   _inside(h, q, H, W)),
+                             Assign(acc, acc + cv, dtype)]
+            target = (o * Ho + a_abs * sh + b - ph) * Wo + e_abs * sw + bw - pw
+            body.append(_store(y, target, acc, dtype, reduce="add"))
+            out += nest([Co, rows[1], columns[1]], [o.name, a.name, e.name], body)
+    return out
+
+
+def _residue_targets(b: int, s: int, p: int, size: int) -> tuple[int, int]:
+    """(first a, count) of the targets t = a*s + b - p that lie in [0, size)."""
+    first = max(0, -((b - p) // s))  # ceil((p - b) / s)
+    last = (size - 1 + p - b) // s
+    return first, max(0, last - first + 1)
+
+
+# -- pooling -------------------------------------------------------------------------------------
+
+def _window(sh: int, sw: int, ph: int, pw: int) -> tuple[sp.Expr, sp.Expr]:
+    """(row, column) of tap (i, j) of window (ho, wo) in the plane (outside it: padding)."""
+    return _index("ho") * sh - ph + _index("i"), _index("wo") * sw - pw + _index("j")
+
+
+def max_pool(x: Ref, planes: int, H: int, W: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, Ho: int,
+             Wo: int, y: Ref) -> list[Statement]:
+    """y[p, ho, wo] = the largest x of the window (padding -inf); a NaN in the window makes it NaN."""
+    p = _index("p")
+    dtype = x.buffer.dtype
+    acc, v = _scalar("acc"), _scalar("x")
+    h, q = _window(sh, sw, ph, pw)
+    inside = _inside(h, q, H, W)
+    tap = [_load(v, x, (p * H + h) * W + q, inside),
+           Assign(acc, sp.Piecewise((v, inside & ((v > acc) | IsNaN(v))), (acc, True)), dtype)]
+    body = [Assign(acc, -sp.oo, dtype),
+            *_nest([kh, kw], ["i", "j"], tap, parallel=False),
+            _store(y, (p * Ho + _index("ho")) * Wo + _index("wo"), acc, dtype)]
+    return _nest([planes, Ho, Wo], ["p", "ho", "wo"], body)
+
+
+def avg_pool(x: Ref, planes: int, H: int, W: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, Ho: int,
+             Wo: int, y: Ref) -> list[Statement]:
+    """y[p, ho, wo] = (the sum of the window, taps in row-major order, padding 0) / (kh*kw): the divisor
+    counts the padding (PyTorch's count_include_pad), as the interpreter and the cpu runtime do."""
+    p = _index("p")
+    dtype = x.buffer.dtype
+    acc, v = _scalar("acc"), _scalar("x")
+    h, q = _window(sh, sw, ph, pw)
+    tap = [_load(v, x, (p * H + h) * W + q, _inside(h, q, H, W)), Assign(acc, acc + v, dtype)]
+    mean = _scalar("mean")
+    body = [Assign(acc, sp.Integer(0), dtype),
+            *_nest([kh, kw], ["i", "j"], tap, parallel=False),
+            Assign(mean, divided(acc, kh * kw), dtype),
+            _store(y, (p * Ho + _index("ho")) * Wo + _index("wo"), mean, dtype)]
+    return _nest([planes, Ho, Wo], ["p", "ho", "wo"], body)
+
+
+def _first_maximum(x: Ref, H: int, W: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int
+                   ) -> tuple[list[Statement], sp.Expr, sp.Expr]:
+    """(statements, h, q): (h, q) is the first maximum of window (lib_ho, lib_wo) of plane lib_p, in
+    row-major window order, padding -inf and the first NaN winning (NumPy's argmax); it may be padding.
+    Compares in x's dtype. The statements track the tap (bi, bj) of the maximum, from tap (0, 0) at -inf,
+    which an all -inf window keeps (argmax's first maximum)."""
+    p = _index("p")
+    dtype = x.buffer.dtype
+    best, v, c = _scalar("best"), _scalar("x"), _scalar("candidate")
+    bi, bj = _index("bi"), _index("bj")
+    h, q = _window(sh, sw, ph, pw)
+    inside = _inside(h, q, H, W)
+    better = (c > best) | (IsNaN(c) & ~IsNaN(best))
+    # The tap updates come first: they test the best value before this tap.
+    tap = [_load(v, x, (p * H + h) * W + q, inside),
+           Assign(c, sp.Piecewise((v, inside), (-sp.oo, True)), dtype),
+           Assign(bi, sp.Piecewise((_index("i"), better), (bi, True)), "int64"),
+           Assign(bj, sp.Piecewise((_index("j"), better), (bj, True)), "int64"),
+           Assign(best, sp.Piecewise((c, better), (best, True)), dtype)]
+    start = [Assign(best, -sp.oo, dtype), Assign(bi, sp.Integer(0), "int64"), Assign(bj, sp.Integer(0), "int64")]
+    found = _index("ho") * sh - ph + bi, _index("wo") * sw - pw + bj
+    return start + _nest([kh, kw], ["i", "j"], tap, parallel=False), *found
+
+
+def max_pool_gather(x: Ref, g: Ref, planes: int, H: int, W: int, kh: int, kw: int, sh: int, sw: int, ph: int,
+                    pw: int, Ho: int, Wo: int, y: Ref) -> list[Statement]:
+    """y[p, ho, wo] = g[p, h, q] at the first maximum (h, q) of window (ho, wo) of x; 0 where it is padding."""
+    p, ho, wo = _index("p"), _index("ho"), _index("wo")
+    find, bh, bq = _first_maximum(x, H, W, kh, kw, sh, sw, ph, pw)
+    gv = _scalar("g")
+    body = [*find,
+            _load(gv, g, (p * H + bh) * W + bq, _inside(bh, bq, H, W)),
+            _store(y, (p * Ho + ho) * Wo + wo, gv, g.buffer.dtype)]
+    return _nest([planes, Ho, Wo], ["p", "ho", "wo"], body)
+
+
+def max_pool_backward(x: Ref, g: Ref, planes: int, H: int, W: int, kh: int, kw: int, sh: int, sw: int, ph: int,
+                      pw: int, Ho: int, Wo: int, y: Ref) -> list[Statement]:
+    """y [planes, H, W] = 0, then y[p, h, q] += g[p, ho, wo] at the first maximum (h, q) of each window
+    (windows in (ho, wo) order; nothing where the maximum is padding).
+
+    A Store has no guard, so a window whose maximum is padding adds 0 (exactly y's value: y starts at +0)
+    to the in-plane element nearest its top-left corner. Windows that overlap may add to one element:
+    then only the planes are parallel. Windows that do not overlap and each hold an element of x
+    (padding < kernel) touch disjoint elements, that one included: every window runs in parallel."""
+    p, ho, wo = _index("p"), _index("ho"), _index("wo")
+    dtype = y.buffer.dtype
+    find, bh, bq = _first_maximum(x, H, W, kh, kw, sh, sw, ph, pw)
+    chosen = _inside(bh, bq, H, W)
+    gv, at = _scalar("g"), _index("at")
+    corner = _clamped(ho * sh - ph, H) * W + _clamped(wo * sw - pw, W)
+    body = [*find,
+            _load(gv, g, (p * Ho + ho) * Wo + wo, chosen),
+            Assign(at, sp.Piecewise((bh * W + bq, chosen), (corner, True)), "int64"),
+            _store(y, p * (H * W) + at, gv, g.buffer.dtype, reduce="add")]
+    k = _index("k")
+    zero = nest([planes * H * W], [k.name], [_store(y, k, sp.Integer(0), dtype)])
+    disjoint = kh <= sh and kw <= sw and ph < kh and pw < kw
+    windows = nest([Ho, Wo], [ho.name, wo.name], body, parallel=disjoint)
+    return zero + nest([planes], [p.name], windows)
+
+
+def _clamped(index: sp.Expr, size: int) -> sp.Expr:
+    """``index`` moved into [0, size)."""
+    return sp.Piecewise((0, index < 0), (size - 1, index > size - 1), (index, True))
+
+
+#: ir.LIBRARY name -> its expansion ``fn(**operands)`` (all but the collectives).
+EXPANSIONS: dict[str, Callable[..., list[Statement]]] = {
+    "conv2d_im2col": conv2d_im2col, "conv2d_direct": conv2d_direct, "col2im_add": col2im_add,
+    "max_pool": max_pool, "avg_pool": avg_pool, "max_pool_backward": max_pool_backward,
+    "max_pool_gather": max_pool_gather,
+}
