@@ -35,6 +35,7 @@ from .ir import (
 )
 from .ir.errors import NonFiniteError
 from .ir.graph import DuplicateNameError
+from .export import ExportError, export
 from .onnx_export import OnnxExportError, export_onnx
 from .ops import registry
 from .ops.collective import allreduce

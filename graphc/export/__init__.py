@@ -15,7 +15,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from ..nn import Module
 from . import csource
@@ -49,7 +49,7 @@ class ExportResult:
 def export(outputs_or_model: Any, directory: str, name: str | None = None, target: str = "native",
            blas: str = "generated", batch_size: int | None = None, optimizer: Any = None,
            loss: Any = "softmax_cross_entropy", train: bool = False, optimize: int | None = None,
-           cc: str | None = None) -> ExportResult:
+           cc: str | None = None, inputs: Sequence[Any] | None = None) -> ExportResult:
     """Compile a graph or a model ahead of time into ``directory``: ``NAME.o``, ``libNAME.so``, ``NAME.h``,
     the executable ``NAME``, the weights ``NAME.weights`` and ``NAME.json`` (what :func:`load` reads).
 
@@ -58,7 +58,8 @@ def export(outputs_or_model: Any, directory: str, name: str | None = None, targe
     ``optimizer`` also ``NAME_step``, the whole training step with the optimizer's update: inputs x, y,
     lr; outputs the loss and the metrics' batch totals). ``target``: "native" (this CPU's features) or
     "generic" (baseline x86-64, runs anywhere). ``blas``: "generated" (GEMM generated in LLVM IR: no
-    dependency) or "system" (link the system's CBLAS, -lopenblas). ``cc``: the C compiler (default ``$CC``
+    dependency) or "system" (link the system's CBLAS, -lopenblas). ``optimize``: the passes' level
+    (default: the native backends'). ``inputs``: a graph entry's argument order (as graphc.compile). ``cc``: the C compiler (default ``$CC``
     or ``cc``). The parameters exported are the model's (or the graph's) current values.
 
     >>> import graphc
@@ -75,7 +76,7 @@ def export(outputs_or_model: Any, directory: str, name: str | None = None, targe
         raise ExportError(f"export: blas must be one of {BLAS}, got {blas!r}")
     compiler = find_cc(cc)  # before any work: a missing compiler is found at once
     lib = c_identifier(name or _default_name(outputs_or_model), "name")
-    entries = _entries(outputs_or_model, lib, batch_size, optimizer, loss, train, optimize)
+    entries = _entries(outputs_or_model, lib, batch_size, optimizer, loss, train, optimize, inputs)
     params = param_table(entries)
     stats = {"lower_s": time.perf_counter() - started}
     os.makedirs(directory, exist_ok=True)
@@ -106,17 +107,17 @@ def _default_name(obj: Any) -> str:
 
 
 def _entries(obj: Any, lib: str, batch_size: int | None, optimizer: Any, loss: Any, train: bool,
-             optimize: int | None) -> list:
+             optimize: int | None, inputs: Sequence[Any] | None) -> list:
     if isinstance(obj, Module):
         from ..optim import SGD
 
         train = train or optimizer is not None
         graphs = model_graphs(obj, batch_size or 1, optimizer or SGD(0.01), loss, train, lib)
-        return [lower_entry(lib, entry, graph, outs, rows, optimize, {}) for entry, graph, outs, rows in graphs]
+        return [lower_entry(lib, entry, graph, None, outs, rows, optimize) for entry, graph, outs, rows in graphs]
     if batch_size is not None or train or optimizer is not None:
         raise ExportError("export: batch_size, optimizer and train apply to a graphc.nn model; a Graph is exported "
                           "as built (its inputs' shapes, its own updates)")
-    return [lower_entry(lib, "run", obj, None, False, optimize, {})]
+    return [lower_entry(lib, "run", obj, inputs, None, False, optimize)]
 
 
 def _write_object(path: str, entries: list, target: str, blas: str) -> None:

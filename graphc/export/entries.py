@@ -101,23 +101,23 @@ def model_graphs(model: Module, batch_size: int, optimizer: Any, loss: Any, trai
     return graphs
 
 
-def lower_entry(lib: str, name: str, graph_or_outputs: Any, output_names: Sequence[str] | None, rows: bool,
-                optimize: int | None, lower_options: dict[str, Any]) -> Entry:
+def lower_entry(lib: str, name: str, graph_or_outputs: Any, inputs: Sequence[Any] | None,
+                output_names: Sequence[str] | None, rows: bool, optimize: int | None) -> Entry:
     """The Entry for one graph: cut, optimized (the native backends' default level) and lowered by the llvm target."""
     from ..backends import llvm
 
     tensors = _tensors(graph_or_outputs)
-    _built, graph, call_inputs, optimized = _prepare(tensors, None, "cpu", None, optimize, False)
+    # The cut and the passes graphc.compile applies for a native backend ("cpu": the same default level).
+    _built, graph, call_inputs, optimized = _prepare(tensors, inputs, "cpu", None, optimize, False)
     plan = optimized.buffer_plan if optimized is not None else None
-    program = llvm.lower_program(graph, call_inputs, plan=plan, **lower_options)
+    program = llvm.lower_program(graph, call_inputs, plan=plan)
     return entry_of(lib, name, program, output_names, rows)
 
 
 def entry_of(lib: str, name: str, program: Program, output_names: Sequence[str] | None, rows: bool) -> Entry:
     """The Entry for a lowered Program: typed arguments, the initial store image."""
     graph = program.graph
-    inputs = [Tensor(c_identifier(arg, "input name"), n.dtype.name, tuple(n.shape))
-              for arg, n in zip(program.input_args, program.inputs)]
+    inputs = [Tensor(_c_name(n.name, arg), n.dtype.name, tuple(n.shape)) for arg, n in zip(program.input_args, program.inputs)]
     out_names = list(output_names or [])
     out_names += [_output_name(graph, k) for k in range(len(out_names), len(program.outputs))]
     outputs = [Tensor(c_identifier(nm, "output name"), b.dtype, tuple(b.shape)) for nm, b in zip(out_names, program.outputs)]
@@ -128,6 +128,18 @@ def entry_of(lib: str, name: str, program: Program, output_names: Sequence[str] 
     rows = rows and bool(inputs) and len(inputs[0].shape) > 0
     return Entry(name, f"{lib}_{name}_kernel", program, inputs, outputs, initial_store(program),
                  bool(program.updates), rows)
+
+
+#: Names a C argument cannot have.
+C_KEYWORDS = frozenset("auto break case char const continue default do double else enum extern float for goto if inline "
+                       "int long register restrict return short signed sizeof static struct switch typedef union "
+                       "unsigned void volatile while state inputs outputs".split())
+
+
+def _c_name(name: str, fallback: str) -> str:
+    """An input's C argument name: its graph name when that is a C identifier (x, y, lr), else the Program's."""
+    ok = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name or "") and name not in C_KEYWORDS
+    return name if ok else c_identifier(fallback, "input name")
 
 
 def _output_name(graph: Graph, k: int) -> str:

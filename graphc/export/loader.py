@@ -100,7 +100,7 @@ class _EntryCall:
             raise InputError(f"{self.__name__}: expected {len(spec)} inputs {[t['name'] for t in spec]}, got {len(arrays)}")
         ins = []
         for t, a in zip(spec, arrays):
-            a = np.ascontiguousarray(a, dtype=t["dtype"])
+            a = _c_array(a, t["dtype"])
             if a.shape != tuple(t["shape"]):
                 raise InputError(f"{self.__name__}: input {t['name']!r} must have shape {t['shape']}, got {list(a.shape)}")
             ins.append(a)
@@ -128,7 +128,7 @@ class _Params(MutableMapping):
         if key not in self.spec:
             raise InputError(f"{self.model.name}: no parameter {key!r}; parameters are {list(self.spec)}")
         p = self.spec[key]
-        a = np.ascontiguousarray(value, dtype=p["dtype"])
+        a = _c_array(value, p["dtype"])
         if a.shape != tuple(p["shape"]):
             raise InputError(f"{self.model.name}: parameter {key!r} has shape {p['shape']}, got {list(a.shape)}")
         self.model._check(getattr(self.model.lib, f"{self.model.name}_set_param")(self.model._state, key.encode(),
@@ -142,6 +142,12 @@ class _Params(MutableMapping):
 
     def __len__(self) -> int:
         return len(self.spec)
+
+
+def _c_array(value: Any, dtype: str) -> np.ndarray:
+    """``value`` as a C-contiguous array of ``dtype`` (a scalar stays 0-d: numpy.ascontiguousarray makes it 1-d)."""
+    a = np.asarray(value, dtype=dtype)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 def load(directory: str, name: str | None = None) -> ExportedModel:

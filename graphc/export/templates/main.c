@@ -46,7 +46,6 @@ static int usage(FILE *to) {
             for (int d = 0; d < t->ndim; d++) {
                 if (d == 0 && en->rows) fprintf(to, "N");
                 else fprintf(to, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-                if (d == 0 && en->rows && t->ndim > 1) fprintf(to, ", ");
             }
             fprintf(to, ")\n");
         }
