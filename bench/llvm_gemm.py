@@ -1,6 +1,6 @@
 """GF/s of the LLVM target's generated GEMM (graphc.backends.llvm.gemm) against NumPy/OpenBLAS, one thread.
 
-    python bench/llvm_gemm.py [--dtype float32] [--repeats 15] [--blocking MR,NR,KC] [--json OUT]
+    python bench/llvm_gemm.py [--dtype float32|float64] [--repeats 15] [--blocking MR,NR,KC] [--json OUT]
 
 The shapes are the MNIST MLP's (784-512-256-10): its forward at batch 128 and batch 1, and the backward's
 transposed products (dX = dY @ W^T: trans_b; dW = X^T @ dY: trans_a). Each GEMM is compiled once for the
@@ -29,7 +29,7 @@ import llvmlite.binding as llvm  # noqa: E402
 import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
 
-from graphc.backends.llvm.gemm import _FLOAT, Blocking, define_gemm, gemm_symbol  # noqa: E402
+from graphc.backends.llvm.gemm import DTYPES, Blocking, default_blocking, define_gemm, gemm_symbol  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,20 +150,23 @@ def print_table(rows: list[dict], dtype: str, blocking: Blocking) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dtype", default="float32", choices=sorted(_FLOAT))
+    parser.add_argument("--dtype", choices=DTYPES, help="one dtype (default: both)")
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--blocking", help="MR,NR,KC to try instead of the default (tuning)")
+    parser.add_argument("--blocking", help="MR,NR,KC to try instead of the default (tuning; needs --dtype)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "llvm_gemm.json"))
     args = parser.parse_args()
-    default = _FLOAT[args.dtype][3]
-    blocking = default
-    if args.blocking:
-        mr, nr, kc = (int(x) for x in args.blocking.split(","))
-        blocking = Blocking(mr=mr, nr=nr, kc=kc, lanes=default.lanes)
-    rows = run(args.dtype, args.repeats, blocking)
-    print_table(rows, args.dtype, blocking)
+    if args.blocking and not args.dtype:
+        parser.error("--blocking needs --dtype")
+    result = {"cpu": llvm.get_host_cpu_name(), "threads": 1, "repeats": args.repeats}
+    for dtype in [args.dtype] if args.dtype else DTYPES:
+        blocking = default_blocking(dtype)
+        if args.blocking:
+            mr, nr, kc = (int(x) for x in args.blocking.split(","))
+            blocking = Blocking(mr=mr, nr=nr, kc=kc, lanes=blocking.lanes)
+        rows = run(dtype, args.repeats, blocking)
+        print_table(rows, dtype, blocking)
+        result[dtype] = {"blocking": blocking.__dict__, "rows": rows}
     if args.json:
-        result = {"dtype": args.dtype, "blocking": blocking.__dict__, "cpu": llvm.get_host_cpu_name(), "rows": rows}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
 

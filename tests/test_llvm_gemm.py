@@ -17,12 +17,11 @@ import numpy as np
 import pytest
 from llvmlite import ir
 
-from graphc.backends.llvm.gemm import _FLOAT, GemmError, define_gemm, gemm_symbol, gemm_type
+from graphc.backends.llvm.gemm import DTYPES, GemmError, default_blocking, define_gemm, gemm_symbol, gemm_type
 from graphc.ir.errors import DTypeError
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler to link the object")
 
-DTYPES = ("float32", "float64")
 #: relative to sum |alpha * a * b| + |beta * c| per element
 RTOL = {"float32": 1e-5, "float64": 1e-12}
 
@@ -148,15 +147,18 @@ def check_gemm(gemm: Gemm, dtype: str, ta: int, tb: int, m: int, n: int, k: int,
 EDGES_M = sorted({1, 2, 3, 5, 6, 7, 11, 12, 13, 17, 33, 65, 130})
 EDGES_N = sorted({1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 65, 130, 257})
 EDGES_K = (1, 2, 3, 17, 255, 256, 257, 513, 1000)
+#: wider than the one-row path's accumulator (KC * NR elements), so n is cut into chunks there
+ROW_CHUNKS_N = 8300
 
 
 def test_blocking_edges_are_covered():
     """The size lists straddle every block edge of the default blocking (guards the other tests' reach)."""
     for dtype in DTYPES:
-        blk = _FLOAT[dtype][3]
+        blk = default_blocking(dtype)
         assert {blk.mr - 1, blk.mr, blk.mr + 1, 2 * blk.mr + 1} <= set(EDGES_M)
         assert {blk.lanes - 1, blk.lanes, blk.lanes + 1, blk.nr - 1, blk.nr, blk.nr + 1} <= set(EDGES_N)
         assert {blk.kc - 1, blk.kc, blk.kc + 1, 2 * blk.kc + 1} <= set(EDGES_K)
+        assert blk.kc * blk.nr < ROW_CHUNKS_N
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -172,10 +174,11 @@ def test_every_transpose_and_edge_matches_numpy(libraries, dtype, ta, tb):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ta,tb", [(0, 0), (0, 1), (1, 0), (1, 1)])
 def test_k_blocks_and_leading_dimensions(libraries, dtype, ta, tb):
-    """k across the KC block edges up to 1000, with leading dimensions longer than the rows."""
+    """k across the KC block edges up to 1000, with leading dimensions longer than the rows; one-row products
+    wider than the one-row accumulator."""
     rng = np.random.default_rng(10 + ta * 2 + tb)
     for k in EDGES_K:
-        for m, n in ((1, 33), (1, 257), (5, 31), (7, 48), (13, 65), (65, 17)):
+        for m, n in ((1, 33), (1, 257), (1, ROW_CHUNKS_N), (5, 31), (7, 48), (13, 65), (65, 17)):
             check_gemm(libraries["native"], dtype, ta, tb, m, n, k, rng, pad=(3, 5, 7))
 
 

@@ -260,7 +260,10 @@ def test_conv2d_expansions_equal_the_library_call(case, kernel, dtype):
     scratch = (h.refs["col"],) if col else ()
     call = Call(kernel, (h.refs["x"], h.refs["w"], *geometry, *scratch, Ref(h.y)))
     statements = assert_expansion_matches(h, call, feeds, exact=False, **TOL[dtype])
-    if col:  # the product is a Gemm over the call's own scratch, so a target's GEMM does it
+    if col:  # the product is a Gemm over the call's own scratch, so a target's GEMM does it; the images
+        # share that scratch, so their loop is sequential (the interpreter runs a loop around a GEMM one
+        # iteration at a time and would not see the race)
+        assert isinstance(statements[0], Loop) and not statements[0].parallel
         (gemm,) = [s for s in walk(statements) if isinstance(s, Gemm)]
         assert gemm.b.buffer is h.refs["col"].buffer and (gemm.m, gemm.n, gemm.k) == (Co, Ho * Wo, C * kh * kw)
 

@@ -77,6 +77,12 @@ _FLOAT = {
 }
 
 BLAS_CHOICES = ("generated", "system")
+DTYPES = tuple(_FLOAT)
+
+
+def default_blocking(dtype: str) -> Blocking:
+    """The measured blocking of the generated GEMM for ``dtype`` (bench/llvm_gemm.py)."""
+    return _spec(dtype)[3]
 
 
 def gemm_symbol(dtype: str) -> str:

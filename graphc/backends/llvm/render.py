@@ -33,6 +33,8 @@ from .scalar import I1, I8, I32, I64, MEMORY_TYPE, LLVMRenderError, ScalarBuilde
 ARGS = ("state", "workspace", "inputs", "outputs", "status", "rng")
 #: Collective library calls: no MPI in an exported artifact.
 COLLECTIVE_CALLS = ("allreduce_sum", "allreduce_mean")
+#: A fused kernel's op lists every op it absorbed: its block name keeps the start (the title has it all).
+BLOCK_OP_CHARS = 24
 
 
 class UnsupportedCallError(LLVMRenderError):
@@ -46,7 +48,7 @@ def entry_type() -> ir.FunctionType:
 
 def block_name(kernel: Kernel) -> str:
     """The first basic block of ``kernel``: ``k<node>_<op>`` (``k12_matmul``, ``k7_fused_mul_relu``)."""
-    op = re.sub(r"[^0-9A-Za-z]+", "_", kernel.op).strip("_")
+    op = re.sub(r"[^0-9A-Za-z]+", "_", kernel.op).strip("_")[:BLOCK_OP_CHARS].rstrip("_")
     return f"k{kernel.node}_{op}"
 
 
@@ -70,7 +72,7 @@ class Renderer:
         self.slots: dict[sp.Symbol, ir.Value] = {}
         self.counters: dict[sp.Symbol, ir.Value] = {}
         self.kernel: Kernel | None = None
-        self.scalar = ScalarBuilder(module, self.b, self.value_of, self.fastmath)
+        self.scalar = ScalarBuilder(module, self.b, self.value_of, self.fastmath, types=self.type_of)
         #: first block name -> the kernel's title (render_text's comments).
         self.titles: dict[str, str] = {}
 
@@ -133,6 +135,14 @@ class Renderer:
         if slot is None:
             raise self.error(f"reads variable {var} before it is assigned")
         return self.b.load(slot)
+
+    def type_of(self, var: sp.Symbol) -> ir.Type:
+        if var in self.counters:
+            return self.counters[var].type
+        slot = self.slots.get(var)
+        if slot is None:
+            raise self.error(f"reads variable {var} before it is assigned")
+        return slot.type.pointee
 
     def assign(self, var: sp.Symbol, value: ir.Value) -> None:
         slot = self.slots.get(var)

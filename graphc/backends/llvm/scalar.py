@@ -84,9 +84,11 @@ class ScalarBuilder(LLVMJitPrinter):
     ``fastmath`` are LLVM fast-math flags put on every floating-point instruction (none: IEEE)."""
 
     def __init__(self, module: ir.Module, builder: ir.IRBuilder, variables: Callable[[sp.Symbol], ir.Value],
-                 fastmath: tuple[str, ...] = ()):
+                 fastmath: tuple[str, ...] = (), types: Callable[[sp.Symbol], ir.Type] | None = None):
         super().__init__(module, builder, builder.block.parent if builder.block is not None else None)
         self.variables = variables
+        #: A variable's type without reading it (the renderer's stack slots: no load just to ask).
+        self.type_of = types or (lambda var: variables(var).type)
         self.fastmath = tuple(fastmath)
         self.fp_type: ir.Type = DOUBLE
 
@@ -134,10 +136,10 @@ class ScalarBuilder(LLVMJitPrinter):
     def _float_valued(self, expr: sp.Basic) -> bool:
         """Whether ``expr`` has a non-integer value type: a float variable, a Float or fraction outside a
         floor/ceiling, a float function."""
+        if isinstance(expr, sp.Symbol):  # first: a Symbol is a Boolean too, in SymPy
+            return is_float(self.type_of(expr))
         if isinstance(expr, (sp.floor, sp.ceiling, Boolean)):
             return False
-        if isinstance(expr, sp.Symbol):
-            return is_float(self.variables(expr).type)
         if expr.is_Number or expr in (sp.oo, -sp.oo, sp.nan) or isinstance(expr, sp.NumberSymbol):
             return not expr.is_Integer
         if isinstance(expr, sp.Pow) and not (expr.exp.is_Integer and int(expr.exp) >= 0):
@@ -247,7 +249,20 @@ class ScalarBuilder(LLVMJitPrinter):
         return out
 
     def _print_Add(self, expr):
-        return self._fold(expr, "fadd", "add")
+        # a + (-1)*b as one subtraction (the same IEEE result as adding -b, one instruction fewer to read)
+        minus = [a for a in expr.args if isinstance(a, sp.Mul) and len(a.args) == 2 and a.args[0] == -1]
+        plus = [a for a in expr.args if a not in minus]
+        if not minus or not plus:
+            return self._fold(expr, "fadd", "add")
+        out = self._print_Add(sp.Add(*plus, evaluate=False)) if len(plus) > 1 else self._operand(plus[0])
+        for m in minus:
+            value = self._operand(m.args[1])
+            if is_float(out.type) or is_float(value.type):
+                ty = out.type if is_float(out.type) else value.type
+                out = self._flagged(self.builder.fsub(self.convert(out, ty), self.convert(value, ty)))
+            else:
+                out = self.builder.sub(out, value)
+        return out
 
     def _print_Mul(self, expr):
         # A division written as x * y**-1 (lowering.ir.divided): one fdiv, as x / y rounds.
@@ -478,7 +493,7 @@ class ScalarBuilder(LLVMJitPrinter):
 
     def _float_width(self, exprs) -> ir.Type:
         """float when every float variable among ``exprs`` is a float (no double one), else double."""
-        kinds = {self.variables(s).type for e in exprs for s in e.free_symbols}
+        kinds = {self.type_of(s) for e in exprs for s in e.free_symbols}
         floats = {k for k in kinds if is_float(k)}
         return FLOAT if floats == {FLOAT} else DOUBLE
 

@@ -2,7 +2,9 @@
 
 :func:`expand_call` turns one :class:`~.ir.Call` into Loop/Load/Assign/Store statements (and, for
 im2col, a Gemm over the call's ``col`` scratch, so that a target with its own GEMM does the product)
-that compute exactly what the interpreter's implementation of the call computes (its oracle):
+that compute what the interpreter's implementation of the call computes (its oracle): bit for bit for
+max pooling, its gradients and col2im_add; to rounding where a sum's order differs (the convolutions,
+and avg_pool's window sum, which the loops add in row-major tap order, NumPy pairwise):
 
 * conv2d_direct / conv2d_im2col overwrite y; the im2col loop over images is sequential (the images share
   ``col``, which holds the last image's columns afterwards, as after the library kernel);
