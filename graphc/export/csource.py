@@ -70,16 +70,16 @@ def header(lib: str, entries: list[Entry], params: list[Param], target: str, fea
            "/* error codes */"]
     out += [f"#define {LIB}_{name} {code}  /* {doc} */" for name, code, doc in ERROR_CODES]
     if batch_size is not None:
-        out += ["", f"/* the batch size the entries were compiled for (rows of x per call) */",
+        out += ["", "/* the batch size the entries were compiled for (rows of x per call) */",
                 f"#define {LIB}_BATCH_SIZE {batch_size}"]
     out += ["", f"typedef struct {lib}_state {lib}_state;", "",
-            f"/* A new state holding the parameters the model was exported with (embedded in the library). */",
+            "/* A new state holding the parameters the model was exported with (embedded in the library). */",
             f"int {lib}_create({lib}_state **state);",
             f"void {lib}_destroy({lib}_state *state);",
-            f"/* The last error of this state, as a sentence. */",
+            "/* The last error of this state, as a sentence. */",
             f"const char *{lib}_error_message(const {lib}_state *state);",
-            f"/* Check inputs, outputs and updated parameters for NaN/Inf on every call (default on; costs a scan",
-            f" * of the arrays and, for a step, a copy of its parameter store). */",
+            "/* Check inputs, outputs and updated parameters for NaN/Inf on every call (default on; costs a scan",
+            " * of the arrays and, for a step, a copy of its parameter store). */",
             f"void {lib}_set_check_finite({lib}_state *state, int on);", "",
             "/* Parameters, by name: the bytes of a C-contiguous array (see the list below). A weights file holds",
             " * them all, checksummed (format: graphc's docs/export.md); a corrupt or mismatched file is refused and",
