@@ -19,6 +19,7 @@ from ._version import __version__
 from .autodiff import check_grad, grad, hvp, jvp
 from .backends import Executable, compile
 from .dsl import Tensor, TensorSpec, apply, constant, input, param, trace
+from .export import ExportError, export
 from .ir import (
     DType,
     DTypeError,
@@ -35,7 +36,6 @@ from .ir import (
 )
 from .ir.errors import NonFiniteError
 from .ir.graph import DuplicateNameError
-from .export import ExportError, export
 from .onnx_export import OnnxExportError, export_onnx
 from .ops import registry
 from .ops.collective import allreduce
