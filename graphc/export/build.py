@@ -49,7 +49,8 @@ def link(directory: str, lib: str, cc: str, images: dict[str, bytes], blas: str)
     from .csource import data_source
 
     libs = ["-lm"] + (["-lopenblas"] if blas == "system" else [])
-    build = tempfile.mkdtemp(prefix=f".build-{lib}-", dir=directory)
+    here = os.path.abspath(directory)  # the compiler runs in the scratch directory
+    build = tempfile.mkdtemp(prefix=f".build-{lib}-", dir=here)
     try:
         paths = {}
         for entry, image in images.items():
@@ -59,7 +60,6 @@ def link(directory: str, lib: str, cc: str, images: dict[str, bytes], blas: str)
         data_s = os.path.join(build, f"{lib}_data.S")
         with open(data_s, "w") as f:
             f.write(data_source(lib, paths))
-        here = os.path.abspath(directory)
         obj, glue_c, main_c = (os.path.join(here, f) for f in (f"{lib}.o", f"{lib}_glue.c", f"{lib}_main.c"))
         run_cc(cc, ["-c", "-fPIC", data_s, "-o", os.path.join(build, "data.o")], "assembling the parameter stores", build)
         so = os.path.join(build, f"lib{lib}.so")
