@@ -62,9 +62,14 @@ def link(directory: str, lib: str, cc: str, images: dict[str, bytes], blas: str)
             f.write(data_source(lib, paths))
         obj, glue_c, main_c = (os.path.join(here, f) for f in (f"{lib}.o", f"{lib}_glue.c", f"{lib}_main.c"))
         run_cc(cc, ["-c", "-fPIC", data_s, "-o", os.path.join(build, "data.o")], "assembling the parameter stores", build)
+        # Only the API (NAME_*) is exported: the GEMM and the random generator stay private, so that two exported
+        # libraries in one program never bind to each other's graphc_sgemm.
+        exports = os.path.join(build, "exports.map")
+        with open(exports, "w") as f:
+            f.write(f"{{ global: {lib}_*; local: *; }};\n")
         so = os.path.join(build, f"lib{lib}.so")
-        run_cc(cc, ["-shared", "-fPIC", "-O2", "-I", here, "-o", so, obj, glue_c, os.path.join(build, "data.o"), *libs],
-               f"linking lib{lib}.so", build)
+        run_cc(cc, ["-shared", "-fPIC", "-O2", "-I", here, f"-Wl,--version-script={exports}", "-o", so, obj, glue_c,
+                    os.path.join(build, "data.o"), *libs], f"linking lib{lib}.so", build)
         exe = os.path.join(build, lib)
         run_cc(cc, ["-O2", "-I", here, "-o", exe, main_c, glue_c, obj, os.path.join(build, "data.o"), *libs],
                f"linking the executable {lib}", build)

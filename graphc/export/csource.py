@@ -208,19 +208,13 @@ def main_source(lib: str, entries: list[Entry]) -> str:
     rows = []
     for entry in entries:
         def tensors(ts: list[Tensor]) -> str:
-            return "{" + ", ".join(f"{{{_c_string(t.name)}, {_c_string(NPY_DESCR[t.dtype])}, {int(t.c_type and _itemsize(t))}, "
+            return "{" + ", ".join(f"{{{_c_string(t.name)}, {_c_string(NPY_DESCR[t.dtype])}, {t.itemsize}, "
                                    f"{len(t.shape)}, {_shape(t.shape)}, {t.size}}}" for t in ts) + "}"
         rows.append(f"    {{{_c_string(entry.name)}, {int(entry.rows)}, {len(entry.inputs)}, {len(entry.outputs)}, "
                     f"{tensors(entry.inputs)}, {tensors(entry.outputs)}}}")
     table = (f"#define N_EXE_ENTRIES {len(entries)}\nstatic const struct entry EXE_ENTRIES[N_EXE_ENTRIES] = {{\n"
              + ",\n".join(rows) + "\n};")
     return _template("main.c").substitute(lib=lib, LIB=lib.upper(), version=__version__, entry_table=table)
-
-
-def _itemsize(t: Tensor) -> int:
-    import numpy as np
-
-    return np.dtype(t.dtype).itemsize
 
 
 def data_source(lib: str, images: dict[str, str]) -> str:

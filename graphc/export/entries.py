@@ -17,7 +17,7 @@ import numpy as np
 from ..backends import _prepare, _tensors
 from ..backends.executable import param_key
 from ..backends.lowering import Program, Slot
-from ..ir import Graph, GraphcError, Node
+from ..ir import Graph, GraphcError
 from ..nn import Module
 from ..train import losses as loss_defs
 from ..train.loop import build_eval, build_train_step
@@ -46,6 +46,10 @@ class Tensor:
     @property
     def c_type(self) -> str:
         return C_TYPES[self.dtype]
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
 
 
 @dataclass
@@ -174,6 +178,3 @@ def param_table(entries: list[Entry]) -> list[Param]:
             param.slots[e] = slot
     return list(found.values())
 
-
-def param_nodes(program: Program) -> dict[str, Node]:
-    return {param_key(p, k): p for k, p in enumerate(program.graph.params)}
