@@ -7,7 +7,9 @@ transposed products (dX = dY @ W^T: trans_b; dW = X^T @ dY: trans_a). Each GEMM 
 "native" target (the host's CPU, AVX-512 here) and once for "generic" (x86-64 baseline), linked with
 ``cc -shared`` and called through ctypes, so both columns include ctypes' call overhead (about a
 microsecond, which is what dominates the batch-1 rows; NumPy pays a similar one). Every figure is the
-median of ``--repeats`` timings, each of a loop long enough to last ~20 ms. The last row sums the three
+median of ``--repeats`` timings, each of a loop long enough to last ~20 ms, the three columns
+timed in turn within each round (so that load from other processes hits them alike); the fastest round
+is recorded too (``*_best_s``): on a shared machine it is the least disturbed one. The last row sums the three
 forward products at batch 128: the GEMM part of the exported MLP forward against OpenBLAS's.
 """
 from __future__ import annotations
@@ -87,20 +89,23 @@ def bind(lib: ctypes.CDLL, dtype: str):
     return fn
 
 
-def seconds_per_call(call, repeats: int) -> float:
-    """Median over ``repeats`` of the mean time of a ~20 ms loop of calls."""
-    call()
-    start = time.perf_counter()
-    call()
-    once = max(time.perf_counter() - start, 1e-7)
-    loops = max(1, int(0.02 / once))
-    samples = []
-    for _ in range(repeats):
+def interleaved_seconds(calls: dict, repeats: int) -> dict:
+    """Per name, (median, minimum) over ``repeats`` rounds of the mean time of a ~20 ms loop of calls; each round
+    times every call once, in turn, so that load from other processes hits them alike."""
+    loops = {}
+    for name, call in calls.items():
+        call()
         start = time.perf_counter()
-        for _ in range(loops):
-            call()
-        samples.append((time.perf_counter() - start) / loops)
-    return statistics.median(samples)
+        call()
+        loops[name] = max(1, int(0.02 / max(time.perf_counter() - start, 1e-7)))
+    samples = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            for _ in range(loops[name]):
+                call()
+            samples[name].append((time.perf_counter() - start) / loops[name])
+    return {name: (statistics.median(s), min(s)) for name, s in samples.items()}
 
 
 def operands(ta: int, tb: int, m: int, n: int, k: int, dtype: str, rng: np.random.Generator):
@@ -117,16 +122,22 @@ def run(dtype: str, repeats: int, blocking: Blocking | None) -> list[dict]:
         for label, ta, tb, m, n, k in SHAPES:
             a, b, c = operands(ta, tb, m, n, k, dtype, rng)
             row = {"shape": label, "trans_a": ta, "trans_b": tb, "m": m, "n": n, "k": k}
+            op_a, op_b = (a.T if ta else a), (b.T if tb else b)
+            calls = {}
             for target, fn in gemms.items():
                 args = (ta, tb, m, n, k, 1.0, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], 0.0,
                         c.ctypes.data, c.shape[1])
-                row[f"{target}_s"] = seconds_per_call(lambda fn=fn, args=args: fn(*args), repeats)
-                expected = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
-                scale = np.abs(a.T if ta else a).astype(np.float64) @ np.abs(b.T if tb else b).astype(np.float64)
+                calls[target] = lambda fn=fn, args=args: fn(*args)
+                c[...] = np.nan
+                calls[target]()
+                expected = op_a.astype(np.float64) @ op_b.astype(np.float64)
+                scale = np.abs(op_a.astype(np.float64)) @ np.abs(op_b.astype(np.float64))
                 if not np.all(np.abs(c - expected) <= 1e-5 * scale + 1e-30):
                     raise AssertionError(f"{label}: {target} GEMM disagrees with NumPy")
-            oa, ob = (a.T if ta else a), (b.T if tb else b)
-            row["numpy_s"] = seconds_per_call(lambda oa=oa, ob=ob, c=c: np.matmul(oa, ob, out=c), repeats)
+            calls["numpy"] = lambda op_a=op_a, op_b=op_b, c=c: np.matmul(op_a, op_b, out=c)
+            for name, (median, best) in interleaved_seconds(calls, repeats).items():
+                row[f"{name}_s"] = median
+                row[f"{name}_best_s"] = best
             flops = 2.0 * m * n * k
             for key in ("native", "generic", "numpy"):
                 row[f"{key}_gflops"] = flops / row[f"{key}_s"] / 1e9
@@ -135,17 +146,20 @@ def run(dtype: str, repeats: int, blocking: Blocking | None) -> list[dict]:
     total = {"shape": "MLP forward GEMMs, batch 128"}
     for key in ("native", "generic", "numpy"):
         total[f"{key}_s"] = sum(r[f"{key}_s"] for r in forward)
+        total[f"{key}_best_s"] = sum(r[f"{key}_best_s"] for r in forward)
         total[f"{key}_gflops"] = sum(2.0 * r["m"] * r["n"] * r["k"] for r in forward) / total[f"{key}_s"] / 1e9
     rows.append(total)
     return rows
 
 
 def print_table(rows: list[dict], dtype: str, blocking: Blocking) -> None:
-    print(f"{dtype}, MR={blocking.mr} NR={blocking.nr} KC={blocking.kc}, one thread; GF/s (time per call)")
-    print(f"{'shape':32} {'native':>18} {'generic':>18} {'numpy':>18} {'native/numpy':>12}")
+    print(f"{dtype}, MR={blocking.mr} NR={blocking.nr} KC={blocking.kc}, one thread; GF/s (median time per call);"
+          " numpy/native: speed of ours relative to OpenBLAS, from the medians and from the fastest rounds")
+    print(f"{'shape':32} {'native':>18} {'generic':>18} {'numpy':>18} {'numpy/native':>12} {'(fastest)':>10}")
     for r in rows:
         cells = [f"{r[f'{key}_gflops']:7.1f} ({r[f'{key}_s'] * 1e6:7.1f}us)" for key in ("native", "generic", "numpy")]
-        print(f"{r['shape']:32} {cells[0]:>18} {cells[1]:>18} {cells[2]:>18} {r['numpy_s'] / r['native_s']:12.2f}")
+        print(f"{r['shape']:32} {cells[0]:>18} {cells[1]:>18} {cells[2]:>18} {r['numpy_s'] / r['native_s']:12.2f}"
+              f" {r['numpy_best_s'] / r['native_best_s']:10.2f}")
 
 
 def main() -> None:
@@ -157,7 +171,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.blocking and not args.dtype:
         parser.error("--blocking needs --dtype")
-    result = {"cpu": llvm.get_host_cpu_name(), "threads": 1, "repeats": args.repeats}
+    result = {"cpu": llvm.get_host_cpu_name(), "threads": 1, "repeats": args.repeats,
+              "load_average": os.getloadavg()}
     for dtype in [args.dtype] if args.dtype else DTYPES:
         blocking = default_blocking(dtype)
         if args.blocking:

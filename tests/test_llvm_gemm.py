@@ -206,6 +206,32 @@ def test_empty_products(libraries, dtype):
             check_gemm(libraries["native"], dtype, 0, 0, m, n, k, rng, beta=beta, pad=(1, 1, 1))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_blocked_summation_order_ignores_layout(libraries, dtype):
+    """The documented order of the blocked path depends on k's blocking only: the same op(A) @ op(B) gives
+    bitwise the same C whatever the transposes, leading dimensions, or how many rows and columns around
+    it are computed."""
+    rng = np.random.default_rng(45)
+    m, n, k = 13, 37, 600
+    op_a = rng.standard_normal((m, k)).astype(dtype)
+    op_b = rng.standard_normal((k, n)).astype(dtype)
+    gemm = libraries["native"]
+    results = []
+    for ta, tb in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        a = np.zeros((k, m + 3) if ta else (m, k + 3), dtype)
+        b = np.zeros((n, k + 5) if tb else (k, n + 5), dtype)
+        (a[:, :m] if ta else a[:, :k])[...] = op_a.T if ta else op_a
+        (b[:, :k] if tb else b[:, :n])[...] = op_b.T if tb else op_b
+        c = np.full((m, n + 2), np.nan, dtype)
+        gemm(dtype, ta, tb, m, n, k, 1.0, a, a.shape[1], b, b.shape[1], 0.0, c, n + 2)
+        results.append(c[:, :n])
+    c = np.full((7, 20), np.nan, dtype)  # a corner: other row and column edges than the whole product's
+    gemm(dtype, 0, 0, 7, 20, k, 1.0, op_a, k, op_b, n, 0.0, c, 20)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+    np.testing.assert_array_equal(c, results[0][:7, :20])
+
+
 PAGE = 4096
 
 

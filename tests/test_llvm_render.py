@@ -109,6 +109,29 @@ def test_training_step_updates_parameters_in_place_as_the_reference():
         np.testing.assert_allclose(slot.view(step.state), ref.params[node.name], rtol=1e-12, err_msg=node.name)
 
 
+@pytest.fixture(scope="module", params=["mlp", "cnn", "residual_bn"])
+def network(request):
+    """tests/cuda_sim's small networks (dense, conv with stride/padding, pooling, batch norm, a residual
+    block): the loss's gradient with respect to every parameter and the input, optimized at the default
+    level (fused updates, GEMM and conv epilogues), against the reference backend as written."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_sim"))
+    from test_backend_ops import NETWORKS, gradient_graph
+
+    build, batch = NETWORKS[request.param]
+    model = build()
+    outputs, inputs, names = gradient_graph(model, batch, f"llvm_grad_{request.param}")
+    program = program_of(outputs, inputs, optimize=None)
+    needs_library(program)
+    r = np.random.default_rng(11)
+    feeds = [r.standard_normal((batch,) + tuple(model.in_shape)), r.integers(0, 3, batch)]
+    return Step(program), graphc.compile(outputs, inputs=inputs), feeds, names
+
+
+def test_network_gradients_match_reference(network):
+    step, ref, feeds, names = network
+    assert_same(step(*feeds), ref(*feeds), names, "float64")
+
+
 # -- the Mersenne Twister ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -143,11 +166,12 @@ def test_dropout_mask_equals_the_cpu_backends(graphc_cache_dir):
         key = graphc.input("key", (), "int64")
         u = random_uniform(key, (5, 40), salt=9, dtype="float32")  # nn.Dropout's mask, as the layer draws it
         y = g.output(graphc.where(graphc.greater_equal(u, 0.3), x * (1.0 / 0.7), 0.0))
-    feeds = [np.ones((5, 40), np.float32), np.array(77, np.int64)]
-    (got,) = Step(program_of([y]))(*feeds)
-    want = graphc.compile(y, backend="cpu", cache_dir=graphc_cache_dir)(*feeds)
-    assert 0 < np.count_nonzero(got) < got.size
-    np.testing.assert_array_equal(got, want)
+    step, exe = Step(program_of([y])), graphc.compile(y, backend="cpu", cache_dir=graphc_cache_dir)
+    for key in (77, -123456789, 2 ** 40 + 3):  # the seed is (key mod 2**32) * 1000003 + salt mod 2**32: Python's mod
+        feeds = [np.ones((5, 40), np.float32), np.array(key, np.int64)]
+        (got,) = step(*feeds)
+        assert 0 < np.count_nonzero(got) < got.size
+        np.testing.assert_array_equal(got, exe(*feeds), err_msg=f"key {key}")
 
 
 # -- checks ------------------------------------------------------------------------------------------------
@@ -203,6 +227,35 @@ def test_nan_and_inf_semantics_match_reference(ieee):
         np.testing.assert_array_equal(np.isnan(x), np.isnan(y), err_msg=f"output {k}")
 
 
+def test_user_functions_through_libm_and_rounding_match_reference(scratch_registry):
+    """User-defined elementwise ops with what no built-in op uses: frac, Mod, floor, ceiling, erf, Max/Min,
+    sin, atan, non-integer and negative powers, on negative, NaN and infinite values, in float64 and float32."""
+    import math
+
+    import sympy
+
+    fns = {"frac": sympy.frac, "mod": lambda v: sympy.Mod(v, 1.5), "floor": sympy.floor, "ceil": sympy.ceiling,
+           "max3": lambda v: sympy.Max(v, 0.5, -v), "min2": lambda v: sympy.Min(v, 1),
+           "trig": lambda v: sympy.sin(v) + sympy.atan(v) * sympy.cos(v), "pow": lambda v: v ** 1.5 + v ** -3}
+    for dtype in ("float64", "float32"):
+        with graphc.Graph(f"llvm_user_{dtype}") as g:
+            x = graphc.input("x", (9,), dtype)
+            outs = [graphc.elementwise(f"llvm_{name}_{dtype}", fn)(x) for name, fn in fns.items()]
+            g.output(*outs)
+        step, ref = Step(program_of(outs)), graphc.compile(outs)
+        x = np.array([-2.75, -1.5, -0.25, 0.0, 0.4, 1.5, 3.25, np.nan, -np.inf], dtype)
+        for name, got, want in zip(fns, step(x), ref(x)):
+            np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == "float32" else 1e-14, err_msg=f"{name} {dtype}")
+        # erf: libm's erf/erff (the reference backend cannot run it on arrays: SymPy prints math.erf); Python's
+        # math.erf is the oracle.
+        with graphc.Graph(f"llvm_erf_{dtype}") as g:
+            v = graphc.input("x", (9,), dtype)
+            out = g.output(graphc.elementwise(f"llvm_erf_{dtype}", sympy.erf)(v))
+        (got,) = Step(program_of([out]))(x)
+        want = np.array([math.erf(float(t)) for t in x], dtype)
+        np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == "float32" else 1e-15, err_msg=f"erf {dtype}")
+
+
 # -- the text ----------------------------------------------------------------------------------------------
 
 def tiny_graph():
@@ -221,17 +274,42 @@ def test_render_text_has_a_header_and_each_kernels_title(golden):
         at = text.index(f"; {kernel.title}\n")
         assert re.match(r'"?k\d+_\w+"?:', text[at:].splitlines()[1]), kernel.title
     assert "test_llvm_render.py:" in text
-    golden("llvm/tiny.ll", re.sub(r"graphc \S+ llvm backend", "graphc VERSION llvm backend", text))
+    text = re.sub(r"graphc \S+ llvm backend", "graphc VERSION llvm backend", text)
+    golden("llvm/tiny.ll", re.sub(r"test_llvm_render\.py:\d+", "test_llvm_render.py:LINE", text))
 
 
-def test_object_compiles_for_native_and_generic_targets():
-    program = program_of([tiny_graph()], optimize=0)
-    module = llvm.render_module(program, "graphc_tiny")
+def test_object_needs_only_libc_and_libm_for_native_and_generic_targets(tmp_path):
+    """A step with a GEMM, random draws and libm functions: the object of each target links into a shared
+    library with every symbol resolved by libc and libm (``--no-undefined``), and defines the ABI's symbols."""
+    import subprocess
+
+    with graphc.Graph("llvm_object") as g:
+        x = graphc.input("x", (3, 4), "float32")
+        key = graphc.input("key", (), "int64")
+        w = graphc.param("w", np.full((4, 2), 0.5, np.float32))
+        y = g.output(graphc.tanh(x @ w) + random_uniform(key, (3, 2), salt=1) + graphc.exp(graphc.sum(x)))
+    module = llvm.render_module(program_of([y]), "graphc_object")
     for target in ("native", "generic"):
-        obj = llvm.compile_object(module, target)
-        assert obj[:4] == b"\x7fELF"
+        obj = tmp_path / f"{target}.o"
+        obj.write_bytes(llvm.compile_object(module, target))
+        assert obj.read_bytes()[:4] == b"\x7fELF"
+        lib = tmp_path / f"{target}.so"
+        done = subprocess.run(["cc", "-shared", "-Wl,--no-undefined", "-o", str(lib), str(obj), "-lm"],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        defined = subprocess.run(["nm", "--defined-only", "-g", str(obj)], capture_output=True, text=True).stdout
+        for symbol in ("graphc_object", "graphc_mt_seed", "graphc_mt_uniform", "graphc_sgemm"):
+            assert re.search(rf" T {symbol}$", defined, re.M), (target, symbol)
     with pytest.raises(llvm.LLVMTargetError, match="unknown target 'arm'"):
         llvm.target_machine("arm")
+
+
+def test_float_code_is_ieee_unless_the_program_names_fast_math_flags():
+    y = tiny_graph()
+    ieee = llvm.render_text(program_of([y], optimize=0), "graphc_tiny")
+    assert re.search(r"= f(add|mul|cmp) ", ieee) and not re.search(r"\b(reassoc|contract|fast|nnan|ninf)\b", ieee)
+    fast = llvm.render_text(program_of([y], optimize=0, fastmath=("contract", "reassoc")), "graphc_tiny")
+    assert re.search(r"= fmul contract reassoc float", fast)
 
 
 def test_allreduce_is_refused_naming_the_op_and_the_users_line():

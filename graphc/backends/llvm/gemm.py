@@ -8,23 +8,33 @@ Both have the cpu runtime's row-major contract (C = alpha * op(A) @ op(B) + beta
 ``blas="generated"`` writes the whole loop nest in IR, so the artifact needs nothing but libc:
 
 1. C is scaled by beta first (beta == 0 stores zeros and never reads C, so NaN in C does not propagate;
-   beta == 1 leaves it untouched). With alpha == 0, or k == 0, that is all (A and B are not read, as in
-   BLAS).
-2. k is cut into blocks of ``kc`` and n into panels of ``nr`` columns. Each [kc, nr] panel of op(B) is
-   packed into a stack buffer (``kc * nr`` elements, zero-padded past n), so every transpose and leading
-   dimension reads the same contiguous panel. With m <= mr and B not transposed (batch-1 inference: a
-   GEMV), a full-width panel is read straight from B instead: it is used once, packing would only copy it.
-3. A register-blocked micro-kernel computes an [r, nr] tile (r = min(mr, rows left); one specialized
-   kernel per r, so a 1-row product does 1 row of work) in ``r * nr / lanes`` vector accumulators
-   (``ir.VectorType``: 16 floats / 8 doubles; LLVM splits them into the registers a baseline x86-64 has,
-   so one IR serves "native" and "generic") and adds alpha * tile into C.
+   beta == 1 leaves it untouched). With alpha == 0, k == 0, m == 0 or n == 0 that is all (A and B are not
+   read, as in BLAS).
+2. m == 1 (batch-1 inference, a GEMV) reads B once in its storage order, nothing packed: B not transposed,
+   rows of B are added into an accumulator row on the stack (``_row_axpy``); B transposed (and A not), one
+   vector dot product per column (``_row_dots``).
+3. Otherwise k is cut into blocks of ``kc`` and n into panels of ``nr`` columns. Each [kc, nr] panel of
+   op(B) is packed into a stack buffer (``kc * nr`` elements, zero-padded past n), so every transpose and
+   leading dimension reads the same contiguous panel; with m <= mr and B not transposed, a full-width
+   panel is read straight from B instead (it is used once: packing would only copy it).
+4. A register-blocked micro-kernel computes an [r, v * lanes] tile (r = min(mr, rows left), v = the vectors
+   needed for the columns left; one specialized kernel per (r, v), so edges do only the work they need) in
+   ``r * v`` vector accumulators (``ir.VectorType``: 16 floats / 8 doubles; LLVM splits them into the
+   registers a baseline x86-64 has, so one IR serves "native" and "generic") and adds alpha * tile into C
+   (through a small stack tile when the panel is narrower than the kernel, so nothing past n is touched).
 
-Summation order (exactness): every product is accumulated in the dtype. For each C element, the k block
-[p0, p0 + kc) is summed in increasing p from 0 with ``llvm.fmuladd`` (fused on targets with FMA, such as
-"native" here; a multiply then an add on "generic", so the two targets agree to rounding, not bitwise):
-``s = fmuladd(a[i, p], b[p, j], s)``. Then ``c = fmuladd(alpha, s, c)`` block after block in increasing p0,
-after ``c = beta * c``. The result therefore does not depend on m, n, the transposes or the leading
-dimensions, only on k's blocking.
+Summation order (exactness): every product is accumulated in the dtype, with ``llvm.fmuladd`` (fused on
+targets with FMA, such as "native" here; a multiply then an add on "generic", so the two targets agree to
+rounding, not bitwise). After ``c = beta * c``:
+
+* blocked path (m >= 2, and m == 1 with both operands transposed): for each C element, each k block
+  [p0, p0 + kc) is summed from 0 in increasing p, ``s = fmuladd(a[i, p], b[p, j], s)``, then
+  ``c = fmuladd(alpha, s, c)``, block after block in increasing p0. Independent of m, n, the transposes
+  and the leading dimensions.
+* m == 1, B not transposed: one sum over all of k in increasing p from 0, then ``c = fmuladd(alpha, s, c)``.
+* m == 1, B transposed, A not: p is spread over ``4 * lanes`` partial sums (p mod 4 * lanes), each in
+  increasing p; the four accumulators are added pairwise, their lanes by halving, then the last
+  k mod (4 * lanes) terms in increasing p; then ``c = fmuladd(alpha, s, c)``.
 
 No global state, no malloc: the only scratch lives in the function's frame, so the function is re-entrant.
 

@@ -22,6 +22,7 @@ import re
 from typing import Sequence
 
 import llvmlite.ir as ir
+import numpy as np
 import sympy as sp
 from sympy.logic.boolalg import Boolean
 
@@ -114,7 +115,7 @@ class Renderer:
             raw = s.load(s.gep(table, [ir.Constant(I64, buf.arg)], inbounds=True), name=f"{name}.addr")
         elif buf.store in ("state", "workspace"):
             base = self.fn.args[0 if buf.store == "state" else 1]
-            nbytes = buf.offset * MEMORY_TYPE[buf.dtype].get_abi_size(_TARGET_DATA)
+            nbytes = buf.offset * np.dtype(buf.dtype).itemsize
             raw = s.gep(base, [ir.Constant(I64, nbytes)], inbounds=True)
         else:
             raise self.error(f"buffer {buf.name} is in an unknown store {buf.store!r}")
@@ -305,16 +306,6 @@ class Renderer:
     def error(self, message: str) -> LLVMRenderError:
         title = self.kernel.title if self.kernel is not None else "the layout"
         return LLVMRenderError(f"{self.program.name}: llvm target: kernel {title}: {message}")
-
-
-def _target_data():
-    """Element sizes (the ABI's: float 4, double 8, i64 8, ...), independent of the machine."""
-    import llvmlite.binding as llvm
-
-    return llvm.create_target_data("e-m:e-i64:64-f80:128-n8:16:32:64-S128")
-
-
-_TARGET_DATA = _target_data()
 
 
 def render_module(program: Program, symbol: str, module: ir.Module | None = None,

@@ -152,8 +152,8 @@ class ScalarBuilder(LLVMJitPrinter):
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _flagged(self, instr):
-        if self.fastmath and is_float(getattr(instr, "type", None)) or (
-                self.fastmath and getattr(instr, "opname", "") == "fcmp"):
+        """A floating-point instruction (arithmetic or fcmp) with the program's fast-math flags, if any."""
+        if self.fastmath:
             instr.flags.extend(f for f in self.fastmath if f not in instr.flags)
         return instr
 

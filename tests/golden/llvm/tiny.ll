@@ -25,7 +25,7 @@ entry:
   %"o0.addr" = load i8*, i8** %".44"
   %"o0" = bitcast i8* %"o0.addr" to float*
   br label %"k2_mul"
-; %2 mul  test_llvm_render.py:212
+; %2 mul  test_llvm_render.py:LINE
 k2_mul:
   br label %"i0.loop"
 i0.loop:
@@ -46,7 +46,7 @@ i0.loop:
   br i1 %".23", label %"i0.loop", label %"i0.end"
 i0.end:
   br label %"k3_relu"
-; %3 relu  test_llvm_render.py:212
+; %3 relu  test_llvm_render.py:LINE
 k3_relu:
   br label %"i0.loop.1"
 i0.loop.1:
@@ -65,7 +65,7 @@ i0.loop.1:
   br i1 %".37", label %"i0.loop.1", label %"i0.end.1"
 i0.end.1:
   br label %"k5_add"
-; %5 add  test_llvm_render.py:212
+; %5 add  test_llvm_render.py:LINE
 k5_add:
   br label %"i0.loop.2"
 i0.loop.2:
