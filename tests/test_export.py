@@ -397,3 +397,19 @@ def test_docs_c_example_compiles_and_classifies(tmp_path):
     assert proc.returncode == 0, proc.stderr
     want = int(predict_outputs(net, image[None], 1, backend="reference").argmax())
     assert proc.stdout.strip() == f"digit {want}"
+
+
+def test_system_blas_links_openblas_or_says_why(tmp_path):
+    """blas="system": GEMM through the system's CBLAS (-lopenblas). With OpenBLAS installed the library links it and
+    computes the same forward pass; without, the export fails with the linker's reason, not later at run time."""
+    net = Sequential([Dense(8, "relu"), Dense(3)], input_shape=(5,), seed=4)
+    has_openblas = "libopenblas.so " in run(["ldconfig", "-p"], check=False).stdout
+    if not has_openblas:
+        with pytest.raises(ExportError, match=r"linking libsysblas.so failed \(exit \d+\): .*-lopenblas(.|\n)*openblas"):
+            graphc.export(net, tmp_path, name="sysblas", batch_size=4, blas="system")
+        return
+    result = graphc.export(net, tmp_path, name="sysblas", batch_size=4, blas="system")
+    assert "openblas" in run(["ldd", result.files["library"]]).stdout
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    np.testing.assert_allclose(graphc.export.load(result.directory).predict(x),
+                               predict_outputs(net, x, 4, backend="reference"), rtol=1e-5, atol=1e-6)
