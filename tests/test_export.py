@@ -413,3 +413,28 @@ def test_system_blas_links_openblas_or_says_why(tmp_path):
     x = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
     np.testing.assert_allclose(graphc.export.load(result.directory).predict(x),
                                predict_outputs(net, x, 4, backend="reference"), rtol=1e-5, atol=1e-6)
+
+
+def test_nonfinite_values_return_their_code_and_leave_the_parameters(digits_export):
+    """check_finite (the C API's default): a NaN input is refused before anything runs; a step that makes the
+    parameters non-finite (a huge learning rate) returns NAME_ERR_NONFINITE with the parameters as before it."""
+    _, result = digits_export
+    model = graphc.export.load(result.directory)
+    x, y = graphc.datasets.digits().train
+    x = x[:32].astype(np.float32)
+    bad = x.copy()
+    bad[2, 5] = np.nan
+    with pytest.raises(ExportRunError, match=r"digits_predict: input 'x' has NaN at flat index 133 \(check_finite") as err:
+        model.predict(bad)
+    assert err.value.code == 2
+    model.params["dense_1.W"] = np.full((64, 32), 3e38, np.float32)  # finite, but x @ W overflows
+    before = {k: model.params[k] for k in model.params}
+    with pytest.raises(ExportRunError, match=r"digits_step: output 'loss' has NaN at flat index 0 \(check_finite is "
+                                             r"on.*; the parameters are left at their values before the call") as err:
+        model.step(x, y[:32], 0.05)
+    assert err.value.code == 2
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.params[k], v, err_msg=k)
+    model.check_finite = False  # off: the step runs and the parameters take the non-finite values
+    assert np.isnan(model.step(x, y[:32], 0.05)[0])
+    assert not all(np.isfinite(model.params[k]).all() for k in model.params)

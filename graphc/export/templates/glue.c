@@ -407,9 +407,10 @@ static double element(int dtype, const void *data, int64_t i) {
 
 static int nonfinite(${lib}_state *st, const struct entry_info *info, const char *what, const char *name,
                      int dtype, const void *data, int64_t i) {
-    return fail(st, ${LIB}_ERR_NONFINITE, "${lib}_%s: %s '%s' has %g at flat index %lld (check_finite is on: "
+    double v = element(dtype, data, i);
+    return fail(st, ${LIB}_ERR_NONFINITE, "${lib}_%s: %s '%s' has %s at flat index %lld (check_finite is on: "
                 "${lib}_set_check_finite(state, 0) turns the check off)", info->name, what, name,
-                element(dtype, data, i), (long long)i);
+                isnan(v) ? "NaN" : v > 0 ? "inf" : "-inf", (long long)i);
 }
 
 /* The label-check failure worded as graphc words it (graphc.backends.lowering.status.label_error). */
