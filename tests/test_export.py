@@ -372,6 +372,38 @@ def test_cli_exports_a_model_file(tmp_path):
 
     want = predict_outputs(load_model_file(str(path)).model, x, 4, backend="reference")
     np.testing.assert_allclose(graphc.export.load(str(tmp_path / "out")).predict(x), want, rtol=1e-5, atol=1e-6)
+    # --weights: the parameters of a saved model (another seed) instead of the file's
+    saved = Sequential([Dense(8, "relu"), Dense(3)], input_shape=(5,), seed=9)
+    graphc.save(saved, str(tmp_path / "saved.graphc"))
+    proc = subprocess.run([sys.executable, "-m", "graphc", "export", str(path), "--format", "exe", "--out",
+                           str(tmp_path / "out2"), "--weights", str(tmp_path / "saved.graphc"), "--batch-size", "4"],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert f"executable: {tmp_path / 'out2' / 'tiny'}" in proc.stdout
+    np.testing.assert_allclose(graphc.export.load(str(tmp_path / "out2")).predict(x),
+                               predict_outputs(saved, x, 4, backend="reference"), rtol=1e-5, atol=1e-6)
+
+
+def test_two_states_run_in_two_threads(digits_export):
+    """No global state: two states of one library, called at once from two threads (ctypes releases the GIL),
+    give what each gives alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, result = digits_export
+    x = graphc.datasets.digits().test[0][:32].astype(np.float32)
+    models = [graphc.export.load(result.directory) for _ in range(2)]
+    models[1].params["dense_2.b"] = np.arange(10, dtype=np.float32)
+    alone = [m.predict(x) for m in models]
+
+    def many(m):
+        return [m.predict(x) for _ in range(200)]
+
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(many, models))
+    for outs, want in zip(together, alone):
+        for out in outs:
+            np.testing.assert_array_equal(out, want)
+    assert not np.array_equal(alone[0], alone[1])
 
 
 def docs_c_example() -> str:
