@@ -153,6 +153,7 @@ def _tensor_rows(tensors: list[Tensor]) -> str:
 
 def _tables(lib: str, entries: list[Entry], params: list[Param]) -> str:
     out = ["/* -- this model ------------------------------------------------------------------------------- */", ""]
+    out.append("/* CRC-32 as zlib computes it (reflected polynomial 0xEDB88320): the weights file's checksums */")
     out.append("static const uint32_t CRC_TABLE[256] = {")
     table = crc32_table()
     out += ["    " + ", ".join(f"0x{v:08x}u" for v in table[i:i + 6]) + "," for i in range(0, 256, 6)]
