@@ -470,3 +470,16 @@ def test_nonfinite_values_return_their_code_and_leave_the_parameters(digits_expo
     model.check_finite = False  # off: the step runs and the parameters take the non-finite values
     assert np.isnan(model.step(x, y[:32], 0.05)[0])
     assert not all(np.isfinite(model.params[k]).all() for k in model.params)
+
+
+def test_collectives_are_refused_with_the_users_line(tmp_path):
+    """No MPI in an export: a graph with an allreduce is refused when rendered, naming the op and the user's line."""
+    from graphc.backends.llvm import UnsupportedCallError
+
+    with graphc.Graph("ar") as g:
+        x = graphc.input("x", (4,))
+        y = g.output(graphc.allreduce(x * 2.0, "sum"))
+    with pytest.raises(UnsupportedCallError, match=r"allreduce_sum \(node %\d+ allreduce, .*test_export\.py:\d+\) needs "
+                                                   r"MPI, which the llvm target does not provide"):
+        graphc.export(y, tmp_path, name="ar")
+    assert not os.path.exists(tmp_path / "libar.so")
