@@ -19,6 +19,7 @@ from ._version import __version__
 from .autodiff import check_grad, grad, hvp, jvp
 from .backends import Executable, compile
 from .dsl import Tensor, TensorSpec, apply, constant, input, param, trace
+from .export import ExportError, export
 from .ir import (
     DType,
     DTypeError,

@@ -584,14 +584,42 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     if args.format in ("so", "exe"):
-        raise CommandError(f"--format {args.format} arrives with the AOT export issue (#13: a shared library or a "
-                           f"standalone executable from the LLVM backend); --format onnx works today")
+        return _export_native(args)
     target = load_target(args.file)
     from graphc.onnx_export import export_onnx
 
     shape = tuple(int(d) for d in args.input_shape.split(",")) if args.input_shape else None
     path = export_onnx(target.model, args.output or target.stem + ".onnx", input_shape=shape)
     print(f"wrote {path} (ONNX, {os.path.getsize(path)} bytes)")
+    return 0
+
+
+def _export_native(args: argparse.Namespace) -> int:
+    """--format so|exe: graphc.export writes both the library (with its header) and the executable."""
+    from graphc.export import export
+    from graphc.ir import Graph
+    from graphc.optim import SGD
+
+    target = load_target(args.file)
+    model = target.model
+    if args.weights:
+        from graphc.saved import load
+
+        model = _module(target, "export --weights")
+        model.load_values(load(args.weights).named_values())
+    is_model = not isinstance(model, Graph)
+    if (args.train or args.batch_size) and not is_model:
+        raise CommandError(f"{args.file}: --train and --batch-size apply to a graphc.nn model; this model is a Graph")
+    optimizer = (target.optimizer or SGD(0.01)) if args.train else None
+    options = dict(batch_size=args.batch_size or 1, optimizer=optimizer, loss=target.loss or "softmax_cross_entropy",
+                   train=args.train) if is_model else {}
+    name = args.name or "".join(c if c.isalnum() else "_" for c in target.stem)
+    result = export(model, args.out or ".", name=name,
+                    target=args.target, blas=args.blas, **options)
+    print(result)
+    main = result.files["library"] if args.format == "so" else result.files["executable"]
+    print(f"{'library' if args.format == 'so' else 'executable'}: {main} (C API: {result.files['header']}; "
+          f"see docs/export.md)")
     return 0
 
 
@@ -940,15 +968,29 @@ def _add_eval(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    p = _subcommand(sub, "export", "export a model's inference graph (ONNX)",
-                    "Export the inference graph of a saved model or a model file: --format onnx (graphc.export_onnx, "
-                    "needs pip install 'graphc[onnx]'); so and exe arrive with the AOT export issue (#13).",
-                    "graphc export mnist_mlp.graphc --format onnx -o mnist_mlp.onnx")
+    p = _subcommand(sub, "export", "export a model as ONNX, or as a C library and executable",
+                    "Export a saved model or a model file: --format onnx writes the inference graph (graphc.export_onnx, "
+                    "needs pip install 'graphc[onnx]'); --format so|exe compiles it ahead of time with LLVM "
+                    "(graphc.export, docs/export.md) into lib<name>.so, <name>.h and the executable <name>, which "
+                    "need no Python (both formats write all three; the format says which the command reports).",
+                    "graphc export mnist_mlp.graphc --format onnx -o mnist_mlp.onnx\n"
+                    "  graphc export examples/mnist_mlp.py --format so --out build --weights mnist_mlp.graphc --train")
     p.add_argument("file", metavar="FILE_OR_SAVED", help="a saved model (graphc.save) or a model file (.py)")
     p.add_argument("--format", choices=("onnx", "so", "exe"), default="onnx", help="default: onnx")
-    p.add_argument("-o", "--output", default=None, help="the file to write (default: FILE's name with .onnx)")
+    p.add_argument("-o", "--output", default=None, help="onnx: the file to write (default: FILE's name with .onnx)")
     p.add_argument("--input-shape", default=None, metavar="N,...",
-                   help="the input shape without the batch axis, comma separated (only for a model not built yet)")
+                   help="onnx: the input shape without the batch axis, comma separated (only for a model not built yet)")
+    p.add_argument("--out", default=None, metavar="DIR", help="so/exe: the directory to write (default: the current one)")
+    p.add_argument("--name", default=None, help="so/exe: the C name prefix and file names (default: FILE's stem)")
+    p.add_argument("--target", choices=("native", "generic"), default="native",
+                   help="so/exe: native (this CPU's features) or generic (any x86-64); default native")
+    p.add_argument("--blas", choices=("generated", "system"), default="generated",
+                   help="so/exe: GEMM generated in LLVM IR (no dependency) or the system's CBLAS (-lopenblas)")
+    p.add_argument("--batch-size", type=int, default=None, help="so/exe: rows per call of the entries (default 1)")
+    p.add_argument("--train", action="store_true",
+                   help="so/exe: also export the training step (the model file's optimizer, else SGD 0.01)")
+    p.add_argument("--weights", default=None, metavar="SAVED",
+                   help="so/exe: take the parameters from this saved model (graphc.save) instead of the file's")
     p.set_defaults(run=_cmd_export)
 
 
