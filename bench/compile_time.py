@@ -52,7 +52,7 @@ try:
     event.register("numba:llvm_lock", _LLVM())
 except Exception:
     pass
-train_step.args = type("Args", (), {{"graphc_epoch": "step"}})()
+train_step.args = type("Args", (), {{"graphc_epoch": "step", "contended": False, "threads": 1}})()
 weights, x, y = train_step.problem({workload!r})
 built = {{}}
 _compile = graphc.compile

@@ -77,7 +77,7 @@ def wide(tmp_path_factory):
         g.output(graphc.sum(h * h, axis=1))
         g.output(graphc.sum(h, axis=0))
     cache = str(tmp_path_factory.mktemp("cache"))
-    exe = graphc.compile(g, backend="cpu", cache_dir=cache, threads=1)
+    exe = graphc.compile(g, backend="cpu", cache_dir=cache, threads=1, parallel_loops=True)
     ref = graphc.compile(g, backend="reference")
     return exe, ref, rng.standard_normal((256, 300)).astype(np.float32)
 
@@ -102,7 +102,8 @@ def test_a_parallel_module_loads_from_numbas_cache_in_another_process(wide, tmp_
             "    g.output(h)\n"
             "    g.output(graphc.sum(h * h, axis=1))\n"
             "    g.output(graphc.sum(h, axis=0))\n"
-            f"exe = graphc.compile(g, backend='cpu', cache_dir={exe.stats['cache_dir'].rsplit('/', 1)[0]!r})\n"
+            f"exe = graphc.compile(g, backend='cpu', parallel_loops=True, "
+            f"cache_dir={exe.stats['cache_dir'].rsplit('/', 1)[0]!r})\n"
             "print(exe.stats['cache'], exe.stats['numba_cache_hit'])\n")
     # Two processes run the same code (the entry's key includes the graph's source lines): the first
     # compiles (or finds the entry), the second loads the machine code.

@@ -52,7 +52,7 @@ _CODEGEN_OPTIONS = ("boundscheck", "fastmath", "part_lines", "conv_methods")
 def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check_finite: bool = False,
           strict: bool = False, boundscheck: bool = False, fastmath: Sequence[str] | None = None,
           cache_dir: str | None = None, part_lines: int | None = None, conv: str = "auto",
-          plan=None) -> NumbaExecutable:
+          parallel_loops: bool = False, plan=None) -> NumbaExecutable:
     """Lower ``graph`` and build it (see :func:`build_program`).
 
     ``check_finite``: raise on NaN/Inf in inputs and parameters (before the call) and in outputs
@@ -61,13 +61,15 @@ def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check
     ``fastmath``: LLVM fast-math flags. ``cache_dir``: the compile cache. ``part_lines``: split
     the driver into functions of about this many lines (compile time of very large graphs).
     ``conv``: how conv2d nodes are computed ("auto", "im2col" or "direct"; see ``autotune``).
+    ``parallel_loops``: run the large independent loops on all threads (``prange``, see docs/performance.md);
+    off by default: Numba's parallel pipeline doubles the cold compile (MLP step 2.1 -> 4.2 s measured).
     ``plan``: the graph's buffer plan when the passes made one (else it is made here).
     """
     if isinstance(graph, Program):
         return build_program(graph, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
     t0 = time.perf_counter()
     program = lower_program(graph, inputs, boundscheck=boundscheck, fastmath=fastmath, cache_dir=cache_dir,
-                            part_lines=part_lines, conv=conv, plan=plan)
+                            part_lines=part_lines, conv=conv, parallel_loops=parallel_loops, plan=plan)
     codegen_s = time.perf_counter() - t0
     exe = build_program(program, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
     exe.stats["codegen_s"] = codegen_s
@@ -76,10 +78,10 @@ def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check
 
 def lower_program(graph: Graph, inputs: Sequence[Node] | None = None, *, boundscheck: bool = False,
                   fastmath: Sequence[str] | None = None, cache_dir: str | None = None, part_lines: int | None = None,
-                  conv: str = "auto", plan=None) -> Program:
+                  conv: str = "auto", parallel_loops: bool = False, plan=None) -> Program:
     """The Program this target renders for ``graph`` (the options as in :func:`build`; ``conv="auto"``
     autotunes each conv2d's method on this machine)."""
-    options = {"boundscheck": bool(boundscheck), "part_lines": part_lines,
+    options = {"boundscheck": bool(boundscheck), "part_lines": part_lines, "parallel_loops": bool(parallel_loops),
                "fastmath": tuple(sorted(DEFAULT_FASTMATH if fastmath is None else fastmath))}
     return lower(graph, inputs, options, plan=plan, choose_conv=conv_chooser(conv, cache_dir))
 
@@ -143,7 +145,7 @@ def source_key(graph: Graph, inputs: Sequence[Node], level: int | None, fast_mat
 
 
 #: build()'s options that change the Program (check_finite, strict and cache_dir do not).
-_SOURCE_OPTIONS = ("boundscheck", "fastmath", "part_lines", "conv")
+_SOURCE_OPTIONS = ("boundscheck", "fastmath", "part_lines", "conv", "parallel_loops")
 #: The options lower_program takes.
 LOWER_OPTIONS = _SOURCE_OPTIONS + ("cache_dir",)
 
@@ -151,7 +153,7 @@ LOWER_OPTIONS = _SOURCE_OPTIONS + ("cache_dir",)
 def build_graph(built: Graph, key: str, make_program: Callable[[Stages], Program], *,
                 check_finite: bool = False, strict: bool = False, cache_dir: str | None = None,
                 boundscheck: bool = False, fastmath: Sequence[str] | None = None, part_lines: int | None = None,
-                conv: str = "auto") -> NumbaExecutable:
+                conv: str = "auto", parallel_loops: bool = False) -> NumbaExecutable:
     """``graphc.compile``'s path: the entry ``key`` (:func:`source_key` of ``built``, the graph as the user
     built it) holds the Program; a hit unpickles it and loads the machine code, skipping the passes, the
     lowering and the rendering. On a miss (or a damaged entry) ``make_program(stages)`` runs the passes and

@@ -141,10 +141,12 @@ class Renderer(NumbaStatements):
     def __init__(self, program, min_work: int | None = None):
         super().__init__(program)
         self.min_work = min_work
+        #: prange only when asked (build's ``parallel_loops``, or a test's ``min_work``): it costs compile time.
+        self.parallel = bool(program.options.get("parallel_loops")) or min_work is not None
         self.parallel_loops = 0  # the prange loops printed so far
 
     def lines(self, body, depth: int = 1) -> list[str]:
-        if depth != 1:
+        if depth != 1 or not self.parallel:
             return super().lines(body, depth)
         out: list[str] = []
         for s in body:  # a kernel's outer statements: its parallel loops big enough to pay become pranges
