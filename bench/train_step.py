@@ -185,7 +185,8 @@ def graphc_step(workload: str, weights, cache_dir: str):
         for p, d in zip(params, graphc.grad(loss, params)):
             g.update(p, p - LR * d)
     t0 = time.perf_counter()
-    exe = graphc.compile(loss, inputs=[x, y], backend="cpu", cache_dir=cache_dir, threads=graphc_threads())
+    exe = graphc.compile(loss, inputs=[x, y], backend="cpu", cache_dir=cache_dir, threads=graphc_threads(),
+                         parallel_loops=getattr(args, "parallel_loops", False))
     compile_s = time.perf_counter() - t0
 
     def step(xb, yb):
@@ -480,6 +481,8 @@ def run_worker(framework: str, workload: str, threads: int, cache_dir: str) -> d
            "--threads", str(threads), "--cache-dir", cache_dir, "--graphc-epoch", args.graphc_epoch]
     if args.contended:
         cmd.append("--contended")
+    if args.parallel_loops:
+        cmd.append("--parallel-loops")
     with busy_core(args.contended):
         proc = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads, root), timeout=900)
     if proc.returncode != 0:
@@ -567,6 +570,8 @@ def main() -> None:
                         help="mlp epoch: through graphc.fit (the default) or one bare Executable.run_epoch call")
     parser.add_argument("--contended", action="store_true",
                         help="a busy process pinned to the last core during every measurement")
+    parser.add_argument("--parallel-loops", action="store_true",
+                        help="graphc's step with parallel_loops=True (prange loops; off by default)")
     parser.add_argument("--baseline", help="another checkout of graphc, measured as framework graphc-base")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
