@@ -7,7 +7,6 @@ LLVM's O3 dominates the run time: graphs are tiny and each is compiled once per 
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -21,11 +20,8 @@ from test_numba_cpu import GRAPHS, assert_same  # noqa: E402
 import graphc  # noqa: E402
 from graphc.backends import _prepare, llvm, numba_cpu  # noqa: E402
 from graphc.backends.lowering.interpret import Interpreter  # noqa: E402
-from graphc.backends.lowering.ir import library_calls  # noqa: E402
 from graphc.backends.native import aligned_bytes  # noqa: E402
 from graphc.ops.random import random_uniform  # noqa: E402
-
-HAS_LIBRARY = importlib.util.find_spec("graphc.backends.lowering.library") is not None
 
 
 def program_of(outputs, inputs=None, optimize=0, **options):
@@ -56,11 +52,6 @@ class Step:
         return tuple(outputs)
 
 
-def needs_library(program):
-    if library_calls(program) and not HAS_LIBRARY:
-        pytest.skip("library calls need graphc.backends.lowering.library.expand_call (branch llvmlib)")
-
-
 # -- every op and its gradient against the reference backend ---------------------------------------------
 
 @pytest.fixture(scope="module", params=[(name, dtype, conv) for name in GRAPHS for dtype in ("float64", "float32")
@@ -72,7 +63,6 @@ def op_case(request):
     name, dtype, conv = request.param
     outputs, inputs, feeds, names = GRAPHS[name](dtype)
     program = program_of(outputs, inputs, optimize=0 if dtype == "float64" else 2, conv=conv)
-    needs_library(program)
     ref = graphc.compile(outputs, inputs=inputs)
     return Step(program), ref, feeds, names, dtype
 
@@ -121,7 +111,6 @@ def network(request):
     model = build()
     outputs, inputs, names = gradient_graph(model, batch, f"llvm_grad_{request.param}")
     program = program_of(outputs, inputs, optimize=None)
-    needs_library(program)
     r = np.random.default_rng(11)
     feeds = [r.standard_normal((batch,) + tuple(model.in_shape)), r.integers(0, 3, batch)]
     return Step(program), graphc.compile(outputs, inputs=inputs), feeds, names

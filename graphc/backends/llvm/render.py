@@ -27,6 +27,8 @@ import sympy as sp
 from sympy.logic.boolalg import Boolean
 
 from ..lowering.ir import Assign, Buffer, Call, Check, Draw, Gemm, Kernel, Load, Loop, Program, Ref, Seed, Store
+from ..lowering.library import expand_call
+from .gemm import define_gemm
 from .random import define_mt19937
 from .scalar import I1, I8, I32, I64, MEMORY_TYPE, LLVMRenderError, ScalarBuilder, compute_type, is_float
 
@@ -275,13 +277,10 @@ class Renderer:
         b.position_at_end(go_on)
 
     def gemm(self, s: Gemm) -> None:
-        from .gemm import define_gemm
-
         dtype = s.c.buffer.dtype
         if dtype not in ("float32", "float64") or {s.a.buffer.dtype, s.b.buffer.dtype} != {dtype}:
             raise self.error(f"gemm of {s.a.buffer.dtype} x {s.b.buffer.dtype} -> {dtype}: GEMM takes one float dtype")
-        name = "graphc_sgemm" if dtype == "float32" else "graphc_dgemm"
-        fn = self.module.globals.get(name) or define_gemm(self.module, dtype, self.blas)
+        fn = define_gemm(self.module, dtype, self.blas)  # defined once per module, then found
         ty = compute_type(dtype)
         i32, i64 = (lambda v: ir.Constant(I32, int(v))), (lambda v: ir.Constant(I64, int(v)))
         args = [i32(s.trans_a), i32(s.trans_b), i64(s.m), i64(s.n), i64(s.k), self.scalar.build(s.alpha, ty),
@@ -296,11 +295,6 @@ class Renderer:
                 f"{self.program.name}: {s.name} (node %{k.node} {k.op}"
                 f"{', ' + k.where if k.where else ''}) needs MPI, which the llvm target does not provide: "
                 f"an exported step runs on one process")
-        try:
-            from ..lowering.library import expand_call
-        except ImportError:
-            raise self.error(f"library call {s.name} needs graphc.backends.lowering.library.expand_call, "
-                             f"which this graphc does not have") from None
         self.block(expand_call(s))
 
     def error(self, message: str) -> LLVMRenderError:
