@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/: the shared o
 from test_numba_cpu import GRAPHS, assert_same  # noqa: E402
 
 import graphc  # noqa: E402
-from graphc.backends import _prepare, llvm, numba_cpu  # noqa: E402
+from graphc.backends import llvm, lower_for, numba_cpu  # noqa: E402
 from graphc.backends.lowering.interpret import Interpreter  # noqa: E402
 from graphc.backends.native import aligned_bytes  # noqa: E402
 from graphc.ops.random import random_uniform  # noqa: E402
@@ -26,10 +26,7 @@ from graphc.ops.random import random_uniform  # noqa: E402
 
 def program_of(outputs, inputs=None, optimize=0, **options):
     """The Program the llvm target renders for ``outputs`` (cut and optimized as graphc.compile does)."""
-    tensors = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    _built, graph, call_inputs, optimized = _prepare(list(tensors), inputs, "cpu", None, optimize, False)
-    plan = optimized.buffer_plan if optimized is not None else None
-    return llvm.lower_program(graph, call_inputs, plan=plan, **options)
+    return lower_for(outputs, inputs, backend="llvm", optimize=optimize, **options)
 
 
 class Step:

@@ -17,6 +17,8 @@ from .executable import Executable
 NATIVE = ("cpu", "cuda")
 #: "cuda" needs the cuda extra and a GPU or Numba's simulator (graphc.backends.numba_cuda).
 BACKENDS = ("reference", "cpu", "cuda")
+#: The targets that render a lowered Program: the native backends, and llvm (graphc.export's ahead-of-time target).
+LOWERED = NATIVE + ("llvm",)
 
 
 def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "reference",
@@ -41,6 +43,8 @@ def compile(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = "r
     rule, the user's line), found by replaying the call on the reference backend from the graph as
     built (``exe.source_graph``, kept from before optimization).
     """
+    if backend not in BACKENDS:
+        raise GraphcError(f"compile: unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     tensors = _tensors(outputs)
     if backend == "cuda":  # before any work: say what is missing (the extra, a GPU or the simulator)
         from .numba_cuda import require_device
@@ -117,10 +121,8 @@ def _prepare(tensors: list, inputs: Sequence[Any] | None, backend: str, name: st
     """What :func:`compile` hands a backend: (the graph cut down to ``tensors`` as the user built it, the
     graph to lower (optimized: the default level for native backends), its call inputs, the OptimizeResult
     or None)."""
-    if backend not in BACKENDS:
-        raise GraphcError(f"compile: unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     built, call_inputs = _cut(tensors, inputs, name)
-    if optimize is None and backend in NATIVE:  # native code is built from the optimized graph (optimize=0: as written)
+    if optimize is None and backend in LOWERED:  # native code is built from the optimized graph (optimize=0: as written)
         from ..passes import DEFAULT_LEVEL as optimize
     graph, call_inputs, optimized = _optimize(built, call_inputs, optimize, fast_math)
     return built, graph, call_inputs, optimized
@@ -161,17 +163,20 @@ def lower_for(outputs: Any, inputs: Sequence[Any] | None = None, backend: str = 
     """The kernel IR (a ``lowering.Program``) that ``compile(outputs, inputs, backend, ...)`` would build,
     without building it: the same cut, passes (the default level unless ``optimize`` says otherwise) and
     the target's lowering choices (``options``: the backend's, e.g. ``conv``). No GPU is needed for
-    ``backend="cuda"``, so that its kernels can be compiled offline (``numba_cuda.compile_ptx``).
+    ``backend="cuda"``, so that its kernels can be compiled offline (``numba_cuda.compile_ptx``);
+    ``backend="llvm"`` gives the Program ``graphc.export`` renders.
     ``outputs`` may also be a Graph: all its outputs, its inputs in creation order (as ``fit`` compiles).
 
     >>> program = graphc.backends.lower_for(build_train_step(model, 128, optim.SGD(0.1)))  # doctest: +SKIP
     """
-    if backend not in NATIVE:
+    if backend not in LOWERED:
         raise GraphcError(f"lower_for: backend {backend!r} does not run a lowered Program; use one of "
-                          f"{', '.join(NATIVE)}")
+                          f"{', '.join(LOWERED)}")
     _built, graph, call_inputs, optimized = _prepare(_tensors(outputs), inputs, backend, name, optimize, fast_math)
     if backend == "cuda":
         from . import numba_cuda as target
+    elif backend == "llvm":
+        from . import llvm as target
     else:
         from . import numba_cpu as target
     plan = optimized.buffer_plan if optimized is not None else None

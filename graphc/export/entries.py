@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..backends import _prepare, _tensors
+from ..backends import lower_for
 from ..backends.executable import param_key
 from ..backends.lowering import Program, Slot
 from ..ir import Graph, GraphcError
@@ -108,13 +108,7 @@ def model_graphs(model: Module, batch_size: int, optimizer: Any, loss: Any, trai
 def lower_entry(lib: str, name: str, graph_or_outputs: Any, inputs: Sequence[Any] | None,
                 output_names: Sequence[str] | None, rows: bool, optimize: int | None) -> Entry:
     """The Entry for one graph: cut, optimized (the native backends' default level) and lowered by the llvm target."""
-    from ..backends import llvm
-
-    tensors = _tensors(graph_or_outputs)
-    # The cut and the passes graphc.compile applies for a native backend ("cpu": the same default level).
-    _built, graph, call_inputs, optimized = _prepare(tensors, inputs, "cpu", None, optimize, False)
-    plan = optimized.buffer_plan if optimized is not None else None
-    program = llvm.lower_program(graph, call_inputs, plan=plan)
+    program = lower_for(graph_or_outputs, inputs, backend="llvm", optimize=optimize)
     return entry_of(lib, name, program, output_names, rows)
 
 
