@@ -282,6 +282,60 @@ def test_col2im_add_expansion_adds_exactly_what_the_library_call_adds(case, dtyp
     assert_expansion_matches(h, call, feeds)
 
 
+# -- the cpu backend's runtime kernels against the same calls ------------------------------------------------
+
+#: CONVS and geometries whose rows lie partly or wholly outside the padded input (the kernels' inside ranges).
+RUNTIME_CONVS = CONVS + [(1, 2, 3, 4, 2, 5, 5, 3, 2, 3, 3, 2, 2), (2, 1, 4, 3, 2, 3, 4, 1, 3, 2, 3, 1, 1),
+                         (1, 1, 5, 5, 1, 5, 5, 1, 1, 2, 2, 1, 1)]
+
+
+def cpu_runtime_call(kernel: str, operands: dict[str, np.ndarray], scalars: tuple, y: np.ndarray,
+                     col_size: int = 0) -> np.ndarray:
+    """numba_cpu's runtime ``kernel`` on the operands (each from element OFFSET of its flat array, as the
+    harness feeds them), writing a copy of ``y``; its scratch (if any) starts as garbage."""
+    from graphc.backends.numba_cpu import runtime
+
+    def at_offset(a):
+        return np.concatenate([np.full(OFFSET, 7, a.dtype), a.reshape(-1)]), OFFSET
+
+    args = [v for a in operands.values() for v in at_offset(a)] + list(scalars)
+    if col_size:
+        args += [np.full(col_size, np.nan, y.dtype), 0]
+    out = y.copy()
+    getattr(runtime, kernel)(*args, out, 0)
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["conv2d_direct", "conv2d_im2col"])
+@pytest.mark.parametrize("case", RUNTIME_CONVS, ids=conv_id)
+def test_cpu_runtime_convolutions_equal_the_library_call(case, kernel, dtype):
+    geometry = conv_operands(case)
+    N, C, H, W, Co, kh, kw, *_, Ho, Wo = geometry
+    col = C * kh * kw * Ho * Wo if kernel == "conv2d_im2col" else 0
+    h = harness(dtype, {"x": N * C * H * W, "w": Co * C * kh * kw}, N * Co * Ho * Wo, col)
+    r = rng(6)
+    feeds = {"x": r.standard_normal(N * C * H * W).astype(dtype), "w": r.standard_normal(Co * C * kh * kw).astype(dtype),
+             "z": np.full(N * Co * Ho * Wo, np.nan, dtype)}
+    scratch = (h.refs["col"],) if col else ()
+    want = h.run([Call(kernel, (h.refs["x"], h.refs["w"], *geometry, *scratch, Ref(h.y)))], feeds)
+    got = cpu_runtime_call(kernel, {"x": feeds["x"], "w": feeds["w"]}, geometry, feeds["z"], col)
+    np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", RUNTIME_CONVS, ids=conv_id)
+def test_cpu_runtime_col2im_add_equals_the_library_call(case, dtype):
+    _, _, Hy, Wy, Co, kh, kw, sh, sw, ph, pw, dh, dw, H, W = conv_operands(case)
+    h = harness(dtype, {"cols": Co * kh * kw * H * W}, Co * Hy * Wy)
+    r = rng(7)
+    feeds = {"cols": r.standard_normal(Co * kh * kw * H * W).astype(dtype), "z": r.standard_normal(Co * Hy * Wy).astype(dtype)}
+    geometry = (Co, kh, kw, H, W, sh, sw, ph, pw, dh, dw, Hy, Wy)
+    want = h.run([Call("col2im_add", (h.refs["cols"], *geometry, Ref(h.y)))], feeds)
+    got = cpu_runtime_call("col2im_add", {"cols": feeds["cols"]}, geometry, feeds["z"])
+    np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
 # -- whole programs ----------------------------------------------------------------------------------------
 
 def lenet_like(dtype) -> Sequential:
