@@ -121,6 +121,29 @@ def test_stage_timings_are_reported(filled):
     assert cold.stats["optimize"].level == graphc.passes.DEFAULT_LEVEL
 
 
+def test_a_driver_compiles_at_the_driver_opt_level_and_numbas_setting_is_restored(tmp_path, monkeypatch):
+    # The level LLVM's passes run at is whatever Numba's config says when it builds a pass manager:
+    # record it there, for a cold compile (fresh cache directory, a graph seed no other test uses).
+    from numba.core import codegen, config
+
+    seen, before = [], config.OPT
+    original = codegen.CPUCodegen._pass_builder
+
+    def recording(self, **kwargs):
+        seen.append(int(config.OPT))
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(codegen.CPUCodegen, "_pass_builder", recording)
+    exe = compile_step(tmp_path, seed=41)
+    assert exe.stats["cache"] == "miss" and seen
+    assert set(seen) == {numba_cpu.DRIVER_OPT_LEVEL}
+    assert config.OPT == before and type(config.OPT) is type(before)
+    with pytest.raises(RuntimeError), numba_cpu.driver_opt_level(1):
+        assert config.OPT == 1
+        raise RuntimeError("a failed compile")
+    assert config.OPT == before
+
+
 def test_check_finite_replays_on_a_hit(tmp_path, monkeypatch):
     """check_finite names the node that made a NaN by replaying the graph as built: a hit keeps it."""
     def build():

@@ -335,11 +335,36 @@ def _compile(dispatcher, signature) -> None:
         return
     try:
         if not _load_cached(dispatcher, signature):
-            dispatcher.compile(signature)
+            with driver_opt_level():
+                dispatcher.compile(signature)
     except Exception:
         for kernel in runtime.KERNELS:
             kernel._cache.flush()
-        dispatcher.compile(signature)
+        with driver_opt_level():
+            dispatcher.compile(signature)
+
+
+#: LLVM's optimization level for a driver (Numba's own default is 3). Measured on the MLP, LeNet and tiny steps
+#: (bench/compile_time.py, bench/train_step.py), level 2 spends about a third less time in LLVM and the steps
+#: run as fast: a driver is loop nests and inlined runtime kernels, which level 2 already inlines, folds,
+#: unrolls and vectorizes (see docs/performance.md).
+DRIVER_OPT_LEVEL = 2
+
+
+@contextlib.contextmanager
+def driver_opt_level(level: int = DRIVER_OPT_LEVEL) -> Iterator[None]:
+    """Numba's LLVM passes at ``level`` while a driver compiles. Numba reads ``config.OPT`` whenever it builds
+    a pass manager; holding its global compiler lock keeps every other thread's compile out of this window."""
+    from numba.core import config
+    from numba.core.compiler_lock import global_compiler_lock
+
+    with global_compiler_lock:
+        saved = config.OPT
+        config.OPT = type(saved)(level)
+        try:
+            yield
+        finally:
+            config.OPT = saved
 
 
 def _load_cached(dispatcher, signature) -> bool:
@@ -403,7 +428,8 @@ def fresh_dispatcher(exe: NumbaExecutable):
     source = exe.source.replace("NJIT = dict(cache=True,", "NJIT = dict(cache=False,", 1)
     module = pytypes.ModuleType(exe.module.__name__ + "_inspect")
     exec(compile(source, exe._entry.module_path.as_posix(), "exec"), module.__dict__)
-    module.step.compile(exe._signature)
+    with driver_opt_level():
+        module.step.compile(exe._signature)
     return module.step
 
 
