@@ -8,7 +8,9 @@ its CPU time (``time.process_time``, which a loaded machine inflates less) and e
 ``exe.stats["stages"]`` reports them (the passes, the lowering (conv autotuning included), rendering,
 importing the module, Numba: its typing and lowering, then LLVM's optimization and code generation in
 CPU time, told apart by Numba's ``numba:llvm_lock`` events; loading the Program on a hit). "cold" compiles into an empty cache
-directory (the runtime kernels' own Numba cache, once per machine, stays warm); "hit" is a new process
+directory (the runtime kernels' own Numba cache, once per machine, stays warm); "new model" is a cold compile
+into a directory holding only the conv timings this machine's first compile measured (``autotune.json``, once
+per machine and conv shape: what a new model with known conv shapes costs); "hit" is a new process
 loading the entry a first (discarded) process wrote. Prints the markdown table of docs/benchmarks.md,
 medians of ``--repeats`` runs, with the load average it ran under. ``--baseline DIR`` (another checkout,
 e.g. a git worktree of the commit before) adds its medians, the two checkouts alternating.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -88,7 +91,12 @@ def measure(root: Path, workload: str, cache: str) -> dict:
 def run_side(root: Path, workload: str, warm_cache: str) -> dict[str, dict]:
     with tempfile.TemporaryDirectory() as cold:
         cold_run = measure(root, workload, cold)
-    return {"cold": cold_run, "hit": measure(root, workload, warm_cache)}
+    with tempfile.TemporaryDirectory() as known:  # a new model on a machine whose conv timings are known
+        table = Path(warm_cache, "autotune.json")
+        if table.exists():
+            shutil.copy(table, known)
+        new_model = measure(root, workload, known)
+    return {"cold": cold_run, "new_model": new_model, "hit": measure(root, workload, warm_cache)}
 
 
 def median(runs: list[dict], pick) -> float | None:
@@ -97,13 +105,14 @@ def median(runs: list[dict], pick) -> float | None:
 
 
 def row(workload: str, side: str, runs: dict[str, list[dict]]) -> str:
-    cold, hit = runs["cold"], runs["hit"]
+    cold, new_model, hit = runs["cold"], runs["new_model"], runs["hit"]
 
     def stage(name):  # CPU seconds
         return median(cold, lambda r: r["stages"].get(f"{name}_cpu"))
 
     numba_total, llvm = stage("numba"), median(cold, lambda r: r.get("llvm_cpu_s"))
     cells = [median(cold, lambda r: r["compile_s"]), median(cold, lambda r: r["compile_cpu_s"]),
+             median(new_model, lambda r: r["compile_s"]),
              stage("passes"), stage("lower"), stage("render"), stage("import"),
              None if numba_total is None or llvm is None else max(numba_total - llvm, 0.0), llvm,
              median(hit, lambda r: r["compile_s"]), median(hit, lambda r: r["compile_cpu_s"]),
@@ -112,9 +121,9 @@ def row(workload: str, side: str, runs: dict[str, list[dict]]) -> str:
     return f"| {workload} | {side} | " + " | ".join(text) + " |"
 
 
-HEADER = ("| workload | checkout | cold wall s | cold CPU s | passes | lower (+autotune) | render | import | "
-          "Numba typing+lowering | LLVM opt+codegen | hit wall s | hit CPU s | hit: Program load |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| workload | checkout | cold wall s | cold CPU s | new model wall s | passes | lower (+autotune) | render | "
+          "import | Numba typing+lowering | LLVM opt+codegen | hit wall s | hit CPU s | hit: Program load |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main() -> None:
@@ -132,14 +141,14 @@ def main() -> None:
     results: dict = {}
     lines = [HEADER]
     for workload in args.workloads.split(","):
-        runs = {side: {"cold": [], "hit": []} for side in roots}
+        runs = {side: {"cold": [], "new_model": [], "hit": []} for side in roots}
         with tempfile.TemporaryDirectory() as warm_root:
             for side, root in roots.items():  # fill each side's warm cache once
                 measure(root, workload, os.path.join(warm_root, side))
             for _ in range(args.repeats):
                 for side, root in roots.items():
                     got = run_side(root, workload, os.path.join(warm_root, side))
-                    for kind in ("cold", "hit"):
+                    for kind in ("cold", "new_model", "hit"):
                         runs[side][kind].append(got[kind])
         results[workload] = runs
         for side in roots:
