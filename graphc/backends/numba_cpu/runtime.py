@@ -188,14 +188,25 @@ def conv2d_direct(x, xo, w, wo_, N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw,
                                 out[orow + v] += wv * x[rb + v * sw]
 
 
+#: Elements of the column matrix conv2d_im2col fills at a time (128 KiB of float32; measured best of 16K-128K).
+COL_BLOCK = 32768
+
+
 @_kernel
 def conv2d_im2col(x, xo, w, wo_, N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, co, out, oo):
     """im2col + one GEMM per image: out[n] [Co, Ho*Wo] = w [Co, C*kh*kw] @ col [C*kh*kw, Ho*Wo], with
     ``col`` a scratch of C*kh*kw*Ho*Wo elements from element ``co``."""
     K, P = C * kh * kw, Ho * Wo
+    # Channels per block of columns: a block of at most COL_BLOCK elements stays in L2 between im2col writing
+    # it and the GEMM reading it. Only a big kernel over many channels needs more than one block: the
+    # weight gradient's convolution (a LeNet conv1's: 64 "channels" of 28x28 windows, a 5 MB column matrix).
+    cb = min(C, max(1, COL_BLOCK // (kh * kw * P)))
     for n in range(N):
-        im2col(x, xo + n * C * H * W, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, co)
-        gemm(0, 0, Co, P, K, 1.0, w, wo_, K, col, co, P, 0.0, out, oo + n * Co * P, P)
+        for c0 in range(0, C, cb):
+            c1 = min(C, c0 + cb)
+            im2col(x, xo + (n * C + c0) * H * W, c1 - c0, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, co)
+            gemm(0, 0, Co, P, (c1 - c0) * kh * kw, 1.0, w, wo_ + c0 * kh * kw, K, col, co, P,
+                 0.0 if c0 == 0 else 1.0, out, oo + n * Co * P, P)
 
 
 @_kernel
