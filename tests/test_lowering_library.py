@@ -345,6 +345,33 @@ def test_cpu_runtime_col2im_add_equals_the_library_call(case, dtype):
     np.testing.assert_allclose(got, want, **TOL[dtype])
 
 
+#: POOLS and windows that tile the plane (stride = window, no padding: max_pool_backward's direct path).
+RUNTIME_POOLS = POOLS + [(4, 6, 8, 2, 2, 2, 2, 0, 0), (2, 9, 6, 3, 3, 3, 3, 0, 0), (3, 4, 6, 2, 3, 2, 3, 0, 0)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["max_pool_backward", "max_pool_gather", "max_pool", "avg_pool"])
+@pytest.mark.parametrize("case", RUNTIME_POOLS, ids=pool_id)
+def test_cpu_runtime_pooling_equals_the_library_call(case, kernel, dtype):
+    # Ties, NaNs and -inf in x (pooling_input): the first maximum of each window, the first NaN, as the
+    # interpreter's NumPy does; y starts as NaN garbage, which every kernel overwrites.
+    geometry = pool_geometry(*case)
+    planes, H, W, *_, Ho, Wo = geometry
+    backward = kernel == "max_pool_backward"
+    y_size = planes * H * W if backward else planes * Ho * Wo
+    operands = {"x": planes * H * W} if kernel in ("max_pool", "avg_pool") else \
+        {"x": planes * H * W, "g": planes * Ho * Wo if backward else planes * H * W}
+    h = harness(dtype, operands, y_size)
+    r = rng(8)
+    feeds = {"x": pooling_input(r, (1, planes, H, W), dtype, specials=kernel != "avg_pool"),
+             "z": np.full(y_size, np.nan, dtype)}
+    if "g" in operands:
+        feeds["g"] = r.standard_normal(operands["g"]).astype(dtype)
+    want = h.run([Call(kernel, (*(h.refs[k] for k in operands), *geometry, Ref(h.y)))], feeds)
+    got = cpu_runtime_call(kernel, {k: feeds[k] for k in operands}, geometry, feeds["z"])
+    np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
 # -- whole programs ----------------------------------------------------------------------------------------
 
 def lenet_like(dtype) -> Sequential:

@@ -294,6 +294,29 @@ def test_max_pool_gather_reads_the_first_maximum_like_the_interpreter(dtype, k, 
     store.assert_untouched_but(after, "y")
 
 
+@pytest.mark.parametrize("kind", ["max_pool_backward", "max_pool_gather"])
+def test_a_window_whose_padding_row_comes_first_keeps_its_padding_as_the_first_maximum(kind):
+    # Padding above (ph = 1) but not beside (pw = 0): a top window's first two elements are padding in row -1.
+    # With x's first row all -inf, the window's first maximum is that padding, so nothing is routed. (The
+    # kernels once marked "none yet" with row -1, took the first inside -inf as the maximum and routed g there.)
+    planes, H, W, k, s = 2, 4, 4, 2, 2
+    Ho, Wo = _out(H, k, s, 1), _out(W, k, s, 0)
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((planes, H, W))
+    x[:, 0, :] = -np.inf
+    other = rng.standard_normal((planes, Ho, Wo) if kind == "max_pool_backward" else (planes, H, W))
+    y_shape = (planes, H, W) if kind == "max_pool_backward" else (planes, Ho, Wo)
+    store = Store("float64", x=x, g=other, y=np.full(y_shape, np.nan))
+    args = ("x", "g", planes, H, W, k, k, s, s, 1, 0, Ho, Wo, "y")
+    expected = oracle(store, kind, *args)
+    after = store.run_on_device(lambda d: getattr(rt, kind)(*device_args(store, d, *args)))
+    np.testing.assert_array_equal(store.get(after, "y"), store.get(expected, "y"))
+    if kind == "max_pool_backward":
+        assert (store.get(after, "y")[:, 0, :] == 0).all()  # nothing reaches the -inf row
+    else:
+        assert (store.get(after, "y")[:, 0, :] == 0).all()  # the top windows read their padding: 0
+
+
 # -- the cpu backend's exact numbers -----------------------------------------------------------------------
 
 def test_gathers_equal_the_cpu_runtime_bit_for_bit():

@@ -289,7 +289,8 @@ def first_max(x, pb, H, W, kh, kw, sh, sw, ph, pw, ho, wo):
         for j in range(kw):
             q = wo * sw - pw + j
             val = x[pb + h * W + q] if h >= 0 and h < H and q >= 0 and q < W else -math.inf
-            if bh == -1 or val > best or (val != val and best == best):
+            # the window's first element is taken whatever it is: bh == -1 cannot say "none yet" (-1 is a padding row)
+            if (i == 0 and j == 0) or val > best or (val != val and best == best):
                 best = val
                 bh = h
                 bw = q
