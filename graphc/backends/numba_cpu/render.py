@@ -33,11 +33,12 @@ from ..lowering.ir import (
 from ..numba_scalar import NP_TYPE, NumbaStatements
 from ..threads import PARALLEL_MIN_WORK
 
-#: Body lines per driver function. Numba's liveness analysis and LLVM grow faster than linearly with
-#: function size, but each extra function costs its own pipeline: measured on the LeNet-5 step (344
-#: lines), one function compiles in 4.5 s and parts of 160 lines in 6.9 s, so only very large drivers
-#: (thousands of lines) are split into parts that step() calls.
-PART_LINES = 1200
+#: Body lines per driver function. Numba's passes and LLVM grow faster than linearly with function size,
+#: but each extra function costs its own pipeline, and step() links and optimizes its parts again. Measured
+#: (Numba's CPU seconds, cold): the LeNet-like step (357 lines) 3.8 s in one function or two, 6.3-6.6 s in
+#: parts of 150-200 lines; the Fashion-MNIST residual CNN step (2,400 lines) 36 s in parts of 1,200 lines,
+#: 28 s of 600, 24 s of 300, 23 s of 150. So drivers up to ~300 lines stay one function.
+PART_LINES = 300
 EXIT = "return __EXIT__"  # an early exit: the driver returns its outputs, a driver part returns 1
 
 HEADER = '''\
