@@ -246,19 +246,26 @@ def conv_operands(case) -> tuple:
 TOL = {"float32": dict(rtol=2e-5, atol=2e-6), "float64": dict(rtol=1e-12, atol=1e-13)}
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kernel", ["conv2d_direct", "conv2d_im2col"])
-@pytest.mark.parametrize("case", CONVS, ids=conv_id)
-def test_conv2d_expansions_equal_the_library_call(case, kernel, dtype):
+def conv_call(case, kernel: str, dtype: str, seed: int) -> tuple[CallHarness, Call, dict, int]:
+    """A convolution call of ``case`` on random x and w (y starts as NaN garbage): the harness, the call, the
+    feeds and the size of its column scratch (0 for conv2d_direct)."""
     geometry = conv_operands(case)
     N, C, H, W, Co, kh, kw, *_, Ho, Wo = geometry
     col = C * kh * kw * Ho * Wo if kernel == "conv2d_im2col" else 0
     h = harness(dtype, {"x": N * C * H * W, "w": Co * C * kh * kw}, N * Co * Ho * Wo, col)
-    r = rng(4)
+    r = rng(seed)
     feeds = {"x": r.standard_normal(N * C * H * W).astype(dtype), "w": r.standard_normal(Co * C * kh * kw).astype(dtype),
              "z": np.full(N * Co * Ho * Wo, np.nan, dtype)}
     scratch = (h.refs["col"],) if col else ()
-    call = Call(kernel, (h.refs["x"], h.refs["w"], *geometry, *scratch, Ref(h.y)))
+    return h, Call(kernel, (h.refs["x"], h.refs["w"], *geometry, *scratch, Ref(h.y))), feeds, col
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["conv2d_direct", "conv2d_im2col"])
+@pytest.mark.parametrize("case", CONVS, ids=conv_id)
+def test_conv2d_expansions_equal_the_library_call(case, kernel, dtype):
+    h, call, feeds, col = conv_call(case, kernel, dtype, seed=4)
+    _, C, _, _, Co, kh, kw, *_, Ho, Wo = conv_operands(case)
     statements = assert_expansion_matches(h, call, feeds, exact=False, **TOL[dtype])
     if col:  # the product is a Gemm over the call's own scratch, so a target's GEMM does it; the images
         # share that scratch, so their loop is sequential (the interpreter runs a loop around a GEMM one
@@ -273,13 +280,18 @@ def test_conv2d_expansions_equal_the_library_call(case, kernel, dtype):
 def test_col2im_add_expansion_adds_exactly_what_the_library_call_adds(case, dtype):
     # cols [Co*kh*kw, H*W] scattered into y [Co, Ho, Wo] (its previous values kept): the grid H x W is the
     # one whose windows tile the target, as in a transposed convolution.
+    h, call, feeds = col2im_call(case, dtype, seed=5)
+    assert_expansion_matches(h, call, feeds)
+
+
+def col2im_call(case, dtype: str, seed: int) -> tuple[CallHarness, Call, dict]:
+    """A col2im_add call of ``case`` (y starts as random values, which it adds to): harness, call and feeds."""
     _, _, Hy, Wy, Co, kh, kw, sh, sw, ph, pw, dh, dw, H, W = conv_operands(case)
     h = harness(dtype, {"cols": Co * kh * kw * H * W}, Co * Hy * Wy)
-    r = rng(5)
+    r = rng(seed)
     feeds = {"cols": r.standard_normal(Co * kh * kw * H * W).astype(dtype),
              "z": r.standard_normal(Co * Hy * Wy).astype(dtype)}
-    call = Call("col2im_add", (h.refs["cols"], Co, kh, kw, H, W, sh, sw, ph, pw, dh, dw, Hy, Wy, Ref(h.y)))
-    assert_expansion_matches(h, call, feeds)
+    return h, Call("col2im_add", (h.refs["cols"], Co, kh, kw, H, W, sh, sw, ph, pw, dh, dw, Hy, Wy, Ref(h.y))), feeds
 
 
 # -- the cpu backend's runtime kernels against the same calls ------------------------------------------------
@@ -312,19 +324,14 @@ def cpu_runtime_call(kernel: str, operands: dict[str, np.ndarray], scalars: tupl
 @pytest.mark.parametrize("kernel", ["conv2d_direct", "conv2d_im2col"])
 @pytest.mark.parametrize("case", RUNTIME_CONVS, ids=conv_id)
 def test_cpu_runtime_convolutions_equal_the_library_call(case, kernel, dtype):
+    h, call, feeds, col = conv_call(case, kernel, dtype, seed=6)
     geometry = conv_operands(case)
-    N, C, H, W, Co, kh, kw, *_, Ho, Wo = geometry
-    col = C * kh * kw * Ho * Wo if kernel == "conv2d_im2col" else 0
+    _, C, _, _, _, kh, kw, *_ = geometry
     if case in RUNTIME_CONVS[-2:] and col:
         from graphc.backends.numba_cpu import runtime
 
         assert col > runtime.COL_BLOCK  # the case is what it says
-    h = harness(dtype, {"x": N * C * H * W, "w": Co * C * kh * kw}, N * Co * Ho * Wo, col)
-    r = rng(6)
-    feeds = {"x": r.standard_normal(N * C * H * W).astype(dtype), "w": r.standard_normal(Co * C * kh * kw).astype(dtype),
-             "z": np.full(N * Co * Ho * Wo, np.nan, dtype)}
-    scratch = (h.refs["col"],) if col else ()
-    want = h.run([Call(kernel, (h.refs["x"], h.refs["w"], *geometry, *scratch, Ref(h.y)))], feeds)
+    want = h.run([call], feeds)
     got = cpu_runtime_call(kernel, {"x": feeds["x"], "w": feeds["w"]}, geometry, feeds["z"], col)
     # Sums of C*kh*kw products of normal numbers, added in another order (blocks of channels): a rounding
     # error of about that many ulps of the products (~8 at most); a wrong index errs by O(1).
@@ -335,13 +342,9 @@ def test_cpu_runtime_convolutions_equal_the_library_call(case, kernel, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", RUNTIME_CONVS, ids=conv_id)
 def test_cpu_runtime_col2im_add_equals_the_library_call(case, dtype):
-    _, _, Hy, Wy, Co, kh, kw, sh, sw, ph, pw, dh, dw, H, W = conv_operands(case)
-    h = harness(dtype, {"cols": Co * kh * kw * H * W}, Co * Hy * Wy)
-    r = rng(7)
-    feeds = {"cols": r.standard_normal(Co * kh * kw * H * W).astype(dtype), "z": r.standard_normal(Co * Hy * Wy).astype(dtype)}
-    geometry = (Co, kh, kw, H, W, sh, sw, ph, pw, dh, dw, Hy, Wy)
-    want = h.run([Call("col2im_add", (h.refs["cols"], *geometry, Ref(h.y)))], feeds)
-    got = cpu_runtime_call("col2im_add", {"cols": feeds["cols"]}, geometry, feeds["z"])
+    h, call, feeds = col2im_call(case, dtype, seed=7)
+    want = h.run([call], feeds)
+    got = cpu_runtime_call("col2im_add", {"cols": feeds["cols"]}, call.args[1:-1], feeds["z"])
     np.testing.assert_allclose(got, want, **TOL[dtype])
 
 
