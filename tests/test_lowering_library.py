@@ -348,8 +348,10 @@ def test_cpu_runtime_col2im_add_equals_the_library_call(case, dtype):
     np.testing.assert_allclose(got, want, **TOL[dtype])
 
 
-#: POOLS and windows that tile the plane (stride = window, no padding: max_pool_backward's direct path).
-RUNTIME_POOLS = POOLS + [(4, 6, 8, 2, 2, 2, 2, 0, 0), (2, 9, 6, 3, 3, 3, 3, 0, 0), (3, 4, 6, 2, 3, 2, 3, 0, 0)]
+#: POOLS and windows that tile the plane (stride = window, no padding), the last large enough
+#: (runtime.TILED_POOL_MIN elements) for max_pool_backward's one-pass way.
+RUNTIME_POOLS = POOLS + [(4, 6, 8, 2, 2, 2, 2, 0, 0), (2, 9, 6, 3, 3, 3, 3, 0, 0), (3, 4, 6, 2, 3, 2, 3, 0, 0),
+                         (4, 256, 258, 2, 3, 2, 3, 0, 0)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -360,6 +362,10 @@ def test_cpu_runtime_pooling_equals_the_library_call(case, kernel, dtype):
     # interpreter's NumPy does; y starts as NaN garbage, which every kernel overwrites.
     geometry = pool_geometry(*case)
     planes, H, W, *_, Ho, Wo = geometry
+    if case == RUNTIME_POOLS[-1]:
+        from graphc.backends.numba_cpu import runtime
+
+        assert planes * H * W >= runtime.TILED_POOL_MIN  # the case is what it says
     backward = kernel == "max_pool_backward"
     y_size = planes * H * W if backward else planes * Ho * Wo
     operands = {"x": planes * H * W} if kernel in ("max_pool", "avg_pool") else \
