@@ -72,6 +72,24 @@ def scratch_registry():
     registry._REGISTRY.update(saved)
 
 
+def pytest_sessionfinish(session) -> None:
+    """A pytest-xdist worker (``-n 2``) hands its fuzz counts to the controller, whose summary adds them up."""
+    fuzz = sys.modules.get("fuzzgraphs")
+    if fuzz is not None and hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["fuzz"] = {part: dict(counts) for part, counts in fuzz.RECORD.items()}
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: without the plugin it is never called
+def pytest_testnodedown(node, error) -> None:
+    """In the controller of ``-n 2``: a finished worker's fuzz counts join this process's."""
+    counts = getattr(node, "workeroutput", {}).get("fuzz")
+    if counts and any(c["graphs"] for c in counts.values()):
+        import fuzzgraphs
+
+        for part, c in counts.items():
+            fuzzgraphs.record(part, c["graphs"], c["disagreements"])
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     """The fuzz counts (tests/test_fuzz.py), e.g. ``fuzz: 1000 graphs through optimize levels 0-3, 0 disagreements;
     60 graphs through cpu, 0 disagreements``, when fuzz tests ran in this session."""

@@ -42,8 +42,15 @@ def _mpiexec() -> str | None:
 
 
 MPIEXEC = _mpiexec()
-needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install 'graphc[mpi]': mpi4py, mpich, "
-                                                        "numba-mpi)")
+_skip_without_mpi = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install 'graphc[mpi]': mpi4py, "
+                                                                "mpich, numba-mpi)")
+
+
+def needs_mpi(test):
+    """A test that runs an ``mpiexec -n 2`` job (itself or through its fixture): skipped without mpiexec, and
+    ``serial``: its two ranks need the two cores (MPICH's ranks poll while they wait in a collective), so next to
+    another pytest worker the job ran 1.7-2.4 times as long, on its way to the 240 s hang timeout."""
+    return _skip_without_mpi(pytest.mark.serial(test))
 
 
 def _env(cache_dir: Path) -> dict[str, str]:

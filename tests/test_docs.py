@@ -136,8 +136,12 @@ def test_readme_has_the_two_commands_in_order():
     assert text.index("<!-- ci:main -->") < text.index("<!-- ci:test -->")
     main, test = readme_block("ci:main").strip(), readme_block("ci:test").strip()
     assert "pip install ." in main and "examples/mnist_mlp.py" in main
-    # The test extras: the cuda and mpi tests run in CI rather than skip; the simulator's tests in a process of their own.
-    assert '".[dev,cuda,mpi,onnx,plot]"' in test and "python -m pytest -q && NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/cuda_sim" in test
+    # The test extras: the cuda and mpi tests run in CI rather than skip; the suite on 2 worker processes (pytest-xdist,
+    # one file per worker at a time), then the tests marked `serial` in one process of their own, then the simulator's
+    # tests in processes of their own. Together the two main runs select every test: "not serial", then "serial".
+    assert '".[dev,cuda,mpi,onnx,plot]"' in test
+    assert ('python -m pytest -q -n 2 --dist loadfile -m "not serial" && python -m pytest -q -m serial && '
+            "NUMBA_ENABLE_CUDASIM=1 python -m pytest -q -n 2 --dist loadfile tests/cuda_sim") in test
     for cmd in (main, test):
         assert "\n" not in cmd and cmd.startswith("python3 -m venv .venv && . .venv/bin/activate && ")
 

@@ -288,6 +288,9 @@ def test_threads_must_be_a_positive_int(bad):
                    verbose=False)
 
 
+# serial: it keeps a core busy on purpose (a pinned `while True: pass`) and its subject is the machine's load; next
+# to another pytest worker it would slow that worker, and the load it measures would not be only its own busy process.
+@pytest.mark.serial
 @pytest.mark.skipif(not TWO_CORES or not hasattr(os, "sched_setaffinity"), reason="needs 2 cores and affinity")
 def test_fit_falls_back_to_one_thread_with_a_busy_process_on_a_core(tmp_path, monkeypatch):
     """A busy process pinned to one core (`while True: pass`): the default policy trains on 1 thread. The
