@@ -273,6 +273,44 @@ def test_policy_decides_from_fake_proc_readings():
     assert fixed.settle() == fixed.recheck() == 2
 
 
+def test_a_policy_settles_on_a_load_measured_within_the_last_second_without_waiting(monkeypatch):
+    monkeypatch.setattr(T, "_last_load", [(time.monotonic(), 1.0)])  # others kept one core busy, just now
+    monkeypatch.setattr(T, "others_running", lambda text: 1)  # and one is running now
+    policy = T.ThreadPolicy(None, cores=2)
+    t0 = time.monotonic()
+    assert policy.settle(0.5) == 1 and policy.others == 1.0
+    assert time.monotonic() - t0 < 0.25  # it did not wait out its 0.5 s window
+    monkeypatch.setattr(T, "_last_load", [(time.monotonic() - T.RECENT_S - 0.1, 1.0)])  # too old: measured anew
+    policy = T.ThreadPolicy(None, cores=2)
+    t0 = time.monotonic()
+    policy.settle(0.1)
+    assert time.monotonic() - t0 >= 0.09
+    assert T._last_load[0][0] >= t0  # and its own window is what the next policy reuses
+
+
+def test_a_recent_load_is_not_trusted_when_more_of_others_is_running_now(monkeypatch):
+    monkeypatch.setattr(T, "_last_load", [(time.monotonic(), 0.0)])  # an idle machine, just now
+    monkeypatch.setattr(T, "others_running", lambda text: 1)  # a busy process has started since
+    policy = T.ThreadPolicy(None, cores=2)
+    t0 = time.monotonic()
+    policy.settle(0.1)
+    assert time.monotonic() - t0 >= 0.09  # it measured a window of its own
+
+
+def test_others_running_is_procs_running_less_the_reader():
+    assert T.others_running("cpu  1 2 3 4\nprocs_running 3\nprocs_blocked 0\n") == 2
+    assert T.others_running("procs_running 1\n") == 0
+    assert T.others_running("cpu  1 2 3 4\n") == 0
+
+
+def test_a_policy_with_its_own_readings_neither_leaves_nor_uses_a_recent_load(monkeypatch):
+    monkeypatch.setattr(T, "_last_load", [(time.monotonic(), 0.0)])
+    readings = iter([STAT.format(user=0, system=0, idle=0)] + [STAT.format(user=1000, system=0, idle=0)] * 3)
+    policy = T.ThreadPolicy(None, read=lambda: next(readings), cores=2)
+    assert policy.settle(0.06) == 1  # from its own readings, not the recent idle machine
+    assert T._last_load[0][1] == 0.0  # the fake machine's load is not left for the real policies
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
 def test_threads_must_be_a_positive_int(bad):
     with graphc.Graph("t") as g:

@@ -47,6 +47,14 @@ PARALLEL_MIN_WORK = 40_000
 #: A core counts as taken by other processes when they keep it busy more than this share of the time.
 TAKEN_SHARE = 0.5
 
+#: A load this process measured over a window that ended at most this long ago still describes the machine:
+#: a new policy settles on it rather than waiting out a window of its own. ``fit(..., epochs=1)`` called in a
+#: loop (a notebook, bench/train_step.py) otherwise slept 50 ms per call after a cache-hit compile: 3% of an
+#: MLP epoch.
+RECENT_S = 1.0
+
+_last_load: list[tuple[float, float]] = []  # (when the window ended, time.monotonic(); others' load there)
+
 
 class ThreadsError(GraphcError, ValueError):
     """A ``threads=`` value that is not a positive thread count (or None for the policy)."""
@@ -77,6 +85,15 @@ def parse_proc_stat(text: str, ticks_per_s: float = 100.0) -> tuple[float, float
             busy = user + nice + system + irq + softirq + steal
             return busy / ticks_per_s, (busy + idle + iowait) / ticks_per_s
     raise ThreadsError("graphc.threads: /proc/stat has no aggregate 'cpu' line")
+
+
+def others_running(text: str) -> int:
+    """Threads of other processes runnable at this instant: /proc/stat's ``procs_running``, less the
+    thread reading it (graphc's pools sleep between calls)."""
+    for line in text.splitlines():
+        if line.startswith("procs_running "):
+            return max(0, int(line.split()[1]) - 1)
+    return 0
 
 
 def _ticks_per_s() -> float:
@@ -146,13 +163,32 @@ class ThreadPolicy:
         self.threads = fixed if fixed is not None else self.cores
 
     def settle(self, min_window_s: float = 0.05) -> int:
-        """The first decision, from a window of at least ``min_window_s`` since it was made (waiting for
-        the rest when the work before it, a compile, was shorter)."""
+        """The first decision, from a window of at least ``min_window_s`` since it was made. When the work before
+        it (a compile) was shorter, the load this process measured within the last RECENT_S decides, else it
+        waits for the rest of the window."""
         if self.fixed is None and self._since is not None:
             left = min_window_s - (time.monotonic() - self._since.wall_s)
             if left > 0:
+                recent = self._recent_load()
+                if recent is not None:  # the window keeps running from the start: recheck() measures all of it
+                    self.others, self.threads = recent, choose_threads(self.cores, recent)
+                    return self.threads
                 time.sleep(left)
         return self.recheck()
+
+    def _recent_load(self) -> float | None:
+        """Others' load as this process last measured it, if that window ended within RECENT_S and no more
+        of them is running now than then (only for a policy that reads the real /proc/stat: one with a
+        ``read=`` of its own neither uses nor leaves one)."""
+        if self._read is not None or not _last_load:
+            return None
+        ended, others = _last_load[0]
+        if time.monotonic() - ended > RECENT_S:
+            return None
+        # A process that started since (a busy loop on one core) shows in the runnable count at once;
+        # 2.9 s instead of 1.6 s for an MLP epoch on two threads when the old load was trusted regardless.
+        running = min(others_running(open("/proc/stat").read()) for _ in range(3))
+        return others if running <= others + TAKEN_SHARE else None
 
     def recheck(self) -> int:
         """The thread count from the load of other processes since the last check (or start)."""
@@ -165,6 +201,8 @@ class ThreadPolicy:
             self.others = others_busy(self._since, now)
             self.threads = choose_threads(self.cores, self.others)
             self._since = now
+            if self._read is None:
+                _last_load[:] = [(now.wall_s, self.others)]
         return self.threads
 
 

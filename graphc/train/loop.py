@@ -748,6 +748,7 @@ def _fit(model: Module, trainer: Trainer, world: World, train_data, epochs: int,
                                                     best[0])
             break
     bar.close()
+    policy.recheck()  # the last epoch's load: the next fit in this process settles on it (threads.RECENT_S)
     if history.stop_message and verbose:
         print(history.stop_message, file=sys.stderr, flush=True)
     if early_stopping is not None and early_stopping.restore_best and best is not None:
