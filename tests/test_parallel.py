@@ -274,13 +274,13 @@ def test_policy_decides_from_fake_proc_readings():
 
 
 def test_a_policy_settles_on_a_load_measured_within_the_last_second_without_waiting(monkeypatch):
-    monkeypatch.setattr(T, "_last_load", [(time.monotonic(), 1.0)])  # others kept one core busy, just now
+    monkeypatch.setattr(T, "_last_load", [(time.monotonic(), 1.0, frozenset({1}))])  # others kept one core busy, just now
     monkeypatch.setattr(T, "others_running", lambda text: 1)  # and one is running now
     policy = T.ThreadPolicy(None, cores=2)
     t0 = time.monotonic()
     assert policy.settle(0.5) == 1 and policy.others == 1.0
     assert time.monotonic() - t0 < 0.25  # it did not wait out its 0.5 s window
-    monkeypatch.setattr(T, "_last_load", [(time.monotonic() - T.RECENT_S - 0.1, 1.0)])  # too old: measured anew
+    monkeypatch.setattr(T, "_last_load", [(time.monotonic() - T.RECENT_S - 0.1, 1.0, frozenset({1}))])  # too old: measured anew
     policy = T.ThreadPolicy(None, cores=2)
     t0 = time.monotonic()
     policy.settle(0.1)
@@ -289,7 +289,7 @@ def test_a_policy_settles_on_a_load_measured_within_the_last_second_without_wait
 
 
 def test_a_recent_load_is_not_trusted_when_more_of_others_is_running_now(monkeypatch):
-    monkeypatch.setattr(T, "_last_load", [(time.monotonic(), 0.0)])  # an idle machine, just now
+    monkeypatch.setattr(T, "_last_load", [(time.monotonic(), 0.0, frozenset())])  # an idle machine, just now
     monkeypatch.setattr(T, "others_running", lambda text: 1)  # a busy process has started since
     policy = T.ThreadPolicy(None, cores=2)
     t0 = time.monotonic()
@@ -304,7 +304,7 @@ def test_others_running_is_procs_running_less_the_reader():
 
 
 def test_a_policy_with_its_own_readings_neither_leaves_nor_uses_a_recent_load(monkeypatch):
-    monkeypatch.setattr(T, "_last_load", [(time.monotonic(), 0.0)])
+    monkeypatch.setattr(T, "_last_load", [(time.monotonic(), 0.0, frozenset())])
     readings = iter([STAT.format(user=0, system=0, idle=0)] + [STAT.format(user=1000, system=0, idle=0)] * 3)
     policy = T.ThreadPolicy(None, read=lambda: next(readings), cores=2)
     assert policy.settle(0.06) == 1  # from its own readings, not the recent idle machine
@@ -331,29 +331,49 @@ def test_threads_must_be_a_positive_int(bad):
 @pytest.mark.serial
 @pytest.mark.skipif(not TWO_CORES or not hasattr(os, "sched_setaffinity"), reason="needs 2 cores and affinity")
 def test_fit_falls_back_to_one_thread_with_a_busy_process_on_a_core(tmp_path, monkeypatch):
-    """A busy process pinned to one core (`while True: pass`): the default policy trains on 1 thread. The
-    decision is checked, not timings; fit with threads=2 keeps 2 (the user's count wins)."""
+    """A busy process pinned to one core (`while True: pass`): the default policy trains on 1 thread and
+    shares its GEMMs with a helper thread on the busy core, which takes panels; the weights are those of a
+    fit with threads=1 (the user's count wins: no helper). Decisions and values are checked, not timings."""
+    from graphc.backends.numba_cpu import sharing
     from graphc.nn import Dense, Sequential
 
     monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
     core = sorted(os.sched_getaffinity(0))[-1]
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((512, 256)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    # 128 x 256 x 512 multiply-adds: above SHARE_MIN_MACS, so the first layer's GEMMs are shared
+    assert 128 * 256 * 512 >= sharing.SHARE_MIN_MACS
+
+    def model_like(first=None):
+        model = Sequential([Dense(512, "relu"), Dense(2)], input_shape=(256,))
+        if first is not None:
+            for layer, other in zip(model.layers, first.layers):
+                layer.values.update({k: v.copy() for k, v in other.values.items()})
+        return model
+
+    shared, alone = model_like(), None
+    alone = model_like(shared)
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"],
                             preexec_fn=lambda: os.sched_setaffinity(0, {core}))
     try:
         time.sleep(0.3)  # it runs
-        rng = np.random.default_rng(5)
-        x = rng.standard_normal((256, 8)).astype(np.float32)
-        y = (x[:, 0] > 0).astype(np.int64)
-        model = Sequential([Dense(16, "relu"), Dense(2)], input_shape=(8,))
-        h = graphc.fit(model, (x, y), epochs=2, batch_size=32, backend="cpu", verbose=False)
+        helped = sharing.helped()
+        h = graphc.fit(shared, (x, y), epochs=2, batch_size=128, backend="cpu", verbose=False)
         assert h.threads == [1, 1]
-        assert h.executable.threads_policy.others >= 0.5
-        model = Sequential([Dense(16, "relu"), Dense(2)], input_shape=(8,))
-        h2 = graphc.fit(model, (x, y), epochs=1, batch_size=32, backend="cpu", verbose=False, threads=2)
-        assert h2.threads == [2]
+        assert h.executable.threads_policy.others >= T.FREED_SHARE
+        assert h.executable.share_gemm and sharing.active() and sharing.cores() == {core}
+        assert sharing.helped() > helped  # the helper took panels
+        h2 = graphc.fit(alone, (x, y), epochs=2, batch_size=128, backend="cpu", verbose=False, threads=1)
+        assert h2.threads == [1, 1] and not h2.executable.share_gemm and not sharing.active()
+        h3 = graphc.fit(model_like(), (x, y), epochs=1, batch_size=128, backend="cpu", verbose=False, threads=2)
+        assert h3.threads == [2]
     finally:
         busy.kill()
         busy.wait()
+    for a, b in zip(shared.layers, alone.layers):
+        for k in a.values:
+            np.testing.assert_allclose(a.values[k], b.values[k], rtol=1e-5, atol=1e-6)
 
 
 def test_fit_on_cpu_equals_the_reference_at_1_and_2_threads():

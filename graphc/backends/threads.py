@@ -13,6 +13,12 @@ process gets half of it at best, a scheduler time slice (milliseconds) late at w
 *other* processes is measured from ``/proc/stat`` over a window graphc already spends (the compile, an
 epoch of ``fit``): the whole machine's busy time minus this process's own CPU time. Each core that
 others keep busy more than half the time is taken off; at least one thread stays.
+
+When that leaves one thread on a machine of more cores, the busy cores still have a free share: that
+thread then shares its GEMMs with a helper thread kept on the other cores, panel by panel, so that the
+helper's part is taken over whenever the scheduler runs the busy process instead (``share``; the backend
+does it, see ``numba_cpu/sharing.py``). The MLP epoch with a busy process on one core of two: 1.62 s on
+one thread, 1.21 s shared, 0.95 s on two threads of an idle machine.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import ctypes
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from ..ir import GraphcError
@@ -47,13 +53,19 @@ PARALLEL_MIN_WORK = 40_000
 #: A core counts as taken by other processes when they keep it busy more than this share of the time.
 TAKEN_SHARE = 0.5
 
+#: While the policy shares GEMMs with a helper on a busy core, others get only what the helper leaves them
+#: there (measured: a busy loop got 53-56% of its core, against 100% before). The core counts as taken
+#: until their load falls under this share, so that the policy does not swing back to two threads.
+FREED_SHARE = 0.25
+
 #: A load this process measured over a window that ended at most this long ago still describes the machine:
 #: a new policy settles on it rather than waiting out a window of its own. ``fit(..., epochs=1)`` called in a
 #: loop (a notebook, bench/train_step.py) otherwise slept 50 ms per call after a cache-hit compile: 3% of an
 #: MLP epoch.
 RECENT_S = 1.0
 
-_last_load: list[tuple[float, float]] = []  # (when the window ended, time.monotonic(); others' load there)
+#: (when the window ended, time.monotonic(); others' load there; the cores they kept busy)
+_last_load: list[tuple[float, float, frozenset[int]]] = []
 
 
 class ThreadsError(GraphcError, ValueError):
@@ -65,12 +77,15 @@ class ThreadsError(GraphcError, ValueError):
 @dataclass(frozen=True)
 class CpuTimes:
     """A snapshot: the machine's busy and total time (seconds, summed over the cores of /proc/stat's
-    ``cpu`` line), this process's own CPU time (all its threads) and the wall clock."""
+    ``cpu`` line), this process's own CPU time (all its threads) and the wall clock; per core, the busy
+    time (``cpuN`` lines) and each of this process's threads' CPU time and the core it last ran on."""
 
     busy_s: float
     total_s: float
     own_s: float
     wall_s: float
+    core_busy_s: dict[int, float] = field(default_factory=dict)
+    own_threads: dict[int, tuple[int, float]] = field(default_factory=dict)  # thread id -> (core, seconds)
 
 
 def parse_proc_stat(text: str, ticks_per_s: float = 100.0) -> tuple[float, float]:
@@ -85,6 +100,50 @@ def parse_proc_stat(text: str, ticks_per_s: float = 100.0) -> tuple[float, float
             busy = user + nice + system + irq + softirq + steal
             return busy / ticks_per_s, (busy + idle + iowait) / ticks_per_s
     raise ThreadsError("graphc.threads: /proc/stat has no aggregate 'cpu' line")
+
+
+def parse_core_busy(text: str, ticks_per_s: float = 100.0) -> dict[int, float]:
+    """Busy seconds per core from the ``cpuN`` lines of /proc/stat (as :func:`parse_proc_stat` counts them)."""
+    cores = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and fields[0].startswith("cpu") and fields[0][3:].isdigit():
+            values = [float(v) for v in fields[1:9]] + [0.0] * (9 - len(fields))
+            user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
+            cores[int(fields[0][3:])] = (user + nice + system + irq + softirq + steal) / ticks_per_s
+    return cores
+
+
+def parse_task_stat(text: str, ticks_per_s: float = 100.0) -> tuple[int, float]:
+    """(the core it last ran on, user + system seconds) from a /proc/<pid>/task/<tid>/stat line. The command
+    name in parentheses may hold spaces, so the fields are counted from the last ')'."""
+    rest = text[text.rindex(")") + 2:].split()  # rest[0] is field 3 (state)
+    return int(rest[36]), (float(rest[11]) + float(rest[12])) / ticks_per_s
+
+
+def own_threads(ticks_per_s: float) -> dict[int, tuple[int, float]]:
+    """:func:`parse_task_stat` of each thread of this process ({} where /proc cannot say)."""
+    threads = {}
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                threads[int(tid)] = parse_task_stat(f.read(), ticks_per_s)
+    except (OSError, ValueError, IndexError):  # a thread that ended meanwhile, or no /proc
+        pass
+    return threads
+
+
+def others_by_core(before: CpuTimes, after: CpuTimes) -> dict[int, float]:
+    """Per core, how much of it other processes kept busy between two snapshots (0..1): the core's busy
+    time less this process's threads' time, each thread's counted on the core it ran on last."""
+    wall = after.wall_s - before.wall_s
+    if wall < 0.02:
+        return {}
+    mine: dict[int, float] = {}
+    for tid, (core, seconds) in after.own_threads.items():
+        mine[core] = mine.get(core, 0.0) + seconds - before.own_threads.get(tid, (core, 0.0))[1]
+    return {core: max(0.0, (busy - before.core_busy_s.get(core, busy) - mine.get(core, 0.0)) / wall)
+            for core, busy in after.core_busy_s.items()}
 
 
 def others_running(text: str) -> int:
@@ -109,8 +168,10 @@ def snapshot(read: Callable[[], str] | None = None) -> CpuTimes | None:
         text = read() if read is not None else open("/proc/stat").read()
     except OSError:
         return None
-    busy, total = parse_proc_stat(text, _ticks_per_s())
-    return CpuTimes(busy, total, time.process_time(), time.monotonic())
+    ticks = _ticks_per_s()
+    busy, total = parse_proc_stat(text, ticks)
+    return CpuTimes(busy, total, time.process_time(), time.monotonic(), parse_core_busy(text, ticks),
+                    own_threads(ticks) if read is None else {})
 
 
 def others_busy(before: CpuTimes, after: CpuTimes) -> float:
@@ -161,6 +222,14 @@ class ThreadPolicy:
         self._since = snapshot(read) if fixed is None else None
         self.others = 0.0
         self.threads = fixed if fixed is not None else self.cores
+        self.busy_cores: frozenset[int] = frozenset()  # the cores others kept busy > TAKEN_SHARE of the window
+
+    @property
+    def share(self) -> bool:
+        """Whether the one thread the policy left also shares its GEMMs with a helper thread on the busy
+        core(s): only the policy's own decision of one thread where the process has more cores (a count
+        the user fixed is what runs)."""
+        return self.fixed is None and self.threads == 1 < self.cores
 
     def settle(self, min_window_s: float = 0.05) -> int:
         """The first decision, from a window of at least ``min_window_s`` since it was made. When the work before
@@ -171,24 +240,25 @@ class ThreadPolicy:
             if left > 0:
                 recent = self._recent_load()
                 if recent is not None:  # the window keeps running from the start: recheck() measures all of it
-                    self.others, self.threads = recent, choose_threads(self.cores, recent)
+                    self.others, self.busy_cores = recent
+                    self.threads = choose_threads(self.cores, self.others)
                     return self.threads
                 time.sleep(left)
         return self.recheck()
 
-    def _recent_load(self) -> float | None:
+    def _recent_load(self) -> tuple[float, frozenset[int]] | None:
         """Others' load as this process last measured it, if that window ended within RECENT_S and no more
         of them is running now than then (only for a policy that reads the real /proc/stat: one with a
         ``read=`` of its own neither uses nor leaves one)."""
         if self._read is not None or not _last_load:
             return None
-        ended, others = _last_load[0]
+        ended, others, busy_cores = _last_load[0]
         if time.monotonic() - ended > RECENT_S:
             return None
         # A process that started since (a busy loop on one core) shows in the runnable count at once;
         # 2.9 s instead of 1.6 s for an MLP epoch on two threads when the old load was trusted regardless.
         running = min(others_running(open("/proc/stat").read()) for _ in range(3))
-        return others if running <= others + TAKEN_SHARE else None
+        return (others, busy_cores) if running <= others + TAKEN_SHARE else None
 
     def recheck(self) -> int:
         """The thread count from the load of other processes since the last check (or start)."""
@@ -199,10 +269,13 @@ class ThreadPolicy:
             return self.threads
         if now.wall_s - self._since.wall_s >= 0.02:
             self.others = others_busy(self._since, now)
-            self.threads = choose_threads(self.cores, self.others)
+            threads = choose_threads(self.cores, self.others)
+            self.threads = threads if not self.share or self.others < FREED_SHARE else min(threads, self.threads)
+            self.busy_cores = frozenset(core for core, load in others_by_core(self._since, now).items()
+                                        if load > TAKEN_SHARE)
             self._since = now
             if self._read is None:
-                _last_load[:] = [(now.wall_s, self.others)]
+                _last_load[:] = [(now.wall_s, self.others, self.busy_cores)]
         return self.threads
 
 

@@ -8,8 +8,20 @@ import numpy as np
 from .. import threads as _threads
 from ..lowering import Program, aligned
 from ..native import NativeExecutable, ParamStore, aligned_bytes
+from . import sharing
 
 _CURRENT = _threads._current  # the count both pools run with now: read on every call, so bound once
+_SHARING = sharing.SHARING  # whether GEMMs are shared with the helper thread now (likewise)
+
+
+def _apply(threads: int, policy: "_threads.ThreadPolicy | None") -> None:
+    """Both pools at ``threads``; GEMMs shared with the helper thread when ``policy`` (the policy that decided
+    on sharing) is given, on the cores it found busy."""
+    _threads.apply(threads)
+    if policy is not None:
+        sharing.start(policy.busy_cores)
+    else:
+        sharing.stop()
 
 
 class NumbaExecutable(NativeExecutable):
@@ -44,25 +56,28 @@ class NumbaExecutable(NativeExecutable):
         self._inspectable = None
         self.threads_policy = _threads.ThreadPolicy(None)
         self.threads = _threads.usable(self.threads_policy.threads)  # the thread count each call runs with (see use_threads)
+        self.share_gemm = False  # whether its GEMMs are shared with a helper thread (the policy's ``share``)
 
     # -- threads ------------------------------------------------------------------------------------
     def use_threads(self, policy: "_threads.ThreadPolicy") -> int:
         """Run with ``policy``'s thread count (decided now from the load it measured since it started);
         ``graphc.compile(..., threads=)`` hands its policy here. Returns the count."""
         self.threads_policy = policy
-        self.threads = _threads.usable(policy.recheck())
+        self.recheck_threads()
         self.stats["threads"], self.stats["threads_others_busy"] = self.threads, round(policy.others, 2)
+        self.stats["gemm_helper"] = self.share_gemm
         return self.threads
 
     def recheck_threads(self) -> int:
         """Re-decide the thread count from the load of other processes since the last decision (cheap: two
         reads of /proc/stat); a fixed ``threads=`` stays."""
         self.threads = _threads.usable(self.threads_policy.recheck())
+        self.share_gemm = self.threads_policy.share
         return self.threads
 
     def _apply_threads(self) -> None:
-        if _CURRENT[0] != self.threads:  # both pools already run with this count: nothing to do
-            _threads.apply(self.threads)
+        if _CURRENT[0] != self.threads or _SHARING[0] != self.share_gemm:  # else the pools already run so
+            _apply(self.threads, self.threads_policy if self.share_gemm else None)
 
     # -- running ----------------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any):
@@ -78,8 +93,8 @@ class NumbaExecutable(NativeExecutable):
                 if not flags.owndata and np.may_share_memory(a, self._written):  # run() copies it
                     break
             else:
-                if _CURRENT[0] != self.threads:
-                    _threads.apply(self.threads)
+                if _CURRENT[0] != self.threads or _SHARING[0] != self.share_gemm:
+                    _apply(self.threads, self.threads_policy if self.share_gemm else None)
                 outs = self._step(*args, self._state, self._ws, self._status)
                 if self._status[0]:
                     self._raise_status(list(args))
@@ -109,6 +124,8 @@ class NumbaExecutable(NativeExecutable):
 
         epoch = compile_function(self, "epoch", tuple(_numba_type(a) for a in arrays) + _epoch_tail())
         self.recheck_threads()  # an epoch is long: the load may have changed since the last decision
+        if self.share_gemm:  # and the busy cores may have moved: so does the helper
+            sharing.start(self.threads_policy.busy_cores)
         self._apply_threads()
         return epoch(*arrays, perm, steps, self._state, self._ws, self._status)
 

@@ -23,6 +23,7 @@ from numba.np.arrayobj import _empty_nd_impl
 from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
 
 from ..cache import cache_root, writable_root
+from . import sharing
 
 _char = ir.IntType(8)
 _void_p = ir.IntType(8).as_pointer()
@@ -43,9 +44,13 @@ def gemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, a_off, lda, b, b_off, l
     def codegen(context, builder, signature, args):
         (ta, tb, m_, n_, k_, alpha_, a_, a_off_, lda_, b_, b_off_, ldb_, beta_, c_, c_off_, ldc_) = args
         intp = context.get_value_type(types.intp)
-        fnty = ir.FunctionType(ir.IntType(32), [_char, _char, _char, intp, intp, intp, _void_p, _void_p, intp,
-                                                _void_p, intp, _void_p, _void_p, intp])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
+        fnty = sharing.xxgemm_type(intp)
+        blas = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
+        # The shared GEMM's entry while the thread policy shares GEMMs with a helper thread (see sharing.py).
+        entry = builder.load_atomic(sharing.block_slot(builder, ir.Constant(ir.IntType(64), sharing.ENTRY)),
+                                    "monotonic", 8)
+        shared = builder.icmp_unsigned("!=", entry, ir.Constant(ir.IntType(64), 0))
+        fn = builder.select(shared, builder.inttoptr(entry, fnty.as_pointer()), blas)
 
         def cast(value, ty):
             return context.cast(builder, value, ty, types.intp)

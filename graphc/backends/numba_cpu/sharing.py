@@ -1,0 +1,337 @@
+"""GEMM work sharing: a helper thread takes panels of the step's GEMMs while the calling thread takes the rest.
+
+The thread policy's answer to a machine where another process keeps a core busy (see
+``graphc.backends.threads``). OpenBLAS on two threads splits a GEMM in two fixed halves and waits for the
+slower: its thread on the shared core gets half of that core at best and a scheduler slice (milliseconds)
+late at worst, so the MLP epoch took 2.5x as long as on one thread. One thread leaves the shared core's
+free half unused. Here every large GEMM is cut into a few panels that the caller and one helper claim one
+at a time (an atomic counter): when the helper is descheduled the caller takes its panels, so the caller
+waits only for a panel the helper had started. Between GEMMs the helper sleeps on a futex, so it spends
+none of its share of the core spinning, and the scheduler lets it in promptly when it wakes.
+
+How the driver gets here: ``runtime.gemm`` loads the first slot of this module's control block (the data
+symbol ``graphc_gemm_sharing``, resolved when the machine code is linked, so cached drivers find it in every
+process). Zero means no sharing and the call goes to Numba's ``numba_xxgemm`` as before; otherwise the slot
+holds the address of :func:`shared_gemm`'s C entry, which takes the same arguments.
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import threading
+
+import numpy as np
+from llvmlite import binding as llvm
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+#: The control block's symbol: the driver's gemm calls and the code below address it by this name.
+SYMBOL = "graphc_gemm_sharing"
+
+# Slots of the control block (int64). Words written by both threads sit on cache lines of their own.
+ENTRY = 0     # shared_gemm's address while sharing is on, else 0 (read by every gemm call)
+OWNER = 8     # 1 while a thread shares a GEMM (another thread's GEMMs meanwhile run alone)
+GEN = 16      # the last job published (the helper's futex word: its low 32 bits)
+CLAIM = 24    # job << 32 | the next panel to claim
+DONE = 32     # panels of the current job finished
+STOP = 40     # 1: the helper returns
+HELPED = 41   # panels the helper has run since it started (diagnostics, tests)
+FAILED = 42   # a nonzero BLAS status from a helper's panel
+JOB = 48      # the job: kind, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, axis, panels
+SLOTS = 64
+
+#: A GEMM is shared from this many multiply-adds (m*n*k) on: below it the claims and the wake-up (a few
+#: microseconds) cost more than the helper's part gains.
+SHARE_MIN_MACS = 1 << 22
+
+#: Panels per shared GEMM: at most MAX_PANELS, each at least MIN_PANEL rows or columns wide. Measured
+#: (MLP 784-512-256-10 GEMMs, a busy process on the helper's core): 4 panels beat 8, whose extra packing
+#: of the unsplit operand cost more than their finer balance gained.
+MAX_PANELS = 4
+MIN_PANEL = 64
+
+#: How long the helper polls for the next job before it sleeps (iterations of an atomic load, ~20 us).
+HELPER_SPINS = 2000
+
+BLOCK = np.zeros(SLOTS, np.int64)
+llvm.add_symbol(SYMBOL, BLOCK.ctypes.data)
+
+_i64 = ir.IntType(64)
+_char = ir.IntType(8)
+_void_p = _char.as_pointer()
+_SYS_FUTEX, _FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 202, 128, 129
+
+
+def block_slot(builder: ir.IRBuilder, index: ir.Value) -> ir.Value:
+    """A pointer (i64*) to slot ``index`` of the control block, declared in ``builder``'s module."""
+    module = builder.module
+    block = module.globals.get(SYMBOL)
+    if block is None:
+        block = ir.GlobalVariable(module, ir.ArrayType(_i64, SLOTS), SYMBOL)
+        block.linkage = "external"
+    return builder.gep(block, [ir.Constant(ir.IntType(32), 0), index])
+
+
+def xxgemm_type(intp: ir.Type) -> ir.FunctionType:
+    """``numba_xxgemm``'s C signature (column-major BLAS: kind, trans_a, trans_b, m, n, k, alpha*, a*, lda,
+    b*, ldb, beta*, c*, ldc), which :func:`shared_gemm`'s entry shares."""
+    return ir.FunctionType(ir.IntType(32), [_char, _char, _char, intp, intp, intp, _void_p, _void_p, intp,
+                                            _void_p, intp, _void_p, _void_p, intp])
+
+
+# -- atomics on the control block ---------------------------------------------------------------------------
+
+@intrinsic
+def _load(typingctx, index):
+    def codegen(context, builder, signature, args):
+        return builder.load_atomic(block_slot(builder, args[0]), "acquire", 8)
+    return types.int64(types.intp), codegen
+
+
+@intrinsic
+def _store(typingctx, index, value):
+    def codegen(context, builder, signature, args):
+        builder.store_atomic(args[1], block_slot(builder, args[0]), "release", 8)
+        return context.get_dummy_value()
+    return types.void(types.intp, types.int64), codegen
+
+
+@intrinsic
+def _add(typingctx, index, value):
+    def codegen(context, builder, signature, args):
+        return builder.atomic_rmw("add", block_slot(builder, args[0]), args[1], "seq_cst")
+    return types.int64(types.intp, types.int64), codegen
+
+
+@intrinsic
+def _cas(typingctx, index, expected, new):
+    def codegen(context, builder, signature, args):
+        pair = builder.cmpxchg(block_slot(builder, args[0]), args[1], args[2], "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 1)
+    return types.boolean(types.intp, types.int64, types.int64), codegen
+
+
+@intrinsic
+def _futex(typingctx, op, value):
+    """futex(2) on the low 32 bits of the GEN slot: wait while they equal ``value``, or wake ``value`` waiters."""
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(_i64, [_i64], var_arg=True)
+        syscall = cgutils.get_or_insert_function(builder.module, fnty, "syscall")
+        word = builder.ptrtoint(block_slot(builder, ir.Constant(_i64, GEN)), _i64)
+        zero = ir.Constant(_i64, 0)
+        return builder.call(syscall, [ir.Constant(_i64, _SYS_FUTEX), word, args[0], args[1], zero, zero, zero])
+    return types.int64(types.int64, types.int64), codegen
+
+
+@intrinsic
+def _xxgemm(typingctx, kind, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """``numba_xxgemm`` on raw addresses (int64): one panel's BLAS call."""
+    sig = types.int64(*([types.int64] * 14))
+
+    def codegen(context, builder, signature, args):
+        intp = context.get_value_type(types.intp)
+        fn = cgutils.get_or_insert_function(builder.module, xxgemm_type(intp), "numba_xxgemm")
+        chars = [builder.trunc(v, _char) for v in args[:3]]
+        sizes = [builder.trunc(v, intp) if intp.width < 64 else v for v in args[3:6]]
+        ptr = [builder.inttoptr(args[i], _void_p) for i in (6, 7, 9, 11, 12)]
+        res = builder.call(fn, chars + sizes + [ptr[0], ptr[1], args[8], ptr[2], args[10], ptr[3], ptr[4], args[13]])
+        return builder.sext(res, _i64)
+    return sig, codegen
+
+
+# -- the work ------------------------------------------------------------------------------------------------
+
+@njit(nogil=True, cache=True)
+def _run_panel(p):
+    """Panel ``p`` of the published job: a band of rows (axis 0) or columns (axis 1) of column-major C."""
+    kind, ta, tb = _load(JOB), _load(JOB + 1), _load(JOB + 2)
+    m, n, k = _load(JOB + 3), _load(JOB + 4), _load(JOB + 5)
+    alpha, a, lda, b, ldb = _load(JOB + 6), _load(JOB + 7), _load(JOB + 8), _load(JOB + 9), _load(JOB + 10)
+    beta, c, ldc, axis, panels = _load(JOB + 11), _load(JOB + 12), _load(JOB + 13), _load(JOB + 14), _load(JOB + 15)
+    item = 4 if kind == 115 else 8  # 's' or 'd'
+    if axis == 0:  # rows lo:hi of C and of op(A)
+        lo, hi = m * p // panels, m * (p + 1) // panels
+        a_p = a + (lo if ta == 110 else lo * lda) * item  # 'n': A is m x k; 't': A is k x m
+        return _xxgemm(kind, ta, tb, hi - lo, n, k, alpha, a_p, lda, b, ldb, beta, c + lo * item, ldc)
+    lo, hi = n * p // panels, n * (p + 1) // panels  # columns lo:hi of C and of op(B)
+    b_p = b + (lo * ldb if tb == 110 else lo) * item
+    return _xxgemm(kind, ta, tb, m, hi - lo, k, alpha, a, lda, b_p, ldb, beta, c + lo * ldc * item, ldc)
+
+
+@njit(nogil=True, cache=True)
+def _work(job):
+    """Claim and run panels of ``job`` until none is left (or it is no longer the current job); returns how many."""
+    ran = 0
+    while True:
+        claim = _load(CLAIM)
+        if claim >> 32 != job or claim & 0xFFFFFFFF >= _load(JOB + 15):
+            return ran
+        if _cas(CLAIM, claim, claim + 1):  # the job cannot end before this panel is DONE: its slots stay put
+            status = _run_panel(claim & 0xFFFFFFFF)
+            if status != 0:
+                _store(FAILED, status)
+            _add(DONE, 1)
+            ran += 1
+
+
+@njit(nogil=True, cache=True)
+def _shared_gemm(kind, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    if m * n * k < SHARE_MIN_MACS or not _cas(OWNER, 0, 1):  # small, or another thread is sharing one
+        return _xxgemm(kind, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    axis = 0 if m >= n else 1
+    panels = max(2, min(MAX_PANELS, max(m, n) // MIN_PANEL))
+    _store(JOB, kind)
+    _store(JOB + 1, ta)
+    _store(JOB + 2, tb)
+    _store(JOB + 3, m)
+    _store(JOB + 4, n)
+    _store(JOB + 5, k)
+    _store(JOB + 6, alpha)
+    _store(JOB + 7, a)
+    _store(JOB + 8, lda)
+    _store(JOB + 9, b)
+    _store(JOB + 10, ldb)
+    _store(JOB + 11, beta)
+    _store(JOB + 12, c)
+    _store(JOB + 13, ldc)
+    _store(JOB + 14, axis)
+    _store(JOB + 15, panels)
+    job = (_load(GEN) + 1) & 0x7FFFFFFF
+    _store(DONE, 0)
+    _store(FAILED, 0)
+    _store(CLAIM, job << 32)
+    _store(GEN, job)
+    _futex(_FUTEX_WAKE_PRIVATE, 1)
+    _work(job)
+    while _load(DONE) < panels:  # only a panel the helper started: its core is shared, this one is not
+        pass
+    status = _load(FAILED)
+    _store(OWNER, 0)
+    return status
+
+
+@njit(nogil=True, cache=True)
+def _helper_loop(spins):
+    """The helper thread: run panels of each job published, sleep on the futex when none comes."""
+    seen = _load(GEN)
+    idle = 0
+    while _load(STOP) == 0:
+        job = _load(GEN)
+        if job == seen:
+            idle += 1
+            if idle > spins:
+                _futex(_FUTEX_WAIT_PRIVATE, job & 0xFFFFFFFF)
+                idle = 0
+            continue
+        seen, idle = job, 0
+        _add(HELPED, _work(job))
+    return 0
+
+
+_entry: list = []          # the compiled C entry (kept alive while its address is published)
+_thread: list[threading.Thread] = []
+SHARING = [False]  # whether GEMMs are shared now (the executables read it on every call)
+_lock = threading.Lock()
+_at_exit: list = []
+_cores: list[set[int]] = [set()]  # the helper's cores
+
+
+def _compiled_entry():
+    if not _entry:
+        from numba import cfunc
+
+        i64 = types.int64
+        sig = types.int32(types.int8, types.int8, types.int8, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64)
+
+        def entry(kind, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+            return _shared_gemm(np.int64(kind), np.int64(ta), np.int64(tb), m, n, k, alpha, a, lda, b, ldb, beta,
+                                c, ldc)
+
+        _entry.append(cfunc(sig, nopython=True, cache=True)(entry))
+    return _entry[0]
+
+
+def helper_cores(busy: frozenset[int] | set[int] = frozenset()) -> set[int]:
+    """Where the helper runs: the cores of the process's affinity that others keep busy (``busy``, as the
+    thread policy measured them), else every one but the core the calling thread runs on now; the caller
+    itself stays where the scheduler puts it, which is the free core.
+
+    Measured (MLP epoch, a busy process pinned to one core of two): 1.19-1.21 s with the helper on the busy
+    core; 1.4-1.9 s, changing from epoch to epoch, when the scheduler placed it; 1.6-1.7 s when it was
+    pinned to the free core (the caller then ran beside the busy process); 1.62 s without a helper."""
+    cores = os.sched_getaffinity(0)
+    if cores & set(busy):
+        return cores & set(busy)
+    try:
+        here = ctypes.CDLL(None).sched_getcpu()
+    except (AttributeError, OSError):  # pragma: no cover - every glibc and musl has it
+        return cores
+    return (cores - {here}) or cores
+
+
+def _helper_main(cores: set[int]) -> None:
+    os.sched_setaffinity(0, cores)  # this thread only: the caller's own affinity is the user's
+    _helper_loop(HELPER_SPINS)
+
+
+def start(busy: frozenset[int] | set[int] = frozenset()) -> None:
+    """Share the GEMMs of every compiled step in this process with one helper thread, run on
+    :func:`helper_cores` of ``busy`` (the cores other processes keep busy); a running helper moves there."""
+    with _lock:
+        cores = helper_cores(busy)
+        if _thread:
+            if _cores[0] != cores:
+                os.sched_setaffinity(_thread[0].native_id, cores)
+                _cores[0] = cores
+            return
+        entry = _compiled_entry()
+        BLOCK[STOP] = 0
+        thread = threading.Thread(target=_helper_main, args=(cores,), name="graphc-gemm-helper", daemon=True)
+        thread.start()
+        _thread.append(thread)
+        _cores[0] = cores
+        BLOCK[ENTRY] = entry.address
+        SHARING[0] = True
+        if not _at_exit:
+            _at_exit.append(atexit.register(stop))
+
+
+def stop() -> None:
+    """Back to plain BLAS calls; the helper thread ends (idempotent)."""
+    with _lock:
+        if not _thread:
+            return
+        BLOCK[ENTRY] = 0
+        SHARING[0] = False
+        BLOCK[STOP] = 1
+        _wake_helper()
+        _thread.pop().join()
+
+
+@njit(nogil=True, cache=True)
+def _bump_and_wake():
+    _add(GEN, 1)
+    _futex(_FUTEX_WAKE_PRIVATE, 1)
+    return 0
+
+
+def _wake_helper() -> None:
+    _bump_and_wake()
+
+
+def active() -> bool:
+    """Whether GEMMs are shared now."""
+    return SHARING[0]
+
+
+def cores() -> set[int]:
+    """The cores the helper runs on (empty when there is none)."""
+    return set(_cores[0]) if _thread else set()
+
+
+def helped() -> int:
+    """Panels the helper has run in this process (a diagnostic: tests check that it takes part)."""
+    return int(BLOCK[HELPED])
