@@ -25,7 +25,7 @@ import pytest
 
 import graphc
 from graphc.backends import cache as cache_module
-from graphc.backends.numba_cpu import autotune, runtime
+from graphc.backends.numba_cpu import autotune, kernel_cache, runtime
 from graphc.backends.numba_cpu.autotune import ConvGeometry, conv2d_method
 
 #: The graphc under test (a subprocess must import this one, not another copy on the path).
@@ -489,7 +489,7 @@ def test_kernels_cache_in_the_fallback_only_when_numba_has_no_place(monkeypatch)
         pass
 
     saved = numba.config.CACHE_DIR
-    monkeypatch.setattr(runtime, "_numba_fallback_cache_dir", lambda: "/fallback/numba")
+    monkeypatch.setattr(kernel_cache, "_numba_fallback_cache_dir", lambda: "/fallback/numba")
     monkeypatch.setattr(runtime, "njit", fake_njit({None}))  # Numba's own places work
     assert runtime._kernel(kernel) == ("decorated", kernel, True, saved)
     monkeypatch.setattr(runtime, "njit", fake_njit({"/fallback/numba"}))  # only graphc's fallback works
@@ -501,8 +501,8 @@ def test_kernels_compile_uncached_with_one_warning_when_nothing_is_writable(monk
     def kernel():
         pass
 
-    monkeypatch.setattr(runtime, "_warned_uncached", False)
-    monkeypatch.setattr(runtime, "_numba_fallback_cache_dir", lambda: None)
+    monkeypatch.setattr(kernel_cache, "_warned_uncached", False)
+    monkeypatch.setattr(kernel_cache, "_numba_fallback_cache_dir", lambda: None)
     monkeypatch.setattr(runtime, "njit", fake_njit(set()))
     with pytest.warns(RuntimeWarning, match="compiled in every process: cannot cache function 'k'") as seen:
         assert runtime._kernel(kernel)[2] is False

@@ -16,6 +16,7 @@ from graphc.backends import threads as T
 from graphc.backends.numba_cpu import sharing
 from graphc.backends.numba_cpu.runtime import gemm
 
+pytestmark = pytest.mark.skipif(not sharing.SUPPORTED, reason="GEMM sharing needs Linux on x86-64 or aarch64")
 TWO_CORES = len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else False
 
 

@@ -72,7 +72,7 @@ class NumbaExecutable(NativeExecutable):
         """Re-decide the thread count from the load of other processes since the last decision (cheap: two
         reads of /proc/stat); a fixed ``threads=`` stays."""
         self.threads = _threads.usable(self.threads_policy.recheck())
-        self.share_gemm = self.threads_policy.share
+        self.share_gemm = self.threads_policy.share and sharing.SUPPORTED
         return self.threads
 
     def _apply_threads(self) -> None:

@@ -8,11 +8,6 @@ BLAS's transposes and beta (accumulate into C), which ``np.dot`` hides.
 """
 from __future__ import annotations
 
-import contextlib
-import warnings
-from typing import Iterator
-
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -22,8 +17,8 @@ from numba.extending import intrinsic
 from numba.np.arrayobj import _empty_nd_impl
 from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
 
-from ..cache import cache_root, writable_root
 from . import sharing
+from .kernel_cache import cached
 
 _char = ir.IntType(8)
 _void_p = ir.IntType(8).as_pointer()
@@ -88,59 +83,9 @@ def gemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, a_off, lda, b, b_off, l
 _KERNEL = dict(cache=True, error_model="numpy", nogil=True, fastmath={"contract"})
 
 
-def _numba_fallback_cache_dir() -> str | None:
-    """Where the kernels' Numba cache goes when Numba has no place of its own: ``numba/`` in graphc's
-    compile cache (``$GRAPHC_CACHE_DIR`` or ``~/.cache/graphc``, else the per-user temporary one, as for
-    compiled graphs); None when even that cannot be written."""
-    try:
-        root, _ = writable_root(cache_root())
-        return str(root / "numba")
-    except OSError:
-        return None
-
-
-@contextlib.contextmanager
-def _numba_cache_dir(path: str) -> Iterator[None]:
-    """Numba's $NUMBA_CACHE_DIR set to ``path`` while a kernel is decorated: its cache locator reads the
-    setting once, when the decorator runs, so other Numba users in the process are not affected."""
-    saved = numba.config.CACHE_DIR
-    numba.config.CACHE_DIR = path
-    try:
-        yield
-    finally:
-        numba.config.CACHE_DIR = saved
-
-
 def _kernel(fn):
-    """``@njit(**_KERNEL)``, with a cache wherever one can be written. Numba keeps the cache beside this
-    file or in the user's cache directory; with a read-only install and a read-only home it has neither,
-    and refuses to decorate ("cannot cache function ...: no locator available"). Then the cache goes
-    where graphc's compile cache goes, and if nothing at all is writable the kernels are compiled in
-    every process instead (one warning)."""
-    try:
-        return njit(**_KERNEL)(fn)
-    except RuntimeError as err:
-        if "no locator available" not in str(err):
-            raise
-        reason = str(err)
-    fallback = _numba_fallback_cache_dir()
-    if fallback is not None:
-        try:
-            with _numba_cache_dir(fallback):
-                return njit(**_KERNEL)(fn)
-        except RuntimeError as err:
-            if "no locator available" not in str(err):
-                raise
-            reason = f"{reason}; nor in {fallback}"
-    global _warned_uncached
-    if not _warned_uncached:
-        _warned_uncached = True
-        warnings.warn(f"graphc: the runtime kernels are compiled in every process: {reason}", RuntimeWarning,
-                      stacklevel=2)
-    return njit(**dict(_KERNEL, cache=False))(fn)
-
-
-_warned_uncached = False
+    """``@njit(**_KERNEL)``, cached wherever a cache can be written (see :func:`kernel_cache.cached`)."""
+    return cached(fn, lambda cache: njit(**dict(_KERNEL, cache=cache)))
 
 
 @_kernel

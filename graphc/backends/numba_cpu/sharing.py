@@ -3,7 +3,7 @@
 The thread policy's answer to a machine where another process keeps a core busy (see
 ``graphc.backends.threads``). OpenBLAS on two threads splits a GEMM in two fixed halves and waits for the
 slower: its thread on the shared core gets half of that core at best and a scheduler slice (milliseconds)
-late at worst, so the MLP epoch took 2.5x as long as on one thread. One thread leaves the shared core's
+late at worst, so the MLP epoch took 2.3-2.9x as long as on one thread. One thread leaves the shared core's
 free half unused. Here every large GEMM is cut into a few panels that the caller and one helper claim one
 at a time (an atomic counter): when the helper is descheduled the caller takes its panels, so the caller
 waits only for a panel the helper had started. Between GEMMs the helper sleeps on a futex, so it spends
@@ -12,13 +12,15 @@ none of its share of the core spinning, and the scheduler lets it in promptly wh
 How the driver gets here: ``runtime.gemm`` loads the first slot of this module's control block (the data
 symbol ``graphc_gemm_sharing``, resolved when the machine code is linked, so cached drivers find it in every
 process). Zero means no sharing and the call goes to Numba's ``numba_xxgemm`` as before; otherwise the slot
-holds the address of :func:`shared_gemm`'s C entry, which takes the same arguments.
+holds the address of :func:`_shared_gemm`'s C entry (a ``cfunc``), which takes the same arguments.
 """
 from __future__ import annotations
 
 import atexit
 import ctypes
 import os
+import platform
+import sys
 import threading
 
 import numpy as np
@@ -27,6 +29,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from .kernel_cache import cached
 
 #: The control block's symbol: the driver's gemm calls and the code below address it by this name.
 SYMBOL = "graphc_gemm_sharing"
@@ -56,13 +60,25 @@ MIN_PANEL = 64
 #: How long the helper polls for the next job before it sleeps (iterations of an atomic load, ~20 us).
 HELPER_SPINS = 2000
 
-BLOCK = np.zeros(SLOTS, np.int64)
+_storage = np.zeros(SLOTS + 8, np.int64)
+BLOCK = _storage[(-_storage.ctypes.data % 64) // 8:][:SLOTS]  # starts on a 64-byte boundary
 llvm.add_symbol(SYMBOL, BLOCK.ctypes.data)
+
+def _cached(fn):
+    """``@njit(nogil=True)``, cached as the runtime kernels are (kernel_cache.cached)."""
+    return cached(fn, lambda cache: njit(nogil=True, cache=cache))
+
 
 _i64 = ir.IntType(64)
 _char = ir.IntType(8)
 _void_p = _char.as_pointer()
-_SYS_FUTEX, _FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 202, 128, 129
+#: futex(2)'s system call number on the architectures graphc shares GEMMs on (Linux only: elsewhere the
+#: policy's one thread runs alone, see SUPPORTED).
+_SYS_FUTEX = {"x86_64": 202, "aarch64": 98}.get(platform.machine(), 0)
+_FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 128, 129
+
+#: Whether this machine can share GEMMs (Linux, a known futex call, thread affinity).
+SUPPORTED = sys.platform.startswith("linux") and _SYS_FUTEX != 0 and hasattr(os, "sched_setaffinity")
 
 
 def block_slot(builder: ir.IRBuilder, index: ir.Value) -> ir.Value:
@@ -144,7 +160,7 @@ def _xxgemm(typingctx, kind, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ld
 
 # -- the work ------------------------------------------------------------------------------------------------
 
-@njit(nogil=True, cache=True)
+@_cached
 def _run_panel(p):
     """Panel ``p`` of the published job: a band of rows (axis 0) or columns (axis 1) of column-major C."""
     kind, ta, tb = _load(JOB), _load(JOB + 1), _load(JOB + 2)
@@ -161,7 +177,7 @@ def _run_panel(p):
     return _xxgemm(kind, ta, tb, m, hi - lo, k, alpha, a, lda, b_p, ldb, beta, c + lo * ldc * item, ldc)
 
 
-@njit(nogil=True, cache=True)
+@_cached
 def _work(job):
     """Claim and run panels of ``job`` until none is left (or it is no longer the current job); returns how many."""
     ran = 0
@@ -177,7 +193,7 @@ def _work(job):
             ran += 1
 
 
-@njit(nogil=True, cache=True)
+@_cached
 def _shared_gemm(kind, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     if m * n * k < SHARE_MIN_MACS or not _cas(OWNER, 0, 1):  # small, or another thread is sharing one
         return _xxgemm(kind, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
@@ -213,7 +229,7 @@ def _shared_gemm(kind, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     return status
 
 
-@njit(nogil=True, cache=True)
+@_cached
 def _helper_loop(spins):
     """The helper thread: run panels of each job published, sleep on the futex when none comes."""
     seen = _load(GEN)
@@ -250,7 +266,7 @@ def _compiled_entry():
             return _shared_gemm(np.int64(kind), np.int64(ta), np.int64(tb), m, n, k, alpha, a, lda, b, ldb, beta,
                                 c, ldc)
 
-        _entry.append(cfunc(sig, nopython=True, cache=True)(entry))
+        _entry.append(cached(entry, lambda cache: cfunc(sig, nopython=True, cache=cache)))
     return _entry[0]
 
 
@@ -279,7 +295,10 @@ def _helper_main(cores: set[int]) -> None:
 
 def start(busy: frozenset[int] | set[int] = frozenset()) -> None:
     """Share the GEMMs of every compiled step in this process with one helper thread, run on
-    :func:`helper_cores` of ``busy`` (the cores other processes keep busy); a running helper moves there."""
+    :func:`helper_cores` of ``busy`` (the cores other processes keep busy); a running helper moves there.
+    Nothing happens where sharing is not SUPPORTED."""
+    if not SUPPORTED:
+        return
     with _lock:
         cores = helper_cores(busy)
         if _thread:
@@ -307,19 +326,15 @@ def stop() -> None:
         BLOCK[ENTRY] = 0
         SHARING[0] = False
         BLOCK[STOP] = 1
-        _wake_helper()
+        _bump_and_wake()
         _thread.pop().join()
 
 
-@njit(nogil=True, cache=True)
+@_cached
 def _bump_and_wake():
     _add(GEN, 1)
     _futex(_FUTEX_WAKE_PRIVATE, 1)
     return 0
-
-
-def _wake_helper() -> None:
-    _bump_and_wake()
 
 
 def active() -> bool:
