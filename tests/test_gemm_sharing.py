@@ -205,8 +205,9 @@ def test_the_policy_shares_only_its_own_decision_of_one_thread_and_keeps_it_unti
     decisions = []
     for _ in range(4):
         clock[0] += 1.0
-        decisions.append((policy.recheck(), policy.share))
-    # 0.45 and 0.3 would be 2 threads for a policy that does not share; this one keeps the core until < FREED_SHARE
-    assert decisions == [(1, True), (1, True), (1, True), (2, False)]
+        decisions.append((policy.recheck(), policy.share, policy.busy_cores))
+    # 0.45 and 0.3 would be 2 threads for a policy that does not share; this one keeps the core until < FREED_SHARE,
+    # and core 1 (where the fake load is) stays the busy one, where the helper goes
+    assert decisions == [(1, True, {1}), (1, True, {1}), (1, True, {1}), (2, False, set())]
     assert T.ThreadPolicy(1, cores=2).share is False  # the user's count: no helper
     assert T.ThreadPolicy(None, cores=1).share is False

@@ -15,10 +15,10 @@ epoch of ``fit``): the whole machine's busy time minus this process's own CPU ti
 others keep busy more than half the time is taken off; at least one thread stays.
 
 When that leaves one thread on a machine of more cores, the busy cores still have a free share: that
-thread then shares its GEMMs with a helper thread kept on the other cores, panel by panel, so that the
-helper's part is taken over whenever the scheduler runs the busy process instead (``share``; the backend
-does it, see ``numba_cpu/sharing.py``). The MLP epoch with a busy process on one core of two: 1.62 s on
-one thread, 1.21 s shared, 0.95 s on two threads of an idle machine.
+thread then shares its GEMMs with a helper thread on the busy cores, panel by panel, so that the helper's
+part is taken over whenever the scheduler runs the busy process instead (``share``; the backend does it,
+see ``numba_cpu/sharing.py``). The MLP epoch with a busy process on one core of two: 1.6 s on one thread,
+1.2-1.6 s shared (1.30 s in the benchmark), 0.95-1.03 s on two threads of an idle machine.
 """
 from __future__ import annotations
 
@@ -268,11 +268,13 @@ class ThreadPolicy:
         if now is None or self._since is None:
             return self.threads
         if now.wall_s - self._since.wall_s >= 0.02:
+            sharing = self.share  # while it shares, a busy core holds until others' load there is under FREED_SHARE
             self.others = others_busy(self._since, now)
             threads = choose_threads(self.cores, self.others)
-            self.threads = threads if not self.share or self.others < FREED_SHARE else min(threads, self.threads)
+            self.threads = threads if not sharing or self.others < FREED_SHARE else min(threads, self.threads)
+            taken = FREED_SHARE if sharing else TAKEN_SHARE
             self.busy_cores = frozenset(core for core, load in others_by_core(self._since, now).items()
-                                        if load > TAKEN_SHARE)
+                                        if load > taken)
             self._since = now
             if self._read is None:
                 _last_load[:] = [(now.wall_s, self.others, self.busy_cores)]
