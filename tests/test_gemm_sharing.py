@@ -210,4 +210,8 @@ def test_the_policy_shares_only_its_own_decision_of_one_thread_and_keeps_it_unti
     # and core 1 (where the fake load is) stays the busy one, where the helper goes
     assert decisions == [(1, True, {1}), (1, True, {1}), (1, True, {1}), (2, False, set())]
     assert T.ThreadPolicy(1, cores=2).share is False  # the user's count: no helper
+    readings = _fake_machine([1.0])
+    ranks = T.ThreadPolicy(None, read=lambda: next(readings), cores=2, may_share=False)  # a data-parallel fit's
+    clock[0] += 1.0
+    assert ranks.recheck() == 1 and ranks.share is False  # one thread, no helper on the other rank's core
     assert T.ThreadPolicy(None, cores=1).share is False

@@ -215,8 +215,9 @@ class ThreadPolicy:
     policy's, decided from the load measured since it was made and re-decided by :meth:`recheck`."""
 
     def __init__(self, fixed: int | None = None, read: Callable[[], str] | None = None,
-                 cores: int | None = None):
+                 cores: int | None = None, may_share: bool = True):
         self.fixed = fixed
+        self.may_share = may_share
         self.cores = cores or available_cores()
         self._read = read
         self._since = snapshot(read) if fixed is None else None
@@ -228,8 +229,9 @@ class ThreadPolicy:
     def share(self) -> bool:
         """Whether the one thread the policy left also shares its GEMMs with a helper thread on the busy
         core(s): only the policy's own decision of one thread where the process has more cores (a count
-        the user fixed is what runs)."""
-        return self.fixed is None and self.threads == 1 < self.cores
+        the user fixed is what runs), and not where the busy cores are this job's own (``may_share=False``:
+        the other ranks of a data-parallel fit, which need their cores at the very moments a helper would)."""
+        return self.may_share and self.fixed is None and self.threads == 1 < self.cores
 
     def settle(self, min_window_s: float = 0.05) -> int:
         """The first decision, from a window of at least ``min_window_s`` since it was made. When the work before

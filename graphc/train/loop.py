@@ -674,7 +674,9 @@ def _fit(model: Module, trainer: Trainer, world: World, train_data, epochs: int,
          validation_data, early_stopping, seed: int, checkpoint: str | None, resume: bool, verbose: bool,
          last_batch: str, threads: int | None = None) -> History:
     """fit's epochs, on a trainer whose arguments are checked (see :func:`fit`)."""
-    policy = thread_policy.ThreadPolicy(threads)  # measures other processes' load from here on
+    # measures other processes' load from here on; the other ranks of a data-parallel fit are this job's own,
+    # busy with the same GEMMs at the same moments: no helper thread on their cores
+    policy = thread_policy.ThreadPolicy(threads, may_share=not world.distributed)
     (x, y), validation_data = _fit_data(model, trainer.loss, train_data, validation_data)
     trainer.target = loss_defs.target_of(trainer.loss, model, y)
     loss_defs.check_metric_targets(trainer.metrics, trainer.loss, trainer.target, tuple(model.out_shape))
