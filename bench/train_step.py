@@ -28,7 +28,8 @@ set_num_threads and XLA's intra-op threads are all set to the count, and each wo
 pinned to that many cores (sched_setaffinity); ``cpu_per_wall`` in the JSON shows the cores kept busy.
 graphc gets ``threads=`` the count (compile and fit), so that its policy does not override the benchmark's;
 under ``--contended`` it runs its default policy instead (``threads=None``: the pinned cores, less those
-another process keeps busy), which is what a user on a shared machine gets.
+another process keeps busy, and then GEMMs shared with a helper thread on the busy core), which is what a
+user on a shared machine gets.
 
 ``--contended``: one busy process (``while True: pass``) pinned to the last core runs during every
 framework's measurement (started before the worker, killed after it): the shared machine of issue 16.
