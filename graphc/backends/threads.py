@@ -88,29 +88,32 @@ class CpuTimes:
     own_threads: dict[int, tuple[int, float]] = field(default_factory=dict)  # thread id -> (core, seconds)
 
 
+def _busy_and_total(fields: list[str]) -> tuple[float, float]:
+    """(busy, total) ticks of one ``cpu``/``cpuN`` line's fields: idle and iowait are not busy; guest time is
+    already inside user time, so it is not counted twice."""
+    values = [float(v) for v in fields[1:9]] + [0.0] * (9 - len(fields))
+    user, nice, system, idle, iowait, irq, softirq, steal = values
+    busy = user + nice + system + irq + softirq + steal
+    return busy, busy + idle + iowait
+
+
 def parse_proc_stat(text: str, ticks_per_s: float = 100.0) -> tuple[float, float]:
-    """(busy, total) seconds from the aggregate ``cpu`` line of /proc/stat: idle and iowait are not busy;
-    guest time is already inside user time, so it is not counted twice."""
+    """(busy, total) seconds from the aggregate ``cpu`` line of /proc/stat (see :func:`_busy_and_total`)."""
     for line in text.splitlines():
         fields = line.split()
         if fields and fields[0] == "cpu":
-            values = [float(v) for v in fields[1:]]
-            values += [0.0] * (10 - len(values))
-            user, nice, system, idle, iowait, irq, softirq, steal = values[:8]
-            busy = user + nice + system + irq + softirq + steal
-            return busy / ticks_per_s, (busy + idle + iowait) / ticks_per_s
+            busy, total = _busy_and_total(fields)
+            return busy / ticks_per_s, total / ticks_per_s
     raise ThreadsError("graphc.threads: /proc/stat has no aggregate 'cpu' line")
 
 
 def parse_core_busy(text: str, ticks_per_s: float = 100.0) -> dict[int, float]:
-    """Busy seconds per core from the ``cpuN`` lines of /proc/stat (as :func:`parse_proc_stat` counts them)."""
+    """Busy seconds per core from the ``cpuN`` lines of /proc/stat (counted as :func:`parse_proc_stat` counts)."""
     cores = {}
     for line in text.splitlines():
         fields = line.split()
         if fields and fields[0].startswith("cpu") and fields[0][3:].isdigit():
-            values = [float(v) for v in fields[1:9]] + [0.0] * (9 - len(fields))
-            user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
-            cores[int(fields[0][3:])] = (user + nice + system + irq + softirq + steal) / ticks_per_s
+            cores[int(fields[0][3:])] = _busy_and_total(fields)[0] / ticks_per_s
     return cores
 
 

@@ -11,7 +11,7 @@ from ..native import NativeExecutable, ParamStore, aligned_bytes
 from . import sharing
 
 _CURRENT = _threads._current  # the count both pools run with now: read on every call, so bound once
-_SHARING = sharing.SHARING  # whether GEMMs are shared with the helper thread now (likewise)
+_HELPER = sharing.HELPER  # the helper thread while GEMMs are shared (likewise)
 
 
 def _apply(threads: int, policy: "_threads.ThreadPolicy | None") -> None:
@@ -76,7 +76,7 @@ class NumbaExecutable(NativeExecutable):
         return self.threads
 
     def _apply_threads(self) -> None:
-        if _CURRENT[0] != self.threads or _SHARING[0] != self.share_gemm:  # else the pools already run so
+        if _CURRENT[0] != self.threads or bool(_HELPER) != self.share_gemm:  # else the pools already run so
             _apply(self.threads, self.threads_policy if self.share_gemm else None)
 
     # -- running ----------------------------------------------------------------------------------
@@ -93,7 +93,7 @@ class NumbaExecutable(NativeExecutable):
                 if not flags.owndata and np.may_share_memory(a, self._written):  # run() copies it
                     break
             else:
-                if _CURRENT[0] != self.threads or _SHARING[0] != self.share_gemm:
+                if _CURRENT[0] != self.threads or bool(_HELPER) != self.share_gemm:
                     _apply(self.threads, self.threads_policy if self.share_gemm else None)
                 outs = self._step(*args, self._state, self._ws, self._status)
                 if self._status[0]:
@@ -123,10 +123,8 @@ class NumbaExecutable(NativeExecutable):
         from . import compile_function
 
         epoch = compile_function(self, "epoch", tuple(_numba_type(a) for a in arrays) + _epoch_tail())
-        self.recheck_threads()  # an epoch is long: the load may have changed since the last decision
-        if self.share_gemm:  # and the busy cores may have moved: so does the helper
-            sharing.start(self.threads_policy.busy_cores)
-        self._apply_threads()
+        self.recheck_threads()  # an epoch is long: the load may have changed since the last decision,
+        _apply(self.threads, self.threads_policy if self.share_gemm else None)  # and the busy cores may have moved
         return epoch(*arrays, perm, steps, self._state, self._ws, self._status)
 
     # -- inspection ---------------------------------------------------------------------------------

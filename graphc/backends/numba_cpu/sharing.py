@@ -248,11 +248,9 @@ def _helper_loop(spins):
 
 
 _entry: list = []          # the compiled C entry (kept alive while its address is published)
-_thread: list[threading.Thread] = []
-SHARING = [False]  # whether GEMMs are shared now (the executables read it on every call)
+HELPER: list[threading.Thread] = []  # the helper thread while GEMMs are shared (the executables read it on every call)
 _lock = threading.Lock()
 _at_exit: list = []
-_cores: list[set[int]] = [set()]  # the helper's cores
 
 
 def _compiled_entry():
@@ -288,11 +286,6 @@ def helper_cores(busy: frozenset[int] | set[int] = frozenset()) -> set[int]:
     return (cores - {here}) or cores
 
 
-def _helper_main(cores: set[int]) -> None:
-    os.sched_setaffinity(0, cores)  # this thread only: the caller's own affinity is the user's
-    _helper_loop(HELPER_SPINS)
-
-
 def start(busy: frozenset[int] | set[int] = frozenset()) -> None:
     """Share the GEMMs of every compiled step in this process with one helper thread, run on
     :func:`helper_cores` of ``busy`` (the cores other processes keep busy); a running helper moves there.
@@ -300,20 +293,15 @@ def start(busy: frozenset[int] | set[int] = frozenset()) -> None:
     if not SUPPORTED:
         return
     with _lock:
-        cores = helper_cores(busy)
-        if _thread:
-            if _cores[0] != cores:
-                os.sched_setaffinity(_thread[0].native_id, cores)
-                _cores[0] = cores
-            return
-        entry = _compiled_entry()
-        BLOCK[STOP] = 0
-        thread = threading.Thread(target=_helper_main, args=(cores,), name="graphc-gemm-helper", daemon=True)
-        thread.start()
-        _thread.append(thread)
-        _cores[0] = cores
-        BLOCK[ENTRY] = entry.address
-        SHARING[0] = True
+        if not HELPER:
+            entry = _compiled_entry()
+            BLOCK[STOP] = 0
+            helper = threading.Thread(target=_helper_loop, args=(HELPER_SPINS,), name="graphc-gemm-helper", daemon=True)
+            helper.start()
+            HELPER.append(helper)
+            BLOCK[ENTRY] = entry.address
+        # the helper thread's affinity only: the caller's own is the user's
+        os.sched_setaffinity(HELPER[0].native_id, helper_cores(busy))
         if not _at_exit:
             _at_exit.append(atexit.register(stop))
 
@@ -321,13 +309,12 @@ def start(busy: frozenset[int] | set[int] = frozenset()) -> None:
 def stop() -> None:
     """Back to plain BLAS calls; the helper thread ends (idempotent)."""
     with _lock:
-        if not _thread:
+        if not HELPER:
             return
         BLOCK[ENTRY] = 0
-        SHARING[0] = False
         BLOCK[STOP] = 1
         _bump_and_wake()
-        _thread.pop().join()
+        HELPER.pop().join()
 
 
 @_cached
@@ -339,12 +326,12 @@ def _bump_and_wake():
 
 def active() -> bool:
     """Whether GEMMs are shared now."""
-    return SHARING[0]
+    return bool(HELPER)
 
 
 def cores() -> set[int]:
     """The cores the helper runs on (empty when there is none)."""
-    return set(_cores[0]) if _thread else set()
+    return os.sched_getaffinity(HELPER[0].native_id) if HELPER else set()
 
 
 def helped() -> int:
