@@ -118,6 +118,27 @@ def test_network_gradients_match_reference(network):
     assert_same(step(*feeds), ref(*feeds), names, "float64")
 
 
+def test_fast_math_flags_go_on_float_instructions_only():
+    """A conv network with fast-math flags (the cpu backend's default): its expanded im2col, pooling and index
+    arithmetic are integer instructions, which LLVM rejects with the flags; the flagged step still matches
+    the reference to a float tolerance (reassociation changes rounding only)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_sim"))
+    from test_backend_ops import NETWORKS, gradient_graph
+
+    build, batch = NETWORKS["cnn"]
+    model = build()
+    outputs, inputs, names = gradient_graph(model, batch, "llvm_fast_cnn")
+    program = program_of(outputs, inputs, optimize=None, fastmath=("contract", "reassoc"))
+    text = llvm.render_text(program, "graphc_fast")
+    assert re.search(r"= f(add|mul) contract reassoc double", text)
+    assert not re.search(r"= (add|mul|sub|sdiv|srem|icmp)[^=]*\b(contract|reassoc)\b", text)
+    r = np.random.default_rng(12)
+    feeds = [r.standard_normal((batch,) + tuple(model.in_shape)), r.integers(0, 3, batch)]
+    got, want = Step(program)(*feeds), graphc.compile(outputs, inputs=inputs)(*feeds)
+    for a, b, name in zip(got, want, names):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
 # -- the Mersenne Twister ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -152,8 +152,9 @@ class ScalarBuilder(LLVMJitPrinter):
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _flagged(self, instr):
-        """A floating-point instruction (arithmetic or fcmp) with the program's fast-math flags, if any."""
-        if self.fastmath:
+        """``instr`` with the program's fast-math flags when it is floating-point (arithmetic or fcmp): LLVM
+        rejects the flags on integer arithmetic (index math, integer-valued expressions)."""
+        if self.fastmath and (is_float(instr.type) or instr.opname == "fcmp"):
             instr.flags.extend(f for f in self.fastmath if f not in instr.flags)
         return instr
 
@@ -172,7 +173,9 @@ class ScalarBuilder(LLVMJitPrinter):
         return self._call(fn, list(args))
 
     def _call(self, fn, args):
-        return self.builder.call(fn, args, fastmath=self.fastmath)
+        # fast-math flags belong on calls returning a float only (llvm.smax and the like are integer calls)
+        fastmath = self.fastmath if is_float(fn.function_type.return_type) else ()
+        return self.builder.call(fn, args, fastmath=fastmath)
 
     def _libm(self, name: str, arg: ir.Value) -> ir.Value:
         ty = arg.type
