@@ -1,6 +1,7 @@
 """Cold compile and warm start of the training-step workloads, per stage, in fresh processes.
 
-    python bench/compile_time.py [--workloads tiny,mlp,cnn] [--repeats 5] [--baseline DIR] [--json OUT]
+    python bench/compile_time.py [--workloads tiny,mlp,cnn] [--repeats 5] [--baseline DIR] [--driver numba|llvm]
+                                 [--json OUT]
 
 Each measurement is a new process, pinned to one core with one OpenBLAS thread, that builds a workload's
 step exactly as bench/train_step.py does (``graphc_step``) and times ``graphc.compile``: its wall time,
@@ -13,7 +14,10 @@ into a directory holding only the conv timings this machine's first compile meas
 per machine and conv shape: what a new model with known conv shapes costs); "hit" is a new process
 loading the entry a first (discarded) process wrote. Prints the markdown table of docs/benchmarks.md,
 medians of ``--repeats`` runs, with the load average it ran under. ``--baseline DIR`` (another checkout,
-e.g. a git worktree of the commit before) adds its medians, the two checkouts alternating.
+e.g. a git worktree of the commit before) adds its medians, the two checkouts alternating. ``--driver llvm``
+compiles this checkout's steps with ``driver="llvm"`` (the baseline's keep their default): its kernels go
+through graphc's llvm target (the "llvm" stage) and are loaded as machine code (the "load" stage) instead
+of Numba's two halves.
 """
 from __future__ import annotations
 
@@ -55,7 +59,8 @@ try:
     event.register("numba:llvm_lock", _LLVM())
 except Exception:
     pass
-train_step.args = type("Args", (), {{"graphc_epoch": "step", "contended": False, "threads": 1}})()
+train_step.args = type("Args", (), {{"graphc_epoch": "step", "contended": False, "threads": 1,
+                                     "graphc_driver": {driver!r}}})()
 weights, x, y = train_step.problem({workload!r})
 built = {{}}
 _compile = graphc.compile
@@ -76,9 +81,14 @@ print(json.dumps({{"compile_s": compile_s, "compile_cpu_s": built["cpu"], "impor
 """
 
 
+#: driver= of this checkout's compiles (--driver); a baseline keeps its default.
+DRIVER = ["numba"]
+
+
 def measure(root: Path, workload: str, cache: str) -> dict:
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(root))
-    code = WORKER.format(root=str(root), bench=str(root / "bench"), workload=workload, cache=cache)
+    driver = DRIVER[0] if root == ROOT else "numba"
+    code = WORKER.format(root=str(root), bench=str(root / "bench"), workload=workload, cache=cache, driver=driver)
     cmd = [sys.executable, "-c", code]
     if hasattr(os, "sched_getaffinity"):
         cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *cmd]
@@ -114,7 +124,8 @@ def row(workload: str, side: str, runs: dict[str, list[dict]]) -> str:
     cells = [median(cold, lambda r: r["compile_s"]), median(cold, lambda r: r["compile_cpu_s"]),
              median(new_model, lambda r: r["compile_s"]),
              stage("passes"), stage("lower"), stage("render"), stage("import"),
-             None if numba_total is None or llvm is None else max(numba_total - llvm, 0.0), llvm,
+             None if numba_total is None or llvm is None else max(numba_total - llvm, 0.0),
+             None if numba_total is None else llvm, stage("llvm"), stage("load"),
              median(hit, lambda r: r["compile_s"]), median(hit, lambda r: r["compile_cpu_s"]),
              median(hit, lambda r: r["stages"].get("program_load_cpu"))]
     text = ["-" if c is None else f"{c:.3f}" for c in cells]
@@ -122,8 +133,9 @@ def row(workload: str, side: str, runs: dict[str, list[dict]]) -> str:
 
 
 HEADER = ("| workload | checkout | cold wall s | cold CPU s | new model wall s | passes | lower (+autotune) | render | "
-          "import | Numba typing+lowering | LLVM opt+codegen | hit wall s | hit CPU s | hit: Program load |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "import | Numba typing+lowering | LLVM opt+codegen | llvm driver: kernels | llvm driver: load | hit wall s | "
+          "hit CPU s | hit: Program load |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main() -> None:
@@ -131,8 +143,11 @@ def main() -> None:
     parser.add_argument("--baseline", help="another checkout to compare with (e.g. a git worktree of the commit before)")
     parser.add_argument("--workloads", default="tiny,mlp,cnn")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--driver", default="numba", choices=("numba", "llvm"),
+                        help="compile(driver=) of this checkout's steps (a baseline keeps its default)")
     parser.add_argument("--json", help="write the measurements here")
     args = parser.parse_args()
+    DRIVER[0] = args.driver
     roots = {"this": ROOT}
     if args.baseline:
         roots = {"baseline": Path(args.baseline).resolve(), "this": ROOT}

@@ -187,7 +187,8 @@ def graphc_step(workload: str, weights, cache_dir: str):
             g.update(p, p - LR * d)
     t0 = time.perf_counter()
     exe = graphc.compile(loss, inputs=[x, y], backend="cpu", cache_dir=cache_dir, threads=graphc_threads(),
-                         parallel_loops=getattr(args, "parallel_loops", False))
+                         parallel_loops=getattr(args, "parallel_loops", False),
+                         **({"driver": args.graphc_driver} if getattr(args, "graphc_driver", "numba") != "numba" else {}))
     compile_s = time.perf_counter() - t0
 
     def step(xb, yb):
@@ -484,6 +485,8 @@ def run_worker(framework: str, workload: str, threads: int, cache_dir: str) -> d
         cmd.append("--contended")
     if args.parallel_loops:
         cmd.append("--parallel-loops")
+    if args.graphc_driver != "numba" and not framework.startswith("graphc-base"):
+        cmd += ["--graphc-driver", args.graphc_driver]
     with busy_core(args.contended):
         proc = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads, root), timeout=900)
     if proc.returncode != 0:
@@ -571,6 +574,8 @@ def main() -> None:
                         help="mlp epoch: through graphc.fit (the default) or one bare Executable.run_epoch call")
     parser.add_argument("--contended", action="store_true",
                         help="a busy process pinned to the last core during every measurement")
+    parser.add_argument("--graphc-driver", default="numba", choices=("numba", "llvm"),
+                        help="graphc's compile(driver=): how the step's kernels are compiled (the baseline keeps its default)")
     parser.add_argument("--parallel-loops", action="store_true",
                         help="graphc's step with parallel_loops=True (prange loops; off by default)")
     parser.add_argument("--baseline", help="another checkout of graphc, measured as framework graphc-base")

@@ -340,10 +340,17 @@ def test_defined_once_per_module_with_the_c_signature():
     llvm.parse_assembly(str(module)).verify()
 
 
+def test_external_declares_the_c_signature_for_the_loader_to_supply():
+    module = ir.Module(name="external")
+    fn = define_gemm(module, "float32", blas="external")
+    assert fn.is_declaration and fn.name == "graphc_sgemm" and str(fn.function_type) == str(gemm_type("float32"))
+    llvm.parse_assembly(str(module)).verify()
+
+
 def test_bad_dtype_and_blas_are_refused():
     with pytest.raises(DTypeError, match=r"define_gemm: dtype must be float32 or float64, got 'float16'"):
         define_gemm(ir.Module(), "float16")
-    with pytest.raises(GemmError, match=r"define_gemm: blas must be one of \('generated', 'system'\), got 'mkl'"):
+    with pytest.raises(GemmError, match=r"define_gemm: blas must be one of \('generated', 'system', 'external'\), got 'mkl'"):
         define_gemm(ir.Module(), "float32", blas="mkl")
 
 

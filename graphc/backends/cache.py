@@ -44,6 +44,9 @@ MODULE_FILE = "graph.py"
 MANIFEST_FILE = "manifest.json"
 #: The lowered Program, kept so that a hit needs no passes, lowering or rendering (see :func:`write_record`).
 PROGRAM_FILE = "program.pkl"
+#: The llvm driver's kernels: the object file (a record, see write_record) and its .ll text.
+KERNELS_FILE = "kernels.o"
+KERNELS_TEXT_FILE = "kernels.ll"
 FORMAT = 2  # 2: entries of compile() are keyed by the graph before the passes and hold the Program
 #: A record file starts with this line, then the format version, the payload's SHA-256 and the payload.
 RECORD_MAGIC = b"graphc-record\n"
@@ -299,6 +302,8 @@ class Entry:
         self.module_path = self.dir / MODULE_FILE
         self.manifest_path = self.dir / MANIFEST_FILE
         self.program_path = self.dir / PROGRAM_FILE
+        self.kernels_path = self.dir / KERNELS_FILE
+        self.kernels_text_path = self.dir / KERNELS_TEXT_FILE
         self.lock_path = root / f"{key}.lock"
         self.module_name = f"_graphc_{key[:24]}"
 
@@ -339,8 +344,9 @@ class Entry:
 
     def write_manifest(self, source_sha: str, extra: dict[str, Any]) -> None:
         files = {MODULE_FILE: source_sha}
-        if self.program_path.is_file():
-            files[PROGRAM_FILE] = sha256_file(self.program_path)
+        for path in (self.program_path, self.kernels_path, self.kernels_text_path):
+            if path.is_file():
+                files[path.name] = sha256_file(path)
         for p in self.numba_files():
             files[str(p.relative_to(self.dir))] = sha256_file(p)
         manifest = {"key": self.key, "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -40,7 +40,9 @@ No global state, no malloc: the only scratch lives in the function's frame, so t
 
 ``blas="system"`` defines the same symbol as a thin wrapper over CBLAS's ``cblas_sgemm`` /
 ``cblas_dgemm`` (32-bit integers, CblasRowMajor); whoever links the object supplies the library
-(``-lcblas`` or ``-lopenblas``).
+(``-lcblas`` or ``-lopenblas``). ``blas="external"`` only declares ``graphc_sgemm`` / ``graphc_dgemm``:
+whoever loads the object supplies them (the cpu backend's llvm driver: its BLAS, shared with a helper
+thread under contention).
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ _FLOAT = {
     "float64": (ir.DoubleType(), "f64", 8, Blocking(mr=6, nr=16, kc=256, lanes=8), "graphc_dgemm", "cblas_dgemm"),
 }
 
-BLAS_CHOICES = ("generated", "system")
+BLAS_CHOICES = ("generated", "system", "external")
 DTYPES = tuple(_FLOAT)
 
 
@@ -119,8 +121,8 @@ def gemm_argtypes(dtype: str) -> list:
 def define_gemm(module: ir.Module, dtype: str, blas: str = "generated", blocking: Blocking | None = None) -> ir.Function:
     """Define ``graphc_sgemm`` (float32) or ``graphc_dgemm`` (float64) in ``module`` once and return it.
 
-    ``blas``: "generated" (a blocked, vectorized loop nest in IR; needs only libc) or "system" (a wrapper
-    over CBLAS; the link must supply ``cblas_sgemm``/``cblas_dgemm``). ``blocking`` overrides the measured
+    ``blas``: "generated" (a blocked, vectorized loop nest in IR; needs only libc), "system" (a wrapper
+    over CBLAS; the link must supply ``cblas_sgemm``/``cblas_dgemm``) or "external" (declared only). ``blocking`` overrides the measured
     default (for tuning only). Calling again returns the function already defined."""
     t, _, _, default_blocking, symbol, cblas_symbol = _spec(dtype)
     if blas not in BLAS_CHOICES:
@@ -132,7 +134,9 @@ def define_gemm(module: ir.Module, dtype: str, blas: str = "generated", blocking
     for arg, name in zip(fn.args, ("trans_a", "trans_b", "m", "n", "k", "alpha", "a", "lda", "b", "ldb", "beta",
                                    "c", "ldc")):
         arg.name = name
-    if blas == "system":
+    if blas == "external":
+        fn.attributes.add("nounwind")
+    elif blas == "system":
         _define_cblas_wrapper(module, fn, t, cblas_symbol)
     else:
         _GemmWriter(module, fn, dtype, blocking or default_blocking).write()

@@ -315,6 +315,11 @@ def render_module(program: Program, symbol: str, module: ir.Module | None = None
 def render_text(program: Program, symbol: str, blas: str = "generated") -> str:
     """The module's .ll text with a header comment and, before each kernel's first block, its title
     (node, op, the user's file:line) as a ``;`` comment."""
+    return render_module_and_text(program, symbol, blas)[1]
+
+
+def render_module_and_text(program: Program, symbol: str, blas: str = "generated") -> tuple[ir.Module, str]:
+    """:func:`render_module` and :func:`render_text` of one rendering."""
     from ..._version import __version__
 
     module = ir.Module(name=program.name)
@@ -330,8 +335,8 @@ def render_text(program: Program, symbol: str, blas: str = "generated") -> str:
         if label and label.group(1) in titles:
             lines.append(f"; {titles[label.group(1)]}")
         lines.append(line)
-    return "\n".join(lines) + "\n"
+    return module, "\n".join(lines) + "\n"
 
 
 __all__ = ["ARGS", "COLLECTIVE_CALLS", "UnsupportedCallError", "block_name", "entry_type", "render_module",
-           "render_text"]
+           "render_module_and_text", "render_text"]

@@ -49,8 +49,8 @@ def target_machine(target: str = "native") -> llvm.TargetMachine:
                                                                 codemodel="default")
 
 
-def optimize(module: ir.Module | str, target: str = "native") -> llvm.ModuleRef:
-    """``module`` parsed, verified and optimized at O3 for ``target`` (the new pass manager)."""
+def optimize(module: ir.Module | str, target: str = "native", level: int = 3) -> llvm.ModuleRef:
+    """``module`` parsed, verified and optimized at ``level`` (default O3) for ``target`` (the new pass manager)."""
     tm = target_machine(target)
     try:
         parsed = llvm.parse_assembly(str(module))
@@ -59,7 +59,7 @@ def optimize(module: ir.Module | str, target: str = "native") -> llvm.ModuleRef:
         raise LLVMTargetError(f"llvm target: LLVM rejects the generated module: {err}") from None
     parsed.triple = tm.triple
     parsed.data_layout = str(tm.target_data)
-    tuning = llvm.create_pipeline_tuning_options(speed_level=3)
+    tuning = llvm.create_pipeline_tuning_options(speed_level=level)
     tuning.loop_vectorization = True
     tuning.slp_vectorization = True
     builder = llvm.create_pass_builder(tm, tuning)

@@ -9,7 +9,9 @@
 index checks, for debugging the generator), ``fastmath`` (LLVM flags; default reassociation and
 contraction, which keep NaN/Inf semantics), ``cache_dir`` (default ``$GRAPHC_CACHE_DIR`` or
 ``~/.cache/graphc``), ``conv`` (conv2d as "im2col" + GEMM, a "direct" loop nest, or "auto": the
-faster on this machine for each node's shapes, measured once and remembered in the cache directory).
+faster on this machine for each node's shapes, measured once and remembered in the cache directory),
+``driver`` ("numba": the kernels in the generated Python, compiled by Numba; "llvm": compiled by graphc's
+llvm target, which skips Numba's typing: a cold compile several times faster; see llvm_driver.py).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ...ir import Graph, Node
+from ...io import atomic_write
+from ...ir import Graph, GraphcError, Node
 from ..cache import (
     MODULE_FILE,
     PROGRAM_FILE,
@@ -46,13 +49,15 @@ from .render import render
 #: not nnan/ninf, which would break the overflow-free branches of sigmoid and softplus.
 DEFAULT_FASTMATH = ("contract", "reassoc")
 
-_CODEGEN_OPTIONS = ("boundscheck", "fastmath", "part_lines", "conv_methods")
+_CODEGEN_OPTIONS = ("boundscheck", "fastmath", "part_lines", "conv_methods", "driver")
+#: How a step's kernels are compiled (see the module docstring).
+DRIVERS = ("numba", "llvm")
 
 
 def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check_finite: bool = False,
           strict: bool = False, boundscheck: bool = False, fastmath: Sequence[str] | None = None,
           cache_dir: str | None = None, part_lines: int | None = None, conv: str = "auto",
-          parallel_loops: bool = False, plan=None) -> NumbaExecutable:
+          parallel_loops: bool = False, driver: str = "numba", plan=None) -> NumbaExecutable:
     """Lower ``graph`` and build it (see :func:`build_program`).
 
     ``check_finite``: raise on NaN/Inf in inputs and parameters (before the call) and in outputs
@@ -63,13 +68,14 @@ def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check
     ``conv``: how conv2d nodes are computed ("auto", "im2col" or "direct"; see ``autotune``).
     ``parallel_loops``: run the large independent loops on all threads (``prange``, see docs/performance.md);
     off by default: Numba's parallel pipeline doubles the cold compile (MLP step 2.1 -> 4.2 s measured).
+    ``driver``: "numba" or "llvm" (see the module docstring; "llvm" runs no collective calls).
     ``plan``: the graph's buffer plan when the passes made one (else it is made here).
     """
     if isinstance(graph, Program):
         return build_program(graph, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
     t0 = time.perf_counter()
     program = lower_program(graph, inputs, boundscheck=boundscheck, fastmath=fastmath, cache_dir=cache_dir,
-                            part_lines=part_lines, conv=conv, parallel_loops=parallel_loops, plan=plan)
+                            part_lines=part_lines, conv=conv, parallel_loops=parallel_loops, driver=driver, plan=plan)
     codegen_s = time.perf_counter() - t0
     exe = build_program(program, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
     exe.stats["codegen_s"] = codegen_s
@@ -78,12 +84,19 @@ def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check
 
 def lower_program(graph: Graph, inputs: Sequence[Node] | None = None, *, boundscheck: bool = False,
                   fastmath: Sequence[str] | None = None, cache_dir: str | None = None, part_lines: int | None = None,
-                  conv: str = "auto", parallel_loops: bool = False, plan=None) -> Program:
+                  conv: str = "auto", parallel_loops: bool = False, driver: str = "numba", plan=None) -> Program:
     """The Program this target renders for ``graph`` (the options as in :func:`build`; ``conv="auto"``
     autotunes each conv2d's method on this machine)."""
     options = {"boundscheck": bool(boundscheck), "part_lines": part_lines, "parallel_loops": bool(parallel_loops),
-               "fastmath": tuple(sorted(DEFAULT_FASTMATH if fastmath is None else fastmath))}
+               "fastmath": tuple(sorted(DEFAULT_FASTMATH if fastmath is None else fastmath)),
+               "driver": check_driver(driver)}
     return lower(graph, inputs, options, plan=plan, choose_conv=conv_chooser(conv, cache_dir))
+
+
+def check_driver(driver: str) -> str:
+    if driver not in DRIVERS:
+        raise GraphcError(f"compile: driver must be one of {', '.join(map(repr, DRIVERS))}, got {driver!r}")
+    return driver
 
 
 def conv_chooser(conv: str, cache_dir: str | None):
@@ -145,7 +158,7 @@ def source_key(graph: Graph, inputs: Sequence[Node], level: int | None, fast_mat
 
 
 #: build()'s options that change the Program (check_finite, strict and cache_dir do not).
-_SOURCE_OPTIONS = ("boundscheck", "fastmath", "part_lines", "conv", "parallel_loops")
+_SOURCE_OPTIONS = ("boundscheck", "fastmath", "part_lines", "conv", "parallel_loops", "driver")
 #: The options lower_program takes.
 LOWER_OPTIONS = _SOURCE_OPTIONS + ("cache_dir",)
 
@@ -153,12 +166,13 @@ LOWER_OPTIONS = _SOURCE_OPTIONS + ("cache_dir",)
 def build_graph(built: Graph, key: str, make_program: Callable[[Stages], Program], *,
                 check_finite: bool = False, strict: bool = False, cache_dir: str | None = None,
                 boundscheck: bool = False, fastmath: Sequence[str] | None = None, part_lines: int | None = None,
-                conv: str = "auto", parallel_loops: bool = False) -> NumbaExecutable:
+                conv: str = "auto", parallel_loops: bool = False, driver: str = "numba") -> NumbaExecutable:
     """``graphc.compile``'s path: the entry ``key`` (:func:`source_key` of ``built``, the graph as the user
     built it) holds the Program; a hit unpickles it and loads the machine code, skipping the passes, the
     lowering and the rendering. On a miss (or a damaged entry) ``make_program(stages)`` runs the passes and
     the lowering (recording their seconds in ``stages``), and the Program is stored with the module. The
     codegen options (as for :func:`build`) are in ``key`` and in what ``make_program`` lowers."""
+    check_driver(driver)  # before the lookup: a hit lowers nothing that would check it
     return _build_entry(key, make_program, built, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
 
 
@@ -179,9 +193,18 @@ def _build_entry(key: str, make_program: Callable[[Stages], Program], built: Gra
     t0 = time.perf_counter()
 
     def rebuild(program: Program) -> str:
+        symbol = _entry_symbol(key) if program.options.get("driver") == "llvm" else None
         with stages.timed("render"):
-            source = render(program, __version__)
+            source = render(program, __version__, entry=symbol)
+        if symbol is not None:
+            from .llvm_driver import kernels_object
+
+            with stages.timed("llvm"):
+                obj, text = kernels_object(program, symbol)
         source_sha = entry.reset(source)
+        if symbol is not None:
+            write_record(entry.kernels_path, obj)
+            atomic_write(entry.kernels_text_path, text.encode())
         if built is not None:
             try:
                 payload = dump_program(program)
@@ -217,6 +240,19 @@ def _build_entry(key: str, make_program: Callable[[Stages], Program], built: Gra
         with stages.timed("import"):
             module = entry.import_module(reuse=not problems)
         t2 = time.perf_counter()
+        if program.options.get("driver") == "llvm":
+            try:
+                step = _load_entry_step(entry, program, stages)
+            except RecordError as err:  # it passed the manifest's checksum, then changed: rebuild it
+                stats["cache"], stats["cache_problems"] = "rebuilt", [str(err)]
+                source_sha = rebuild(program)
+                module = entry.import_module(reuse=False)
+                step = _load_entry_step(entry, program, stages)
+            if stats["cache"] != "hit":
+                entry.write_manifest(source_sha, {"graph": program.graph.name, "program": program.summary()})
+            stats.update({"import_s": t2 - t1, "build_s": time.perf_counter() - t0, "stages": stages})
+            return NumbaExecutable(program, module, stats, entry.module_path.read_text(), entry,
+                                   check_finite=check_finite, strict=strict, step=step)
         numba_cpu_s = time.process_time()
         step_sig = _step_signature(program)
         before = _counts(module.step)
@@ -247,6 +283,20 @@ def _build_entry(key: str, make_program: Callable[[Stages], Program], built: Gra
                   "stages": stages})
     source = entry.module_path.read_text()
     return NumbaExecutable(program, module, stats, source, entry, check_finite=check_finite, strict=strict)
+
+
+def _entry_symbol(key: str) -> str:
+    """The llvm driver's entry symbol for the cache entry ``key`` (unique per entry: objects never clash)."""
+    return f"graphc_step_{key[:24]}"
+
+
+def _load_entry_step(entry: Entry, program: Program, stages: Stages):
+    """The llvm driver's step (an llvm_driver.EntryStep): the entry's object loaded, its symbol registered for
+    ``epoch``. Imported here: the Numba driver never loads the llvm target."""
+    from .llvm_driver import EntryStep, load_entry
+
+    with stages.timed("load"):
+        return EntryStep(program, load_entry(read_record(entry.kernels_path), _entry_symbol(entry.key)))
 
 
 # -- the Program in the entry --------------------------------------------------------------------------------

@@ -35,14 +35,15 @@ class NumbaExecutable(NativeExecutable):
     >>> f(np.array([-1.0, 0.5, 2.0], np.float32))
     array([0., 1., 4.], dtype=float32)
 
-    ``.source`` is the generated module, ``.llvm_ir``/``.asm`` Numba's output for the driver,
-    ``.stats`` the time per stage. Not thread-safe: calls share one workspace.
+    ``.source`` is the generated module, ``.llvm_ir``/``.asm`` the driver's LLVM IR and machine code (Numba's
+    output, or with ``driver="llvm"`` the kernels as graphc's llvm target renders them), ``.stats`` the time
+    per stage. Not thread-safe: calls share one workspace.
     """
 
     backend = "cpu"
 
     def __init__(self, program: Program, module: Any, stats: dict[str, Any], source: str, entry: Any,
-                 check_finite: bool = False, strict: bool = False):
+                 check_finite: bool = False, strict: bool = False, step: Any = None):
         super().__init__(program, module, stats, source, entry, check_finite=check_finite, strict=strict)
         # The parameter store and the workspace are two aligned parts of one buffer, the memory the native
         # code writes: one overlap check per input keeps an input that aliases it from being read half-written.
@@ -51,8 +52,9 @@ class NumbaExecutable(NativeExecutable):
         self._written = aligned_bytes(state_end + ws_bytes)
         self._state, self._ws = self._written[:state_bytes], self._written[state_end:]
         self.params = ParamStore(*self._param_views(self._state))
-        self._step = module.step
-        self._signature = self._step.signatures[0]
+        #: The native step: the module's Numba ``step``, or the llvm driver's entry (``step``, an EntryStep).
+        self._step = module.step if step is None else step
+        self._signature = module.step.signatures[0] if step is None else None
         self._inspectable = None
         self.threads_policy = _threads.ThreadPolicy(None)
         self.threads = _threads.usable(self.threads_policy.threads)  # the thread count each call runs with (see use_threads)
@@ -130,12 +132,19 @@ class NumbaExecutable(NativeExecutable):
     # -- inspection ---------------------------------------------------------------------------------
     @property
     def llvm_ir(self) -> str:
-        """The driver's LLVM IR (Numba's ``inspect_llvm``); recompiled without the cache if needed."""
+        """The driver's LLVM IR (Numba's ``inspect_llvm``; recompiled without the cache if needed), or the llvm
+        driver's kernels as rendered (each kernel headed by its node and the user's line)."""
+        if self._signature is None:
+            return self._entry.kernels_text_path.read_text()
         return self._inspect("inspect_llvm")
 
     @property
     def asm(self) -> str:
-        """The driver's machine code as assembly (Numba's ``inspect_asm``)."""
+        """The driver's machine code as assembly (Numba's ``inspect_asm``, or the llvm driver's kernels')."""
+        if self._signature is None:
+            from .llvm_driver import assembly
+
+            return assembly(self.llvm_ir)
         return self._inspect("inspect_asm")
 
     def _inspect(self, what: str) -> str:

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import sympy as sp
 
+from ..llvm.random import MT_WORDS
 from ..lowering.ir import (
     Assign,
     Call,
@@ -29,6 +30,7 @@ from ..lowering.ir import (
     Seed,
     Store,
     library_calls,
+    walk,
 )
 from ..numba_scalar import NP_TYPE, NumbaStatements
 from ..threads import PARALLEL_MIN_WORK
@@ -202,9 +204,12 @@ def _coefficient(expr: sp.Expr) -> str:
 
 # -- the module ------------------------------------------------------------------------------------------
 
-def render(program: Program, version: str, min_work: int | None = None) -> str:
+def render(program: Program, version: str, min_work: int | None = None, entry: str | None = None) -> str:
     """The Python module of ``program``: header, buffer-plan constants, ``step`` (and its parts), ``epoch``.
-    ``min_work``: the cost rule's threshold (default PARALLEL_MIN_WORK; tests lower it)."""
+    ``min_work``: the cost rule's threshold (default PARALLEL_MIN_WORK; tests lower it). ``entry``: the
+    llvm driver's entry symbol: ``step`` is then a wrapper calling it (see :func:`_entry_step`)."""
+    if entry is not None:
+        return _entry_module(program, version, entry)
     opts = program.options
     r = Renderer(program, min_work)
     graph = program.graph
@@ -266,6 +271,41 @@ def render(program: Program, version: str, min_work: int | None = None) -> str:
         lines += declarations("\n".join(head + body) + "\n" + return_expr)
         lines += [line.replace(EXIT, ret) for line in head + body]
     lines += [f"    {ret}", "", ""]
+    lines.append(_epoch_source(program))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _entry_module(program: Program, version: str, entry: str) -> str:
+    """The llvm driver's module: the header, ``step`` calling the entry ``entry`` (the kernels, compiled by the
+    llvm target: ``exe.llvm_ir``), and ``epoch`` as for the Numba driver. Only ``epoch`` compiles ``step``."""
+    flags = sorted(program.options.get("fastmath") or ())
+    graph = program.graph
+    summary = f"{len(graph.nodes)} nodes, {len(graph.params)} parameters, {len(graph.updates)} updates"
+    lines = [HEADER.rstrip("\n").format(version=version, name=graph.name, summary=summary, collective_import="",
+                                        cache=True, fastmath="{" + ", ".join(repr(f) for f in flags) + "}" if flags
+                                        else "False", boundscheck=False, numba_import="njit", parallel=""),
+             "from graphc.backends.numba_cpu.runtime import entry_function",
+             "",
+             f"# The kernels are the LLVM function {entry} (driver='llvm': `exe.llvm_ir` shows them, each headed",
+             "# by its node and the user's line); step() calls it so that epoch() can.",
+             f"ENTRY = entry_function({entry!r})",
+             "", "",
+             "@njit(**NJIT)",
+             f"def step({', '.join(program.input_args + ['state', 'ws', 'status'])}):",
+             f'    """One call of graph {graph.name!r}: inputs -> outputs; parameter updates in place."""']
+    for o in program.outputs:
+        lines.append(f"    {o.name} = empty_flat({o.size}, {NP_TYPE[o.dtype]})  # {o.note}")
+    lines.append(f"    ins = np.empty({max(len(program.inputs), 1)}, i64)")
+    lines += [f"    ins[{k}] = {arg}.ctypes.data" for k, arg in enumerate(program.input_args)]
+    lines.append(f"    outs = np.empty({max(len(program.outputs), 1)}, i64)")
+    lines += [f"    outs[{k}] = {o.name}.ctypes.data" for k, o in enumerate(program.outputs)]
+    draws = any(isinstance(s, Draw) for k in program.kernels for s in walk(k.body))
+    if draws:
+        lines.append(f"    rng = np.empty({MT_WORDS}, np.uint32)  # MT19937: every draw follows a seed of this call")
+    rng = "rng.ctypes.data" if draws else "0"
+    lines.append(f"    ENTRY(state.ctypes.data, ws.ctypes.data, ins.ctypes.data, outs.ctypes.data, status.ctypes.data, {rng})")
+    outputs = [f"as_shape({o.name}, {tuple(o.shape)!r})" for o in program.outputs]
+    lines += [f"    return ({', '.join(outputs)}{',' if len(outputs) == 1 else ''})", "", ""]
     lines.append(_epoch_source(program))
     return "\n".join(lines).rstrip() + "\n"
 

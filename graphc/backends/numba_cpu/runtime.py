@@ -75,6 +75,12 @@ def gemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, a_off, lda, b, b_off, l
     return sig, codegen
 
 
+
+def entry_function(symbol: str):
+    """The llvm driver's entry ``symbol`` as a function Numba code calls: the llvm target's entry ABI, pointers
+    passed as integers. Linked by name: ``llvm_driver.load_entry`` registered its address."""
+    return types.ExternalFunction(symbol, types.int32(*(types.intp,) * 6))
+
 # -- generic kernels for convolution and pooling --------------------------------------------------------------
 # Loop nests too deep to inline in every graph's driver at a reasonable compile time: compiled once per
 # dtype and kept in Numba's own cache next to this file, so a graph's driver only pays for the calls.

@@ -1,0 +1,159 @@
+"""The llvm driver (``driver="llvm"``): a step's kernels compiled by graphc's llvm target, without Numba.
+
+Numba types and lowers a driver's Python in Python, ~2.5 ms a line, after a fixed ~0.5 s for its first
+function in a process; that is most of a cold compile (docs/performance.md, "Compile time"). The llvm
+target renders the same Program as LLVM IR directly: the MLP step's kernels compile in ~0.2 s instead of
+~1.0 s and run as fast. This module turns that IR into the cpu backend's step:
+
+    kernels_object(program, symbol) -> (object bytes, .ll text)   rendered and optimized at level 2
+    load_entry(obj, symbol) -> int                                 the object loaded; the entry's address
+    EntryStep(program, address)                                     the step, called as Numba's step is
+
+The entry's GEMMs call ``graphc_sgemm`` / ``graphc_dgemm`` (the llvm target's ``blas="external"``), defined
+once per process here: Numba's ``numba_xxgemm`` (SciPy's BLAS), or the shared GEMM while the thread policy
+shares GEMMs with a helper thread (sharing.py's control block), exactly as ``runtime.gemm`` chooses.
+The entry's symbol is registered with LLVM (``add_symbol``), so the module's Numba ``step`` wrapper, which
+``epoch`` calls, links against it in every process, from Numba's cache too.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Any
+
+import numpy as np
+from llvmlite import binding as llvm
+from llvmlite import ir
+
+from ...ir import GraphcError
+from ..llvm.gemm import define_gemm, gemm_symbol
+from ..llvm.random import MT_WORDS
+from ..llvm.render import UnsupportedCallError, render_module_and_text
+from ..llvm.target import optimize, target_machine
+from ..lowering import Program
+from ..lowering.ir import Draw, walk
+from . import sharing
+
+#: LLVM's level for the kernels (as for the Numba driver: see DRIVER_OPT_LEVEL in __init__.py).
+OPT_LEVEL = 2
+
+#: The execution engines of every object loaded in this process: an entry's code lives as long as its engine,
+#: and a compiled ``epoch`` may hold its address for the life of the process.
+_ENGINES: list = []
+_LOCK = threading.Lock()
+
+
+class LLVMDriverError(GraphcError):
+    """A Program the llvm driver cannot run (a collective call: use ``driver="numba"``)."""
+
+
+def kernels_object(program: Program, symbol: str) -> tuple[bytes, str]:
+    """The object file of ``program``'s entry ``symbol`` (the llvm target's ABI, GEMMs external, every other
+    function internal) for this machine, and its .ll text with each kernel's title (for ``exe.llvm_ir``)."""
+    try:
+        module, text = render_module_and_text(program, symbol, blas="external")
+    except UnsupportedCallError as err:
+        raise LLVMDriverError(f"{err}; compile with driver='numba' to run it") from None
+    for fn in module.functions:
+        if fn.name != symbol and not fn.is_declaration:
+            fn.linkage = "internal"  # the MT19937 functions: each object keeps its own
+    tm = target_machine("native")
+    return tm.emit_object(optimize(module, "native", OPT_LEVEL)), text
+
+
+def load_entry(obj: bytes, symbol: str) -> int:
+    """Load ``obj`` into a new execution engine and return ``symbol``'s address, registered with LLVM so that
+    Numba code calling it by name links. The GEMMs it calls are defined first (once per process)."""
+    with _LOCK:
+        _define_gemms()
+        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target_machine("native"))
+        engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        engine.finalize_object()
+        address = engine.get_function_address(symbol)
+        if not address:
+            raise LLVMDriverError(f"llvm driver: the object defines no {symbol}")
+        _ENGINES.append(engine)
+        llvm.add_symbol(symbol, address)
+        return address
+
+
+def _define_gemms() -> None:
+    """``graphc_sgemm`` / ``graphc_dgemm`` for every object of this process (see the module docstring)."""
+    if _ENGINES:
+        return
+    from numba import _helperlib
+    from numba.np.linalg import ensure_blas
+
+    ensure_blas()  # SciPy's BLAS, which numba_xxgemm calls
+    llvm.add_symbol("numba_xxgemm", _helperlib.c_helpers["xxgemm"])
+    module = ir.Module("graphc_gemms")
+    for dtype in ("float32", "float64"):
+        _define_runtime_gemm(module, dtype)
+    engine = llvm.create_mcjit_compiler(optimize(module, "native", OPT_LEVEL), target_machine("native"))
+    engine.finalize_object()
+    _ENGINES.append(engine)
+    for dtype in ("float32", "float64"):
+        llvm.add_symbol(gemm_symbol(dtype), engine.get_function_address(gemm_symbol(dtype)))
+
+
+def _define_runtime_gemm(module: ir.Module, dtype: str) -> None:
+    """``graphc_?gemm`` (row-major, the llvm target's contract) as ``runtime.gemm`` calls BLAS: column-major
+    ``C^T = op(B)^T op(A)^T`` through the shared GEMM's entry when the control block holds one, else
+    ``numba_xxgemm``. Its status is not read: it fails only without SciPy's BLAS, which load_entry required."""
+    fn = define_gemm(ir.Module("declaration"), dtype, "external")
+    fn = ir.Function(module, fn.function_type, fn.name)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    ta, tb, m, n, k, alpha, a, lda, bb, ldb, beta, c, ldc = fn.args
+    i64, char, void_p = ir.IntType(64), ir.IntType(8), ir.IntType(8).as_pointer()
+    fnty = sharing.xxgemm_type(i64)
+    blas = module.globals.get("numba_xxgemm") or ir.Function(module, fnty, "numba_xxgemm")
+    entry = b.load_atomic(sharing.block_slot(b, ir.Constant(i64, sharing.ENTRY)), "monotonic", 8)
+    target = b.select(b.icmp_unsigned("!=", entry, ir.Constant(i64, 0)), b.inttoptr(entry, fnty.as_pointer()), blas)
+
+    def trans(flag):
+        return b.select(b.icmp_signed("!=", flag, ir.Constant(flag.type, 0)), ir.Constant(char, ord("t")),
+                        ir.Constant(char, ord("n")))
+
+    def slot(value):
+        at = b.alloca(value.type)
+        b.store(value, at)
+        return b.bitcast(at, void_p)
+
+    kind = ord("s" if dtype == "float32" else "d")
+    b.call(target, [ir.Constant(char, kind), trans(tb), trans(ta), n, m, k, slot(alpha), b.bitcast(bb, void_p),
+                    ldb, b.bitcast(a, void_p), lda, slot(beta), b.bitcast(c, void_p), ldc])
+    b.ret_void()
+
+
+def assembly(text: str) -> str:
+    """The machine code of the kernels' .ll ``text`` as assembly, optimized as :func:`kernels_object` does."""
+    return target_machine("native").emit_assembly(optimize(text, "native", OPT_LEVEL))
+
+
+class EntryStep:
+    """The entry at ``address`` as the executable calls a step: ``step(*inputs, state, ws, status)`` returns
+    the outputs (new arrays). Inputs must be what the Numba step's signature takes (C-contiguous, the
+    program's dtypes and shapes): the executable binds them first. A program that draws keeps its MT19937
+    state here (each Seed statement sets it, as ``np.random.seed`` does in the Numba driver)."""
+
+    def __init__(self, program: Program, address: int):
+        self.address = address
+        self._entry = ctypes.CFUNCTYPE(ctypes.c_int32, *[ctypes.c_void_p] * 6)(address)
+        self._outputs = [(tuple(o.shape), np.dtype(o.dtype)) for o in program.outputs]
+        self._ins = (ctypes.c_void_p * max(len(program.inputs), 1))()
+        self._outs = (ctypes.c_void_p * max(len(self._outputs), 1))()
+        self._ins_at, self._outs_at = ctypes.addressof(self._ins), ctypes.addressof(self._outs)
+        draws = any(isinstance(s, Draw) for k in program.kernels for s in walk(k.body))
+        self._rng = np.zeros(MT_WORDS, np.uint32) if draws else None
+        self._rng_at = self._rng.ctypes.data if draws else None
+
+    def __call__(self, *args: Any) -> tuple:
+        *inputs, state, ws, status = args
+        outs = tuple(np.empty(shape, dtype) for shape, dtype in self._outputs)
+        for k, a in enumerate(inputs):
+            self._ins[k] = a.ctypes.data
+        for k, o in enumerate(outs):
+            self._outs[k] = o.ctypes.data
+        self._entry(state.ctypes.data, ws.ctypes.data, self._ins_at, self._outs_at, status.ctypes.data, self._rng_at)
+        return outs
+

@@ -1,0 +1,171 @@
+"""The cpu backend's llvm driver (``graphc.compile(..., driver="llvm")``): the step's kernels compiled by the llvm
+target and loaded in process. Oracles: the reference backend (every op and gradient, training), the Numba
+driver (the same Program, so the same numbers to rounding; the same MT19937 draws exactly)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_numba_cpu import DTYPES, GRAPHS, assert_same, assert_steps_match, compile_both, mlp_step, rng  # noqa: E402
+
+import graphc  # noqa: E402
+from graphc.backends import numba_cpu  # noqa: E402
+from graphc.backends.numba_cpu import llvm_driver, sharing  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=[(name, dtype) for name in GRAPHS for dtype in DTYPES],
+                ids=lambda p: "-".join(p))
+def op_case(request, graphc_cache_dir):
+    """tests/test_numba_cpu.py's op graphs (random draws, conv and pooling library calls included): float64 as
+    written, float32 optimized at level 2 (fused nodes, epilogues)."""
+    name, dtype = request.param
+    outputs, inputs, feeds, names = GRAPHS[name](dtype)
+    exe, ref = compile_both(outputs, inputs, graphc_cache_dir, optimize=0 if dtype == "float64" else 2,
+                            driver="llvm")
+    return exe, ref, feeds, names, dtype
+
+
+def test_ops_and_gradients_match_reference(op_case):
+    exe, ref, feeds, names, dtype = op_case
+    assert exe.program.options["driver"] == "llvm" and "ENTRY(" in exe.source
+    assert_same(exe(*feeds), ref(*feeds), names, dtype)
+
+
+def test_a_draw_is_the_numba_drivers_draw(graphc_cache_dir):
+    outputs, inputs, feeds, names = GRAPHS["conv"]("float32")
+    k = names.index("random_uniform")
+    x, key = inputs[0], inputs[-1]  # the random ops read x (its shape) and the key
+    got = [graphc.compile(outputs[k:k + 3], inputs=[x, key], backend="cpu", cache_dir=graphc_cache_dir, driver=d)
+           for d in ("llvm", "numba")]
+    for a, b in zip(got[0](feeds[0], feeds[-1]), got[1](feeds[0], feeds[-1])):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def llvm_mlp(graphc_cache_dir):
+    loss, inputs = mlp_step(dtype="float64", name="llvm_driver_mlp")
+    return compile_both(loss, inputs, graphc_cache_dir, optimize=2, driver="llvm")
+
+
+def test_training_steps_and_a_failed_check_match_reference(llvm_mlp):
+    exe, ref = llvm_mlp
+    x, y = assert_steps_match(exe, ref, rng(3), 3)
+    before = {k: v.copy() for k, v in exe.params.items()}
+    with pytest.raises(graphc.InputError, match="label 7 at index 0 is out of range"):
+        exe(x, np.r_[7, y[1:]])  # the entry's status, as the Numba driver's
+    for k in exe.params:
+        np.testing.assert_array_equal(exe.params[k], before[k])
+
+
+def test_an_epoch_runs_the_entry_and_matches_reference_steps(graphc_cache_dir):
+    """``run_epoch`` (the module's Numba ``epoch`` calling the entry by its symbol) against the reference backend
+    stepping through the same minibatches."""
+    loss, inputs = mlp_step(dtype="float64", name="llvm_driver_epoch")
+    exe, ref = compile_both(loss, inputs, graphc_cache_dir, optimize=2, driver="llvm")
+    r = rng(4)
+    X, Y, perm = r.standard_normal((40, 4)), r.integers(0, 3, 40), r.permutation(40)
+    want = [ref(X[perm[s * 8:(s + 1) * 8]], Y[perm[s * 8:(s + 1) * 8]]) for s in range(5)]
+    np.testing.assert_allclose(exe.run_epoch(X, Y, perm=perm), want, rtol=1e-12)
+    for k in exe.params:
+        np.testing.assert_allclose(exe.params[k], ref.params[k], rtol=1e-12, atol=1e-15)
+
+
+def test_the_kernels_ir_and_assembly_are_inspectable(llvm_mlp):
+    exe, _ = llvm_mlp
+    ir_text = exe.llvm_ir
+    assert ir_text.startswith("; graphc ") and re.search(r"define i32 @\"?graphc_step_", ir_text)
+    for kernel in exe.program.kernels:
+        assert f"; {kernel.title}\n" in ir_text  # each kernel headed by its node and the user's line
+    assert "test_numba_cpu.py:" in ir_text
+    assert "graphc_step_" in exe.asm and "call" in exe.asm
+
+
+def test_a_cache_hit_in_a_new_process_loads_the_object_and_skips_every_compile(tmp_path):
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+        import numpy as np, graphc
+        from test_numba_cpu import mlp_step
+        loss, inputs = mlp_step(dtype="float32", name="llvm_driver_hit")
+        exe = graphc.compile(loss, inputs=inputs, backend="cpu", cache_dir={str(tmp_path)!r}, driver="llvm")
+        r = np.random.default_rng(0)
+        out = [float(exe(r.standard_normal((8, 4)), r.integers(0, 3, 8))) for _ in range(3)]
+        print(json.dumps({{"cache": exe.stats["cache"], "stages": sorted(exe.stats["stages"]), "out": out}}))
+    """)
+
+    def run():
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        import json
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    first, second = run(), run()
+    assert first["cache"] == "miss" and "llvm" in first["stages"]
+    assert second["cache"] == "hit" and "llvm" not in second["stages"] and "passes" not in second["stages"]
+    assert "load" in second["stages"]
+    assert second["out"] == first["out"]
+
+
+def test_a_damaged_object_is_rebuilt(tmp_path):
+    loss, inputs = mlp_step(dtype="float32", name="llvm_driver_damaged")
+    exe = graphc.compile(loss, inputs=inputs, backend="cpu", cache_dir=tmp_path, driver="llvm")
+    obj = exe._entry.kernels_path
+    data = bytearray(obj.read_bytes())
+    data[-100] ^= 0xFF
+    obj.write_bytes(bytes(data))
+    loss, inputs = mlp_step(dtype="float32", name="llvm_driver_damaged")
+    again = graphc.compile(loss, inputs=inputs, backend="cpu", cache_dir=tmp_path, driver="llvm")
+    assert again.stats["cache"] == "rebuilt" and any("kernels.o" in p for p in again.stats["cache_problems"])
+    x, y = rng(1).standard_normal((8, 4)).astype(np.float32), rng(1).integers(0, 3, 8)
+    fresh = graphc.compile(loss, inputs=inputs)
+    np.testing.assert_allclose(again(x, y), fresh(x, y), rtol=1e-5)
+
+
+def test_gemms_go_through_the_shared_gemm_while_sharing_is_on(graphc_cache_dir):
+    """The entry's graphc_sgemm reads the sharing control block as runtime.gemm does: with the helper on, it
+    takes panels of the step's GEMMs, and the step equals the unshared one."""
+    r = np.random.default_rng(6)
+    w1 = (r.standard_normal((512, 256)) * 0.05).astype(np.float32)
+    x, y = r.standard_normal((128, 512)).astype(np.float32), r.integers(0, 10, 128)
+
+    def trained(share: bool):
+        with graphc.Graph("llvm_driver_sharing") as g:
+            p1 = graphc.param("w1", w1)
+            xi, yi = graphc.input("x", (128, 512)), graphc.input("y", (128,), "int64")
+            loss = g.output(graphc.softmax_cross_entropy(graphc.relu(xi @ p1)[:, :10], yi))
+            g.update(p1, p1 - 0.1 * graphc.grad(loss, [p1])[0])
+        exe = graphc.compile(loss, inputs=[xi, yi], backend="cpu", threads=1, cache_dir=graphc_cache_dir,
+                             driver="llvm")
+        exe.share_gemm = share
+        before = sharing.helped()
+        losses = [float(exe(x, y)) for _ in range(12)]  # the helper may miss the first GEMMs while it starts
+        assert (sharing.helped() > before) == share
+        return losses, exe.params["w1"].copy()
+
+    try:
+        with_helper, without = trained(True), trained(False)
+    finally:
+        sharing.stop()
+    np.testing.assert_allclose(with_helper[0], without[0], rtol=1e-5)
+    np.testing.assert_allclose(with_helper[1], without[1], rtol=1e-5, atol=1e-7)
+
+
+def test_a_collective_call_and_an_unknown_driver_are_refused_by_name():
+    from graphc.backends.lowering.ir import Call, Kernel, Ref
+
+    loss, inputs = mlp_step(dtype="float32", name="llvm_driver_refused")
+    with pytest.raises(graphc.GraphcError, match="driver must be one of 'numba', 'llvm', got 'llvmlite'"):
+        graphc.compile(loss, inputs=inputs, backend="cpu", driver="llvmlite")
+    program = numba_cpu.lower_program(loss.graph, [t.node for t in inputs], driver="llvm")
+    buf = program.outputs[0]
+    program.kernels.append(Kernel(node=99, op="allreduce_mean", rule="collective", where="train.py:12",
+                                  body=[Call("allreduce_mean", (Ref(buf), Ref(buf), buf.size))]))
+    with pytest.raises(llvm_driver.LLVMDriverError, match=r"allreduce_mean.*%99.*train\.py:12.*driver='numba'"):
+        numba_cpu.build_program(program)
