@@ -194,6 +194,18 @@ def test_max_pool_gradient_expansions_route_to_the_first_maximum(case, kernel, d
         assert_expansion_matches(h, Call(kernel, (h.refs["x"], h.refs["g"], *geometry, Ref(h.y))), feeds)
 
 
+def test_a_window_that_never_reaches_the_padding_loads_unguarded():
+    """Bounds the loop ranges prove are left out of a Load's guard (so that a target can vectorize the window
+    loops); a padded dimension keeps its two. The values are the call's (the pooling tests above)."""
+    h = harness("float32", {"x": 2 * 28 * 28, "g": 2 * 14 * 14}, 2 * 28 * 28)
+    tiled = expand_call(Call("max_pool_backward", (h.refs["x"], h.refs["g"], *pool_geometry(2, 28, 28, 2, 2, 2, 2, 0, 0),
+                                                   Ref(h.y))))
+    assert [s.guard for s in walk(tiled) if isinstance(s, Load)] == [None, None]
+    padded = expand_call(Call("max_pool", (h.refs["x"], *pool_geometry(2, 28, 28, 3, 3, 1, 1, 1, 0), Ref(h.y))))
+    (load,) = [s for s in walk(padded) if isinstance(s, Load)]
+    assert load.guard is not None and "lib_i" in str(load.guard) and "lib_j" not in str(load.guard)
+
+
 def test_max_pool_backward_runs_windows_in_parallel_only_when_they_cannot_share_an_element():
     # Overlapping windows (3x3, stride 2) can pick one element: their loops are sequential, and marked
     # parallel the interpreter catches the race. Disjoint windows (2x2, stride 2) run in parallel.

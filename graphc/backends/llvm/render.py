@@ -24,9 +24,23 @@ from typing import Sequence
 import llvmlite.ir as ir
 import numpy as np
 import sympy as sp
-from sympy.logic.boolalg import Boolean
 
-from ..lowering.ir import Assign, Buffer, Call, Check, Draw, Gemm, Kernel, Load, Loop, Program, Ref, Seed, Store
+from ..lowering.ir import (
+    Assign,
+    Buffer,
+    Call,
+    Check,
+    Draw,
+    Gemm,
+    Kernel,
+    Load,
+    Loop,
+    Program,
+    Ref,
+    Seed,
+    Store,
+    is_condition,
+)
 from ..lowering.library import expand_call
 from .gemm import define_gemm
 from .random import define_mt19937
@@ -165,7 +179,7 @@ class Renderer:
             elif kind is Load:
                 self.load(s)
             elif kind is Assign:
-                ty = I1 if isinstance(s.value, Boolean) else compute_type(s.dtype)
+                ty = I1 if is_condition(s.value) else compute_type(s.dtype)
                 self.assign(s.var, self.scalar.build(s.value, ty))
             elif kind is Store:
                 self.store(s)

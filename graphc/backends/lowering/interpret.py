@@ -28,11 +28,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import sympy as sp
-from sympy.logic.boolalg import Boolean
 
 from ...ir import GraphcError, InputError
 from ..executable import param_key, validate
-from .ir import Assign, Buffer, Call, Check, Draw, Gemm, Kernel, Load, Loop, Program, Ref, Seed, Store
+from .ir import Assign, Buffer, Call, Check, Draw, Gemm, Kernel, Load, Loop, Program, Ref, Seed, Store, is_condition
 from .status import label_error
 
 
@@ -216,7 +215,7 @@ class _Run:
             elif kind is Assign:
                 # A condition stays a truth value whatever dtype the kernel computes in (cse_assignments
                 # names shared conditions of Piecewise expressions with the kernel's float dtype).
-                dtype = "bool" if isinstance(s.value, Boolean) else s.dtype
+                dtype = "bool" if is_condition(s.value) else s.dtype
                 env[s.var] = _convert(self.value(s.value, env), dtype)
             elif kind is Store:
                 self.store(s, env, lanes)

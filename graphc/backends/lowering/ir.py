@@ -27,6 +27,7 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 import sympy as sp
+from sympy.logic.boolalg import Boolean
 
 from ...ir import Graph, Node
 from ...passes.buffers import aligned as round_up
@@ -308,6 +309,13 @@ def program_text(program: Program) -> str:
         lines.append(f"  # {kernel.title}")
         lines += statement_lines(kernel.body, 2)
     return "\n".join(lines)
+
+
+def is_condition(value: sp.Basic) -> bool:
+    """Whether an Assign's ``value`` is a truth value (a relation or a logical combination), which every target
+    keeps as one whatever the Assign's dtype. A bare Symbol is not one: SymPy makes every Symbol a Boolean too,
+    and a copy ``a = b`` has its Assign's dtype."""
+    return isinstance(value, Boolean) and not isinstance(value, sp.Symbol)
 
 
 def walk(body: Sequence):

@@ -6,8 +6,8 @@ that compute what the interpreter's implementation of the call computes (its ora
 max pooling, its gradients and col2im_add; to rounding where a sum's order differs (the convolutions,
 and avg_pool's window sum, which the loops add in row-major tap order, NumPy pairwise):
 
-* conv2d_direct / conv2d_im2col overwrite y; the im2col loop over images is sequential (the images share
-  ``col``, which holds the last image's columns afterwards, as after the library kernel);
+* conv2d_direct / conv2d_im2col overwrite y; the im2col loops over images and over blocks of channels are
+  sequential (they share ``col``; see COL_BLOCK);
 * col2im_add adds into y. It is written as a gather, one parallel nest per (row, column) residue of the
   strides: the kernel taps that reach a target are known when expanding, so no integer division is left
   in the IR, every target is written by one iteration, and its taps are summed in (i, j) order from 0
@@ -157,9 +157,36 @@ def _store(ref: Ref, index: sp.Expr, value: sp.Expr, computed_in: str, reduce: s
     return Store(ref.buffer, ref.offset + index, value, reduce, exact=computed_in == ref.buffer.dtype)
 
 
-def _inside(h: sp.Expr, q: sp.Expr, H: int, W: int) -> sp.Expr:
-    """Whether row ``h``, column ``q`` lies in an H x W plane (not in the padding)."""
-    return (h >= 0) & (h < H) & (q >= 0) & (q < W)
+def _inside(h: sp.Expr, q: sp.Expr, H: int, W: int, extents: dict[str, int]) -> sp.Expr:
+    """Whether row ``h``, column ``q`` lies in an H x W plane (not in the padding), each bound left out where
+    the ranges of the indices (``extents``: index name without ``lib_`` -> its loop's extent) prove it holds:
+    a window that never reaches the padding loads unguarded, which lets a target vectorize its loops."""
+    terms = []
+    for value, size in ((h, H), (q, W)):
+        low, high = _bounds(value, {_index(k): n for k, n in extents.items()})
+        if low is None or low < 0:
+            terms.append(value >= 0)
+        if high is None or high > size - 1:
+            terms.append(value < size)
+    return sp.And(*terms)
+
+
+def _bounds(expr: sp.Expr, extents: dict[sp.Symbol, int]) -> tuple[int | None, int | None]:
+    """The least and the greatest value of ``expr``, an integer combination of indices that each run over
+    ``range(extent)``; (None, None) when it is not one."""
+    low = high = 0
+    for term in sp.Add.make_args(sp.expand(expr)):
+        coeff, rest = term.as_coeff_Mul()
+        if not coeff.is_Integer:
+            return None, None
+        if rest == 1:
+            low, high = low + int(coeff), high + int(coeff)
+        elif rest in extents:
+            reach = int(coeff) * (extents[rest] - 1)
+            low, high = low + min(0, reach), high + max(0, reach)
+        else:
+            return None, None
+    return low, high
 
 
 # -- convolution ---------------------------------------------------------------------------------
@@ -172,7 +199,7 @@ def conv2d_direct(x: Ref, w: Ref, N: int, C: int, H: int, W: int, Co: int, kh: i
     dtype = y.buffer.dtype
     acc, xv, wv = _scalar("acc"), _scalar("x"), _scalar("w")
     h, q = ho * sh - ph + i * dh, wo * sw - pw + j * dw
-    tap = [_load(xv, x, ((n * C + c) * H + h) * W + q, _inside(h, q, H, W)),
+    tap = [_load(xv, x, ((n * C + c) * H + h) * W + q, _inside(h, q, H, W, dict(ho=Ho, wo=Wo, i=kh, j=kw))),
            _load(wv, w, linear([o, c, i, j], [Co, C, kh, kw])),
            Assign(acc, acc + wv * xv, dtype)]
     body = [Assign(acc, sp.Integer(0), dtype),
@@ -181,19 +208,33 @@ def conv2d_direct(x: Ref, w: Ref, N: int, C: int, H: int, W: int, Co: int, kh: i
     return _nest([N, Co, Ho, Wo], ["n", "o", "ho", "wo"], body)
 
 
+#: Elements of the column matrix filled before the GEMM that reads it (128 KiB of float32), as the cpu runtime's
+#: conv2d_im2col does: the block is still in L2 when the GEMM reads it. Only a big kernel over many channels
+#: needs more than one block (a weight gradient's convolution: a LeNet conv1's has 64 "channels" of 28x28 windows).
+COL_BLOCK = 32768
+
+
 def conv2d_im2col(x: Ref, w: Ref, N: int, C: int, H: int, W: int, Co: int, kh: int, kw: int, sh: int, sw: int,
                   ph: int, pw: int, dh: int, dw: int, Ho: int, Wo: int, col: Ref, y: Ref) -> list[Statement]:
-    """Per image n (sequentially: the images share ``col``): col [C*kh*kw, Ho*Wo] = the image's patches
-    (0 in the padding), then the GEMM y[n] [Co, Ho*Wo] = w [Co, C*kh*kw] @ col."""
-    n, c, i, j, ho, wo = (_index(v) for v in ("n", "c", "i", "j", "ho", "wo"))
+    """Per image n (sequentially: the images share ``col``), per block of ``cb`` channels (sequentially, see
+    COL_BLOCK): col [cb*kh*kw, Ho*Wo] = the block's patches (0 in the padding), then the GEMM y[n] [Co, Ho*Wo]
+    (+)= w[:, block] @ col, the first block overwriting y[n] (beta 0), the others adding to it."""
+    n, c, i, j, ho, wo, blk = (_index(v) for v in ("n", "c", "i", "j", "ho", "wo", "blk"))
     K, P = C * kh * kw, Ho * Wo
+    target = min(C, max(1, COL_BLOCK // (kh * kw * P)))
+    cb = max(d for d in range(1, target + 1) if C % d == 0)  # blocks of one size: a loop over them
+    blocks = C // cb
+    if blocks == 1:
+        blk = sp.Integer(0)
     xv = _scalar("x")
     h, q = ho * sh - ph + i * dh, wo * sw - pw + j * dw
-    patch = [_load(xv, x, n * (C * H * W) + (c * H + h) * W + q, _inside(h, q, H, W)),
-             _store(col, linear([c, i, j], [C, kh, kw]) * P + ho * Wo + wo, xv, x.buffer.dtype)]
-    product = Gemm(Co, P, K, sp.Integer(1), w, False, K, col, False, P, sp.Integer(0),
-                   Ref(y.buffer, y.offset + n * (Co * P)), P)
-    image = [*_nest([C, kh, kw, Ho, Wo], ["c", "i", "j", "ho", "wo"], patch), product]
+    patch = [_load(xv, x, n * (C * H * W) + ((blk * cb + c) * H + h) * W + q,
+                   _inside(h, q, H, W, dict(ho=Ho, wo=Wo, i=kh, j=kw))),
+             _store(col, linear([c, i, j], [cb, kh, kw]) * P + ho * Wo + wo, xv, x.buffer.dtype)]
+    product = Gemm(Co, P, cb * kh * kw, sp.Integer(1), Ref(w.buffer, w.offset + blk * (cb * kh * kw)), False, K,
+                   col, False, P, sp.Min(blk, 1), Ref(y.buffer, y.offset + n * (Co * P)), P)
+    block = [*_nest([cb, kh, kw, Ho, Wo], ["c", "i", "j", "ho", "wo"], patch), product]
+    image = block if blocks == 1 else _nest([blocks], ["blk"], block, parallel=False)
     return _nest([N], ["n"], image, parallel=False)
 
 
@@ -223,7 +264,7 @@ def col2im_add(cols: Ref, Co: int, kh: int, kw: int, H: int, W: int, sh: int, sw
                 for j, dj in taps_j:
                     h, q = a_abs - di, e_abs - dj
                     body += [_load(cv, cols, linear([o, i, j], [Co, kh, kw]) * (H * W) + h * W + q,
-                                   _inside(h, q, H, W)),
+                                   _inside(h, q, H, W, dict(a=rows[1], e=columns[1]))),
                              Assign(acc, acc + cv, dtype)]
             target = (o * Ho + a_abs * sh + b - ph) * Wo + e_abs * sw + bw - pw
             body.append(_store(y, target, acc, dtype, reduce="add"))
@@ -252,7 +293,7 @@ def max_pool(x: Ref, planes: int, H: int, W: int, kh: int, kw: int, sh: int, sw:
     dtype = x.buffer.dtype
     acc, v = _scalar("acc"), _scalar("x")
     h, q = _window(sh, sw, ph, pw)
-    inside = _inside(h, q, H, W)
+    inside = _inside(h, q, H, W, dict(ho=Ho, wo=Wo, i=kh, j=kw))
     tap = [_load(v, x, (p * H + h) * W + q, inside),
            Assign(acc, sp.Piecewise((v, inside & ((v > acc) | IsNaN(v))), (acc, True)), dtype)]
     body = [Assign(acc, -sp.oo, dtype),
@@ -269,7 +310,8 @@ def avg_pool(x: Ref, planes: int, H: int, W: int, kh: int, kw: int, sh: int, sw:
     dtype = x.buffer.dtype
     acc, v = _scalar("acc"), _scalar("x")
     h, q = _window(sh, sw, ph, pw)
-    tap = [_load(v, x, (p * H + h) * W + q, _inside(h, q, H, W)), Assign(acc, acc + v, dtype)]
+    tap = [_load(v, x, (p * H + h) * W + q, _inside(h, q, H, W, dict(ho=Ho, wo=Wo, i=kh, j=kw))),
+           Assign(acc, acc + v, dtype)]
     mean = _scalar("mean")
     body = [Assign(acc, sp.Integer(0), dtype),
             *_nest([kh, kw], ["i", "j"], tap, parallel=False),
@@ -278,18 +320,18 @@ def avg_pool(x: Ref, planes: int, H: int, W: int, kh: int, kw: int, sh: int, sw:
     return _nest([planes, Ho, Wo], ["p", "ho", "wo"], body)
 
 
-def _first_maximum(x: Ref, H: int, W: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int
-                   ) -> tuple[list[Statement], sp.Expr, sp.Expr]:
+def _first_maximum(x: Ref, H: int, W: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, Ho: int, Wo: int
+                   ) -> tuple[list[Statement], sp.Expr, sp.Expr, sp.Expr]:
     """(statements, h, q): (h, q) is the first maximum of window (lib_ho, lib_wo) of plane lib_p, in
     row-major window order, padding -inf and the first NaN winning (NumPy's argmax); it may be padding.
     Compares in x's dtype. The statements track the tap (bi, bj) of the maximum, from tap (0, 0) at -inf,
-    which an all -inf window keeps (argmax's first maximum)."""
+    which an all -inf window keeps (argmax's first maximum). The fourth value: whether (h, q) is in the plane."""
     p = _index("p")
     dtype = x.buffer.dtype
     best, v, c = _scalar("best"), _scalar("x"), _scalar("candidate")
     bi, bj = _index("bi"), _index("bj")
     h, q = _window(sh, sw, ph, pw)
-    inside = _inside(h, q, H, W)
+    inside = _inside(h, q, H, W, dict(ho=Ho, wo=Wo, i=kh, j=kw))
     better = (c > best) | (IsNaN(c) & ~IsNaN(best))
     # The tap updates come first: they test the best value before this tap.
     tap = [_load(v, x, (p * H + h) * W + q, inside),
@@ -299,17 +341,18 @@ def _first_maximum(x: Ref, H: int, W: int, kh: int, kw: int, sh: int, sw: int, p
            Assign(best, sp.Piecewise((c, better), (best, True)), dtype)]
     start = [Assign(best, -sp.oo, dtype), Assign(bi, sp.Integer(0), "int64"), Assign(bj, sp.Integer(0), "int64")]
     found = _index("ho") * sh - ph + bi, _index("wo") * sw - pw + bj
-    return start + _nest([kh, kw], ["i", "j"], tap, parallel=False), *found
+    return (start + _nest([kh, kw], ["i", "j"], tap, parallel=False), *found,
+            _inside(*found, H, W, dict(ho=Ho, wo=Wo, bi=kh, bj=kw)))
 
 
 def max_pool_gather(x: Ref, g: Ref, planes: int, H: int, W: int, kh: int, kw: int, sh: int, sw: int, ph: int,
                     pw: int, Ho: int, Wo: int, y: Ref) -> list[Statement]:
     """y[p, ho, wo] = g[p, h, q] at the first maximum (h, q) of window (ho, wo) of x; 0 where it is padding."""
     p, ho, wo = _index("p"), _index("ho"), _index("wo")
-    find, bh, bq = _first_maximum(x, H, W, kh, kw, sh, sw, ph, pw)
+    find, bh, bq, chosen = _first_maximum(x, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
     gv = _scalar("g")
     body = [*find,
-            _load(gv, g, (p * H + bh) * W + bq, _inside(bh, bq, H, W)),
+            _load(gv, g, (p * H + bh) * W + bq, chosen),
             _store(y, (p * Ho + ho) * Wo + wo, gv, g.buffer.dtype)]
     return _nest([planes, Ho, Wo], ["p", "ho", "wo"], body)
 
@@ -325,8 +368,7 @@ def max_pool_backward(x: Ref, g: Ref, planes: int, H: int, W: int, kh: int, kw: 
     (padding < kernel) touch disjoint elements, that one included: every window runs in parallel."""
     p, ho, wo = _index("p"), _index("ho"), _index("wo")
     dtype = y.buffer.dtype
-    find, bh, bq = _first_maximum(x, H, W, kh, kw, sh, sw, ph, pw)
-    chosen = _inside(bh, bq, H, W)
+    find, bh, bq, chosen = _first_maximum(x, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
     gv, at = _scalar("g"), _index("at")
     corner = _clamped(ho * sh - ph, H) * W + _clamped(wo * sw - pw, W)
     body = [*find,

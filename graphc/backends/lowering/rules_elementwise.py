@@ -9,7 +9,7 @@ import sympy as sp
 from ...ir import Node
 from ...ops.elementwise import node_expression
 from .context import Lowering, assign, rule
-from .ir import Load, Store, index_var, linear, nest, scalar_var
+from .ir import Load, Store, index_var, is_condition, linear, nest, scalar_var
 
 FLOAT_DTYPES = ("float32", "float64")
 
@@ -32,7 +32,7 @@ def cse_assignments(expr: sp.Expr, names: dict[sp.Symbol, sp.Symbol], dtype: str
         temps = sp.numbered_symbols(prefix, real=True)
         replacements, (reduced,) = sp.cse(renamed, symbols=temps)
     # A shared condition (a Piecewise's test) is a truth value, whatever the kernel computes in.
-    return [assign(sym, value, "bool" if isinstance(value, sp.logic.boolalg.Boolean) else dtype)
+    return [assign(sym, value, "bool" if is_condition(value) else dtype)
             for sym, value in replacements], reduced
 
 
