@@ -26,6 +26,8 @@ Loop and value variables are named ``lib_*`` so they never meet those of the ker
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 from typing import Callable, Sequence
 
 import sympy as sp
@@ -171,6 +173,26 @@ def _inside(h: sp.Expr, q: sp.Expr, H: int, W: int, extents: dict[str, int]) -> 
     return sp.And(*terms)
 
 
+def _runs(extent: int, low: int, high: int) -> list[tuple[int, int]]:
+    """``range(extent)`` as (start, count) runs: before ``low``, [low, high), from ``high``; empty ones left out.
+    [low, high) is where a window lies inside the plane: its loads need no guard (see :func:`_inside`)."""
+    low = min(max(low, 0), extent)
+    high = min(max(high, low), extent)
+    return [(a, b - a) for a, b in ((0, low), (low, high), (high, extent)) if b > a]
+
+
+def _region_nests(names: Sequence[str], runs: Sequence[list[tuple[int, int]]],
+                  body: Callable[[dict[str, sp.Expr], dict[str, int]], list]) -> list[Statement]:
+    """One parallel nest per combination of the runs of the indices ``names``: ``body(at, extents)`` builds it
+    with index ``name`` at ``at[name]`` (the run's start plus the loop's index) over ``extents[name]``."""
+    out: list[Statement] = []
+    for combo in itertools.product(*runs):
+        at = {n: _index(n) + start for n, (start, _) in zip(names, combo)}
+        extents = {n: count for n, (_, count) in zip(names, combo)}
+        out += _nest(list(extents.values()), list(names), body(at, extents))
+    return out
+
+
 def _bounds(expr: sp.Expr, extents: dict[sp.Symbol, int]) -> tuple[int | None, int | None]:
     """The least and the greatest value of ``expr``, an integer combination of indices that each run over
     ``range(extent)``; (None, None) when it is not one."""
@@ -219,7 +241,7 @@ def conv2d_im2col(x: Ref, w: Ref, N: int, C: int, H: int, W: int, Co: int, kh: i
     """Per image n (sequentially: the images share ``col``), per block of ``cb`` channels (sequentially, see
     COL_BLOCK): col [cb*kh*kw, Ho*Wo] = the block's patches (0 in the padding), then the GEMM y[n] [Co, Ho*Wo]
     (+)= w[:, block] @ col, the first block overwriting y[n] (beta 0), the others adding to it."""
-    n, c, i, j, ho, wo, blk = (_index(v) for v in ("n", "c", "i", "j", "ho", "wo", "blk"))
+    n, c, i, j, blk = (_index(v) for v in ("n", "c", "i", "j", "blk"))
     K, P = C * kh * kw, Ho * Wo
     target = min(C, max(1, COL_BLOCK // (kh * kw * P)))
     cb = max(d for d in range(1, target + 1) if C % d == 0)  # blocks of one size: a loop over them
@@ -227,13 +249,20 @@ def conv2d_im2col(x: Ref, w: Ref, N: int, C: int, H: int, W: int, Co: int, kh: i
     if blocks == 1:
         blk = sp.Integer(0)
     xv = _scalar("x")
-    h, q = ho * sh - ph + i * dh, wo * sw - pw + j * dw
-    patch = [_load(xv, x, n * (C * H * W) + ((blk * cb + c) * H + h) * W + q,
-                   _inside(h, q, H, W, dict(ho=Ho, wo=Wo, i=kh, j=kw))),
-             _store(col, linear([c, i, j], [cb, kh, kw]) * P + ho * Wo + wo, xv, x.buffer.dtype)]
+
+    def patch(at: dict[str, sp.Expr], extents: dict[str, int]) -> list[Statement]:
+        h, q = at["ho"] * sh - ph + i * dh, at["wo"] * sw - pw + j * dw
+        return [_load(xv, x, n * (C * H * W) + ((blk * cb + c) * H + h) * W + q,
+                      _inside(h, q, H, W, dict(extents, i=kh, j=kw))),
+                _store(col, linear([c, i, j], [cb, kh, kw]) * P + at["ho"] * Wo + at["wo"], xv, x.buffer.dtype)]
+
+    # Windows in the padding at the plane's edges, the rest unguarded (contiguous rows a target vectorizes).
+    runs = [_runs(Ho, -(-ph // sh), (H - 1 + ph - (kh - 1) * dh) // sh + 1),
+            _runs(Wo, -(-pw // sw), (W - 1 + pw - (kw - 1) * dw) // sw + 1)]
+    fill = _nest([cb, kh, kw], ["c", "i", "j"], _region_nests(["ho", "wo"], runs, patch))
     product = Gemm(Co, P, cb * kh * kw, sp.Integer(1), Ref(w.buffer, w.offset + blk * (cb * kh * kw)), False, K,
                    col, False, P, sp.Min(blk, 1), Ref(y.buffer, y.offset + n * (Co * P)), P)
-    block = [*_nest([cb, kh, kw, Ho, Wo], ["c", "i", "j", "ho", "wo"], patch), product]
+    block = [*fill, product]
     image = block if blocks == 1 else _nest([blocks], ["blk"], block, parallel=False)
     return _nest([N], ["n"], image, parallel=False)
 
@@ -243,12 +272,10 @@ def col2im_add(cols: Ref, Co: int, kh: int, kw: int, H: int, W: int, sh: int, sw
     """y[o, h*sh - ph + i*dh, q*sw - pw + j*dw] += cols[(o*kh + i)*kw + j, h*W + q], as a gather.
 
     Target row t = a*sh + b - ph (b = (t + ph) mod sh) is reached by tap i exactly when i*dh = b (mod sh),
-    from column row h = a - (i*dh - b) / sh: one parallel nest over (o, a, a') per residue pair (b, b'),
-    its taps listed here, so that no index needs a division. Each target's taps are summed from 0 in
+    from column row h = a - (i*dh - b) / sh: parallel nests over (o, a, a') per residue pair (b, b'), its
+    taps listed here, so that no index needs a division; one nest per run of targets (see _runs), so that
+    only the targets at the edges guard their taps. Each target's taps are summed from 0 in
     (i, j) order, then added to y: the interpreter's order, bit for bit."""
-    dtype = y.buffer.dtype
-    o, a, e = _index("o"), _index("a"), _index("e")
-    acc, cv = _scalar("acc"), _scalar("c")
     out: list[Statement] = []
     for b in range(sh):
         rows = _residue_targets(b, sh, ph, Ho)
@@ -258,18 +285,32 @@ def col2im_add(cols: Ref, Co: int, kh: int, kw: int, H: int, W: int, sh: int, sw
             taps_j = [(j, (j * dw - bw) // sw) for j in range(kw) if (j * dw - bw) % sw == 0]
             if not rows[1] or not columns[1] or not taps_i or not taps_j:
                 continue  # no targets, or none any tap reaches (y + 0 is y)
-            a_abs, e_abs = a + rows[0], e + columns[0]
-            body: list[Statement] = [Assign(acc, sp.Integer(0), dtype)]
-            for i, di in taps_i:
-                for j, dj in taps_j:
-                    h, q = a_abs - di, e_abs - dj
-                    body += [_load(cv, cols, linear([o, i, j], [Co, kh, kw]) * (H * W) + h * W + q,
-                                   _inside(h, q, H, W, dict(a=rows[1], e=columns[1]))),
-                             Assign(acc, acc + cv, dtype)]
-            target = (o * Ho + a_abs * sh + b - ph) * Wo + e_abs * sw + bw - pw
-            body.append(_store(y, target, acc, dtype, reduce="add"))
-            out += nest([Co, rows[1], columns[1]], [o.name, a.name, e.name], body)
+            gather = functools.partial(_col2im_gather, cols, y, Co, kh, kw, H, W, sh, ph, pw, Ho, Wo, b, bw, sw,
+                                       rows[0], columns[0], taps_i, taps_j)
+            # Targets whose every tap reads the plane in the middle run, unguarded (see _runs).
+            runs = [_runs(rows[1], max(d for _, d in taps_i) - rows[0], H + min(d for _, d in taps_i) - rows[0]),
+                    _runs(columns[1], max(d for _, d in taps_j) - columns[0],
+                          W + min(d for _, d in taps_j) - columns[0])]
+            out += _nest([Co], ["o"], _region_nests(["a", "e"], runs, gather))
     return out
+
+
+def _col2im_gather(cols: Ref, y: Ref, Co: int, kh: int, kw: int, H: int, W: int, sh: int, ph: int, pw: int, Ho: int,
+                   Wo: int, b: int, bw: int, sw: int, first_a: int, first_e: int, taps_i: list, taps_j: list,
+                   at: dict[str, sp.Expr], extents: dict[str, int]) -> list[Statement]:
+    """col2im_add's body for the targets of residues (b, bw) at rows ``at["a"] + first_a``, columns
+    ``at["e"] + first_e``: their taps summed from 0 in (i, j) order, then added to y."""
+    o, dtype = _index("o"), y.buffer.dtype
+    acc, cv = _scalar("acc"), _scalar("c")
+    a_abs, e_abs = at["a"] + first_a, at["e"] + first_e
+    body: list[Statement] = [Assign(acc, sp.Integer(0), dtype)]
+    for i, di in taps_i:
+        for j, dj in taps_j:
+            h, q = a_abs - di, e_abs - dj
+            body += [_load(cv, cols, linear([o, i, j], [Co, kh, kw]) * (H * W) + h * W + q, _inside(h, q, H, W, extents)),
+                     Assign(acc, acc + cv, dtype)]
+    target = (o * Ho + a_abs * sh + b - ph) * Wo + e_abs * sw + bw - pw
+    return [*body, _store(y, target, acc, dtype, reduce="add")]
 
 
 def _residue_targets(b: int, s: int, p: int, size: int) -> tuple[int, int]:
