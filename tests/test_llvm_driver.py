@@ -169,3 +169,22 @@ def test_a_collective_call_and_an_unknown_driver_are_refused_by_name():
                                   body=[Call("allreduce_mean", (Ref(buf), Ref(buf), buf.size))]))
     with pytest.raises(llvm_driver.LLVMDriverError, match=r"allreduce_mean.*%99.*train\.py:12.*driver='numba'"):
         numba_cpu.build_program(program)
+
+
+def test_float32_exp_and_tanh_are_inline_and_compute_the_numba_drivers_numbers(graphc_cache_dir):
+    """The llvm target builds float32 exp and tanh inline (llvm/mathf.py, as the cpu runtime's intrinsics):
+    no libm call in the kernels, the Numba driver's numbers exactly, NumPy's to a few ulp, and the special
+    values NumPy gives (exp: inf, 0, a subnormal; tanh: exactly +-1 from 9.02 on; NaN stays NaN)."""
+    with graphc.Graph("llvm_driver_f32_math") as g:
+        x = graphc.input("x", (16,), "float32")
+        outs = [g.output(graphc.exp(x)), g.output(graphc.tanh(x))]
+    values = np.array([0.0, -0.5, 1.0, 3.0, -7.95, 9.1, -9.1, 20.0, 88.7, 89.0, -87.0, -100.0, -104.0, np.inf,
+                       -np.inf, np.nan], np.float32)
+    got, numba = (graphc.compile(outs, inputs=[x], backend="cpu", cache_dir=graphc_cache_dir, driver=d)
+                  for d in ("llvm", "numba"))
+    assert not re.search(r"@\"?(llvm\.(exp|tanh)\.f32|expf|tanhf)\"?\(", got.llvm_ir)
+    with np.errstate(over="ignore"):
+        wants = (np.exp(values), np.tanh(values))
+    for a, b, want in zip(got(values), numba(values), wants):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, want, rtol=4e-7, atol=1e-44)

@@ -26,6 +26,7 @@ import sympy as sp
 from sympy.logic.boolalg import Boolean, BooleanFalse, BooleanTrue
 
 from ...ir import GraphcError
+from . import mathf
 
 
 def _llvmjit_printer_class() -> type:
@@ -60,6 +61,8 @@ INTRINSICS = {"exp": "llvm.exp", "log": "llvm.log", "sin": "llvm.sin", "cos": "l
               "sinh": "llvm.sinh", "cosh": "llvm.cosh", "tanh": "llvm.tanh", "asin": "llvm.asin",
               "acos": "llvm.acos", "atan": "llvm.atan", "floor": "llvm.floor", "ceiling": "llvm.ceil",
               "Abs": "llvm.fabs"}
+#: float32 functions built inline (mathf.py) instead: vectorizable, and the numbers the cpu runtime computes.
+F32_INLINE = {"exp": mathf.exp_f32, "tanh": mathf.tanh_f32}
 #: SymPy function -> libm's double function (the float one has an "f" suffix).
 LIBM = {"erf": "erf", "erfc": "erfc", "asinh": "asinh", "acosh": "acosh", "atanh": "atanh", "log1p": "log1p",
         "expm1": "expm1", "cbrt": "cbrt"}
@@ -428,6 +431,8 @@ class ScalarBuilder(LLVMJitPrinter):
         if name in ("float32", "float64"):  # graphc.ops.elementwise.CAST_FUNCTIONS: a rounding, a value
             ty = FLOAT if name == "float32" else DOUBLE
             return self._result(self.convert(self.build(expr.args[0], ty), ty))
+        if name in F32_INLINE and self.fp_type == FLOAT:
+            return F32_INLINE[name](self.builder, self._float_arg(expr.args[0]))
         if name in INTRINSICS:
             return self._result(self._intrinsic(f"{INTRINSICS[name]}", self._float_arg(expr.args[0])))
         if name in LIBM:

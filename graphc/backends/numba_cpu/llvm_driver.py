@@ -146,14 +146,34 @@ class EntryStep:
         draws = any(isinstance(s, Draw) for k in program.kernels for s in walk(k.body))
         self._rng = np.zeros(MT_WORDS, np.uint32) if draws else None
         self._rng_at = self._rng.ctypes.data if draws else None
+        self._stores: tuple = (None, None, None)
+        self._store_at = (0, 0, 0)
 
     def __call__(self, *args: Any) -> tuple:
         *inputs, state, ws, status = args
+        if state is not self._stores[0] or ws is not self._stores[1] or status is not self._stores[2]:
+            # The executable passes the same three arrays on every call: their addresses are looked up once.
+            self._stores = (state, ws, status)
+            self._store_at = (state.ctypes.data, ws.ctypes.data, status.ctypes.data)
         outs = tuple(np.empty(shape, dtype) for shape, dtype in self._outputs)
         for k, a in enumerate(inputs):
-            self._ins[k] = a.ctypes.data
+            self._ins[k] = _address(a)
         for k, o in enumerate(outs):
-            self._outs[k] = o.ctypes.data
-        self._entry(state.ctypes.data, ws.ctypes.data, self._ins_at, self._outs_at, status.ctypes.data, self._rng_at)
+            self._outs[k] = _address(o)
+        state_at, ws_at, status_at = self._store_at
+        self._entry(state_at, ws_at, self._ins_at, self._outs_at, status_at, self._rng_at)
         return outs
 
+
+_CHAR_AT = ctypes.c_char.from_buffer
+_ADDRESS_OF = ctypes.addressof
+
+
+def _address(a: np.ndarray) -> int:
+    """The address of a writable C-contiguous array's data: through the buffer protocol, 0.5 us against 1.6 us
+    for ``a.ctypes.data`` (a tiny step's arrays made the llvm driver's call 1.7x slower than Numba's). A
+    zero-size array, which exports no byte to point at, gets ``a.ctypes.data``."""
+    try:
+        return _ADDRESS_OF(_CHAR_AT(a))
+    except (ValueError, TypeError):
+        return a.ctypes.data

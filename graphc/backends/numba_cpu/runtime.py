@@ -17,6 +17,7 @@ from numba.extending import intrinsic
 from numba.np.arrayobj import _empty_nd_impl
 from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
 
+from ..llvm import mathf
 from . import sharing
 from .kernel_cache import cached
 
@@ -299,20 +300,7 @@ KERNELS = (im2col, conv2d_direct, conv2d_im2col, col2im_add, max_pool, avg_pool,
            max_pool_gather)
 
 
-# -- vectorizable float32 math ---------------------------------------------------------------------------------
-# math.tanh in a loop is a call into libm per element (~9 ns), which also stops LLVM from vectorizing the
-# loop. tanh_f32 is the rational approximation XLA and Eigen use for float32 (at most a few ulp from the
-# correctly rounded result), emitted inline as LLVM IR so the loop around it vectorizes.
-
-_TANH_CLAMP = 7.90531110763549805  # the approximation's range: beyond it, its value at the clamp (1 - 2.4e-7)
-#: Beyond 13 ln 2, 1 - tanh(x) < 2**-25 (half an ulp below 1): the correctly rounded float32 tanh is exactly +-1,
-#: as NumPy's is. (The rational approximation clamped at 7.9 gives 0.99999976 there, so tanh(inf) was not 1,
-#: tanh'(inf) = 1 - tanh^2 was 4.8e-7 instead of 0, and inf * tanh'(inf) was inf instead of NumPy's NaN.)
-_TANH_ONE = 9.01091334
-_TANH_P = (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
-           1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03)
-_TANH_Q = (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03)
-
+# -- vectorizable float32 math: inline IR (llvm/mathf.py), shared with the llvm target --------------------------
 
 @intrinsic
 def tanh_f32(typingctx, x):
@@ -321,37 +309,9 @@ def tanh_f32(typingctx, x):
         raise TypeError(f"tanh_f32 takes a float32, got {x}")
 
     def codegen(context, builder, signature, args):
-        (v,) = args
-        f = ir.FloatType()
-        flags = ("contract",)
-
-        def const(c):
-            return ir.Constant(f, c)
-
-        # Ordered comparisons keep NaN: neither clamp fires.
-        v = builder.select(builder.fcmp_ordered("<", v, const(-_TANH_CLAMP)), const(-_TANH_CLAMP), v)
-        v = builder.select(builder.fcmp_ordered(">", v, const(_TANH_CLAMP)), const(_TANH_CLAMP), v)
-        x2 = builder.fmul(v, v, flags=flags)
-
-        def horner(coefficients):
-            acc = const(coefficients[0])
-            for c in coefficients[1:]:
-                acc = builder.fadd(builder.fmul(acc, x2, flags=flags), const(c), flags=flags)
-            return acc
-
-        p = builder.fmul(horner(_TANH_P), v, flags=flags)
-        y = builder.fdiv(p, horner(_TANH_Q))
-        # Saturate to exactly +-1 (ordered comparisons: NaN stays NaN).
-        y = builder.select(builder.fcmp_ordered(">", args[0], const(_TANH_ONE)), const(1.0), y)
-        return builder.select(builder.fcmp_ordered("<", args[0], const(-_TANH_ONE)), const(-1.0), y)
+        return mathf.tanh_f32(builder, args[0])
 
     return types.float32(types.float32), codegen
-
-
-# exp_f32: Cephes' expf (range reduction by n*ln2 in two parts, degree-5 polynomial), inline; 2**n is built
-# in two halves so that n = 128 (x near the top of the range) and the subnormal results stay right.
-_EXP_HI, _EXP_LO = 88.72283935546875, -103.97283935546875
-_EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
 
 
 @intrinsic
@@ -361,32 +321,7 @@ def exp_f32(typingctx, x):
         raise TypeError(f"exp_f32 takes a float32, got {x}")
 
     def codegen(context, builder, signature, args):
-        (v,) = args
-        f, i32 = ir.FloatType(), ir.IntType(32)
-        flags = ("contract",)
-
-        def const(c):
-            return ir.Constant(f, c)
-
-        floor = builder.module.declare_intrinsic("llvm.floor", [f])
-        t = builder.select(builder.fcmp_ordered(">", v, const(_EXP_HI)), const(_EXP_HI), v)
-        t = builder.select(builder.fcmp_ordered("<", t, const(_EXP_LO)), const(_EXP_LO), t)
-        n = builder.call(floor, [builder.fadd(builder.fmul(t, const(1.44269504088896341)), const(0.5))])
-        r = builder.fsub(builder.fsub(t, builder.fmul(n, const(0.693359375))), builder.fmul(n, const(-2.12194440e-4)))
-        p = const(_EXP_P[0])
-        for c in _EXP_P[1:]:
-            p = builder.fadd(builder.fmul(p, r, flags=flags), const(c), flags=flags)
-        y = builder.fadd(builder.fadd(builder.fmul(p, builder.fmul(r, r)), r), const(1.0))
-        k = builder.fptosi(n, i32)
-        half = builder.ashr(k, ir.Constant(i32, 1))
-
-        def pow2(e):
-            return builder.bitcast(builder.shl(builder.add(e, ir.Constant(i32, 127)), ir.Constant(i32, 23)), f)
-
-        y = builder.fmul(builder.fmul(y, pow2(half)), pow2(builder.sub(k, half)))
-        y = builder.select(builder.fcmp_ordered(">", v, const(_EXP_HI)), const(float("inf")), y)
-        y = builder.select(builder.fcmp_ordered("<", v, const(_EXP_LO)), const(0.0), y)
-        return builder.select(builder.fcmp_unordered("uno", v, v), v, y)
+        return mathf.exp_f32(builder, args[0])
 
     return types.float32(types.float32), codegen
 
