@@ -17,7 +17,8 @@ and avg_pool's window sum, which the loops add in row-major tap order, NumPy pai
 * max_pool_backward zeroes y, then adds each window's gradient at its FIRST maximum (row-major window
   order, padding -inf, the first NaN wins; nothing when that maximum is padding), windows in (ho, wo)
   order. Overlapping windows may pick one element, so then only the planes run in parallel; windows that
-  do not overlap (and each hold an element of x) run in parallel too;
+  do not overlap (and each hold an element of x) run in parallel too. Windows that tile the plane write
+  each element once instead (g or 0: bit for bit but for a -0.0 gradient, which stays -0.0);
 * max_pool_gather: y[p, ho, wo] = g at the window's first maximum, 0 where it is padding.
 
 allreduce_* are collectives over MPI ranks: no loops compute them, and :func:`expand_call` refuses them.
@@ -410,6 +411,8 @@ def max_pool_backward(x: Ref, g: Ref, planes: int, H: int, W: int, kh: int, kw: 
     p, ho, wo = _index("p"), _index("ho"), _index("wo")
     dtype = y.buffer.dtype
     find, bh, bq, chosen = _first_maximum(x, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+    if (kh, kw, ph, pw) == (sh, sw, 0, 0) and (Ho * kh, Wo * kw) == (H, W):
+        return _max_pool_backward_tiled(g, planes, H, W, kh, kw, Ho, Wo, y, find)
     gv, at = _scalar("g"), _index("at")
     corner = _clamped(ho * sh - ph, H) * W + _clamped(wo * sw - pw, W)
     body = [*find,
@@ -421,6 +424,21 @@ def max_pool_backward(x: Ref, g: Ref, planes: int, H: int, W: int, kh: int, kw: 
     disjoint = kh <= sh and kw <= sw and ph < kh and pw < kw
     windows = nest([Ho, Wo], [ho.name, wo.name], body, parallel=disjoint)
     return zero + nest([planes], [p.name], windows)
+
+
+def _max_pool_backward_tiled(g: Ref, planes: int, H: int, W: int, kh: int, kw: int, Ho: int, Wo: int, y: Ref,
+                             find: list[Statement]) -> list[Statement]:
+    """max_pool_backward for windows that tile the plane (stride = window, no padding, no remainder): every
+    element is in one window, so each is written once, g at its window's first maximum and 0 elsewhere,
+    branch-free and with no zeroing pass (as the cpu runtime does). The same values as adding g into a zeroed
+    y, but for a gradient of -0.0, stored as -0.0 instead of 0 + -0.0 = +0.0."""
+    p, ho, wo, i, j = (_index(v) for v in ("p", "ho", "wo", "i", "j"))
+    gv = _scalar("g")
+    at_maximum = sp.Eq(i, _index("bi")) & sp.Eq(j, _index("bj"))
+    spread = _nest([kh, kw], ["i", "j"], [_store(y, (p * H + ho * kh + i) * W + wo * kw + j,
+                                                 sp.Piecewise((gv, at_maximum), (0, True)), g.buffer.dtype)])
+    body = [*find, _load(gv, g, (p * Ho + ho) * Wo + wo), *spread]
+    return _nest([planes, Ho, Wo], ["p", "ho", "wo"], body)
 
 
 def _clamped(index: sp.Expr, size: int) -> sp.Expr:
