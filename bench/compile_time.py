@@ -81,13 +81,8 @@ print(json.dumps({{"compile_s": compile_s, "compile_cpu_s": built["cpu"], "impor
 """
 
 
-#: driver= of this checkout's compiles (--driver); a baseline keeps its default.
-DRIVER = ["numba"]
-
-
-def measure(root: Path, workload: str, cache: str) -> dict:
+def measure(root: Path, workload: str, cache: str, driver: str) -> dict:
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(root))
-    driver = DRIVER[0] if root == ROOT else "numba"
     code = WORKER.format(root=str(root), bench=str(root / "bench"), workload=workload, cache=cache, driver=driver)
     cmd = [sys.executable, "-c", code]
     if hasattr(os, "sched_getaffinity"):
@@ -98,15 +93,15 @@ def measure(root: Path, workload: str, cache: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_side(root: Path, workload: str, warm_cache: str) -> dict[str, dict]:
+def run_side(root: Path, workload: str, warm_cache: str, driver: str) -> dict[str, dict]:
     with tempfile.TemporaryDirectory() as cold:
-        cold_run = measure(root, workload, cold)
+        cold_run = measure(root, workload, cold, driver)
     with tempfile.TemporaryDirectory() as known:  # a new model on a machine whose conv timings are known
         table = Path(warm_cache, "autotune.json")
         if table.exists():
             shutil.copy(table, known)
-        new_model = measure(root, workload, known)
-    return {"cold": cold_run, "new_model": new_model, "hit": measure(root, workload, warm_cache)}
+        new_model = measure(root, workload, known, driver)
+    return {"cold": cold_run, "new_model": new_model, "hit": measure(root, workload, warm_cache, driver)}
 
 
 def median(runs: list[dict], pick) -> float | None:
@@ -147,7 +142,7 @@ def main() -> None:
                         help="compile(driver=) of this checkout's steps (a baseline keeps its default)")
     parser.add_argument("--json", help="write the measurements here")
     args = parser.parse_args()
-    DRIVER[0] = args.driver
+    drivers = {"baseline": "numba", "this": args.driver}  # a baseline keeps its default
     roots = {"this": ROOT}
     if args.baseline:
         roots = {"baseline": Path(args.baseline).resolve(), "this": ROOT}
@@ -159,10 +154,10 @@ def main() -> None:
         runs = {side: {"cold": [], "new_model": [], "hit": []} for side in roots}
         with tempfile.TemporaryDirectory() as warm_root:
             for side, root in roots.items():  # fill each side's warm cache once
-                measure(root, workload, os.path.join(warm_root, side))
+                measure(root, workload, os.path.join(warm_root, side), drivers[side])
             for _ in range(args.repeats):
                 for side, root in roots.items():
-                    got = run_side(root, workload, os.path.join(warm_root, side))
+                    got = run_side(root, workload, os.path.join(warm_root, side), drivers[side])
                     for kind in ("cold", "new_model", "hit"):
                         runs[side][kind].append(got[kind])
         results[workload] = runs
