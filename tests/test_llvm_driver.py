@@ -1,6 +1,7 @@
 """The cpu backend's llvm driver (``graphc.compile(..., driver="llvm")``): the step's kernels compiled by the llvm
 target and loaded in process. Oracles: the reference backend (every op and gradient, training), the Numba
-driver (the same Program, so the same numbers to rounding; the same MT19937 draws exactly)."""
+driver (the same Program, so the same numbers to rounding; the same MT19937 draws exactly). GEMM sharing through
+the llvm driver: tests/test_gemm_sharing.py."""
 from __future__ import annotations
 
 import re
@@ -17,7 +18,7 @@ from test_numba_cpu import DTYPES, GRAPHS, assert_same, assert_steps_match, comp
 
 import graphc  # noqa: E402
 from graphc.backends import numba_cpu  # noqa: E402
-from graphc.backends.numba_cpu import llvm_driver, sharing  # noqa: E402
+from graphc.backends.numba_cpu import llvm_driver  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=[(name, dtype) for name in GRAPHS for dtype in DTYPES],
@@ -126,35 +127,6 @@ def test_a_damaged_object_is_rebuilt(tmp_path):
     x, y = rng(1).standard_normal((8, 4)).astype(np.float32), rng(1).integers(0, 3, 8)
     fresh = graphc.compile(loss, inputs=inputs)
     np.testing.assert_allclose(again(x, y), fresh(x, y), rtol=1e-5)
-
-
-def test_gemms_go_through_the_shared_gemm_while_sharing_is_on(graphc_cache_dir):
-    """The entry's graphc_sgemm reads the sharing control block as runtime.gemm does: with the helper on, it
-    takes panels of the step's GEMMs, and the step equals the unshared one."""
-    r = np.random.default_rng(6)
-    w1 = (r.standard_normal((512, 256)) * 0.05).astype(np.float32)
-    x, y = r.standard_normal((128, 512)).astype(np.float32), r.integers(0, 10, 128)
-
-    def trained(share: bool):
-        with graphc.Graph("llvm_driver_sharing") as g:
-            p1 = graphc.param("w1", w1)
-            xi, yi = graphc.input("x", (128, 512)), graphc.input("y", (128,), "int64")
-            loss = g.output(graphc.softmax_cross_entropy(graphc.relu(xi @ p1)[:, :10], yi))
-            g.update(p1, p1 - 0.1 * graphc.grad(loss, [p1])[0])
-        exe = graphc.compile(loss, inputs=[xi, yi], backend="cpu", threads=1, cache_dir=graphc_cache_dir,
-                             driver="llvm")
-        exe.share_gemm = share
-        before = sharing.helped()
-        losses = [float(exe(x, y)) for _ in range(12)]  # the helper may miss the first GEMMs while it starts
-        assert (sharing.helped() > before) == share
-        return losses, exe.params["w1"].copy()
-
-    try:
-        with_helper, without = trained(True), trained(False)
-    finally:
-        sharing.stop()
-    np.testing.assert_allclose(with_helper[0], without[0], rtol=1e-5)
-    np.testing.assert_allclose(with_helper[1], without[1], rtol=1e-5, atol=1e-7)
 
 
 def test_a_collective_call_and_an_unknown_driver_are_refused_by_name():
