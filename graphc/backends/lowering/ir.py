@@ -326,6 +326,11 @@ def walk(body: Sequence):
             yield from walk(s.body)
 
 
+def draws(program: Program) -> bool:
+    """Whether ``program`` draws random numbers (a target then keeps a generator's state for it)."""
+    return any(isinstance(s, Draw) for kernel in program.kernels for s in walk(kernel.body))
+
+
 def library_calls(program: Program) -> list[Call]:
     """Every library call ``program`` makes (checks and kernels, in order): what a target must provide."""
     return [s for kernel in program.checks + program.kernels for s in walk(kernel.body) if isinstance(s, Call)]

@@ -89,11 +89,11 @@ def lower_program(graph: Graph, inputs: Sequence[Node] | None = None, *, boundsc
     autotunes each conv2d's method on this machine)."""
     options = {"boundscheck": bool(boundscheck), "part_lines": part_lines, "parallel_loops": bool(parallel_loops),
                "fastmath": tuple(sorted(DEFAULT_FASTMATH if fastmath is None else fastmath)),
-               "driver": check_driver(driver)}
+               "driver": _checked_driver(driver)}
     return lower(graph, inputs, options, plan=plan, choose_conv=conv_chooser(conv, cache_dir))
 
 
-def check_driver(driver: str) -> str:
+def _checked_driver(driver: str) -> str:
     if driver not in DRIVERS:
         raise GraphcError(f"compile: driver must be one of {', '.join(map(repr, DRIVERS))}, got {driver!r}")
     return driver
@@ -172,7 +172,7 @@ def build_graph(built: Graph, key: str, make_program: Callable[[Stages], Program
     lowering and the rendering. On a miss (or a damaged entry) ``make_program(stages)`` runs the passes and
     the lowering (recording their seconds in ``stages``), and the Program is stored with the module. The
     codegen options (as for :func:`build`) are in ``key`` and in what ``make_program`` lowers."""
-    check_driver(driver)  # before the lookup: a hit lowers nothing that would check it
+    _checked_driver(driver)  # before the lookup: a hit lowers nothing that would check it
     return _build_entry(key, make_program, built, check_finite=check_finite, strict=strict, cache_dir=cache_dir)
 
 

@@ -134,14 +134,14 @@ class NumbaExecutable(NativeExecutable):
     def llvm_ir(self) -> str:
         """The driver's LLVM IR (Numba's ``inspect_llvm``; recompiled without the cache if needed), or the llvm
         driver's kernels as rendered (each kernel headed by its node and the user's line)."""
-        if self._signature is None:
+        if self.program.options.get("driver") == "llvm":
             return self._entry.kernels_text_path.read_text()
         return self._inspect("inspect_llvm")
 
     @property
     def asm(self) -> str:
         """The driver's machine code as assembly (Numba's ``inspect_asm``, or the llvm driver's kernels')."""
-        if self._signature is None:
+        if self.program.options.get("driver") == "llvm":
             from .llvm_driver import assembly
 
             return assembly(self.llvm_ir)

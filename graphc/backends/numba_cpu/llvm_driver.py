@@ -31,7 +31,7 @@ from ..llvm.random import MT_WORDS
 from ..llvm.render import UnsupportedCallError, render_module_and_text
 from ..llvm.target import optimize, target_machine
 from ..lowering import Program
-from ..lowering.ir import Draw, walk
+from ..lowering.ir import draws
 from . import sharing
 
 #: LLVM's level for the kernels (as for the Numba driver: see DRIVER_OPT_LEVEL in __init__.py).
@@ -79,7 +79,7 @@ def load_entry(obj: bytes, symbol: str) -> int:
 
 def _define_gemms() -> None:
     """``graphc_sgemm`` / ``graphc_dgemm`` for every object of this process (see the module docstring)."""
-    if _ENGINES:
+    if _ENGINES:  # their engine is the first one
         return
     from numba import _helperlib
     from numba.np.linalg import ensure_blas
@@ -97,31 +97,25 @@ def _define_gemms() -> None:
 
 
 def _define_runtime_gemm(module: ir.Module, dtype: str) -> None:
-    """``graphc_?gemm`` (row-major, the llvm target's contract) as ``runtime.gemm`` calls BLAS: column-major
-    ``C^T = op(B)^T op(A)^T`` through the shared GEMM's entry when the control block holds one, else
-    ``numba_xxgemm``. Its status is not read: it fails only without SciPy's BLAS, which load_entry required."""
+    """``graphc_?gemm`` (row-major, the llvm target's contract) calling BLAS as ``runtime.gemm`` does
+    (``sharing.call_gemm``). Its status is not read: it fails only without SciPy's BLAS, which _define_gemms
+    required."""
     fn = define_gemm(ir.Module("declaration"), dtype, "external")
     fn = ir.Function(module, fn.function_type, fn.name)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     ta, tb, m, n, k, alpha, a, lda, bb, ldb, beta, c, ldc = fn.args
-    i64, char, void_p = ir.IntType(64), ir.IntType(8), ir.IntType(8).as_pointer()
-    fnty = sharing.xxgemm_type(i64)
-    blas = module.globals.get("numba_xxgemm") or ir.Function(module, fnty, "numba_xxgemm")
-    entry = b.load_atomic(sharing.block_slot(b, ir.Constant(i64, sharing.ENTRY)), "monotonic", 8)
-    target = b.select(b.icmp_unsigned("!=", entry, ir.Constant(i64, 0)), b.inttoptr(entry, fnty.as_pointer()), blas)
+    void_p = ir.IntType(8).as_pointer()
 
-    def trans(flag):
-        return b.select(b.icmp_signed("!=", flag, ir.Constant(flag.type, 0)), ir.Constant(char, ord("t")),
-                        ir.Constant(char, ord("n")))
+    def nonzero(flag):
+        return b.icmp_signed("!=", flag, ir.Constant(flag.type, 0))
 
     def slot(value):
         at = b.alloca(value.type)
         b.store(value, at)
         return b.bitcast(at, void_p)
 
-    kind = ord("s" if dtype == "float32" else "d")
-    b.call(target, [ir.Constant(char, kind), trans(tb), trans(ta), n, m, k, slot(alpha), b.bitcast(bb, void_p),
-                    ldb, b.bitcast(a, void_p), lda, slot(beta), b.bitcast(c, void_p), ldc])
+    sharing.call_gemm(b, "s" if dtype == "float32" else "d", nonzero(ta), nonzero(tb), m, n, k, slot(alpha),
+                      b.bitcast(a, void_p), lda, b.bitcast(bb, void_p), ldb, slot(beta), b.bitcast(c, void_p), ldc)
     b.ret_void()
 
 
@@ -143,9 +137,8 @@ class EntryStep:
         self._ins = (ctypes.c_void_p * max(len(program.inputs), 1))()
         self._outs = (ctypes.c_void_p * max(len(self._outputs), 1))()
         self._ins_at, self._outs_at = ctypes.addressof(self._ins), ctypes.addressof(self._outs)
-        draws = any(isinstance(s, Draw) for k in program.kernels for s in walk(k.body))
-        self._rng = np.zeros(MT_WORDS, np.uint32) if draws else None
-        self._rng_at = self._rng.ctypes.data if draws else None
+        self._rng = np.zeros(MT_WORDS, np.uint32) if draws(program) else None
+        self._rng_at = None if self._rng is None else self._rng.ctypes.data
         self._stores: tuple = (None, None, None)
         self._store_at = (0, 0, 0)
 

@@ -29,8 +29,8 @@ from ..lowering.ir import (
     Ref,
     Seed,
     Store,
+    draws,
     library_calls,
-    walk,
 )
 from ..numba_scalar import NP_TYPE, NumbaStatements
 from ..threads import PARALLEL_MIN_WORK
@@ -207,7 +207,7 @@ def _coefficient(expr: sp.Expr) -> str:
 def render(program: Program, version: str, min_work: int | None = None, entry: str | None = None) -> str:
     """The Python module of ``program``: header, buffer-plan constants, ``step`` (and its parts), ``epoch``.
     ``min_work``: the cost rule's threshold (default PARALLEL_MIN_WORK; tests lower it). ``entry``: the
-    llvm driver's entry symbol: ``step`` is then a wrapper calling it (see :func:`_entry_step`)."""
+    llvm driver's entry symbol: ``step`` is then a wrapper calling it (see :func:`_entry_module`)."""
     if entry is not None:
         return _entry_module(program, version, entry)
     opts = program.options
@@ -215,18 +215,9 @@ def render(program: Program, version: str, min_work: int | None = None, entry: s
     graph = program.graph
     prologue = _kernel_chunks(r, program.checks)
     chunks = _kernel_chunks(r, program.kernels)
-    out_vars = [f"as_shape({o.name}, {tuple(o.shape)!r})" for o in program.outputs]
-    return_expr = "(" + ", ".join(out_vars) + ("," if len(out_vars) == 1 else "") + ")"
-    flags = sorted(opts.get("fastmath") or ())
-    summary = f"{len(graph.nodes)} nodes, {len(graph.params)} parameters, {len(graph.updates)} updates"
-    collective_import = _collective_import(program)
-    parallel = r.parallel_loops > 0  # Numba's parallel pipeline only where a loop pays for it
-    lines = [HEADER.rstrip("\n").format(version=version, name=graph.name, summary=summary,
-                           collective_import=collective_import, cache=not collective_import,
-                           fastmath="{" + ", ".join(repr(f) for f in flags) + "}" if flags else "False",
-                           boundscheck=bool(opts.get("boundscheck", False)),
-                           numba_import="njit, prange" if parallel else "njit",
-                           parallel=", parallel=True" if parallel else "")]
+    return_expr = _outputs_tuple(program)
+    # Numba's parallel pipeline only where a loop pays for it
+    lines = [_header(program, version, _collective_import(program), parallel=r.parallel_loops > 0)]
     if r.consts:
         lines.append("# Buffer plan: element offsets into the parameter store (P: parameters, C: constants) and")
         lines.append("# the workspace (V: node values, S: scratch), which dead values hand on to later ones.")
@@ -275,15 +266,30 @@ def render(program: Program, version: str, min_work: int | None = None, entry: s
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _header(program: Program, version: str, collective_import: str, parallel: bool) -> str:
+    """The module's header: what it was generated from, its imports and the ``NJIT`` options."""
+    graph, opts = program.graph, program.options
+    flags = sorted(opts.get("fastmath") or ())
+    summary = f"{len(graph.nodes)} nodes, {len(graph.params)} parameters, {len(graph.updates)} updates"
+    return HEADER.rstrip("\n").format(version=version, name=graph.name, summary=summary,
+                                      collective_import=collective_import, cache=not collective_import,
+                                      fastmath="{" + ", ".join(repr(f) for f in flags) + "}" if flags else "False",
+                                      boundscheck=bool(opts.get("boundscheck", False)),
+                                      numba_import="njit, prange" if parallel else "njit",
+                                      parallel=", parallel=True" if parallel else "")
+
+
+def _outputs_tuple(program: Program) -> str:
+    """``step``'s return value: each output reshaped from its flat array, in a tuple."""
+    out_vars = [f"as_shape({o.name}, {tuple(o.shape)!r})" for o in program.outputs]
+    return "(" + ", ".join(out_vars) + ("," if len(out_vars) == 1 else "") + ")"
+
+
 def _entry_module(program: Program, version: str, entry: str) -> str:
     """The llvm driver's module: the header, ``step`` calling the entry ``entry`` (the kernels, compiled by the
     llvm target: ``exe.llvm_ir``), and ``epoch`` as for the Numba driver. Only ``epoch`` compiles ``step``."""
-    flags = sorted(program.options.get("fastmath") or ())
     graph = program.graph
-    summary = f"{len(graph.nodes)} nodes, {len(graph.params)} parameters, {len(graph.updates)} updates"
-    lines = [HEADER.rstrip("\n").format(version=version, name=graph.name, summary=summary, collective_import="",
-                                        cache=True, fastmath="{" + ", ".join(repr(f) for f in flags) + "}" if flags
-                                        else "False", boundscheck=False, numba_import="njit", parallel=""),
+    lines = [_header(program, version, "", parallel=False),
              "from graphc.backends.numba_cpu.runtime import entry_function",
              "",
              f"# The kernels are the LLVM function {entry} (driver='llvm': `exe.llvm_ir` shows them, each headed",
@@ -299,13 +305,11 @@ def _entry_module(program: Program, version: str, entry: str) -> str:
     lines += [f"    ins[{k}] = {arg}.ctypes.data" for k, arg in enumerate(program.input_args)]
     lines.append(f"    outs = np.empty({max(len(program.outputs), 1)}, i64)")
     lines += [f"    outs[{k}] = {o.name}.ctypes.data" for k, o in enumerate(program.outputs)]
-    draws = any(isinstance(s, Draw) for k in program.kernels for s in walk(k.body))
-    if draws:
+    if draws(program):
         lines.append(f"    rng = np.empty({MT_WORDS}, np.uint32)  # MT19937: every draw follows a seed of this call")
-    rng = "rng.ctypes.data" if draws else "0"
+    rng = "rng.ctypes.data" if draws(program) else "0"
     lines.append(f"    ENTRY(state.ctypes.data, ws.ctypes.data, ins.ctypes.data, outs.ctypes.data, status.ctypes.data, {rng})")
-    outputs = [f"as_shape({o.name}, {tuple(o.shape)!r})" for o in program.outputs]
-    lines += [f"    return ({', '.join(outputs)}{',' if len(outputs) == 1 else ''})", "", ""]
+    lines += [f"    return {_outputs_tuple(program)}", "", ""]
     lines.append(_epoch_source(program))
     return "\n".join(lines).rstrip() + "\n"
 

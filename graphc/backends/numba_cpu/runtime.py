@@ -40,13 +40,6 @@ def gemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, a_off, lda, b, b_off, l
     def codegen(context, builder, signature, args):
         (ta, tb, m_, n_, k_, alpha_, a_, a_off_, lda_, b_, b_off_, ldb_, beta_, c_, c_off_, ldc_) = args
         intp = context.get_value_type(types.intp)
-        fnty = sharing.xxgemm_type(intp)
-        blas = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
-        # The shared GEMM's entry while the thread policy shares GEMMs with a helper thread (see sharing.py).
-        entry = builder.load_atomic(sharing.block_slot(builder, ir.Constant(ir.IntType(64), sharing.ENTRY)),
-                                    "monotonic", 8)
-        shared = builder.icmp_unsigned("!=", entry, ir.Constant(ir.IntType(64), 0))
-        fn = builder.select(shared, builder.inttoptr(entry, fnty.as_pointer()), blas)
 
         def cast(value, ty):
             return context.cast(builder, value, ty, types.intp)
@@ -58,18 +51,13 @@ def gemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, a_off, lda, b, b_off, l
         def slot(value, ty):
             return builder.bitcast(cgutils.alloca_once_value(builder, context.cast(builder, value, ty, dtype)), _void_p)
 
-        def trans_char(flag, ty):
-            nonzero = builder.icmp_unsigned("!=", cast(flag, ty), ir.Constant(intp, 0))
-            return builder.select(nonzero, ir.Constant(_char, ord("t")), ir.Constant(_char, ord("n")))
+        def nonzero(flag, ty):
+            return builder.icmp_unsigned("!=", cast(flag, ty), ir.Constant(intp, 0))
 
-        # Column-major BLAS sees a row-major matrix transposed: C^T = op(B)^T op(A)^T.
-        res = builder.call(fn, (
-            ir.Constant(_char, ord(get_blas_kind(dtype))),
-            trans_char(tb, trans_b), trans_char(ta, trans_a),
-            cast(n_, n), cast(m_, m), cast(k_, k),
-            slot(alpha_, alpha), pointer(b_, b, b_off_, b_off), cast(ldb_, ldb),
-            pointer(a_, a, a_off_, a_off), cast(lda_, lda), slot(beta_, beta),
-            pointer(c_, c, c_off_, c_off), cast(ldc_, ldc)))
+        res = sharing.call_gemm(builder, get_blas_kind(dtype), nonzero(ta, trans_a), nonzero(tb, trans_b),
+                                cast(m_, m), cast(n_, n), cast(k_, k), slot(alpha_, alpha),
+                                pointer(a_, a, a_off_, a_off), cast(lda_, lda), pointer(b_, b, b_off_, b_off),
+                                cast(ldb_, ldb), slot(beta_, beta), pointer(c_, c, c_off_, c_off), cast(ldc_, ldc))
         check_blas_return(context, builder, res)
         return context.get_dummy_value()
 

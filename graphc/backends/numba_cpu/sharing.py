@@ -98,6 +98,28 @@ def xxgemm_type(intp: ir.Type) -> ir.FunctionType:
                                             _void_p, intp, _void_p, _void_p, intp])
 
 
+def call_gemm(builder: ir.IRBuilder, kind: str, trans_a: ir.Value, trans_b: ir.Value, m: ir.Value, n: ir.Value,
+              k: ir.Value, alpha: ir.Value, a: ir.Value, lda: ir.Value, b: ir.Value, ldb: ir.Value, beta: ir.Value,
+              c: ir.Value, ldc: ir.Value) -> ir.Value:
+    """Build a row-major GEMM call (``kind`` "s" or "d"; ``trans_*`` i1 flags; alpha and beta pointers to the
+    scalars; a, b, c i8 pointers; sizes intp), as every generated GEMM makes it: through the shared GEMM's entry
+    while the thread policy shares GEMMs with a helper thread, else ``numba_xxgemm``. Returns BLAS's status."""
+    intp = m.type
+    fnty = xxgemm_type(intp)
+    module = builder.module
+    blas = module.globals.get("numba_xxgemm") or ir.Function(module, fnty, "numba_xxgemm")
+    entry = builder.load_atomic(block_slot(builder, ir.Constant(_i64, ENTRY)), "monotonic", 8)
+    fn = builder.select(builder.icmp_unsigned("!=", entry, ir.Constant(_i64, 0)), builder.inttoptr(entry, fnty.as_pointer()),
+                        blas)
+
+    def letter(flag):
+        return builder.select(flag, ir.Constant(_char, ord("t")), ir.Constant(_char, ord("n")))
+
+    # Column-major BLAS sees a row-major matrix transposed: C^T = op(B)^T op(A)^T.
+    return builder.call(fn, (ir.Constant(_char, ord(kind)), letter(trans_b), letter(trans_a), n, m, k, alpha, b, ldb,
+                             a, lda, beta, c, ldc))
+
+
 # -- atomics on the control block ---------------------------------------------------------------------------
 
 @intrinsic
