@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import statistics
@@ -24,6 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+
+def step_once(exe, x, y):
+    return exe._step(x, y, exe._state, exe._ws, exe._status)
 
 
 def per_call_ms(fn, calls: int = 50, blocks: int = 5) -> float:
@@ -46,8 +51,9 @@ def main() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
-    import graphc
     import train_step
+
+    import graphc
     from graphc.backends import numba_cpu
 
     train_step.args = type("Args", (), {"graphc_epoch": "step", "contended": False, "threads": 1,
@@ -74,7 +80,7 @@ def main() -> None:
                 single = numba_cpu.build_program(one, cache_dir=cache)
             single._state[:] = exe._state
             single._ws[:] = exe._ws
-            times[driver] = per_call_ms(lambda: single._step(x, y, single._state, single._ws, single._status))
+            times[driver] = per_call_ms(functools.partial(step_once, single, x, y))
         rows.append({"kernel": kernel.title, **times})
     rows.sort(key=lambda r: -r["llvm"])
     print(f"{args.workload}: {len(rows)} kernels; sums: numba {sum(r['numba'] for r in rows):.3f} ms, "

@@ -160,3 +160,29 @@ def test_float32_exp_and_tanh_are_inline_and_compute_the_numba_drivers_numbers(g
     for a, b, want in zip(got(values), numba(values), wants):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(a, want, rtol=4e-7, atol=1e-44)
+
+
+def test_fit_trains_through_the_llvm_driver_as_the_reference_backend():
+    """fit(..., driver="llvm"): its native epochs (the module's epoch calling the entry) give the reference
+    backend's losses and weights; the option is refused for another backend and for data-parallel fit."""
+    from graphc.nn import Dense, Sequential
+
+    r = np.random.default_rng(7)
+    x = r.standard_normal((96, 4))
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64) + (x[:, 2] > 1).astype(np.int64)
+
+    def trained(**options):
+        model = Sequential([Dense(8, "tanh"), Dense(3)], input_shape=(4,))
+        history = graphc.fit(model, (x, y), epochs=3, batch_size=16, optimizer=graphc.optim.SGD(0.2), seed=3,
+                             verbose=False, **options)
+        return history, model
+
+    (got, got_model), (want, want_model) = trained(backend="cpu", driver="llvm"), trained(backend="reference")
+    assert got.executable.program.options["driver"] == "llvm" and "ENTRY(" in got.executable.source
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+    got_values, want_values = got_model.named_values(), want_model.named_values()
+    assert sorted(got_values) == sorted(want_values)
+    for name, value in want_values.items():
+        np.testing.assert_allclose(got_values[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+    with pytest.raises(graphc.HyperparameterError, match="driver='llvm' applies to backend 'cpu', not 'reference'"):
+        trained(backend="reference", driver="llvm")

@@ -215,6 +215,20 @@ def build_eval(model: Module, batch_size: int, name: str = "predict") -> Graph:
     return g
 
 
+def _check_driver(driver: str | None, backend: str, world: World) -> str | None:
+    """fit's ``driver``: for backend "cpu" only, and not "llvm" in a data-parallel job (its steps'
+    collective calls need the Numba driver)."""
+    if driver is None:
+        return None
+    if backend != "cpu":
+        raise HyperparameterError(f"fit: driver={driver!r} applies to backend 'cpu', not {backend!r}"
+                                  f"{user_line_text()}")
+    if driver == "llvm" and world.distributed:
+        raise HyperparameterError("fit: driver='llvm' does not run data-parallel steps (their allreduce calls need "
+                                  f"driver='numba'){user_line_text()}")
+    return driver
+
+
 def _default_backend() -> str:
     from .. import backends
 
@@ -228,7 +242,7 @@ class Trainer:
     def __init__(self, model: Module, optimizer: Optimizer | None = None, loss: Any = "softmax_cross_entropy",
                  l2: float = 0.0, backend: str | None = None, optimize: int | None = None,
                  metrics: tuple[str, ...] | None = None, monitor: bool = False, l2_input: bool = False,
-                 world: World = SINGLE):
+                 world: World = SINGLE, driver: str | None = None):
         self.loss = loss_defs.loss_of(loss)
         self.metrics = loss_defs.metrics_of(metrics, self.loss)
         #: what the step's y is; fit sets it from the data for a custom loss (y's rows as given)
@@ -239,6 +253,8 @@ class Trainer:
         self.l2_input = l2_input
         self.backend = backend or _default_backend()
         self.optimize = optimize
+        #: backend "cpu": how the steps' kernels are compiled (graphc.compile's ``driver``; None: its default)
+        self.driver = _check_driver(driver, self.backend, world)
         self._steps: dict[tuple[int, str], Any] = {}
         self._eval: dict[int, Any] = {}
         self.state: dict[str, np.ndarray] | None = None  # parameters + optimizer state, by name
@@ -258,7 +274,9 @@ class Trainer:
 
     def _compile(self, graph: Graph, backend: str | None = None):
         outs = [dsl.Tensor(o, graph) for o in graph.outputs]
-        return compile_graph(outs, backend=backend or self.backend, optimize=self.optimize)
+        backend = backend or self.backend
+        options = {"driver": self.driver} if self.driver is not None and backend == "cpu" else {}
+        return compile_graph(outs, backend=backend, optimize=self.optimize, **options)
 
     def step_executable(self, batch_size: int, backend: str | None = None):
         """The compiled training step for a (global) minibatch of ``batch_size`` rows: in a data-parallel job,
@@ -599,7 +617,7 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
         checkpoint: str | None = None, resume: bool = False, verbose: bool = True,
         trainer: Trainer | None = None, last_batch: str = "partial",
         metrics: tuple[str, ...] | None = None, monitor: bool = False, distributed: Any = None,
-        threads: int | None = None) -> History:
+        threads: int | None = None, driver: str | None = None) -> History:
     """Train ``model`` on ``train_data`` = (x, y) and return its :class:`History`.
 
     ``loss``: ``"softmax_cross_entropy"`` (the default: logits [N, C], integer labels y [N]), ``"mse"``,
@@ -635,6 +653,10 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
     epoch, so that a machine shared with a busy process trains on 1 thread instead of collapsing; an int
     fixes the count. ``history.threads`` holds each epoch's (graphc.backends.threads).
 
+    ``driver`` (backend "cpu"): how the steps' kernels are compiled, as ``graphc.compile(driver=)``: ``"numba"``
+    (None: the default) or ``"llvm"`` (graphc's llvm target: a cold compile several times faster; not with
+    ``distributed``). See docs/performance.md, "The llvm driver".
+
     >>> import graphc, numpy as np
     >>> from graphc.nn import Sequential, Dense
     >>> x = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32); y = (x[:, 0] > 0).astype(np.int64)
@@ -649,7 +671,8 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
     batch_size_of = _batch_size_of(batch_size)
     _check_last_batch(last_batch)
     world = world_of(distributed) if trainer is None or distributed is not None else trainer.world
-    trainer = trainer or Trainer(model, optimizer, loss, l2, backend, metrics=metrics, monitor=monitor, world=world)
+    trainer = trainer or Trainer(model, optimizer, loss, l2, backend, metrics=metrics, monitor=monitor, world=world,
+                                 driver=driver)
     if trainer.world != world:
         raise HyperparameterError(f"fit: the trainer given trains on {trainer.world.size} process(es) "
                                   f"({'data-parallel' if trainer.world.distributed else 'alone'}), distributed="
