@@ -18,6 +18,7 @@ from numba.np.arrayobj import _empty_nd_impl
 from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
 
 from ..llvm import mathf
+from ..lowering.library import COL_BLOCK  # the columns conv2d_im2col fills at a time (one fact, both CPU paths)
 from . import sharing
 from .kernel_cache import cached
 
@@ -133,8 +134,6 @@ def conv2d_direct(x, xo, w, wo_, N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw,
                                 out[orow + v] += wv * x[rb + v * sw]
 
 
-#: Elements of the column matrix conv2d_im2col fills at a time (128 KiB of float32; measured best of 16K-128K).
-COL_BLOCK = 32768
 
 
 @_kernel
