@@ -241,7 +241,8 @@ def graphc_resnet_step(cache_dir: str):
     os.environ["GRAPHC_CACHE_DIR"] = cache_dir
     example = resnet_module()
     net = example.model(seed=0)
-    trainer = graphc.train.Trainer(net, example.optimizer, backend="cpu")
+    driver = getattr(args, "graphc_driver", "numba")
+    trainer = graphc.train.Trainer(net, example.optimizer, backend="cpu", **({"driver": driver} if driver != "numba" else {}))
     t0 = time.perf_counter()
     exe = trainer.step_executable(WORKLOADS["resnet"]["batch"])
     compile_s = time.perf_counter() - t0
