@@ -167,6 +167,8 @@ def _inside(h: sp.Expr, q: sp.Expr, H: int, W: int, extents: dict[str, int]) -> 
     terms = []
     for value, size in ((h, H), (q, W)):
         low, high = _bounds(value, {_index(k): n for k, n in extents.items()})
+        if low is not None and (high < 0 or low > size - 1):
+            return sp.false  # always in the padding
         if low is None or low < 0:
             terms.append(value >= 0)
         if high is None or high > size - 1:
@@ -174,11 +176,16 @@ def _inside(h: sp.Expr, q: sp.Expr, H: int, W: int, extents: dict[str, int]) -> 
     return sp.And(*terms)
 
 
-def _runs(extent: int, low: int, high: int) -> list[tuple[int, int]]:
+def _runs(extent: int, low: int, high: int, single_edges: bool = False) -> list[tuple[int, int]]:
     """``range(extent)`` as (start, count) runs: before ``low``, [low, high), from ``high``; empty ones left out.
-    [low, high) is where a window lies inside the plane: its loads need no guard (see :func:`_inside`)."""
+    [low, high) is where a window lies inside the plane: its loads need no guard (see :func:`_inside`).
+    ``single_edges``: each index before ``low`` and from ``high`` a run of its own (its taps then are either
+    inside or outside the plane, known when expanding)."""
     low = min(max(low, 0), extent)
     high = min(max(high, low), extent)
+    if single_edges:
+        return [(a, 1) for a in range(low)] + ([(low, high - low)] if high > low else []) + \
+            [(a, 1) for a in range(high, extent)]
     return [(a, b - a) for a, b in ((0, low), (low, high), (high, extent)) if b > a]
 
 
@@ -289,7 +296,8 @@ def col2im_add(cols: Ref, Co: int, kh: int, kw: int, H: int, W: int, sh: int, sw
             gather = functools.partial(_col2im_gather, cols, y, Co, kh, kw, H, W, sh, ph, pw, Ho, Wo, b, bw, sw,
                                        rows[0], columns[0], taps_i, taps_j)
             # Targets whose every tap reads the plane in the middle run, unguarded (see _runs).
-            runs = [_runs(rows[1], max(d for _, d in taps_i) - rows[0], H + min(d for _, d in taps_i) - rows[0]),
+            runs = [_runs(rows[1], max(d for _, d in taps_i) - rows[0], H + min(d for _, d in taps_i) - rows[0],
+                          single_edges=True),
                     _runs(columns[1], max(d for _, d in taps_j) - columns[0],
                           W + min(d for _, d in taps_j) - columns[0])]
             out += _nest([Co], ["o"], _region_nests(["a", "e"], runs, gather))
@@ -308,7 +316,10 @@ def _col2im_gather(cols: Ref, y: Ref, Co: int, kh: int, kw: int, H: int, W: int,
     for i, di in taps_i:
         for j, dj in taps_j:
             h, q = a_abs - di, e_abs - dj
-            body += [_load(cv, cols, linear([o, i, j], [Co, kh, kw]) * (H * W) + h * W + q, _inside(h, q, H, W, extents)),
+            inside = _inside(h, q, H, W, extents)
+            if inside == sp.false:
+                continue  # this run's targets never reach the plane through this tap: it adds 0
+            body += [_load(cv, cols, linear([o, i, j], [Co, kh, kw]) * (H * W) + h * W + q, inside),
                      Assign(acc, acc + cv, dtype)]
     target = (o * Ho + a_abs * sh + b - ph) * Wo + e_abs * sw + bw - pw
     return [*body, _store(y, target, acc, dtype, reduce="add")]
