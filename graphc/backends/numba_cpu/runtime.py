@@ -22,7 +22,6 @@ from ..lowering.library import COL_BLOCK  # the columns conv2d_im2col fills at a
 from . import sharing
 from .kernel_cache import cached
 
-_char = ir.IntType(8)
 _void_p = ir.IntType(8).as_pointer()
 
 
@@ -65,11 +64,11 @@ def gemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, a_off, lda, b, b_off, l
     return sig, codegen
 
 
-
 def entry_function(symbol: str):
     """The llvm driver's entry ``symbol`` as a function Numba code calls: the llvm target's entry ABI, pointers
     passed as integers. Linked by name: ``llvm_driver.load_entry`` registered its address."""
     return types.ExternalFunction(symbol, types.int32(*(types.intp,) * 6))
+
 
 # -- generic kernels for convolution and pooling --------------------------------------------------------------
 # Loop nests too deep to inline in every graph's driver at a reasonable compile time: compiled once per
@@ -132,8 +131,6 @@ def conv2d_direct(x, xo, w, wo_, N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw,
                             orow = ob + ho * Wo
                             for v in range(lo, hi):
                                 out[orow + v] += wv * x[rb + v * sw]
-
-
 
 
 @_kernel
