@@ -129,6 +129,24 @@ def test_a_damaged_object_is_rebuilt(tmp_path):
     np.testing.assert_allclose(again(x, y), fresh(x, y), rtol=1e-5)
 
 
+def test_an_object_that_passes_its_checksums_but_does_not_load_is_rebuilt(tmp_path):
+    """As for Numba's cached code: a hit whose files check out but whose object LLVM cannot load is rebuilt."""
+    from graphc.backends.cache import sha256_file, write_record
+
+    loss, inputs = mlp_step(dtype="float32", name="llvm_driver_unloadable")
+    exe = graphc.compile(loss, inputs=inputs, backend="cpu", cache_dir=tmp_path, driver="llvm")
+    entry = exe._entry
+    write_record(entry.kernels_path, b"not an object file")
+    entry.write_manifest(sha256_file(entry.module_path), {"graph": exe.program.graph.name})
+    assert entry.problems() == []
+    loss, inputs = mlp_step(dtype="float32", name="llvm_driver_unloadable")
+    again = graphc.compile(loss, inputs=inputs, backend="cpu", cache_dir=tmp_path, driver="llvm")
+    assert again.stats["cache"] == "rebuilt"
+    assert again.stats["cache_problems"][0].startswith("the llvm driver could not load the cached code")
+    x, y = rng(2).standard_normal((8, 4)).astype(np.float32), rng(2).integers(0, 3, 8)
+    np.testing.assert_allclose(again(x, y), graphc.compile(loss, inputs=inputs)(x, y), rtol=1e-5)
+
+
 def test_a_collective_call_and_an_unknown_driver_are_refused_by_name():
     from graphc.backends.lowering.ir import Call, Kernel, Ref
 

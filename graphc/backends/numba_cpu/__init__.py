@@ -240,49 +240,39 @@ def _build_entry(key: str, make_program: Callable[[Stages], Program], built: Gra
         with stages.timed("import"):
             module = entry.import_module(reuse=not problems)
         t2 = time.perf_counter()
-        if program.options.get("driver") == "llvm":
-            try:
-                step = _load_entry_step(entry, program, stages)
-            except RecordError as err:  # it passed the manifest's checksum, then changed: rebuild it
-                stats["cache"], stats["cache_problems"] = "rebuilt", [str(err)]
-                source_sha = rebuild(program)
-                module = entry.import_module(reuse=False)
-                step = _load_entry_step(entry, program, stages)
-            if stats["cache"] != "hit":
-                entry.write_manifest(source_sha, {"graph": program.graph.name, "program": program.summary()})
-            stats.update({"import_s": t2 - t1, "build_s": time.perf_counter() - t0, "stages": stages})
-            return NumbaExecutable(program, module, stats, entry.module_path.read_text(), entry,
-                                   check_finite=check_finite, strict=strict, step=step)
+        llvm = program.options.get("driver") == "llvm"
         numba_cpu_s = time.process_time()
-        step_sig = _step_signature(program)
-        before = _counts(module.step)
+        before = None if llvm else _counts(module.step)
         try:
-            _compile(module.step, step_sig)
+            step = _native_step(entry, module, program, stages)
         except Exception as err:  # noqa: BLE001 - any failure to load cached code means: rebuild it
             if stats["cache"] != "hit":
                 raise
             # Files that passed their checksums still failed to load (another Numba build?): rebuild.
             stats["cache"] = "rebuilt"
-            stats["cache_problems"] = [f"numba could not load the cached code: {type(err).__name__}: {err}"]
+            stats["cache_problems"] = [f"{'the llvm driver' if llvm else 'numba'} could not load the cached code: "
+                                       f"{type(err).__name__}: {err}"]
             source_sha = rebuild(program)
             module = entry.import_module(reuse=False)
-            before = _counts(module.step)
-            _compile(module.step, step_sig)
+            before = None if llvm else _counts(module.step)
+            step = _native_step(entry, module, program, stages)
         t3 = time.perf_counter()
         numba_cpu_s = time.process_time() - numba_cpu_s
-        after = _counts(module.step)
-        numba_hits, numba_misses = after[0] - before[0], after[1] - before[1]
+        after = None if llvm else _counts(module.step)
+        numba_misses = 0 if llvm else after[1] - before[1]
         if stats["cache"] != "hit" or numba_misses:
             entry.write_manifest(source_sha, {"graph": program.graph.name, "program": program.summary()})
         if stats["cache"] == "hit" and numba_misses:
             stats["cache"] = "numba-miss"  # our files were fine, but Numba recompiled (it judged its cache stale)
-    module.step.disable_compile()  # every call must match the signature compiled here
-    stages.update({"numba": t3 - t2, "numba_cpu": numba_cpu_s})
-    stats.update({"import_s": t2 - t1, "numba_compile_s": t3 - t2, "build_s": time.perf_counter() - t0,
-                  "numba_cache_hit": numba_hits > 0 and not numba_misses, "in_process": not numba_hits + numba_misses,
-                  "stages": stages})
-    source = entry.module_path.read_text()
-    return NumbaExecutable(program, module, stats, source, entry, check_finite=check_finite, strict=strict)
+    stats.update({"import_s": t2 - t1, "build_s": time.perf_counter() - t0, "stages": stages})
+    if not llvm:
+        module.step.disable_compile()  # every call must match the signature compiled here
+        numba_hits = after[0] - before[0]
+        stages.update({"numba": t3 - t2, "numba_cpu": numba_cpu_s})
+        stats.update({"numba_compile_s": t3 - t2, "numba_cache_hit": numba_hits > 0 and not numba_misses,
+                      "in_process": not numba_hits + numba_misses})
+    return NumbaExecutable(program, module, stats, entry.module_path.read_text(), entry, check_finite=check_finite,
+                           strict=strict, step=step)
 
 
 def _entry_symbol(key: str) -> str:
@@ -290,9 +280,13 @@ def _entry_symbol(key: str) -> str:
     return f"graphc_step_{key[:24]}"
 
 
-def _load_entry_step(entry: Entry, program: Program, stages: Stages):
-    """The llvm driver's step (an llvm_driver.EntryStep): the entry's object loaded, its symbol registered for
-    ``epoch``. Imported here: the Numba driver never loads the llvm target."""
+def _native_step(entry: Entry, module, program: Program, stages: Stages):
+    """The compiled step, loaded or compiled: the llvm driver's entry (an llvm_driver.EntryStep: the entry's
+    object loaded, its symbol registered for ``epoch``; imported here, so the Numba driver never loads the llvm
+    target), or None where the module's Numba ``step`` is (compiled now, or loaded from Numba's cache)."""
+    if program.options.get("driver") != "llvm":
+        _compile(module.step, _step_signature(program))
+        return None
     from .llvm_driver import EntryStep, load_entry
 
     with stages.timed("load"):

@@ -66,6 +66,7 @@ def load_entry(obj: bytes, symbol: str) -> int:
     Numba code calling it by name links. The GEMMs it calls are defined first (once per process)."""
     with _LOCK:
         _define_gemms()
+        _check_header(obj)
         engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target_machine("native"))
         engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         engine.finalize_object()
@@ -75,6 +76,21 @@ def load_entry(obj: bytes, symbol: str) -> int:
         _ENGINES.append(engine)
         llvm.add_symbol(symbol, address)
         return address
+
+
+#: The header an object for this machine starts with: file format, word size, byte order and (ELF) the machine.
+_HEADER: list[bytes] = []
+
+
+def _check_header(obj: bytes) -> None:
+    """LLVMDriverError unless ``obj`` starts as an object this machine emits: llvmlite crashes the process on
+    bytes that are not an object file (the cache's checksums keep damaged files away; this keeps others away)."""
+    if not _HEADER:
+        probe = target_machine("native").emit_object(llvm.parse_assembly(str(ir.Module("probe"))))
+        _HEADER.append(probe[:7] + probe[18:20] if probe[:4] == b"\x7fELF" else probe[:4])
+    header = obj[:7] + obj[18:20] if obj[:4] == b"\x7fELF" else obj[:4]
+    if len(obj) < 64 or header != _HEADER[0]:
+        raise LLVMDriverError("llvm driver: the cached kernels are not an object file for this machine")
 
 
 def _define_gemms() -> None:
@@ -131,7 +147,6 @@ class EntryStep:
     state here (each Seed statement sets it, as ``np.random.seed`` does in the Numba driver)."""
 
     def __init__(self, program: Program, address: int):
-        self.address = address
         self._entry = ctypes.CFUNCTYPE(ctypes.c_int32, *[ctypes.c_void_p] * 6)(address)
         self._outputs = [(tuple(o.shape), np.dtype(o.dtype)) for o in program.outputs]
         self._ins = (ctypes.c_void_p * max(len(program.inputs), 1))()
