@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sympy as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/: the shared op graphs and tolerances
 from test_numba_cpu import GRAPHS, assert_same  # noqa: E402
@@ -20,6 +21,7 @@ from test_numba_cpu import GRAPHS, assert_same  # noqa: E402
 import graphc  # noqa: E402
 from graphc.backends import llvm, lower_for, numba_cpu  # noqa: E402
 from graphc.backends.lowering.interpret import Interpreter  # noqa: E402
+from graphc.backends.lowering.ir import Assign, walk  # noqa: E402
 from graphc.backends.native import aligned_bytes  # noqa: E402
 from graphc.ops.random import random_uniform  # noqa: E402
 
@@ -328,3 +330,18 @@ def test_allreduce_is_refused_naming_the_op_and_the_users_line():
                                   body=[Call("allreduce_mean", (Ref(buf), Ref(buf), buf.size))]))
     with pytest.raises(llvm.UnsupportedCallError, match=r"allreduce_mean.*%99.*train\.py:12.*MPI"):
         llvm.render_module(program, "graphc_tiny")
+
+
+def test_equality_of_two_comparisons_matches_reference():
+    """fit's binary accuracy, ``(z > 0) == (y > 0.5)``: fused, SymPy makes the comparison of two truth values an
+    if-then-else of them (``ITE``), on which the scalar builder recursed until Python's limit."""
+    with graphc.Graph("llvm_boolean_equal") as g:
+        z = graphc.input("z", (8,), "float64")
+        y = graphc.input("y", (8,), "float64")
+        g.output(graphc.cast(graphc.equal(graphc.greater(z, 0.0), graphc.greater(y, 0.5)), "float32"))
+    program = program_of(g, optimize=None)
+    assert any(s.value.atoms(sp.ITE) for k in program.kernels for s in walk(k.body) if isinstance(s, Assign))
+    zs, ys = np.array([1.0, -1.0, 1.0, -1.0, 0.0, -0.0, np.nan, 2.0]), np.array([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, np.nan])
+    got, want = Step(program)(zs, ys)[0], graphc.compile(g)(zs, ys)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(want, [1, 1, 0, 0, 1, 0, 0, 0])

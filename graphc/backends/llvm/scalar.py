@@ -472,6 +472,8 @@ class ScalarBuilder(LLVMJitPrinter):
             for a in expr.args[1:]:
                 out = b.xor(out, self.truth(a))
             return out
+        if isinstance(expr, sp.ITE):  # SymPy's if-then-else of truth values (a simplified Piecewise makes them)
+            return b.select(*(self.truth(a) for a in expr.args))
         if type(expr).__name__ == "IsNaN":
             x = self._comparand(expr.args[0], (expr.args[0],))
             if not is_float(x.type):
@@ -481,6 +483,8 @@ class ScalarBuilder(LLVMJitPrinter):
             return self._relation(expr)
         if isinstance(expr, sp.Symbol):
             return self.convert(self.variables(expr), I1)
+        if isinstance(expr, Boolean):  # printing it would come back here (_print_Boolean)
+            raise LLVMRenderError(f"llvm target: no code for the truth value {type(expr).__name__} ({expr})")
         saved = self.fp_type
         self.fp_type = DOUBLE if self._float_valued(expr) else I64
         try:
