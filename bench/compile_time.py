@@ -1,6 +1,6 @@
 """Cold compile and warm start of the training-step workloads, per stage, in fresh processes.
 
-    python bench/compile_time.py [--workloads tiny,mlp,cnn] [--repeats 5] [--baseline DIR] [--driver numba|llvm]
+    python bench/compile_time.py [--workloads tiny,mlp,cnn] [--repeats 5] [--baseline DIR] [--driver auto|numba|llvm]
                                  [--json OUT]
 
 Each measurement is a new process, pinned to one core with one OpenBLAS thread, that builds a workload's
@@ -14,10 +14,11 @@ into a directory holding only the conv timings this machine's first compile meas
 per machine and conv shape: what a new model with known conv shapes costs); "hit" is a new process
 loading the entry a first (discarded) process wrote. Prints the markdown table of docs/benchmarks.md,
 medians of ``--repeats`` runs, with the load average it ran under. ``--baseline DIR`` (another checkout,
-e.g. a git worktree of the commit before) adds its medians, the two checkouts alternating. ``--driver llvm``
-compiles this checkout's steps with ``driver="llvm"`` (the baseline's keep their default): its kernels go
-through graphc's llvm target (the "llvm" stage) and are loaded as machine code (the "load" stage) instead
-of Numba's two halves.
+e.g. a git worktree of the commit before, or ``.``) adds its medians, the two checkouts alternating; the
+baseline compiles with ``driver="numba"`` (the default before "auto"). ``--driver`` is this checkout's
+``compile(driver=)``: "auto" (the default: the llvm driver from ``numba_cpu.LLVM_MIN_WORK`` of work per step),
+"numba" or "llvm". The llvm driver's kernels go through graphc's llvm target (the "llvm" stage) and are loaded
+as machine code (the "load" stage) instead of Numba's two halves; the table names the driver each side ran.
 """
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def timed_compile(*args, **kwargs):  # the executable (its stats) and the CPU ti
 graphc.compile = timed_compile
 _, _, compile_s, stats = train_step.graphc_step({workload!r}, weights, {cache!r})
 print(json.dumps({{"compile_s": compile_s, "compile_cpu_s": built["cpu"], "import_cpu_s": t_import,
-                  "llvm_cpu_s": llvm[0], "cache": stats.get("cache"),
+                  "llvm_cpu_s": llvm[0], "cache": stats.get("cache"), "driver": stats.get("driver", "numba"),
                   "stages": built["exe"].stats.get("stages") or {{}}}}))
 """
 
@@ -124,7 +125,8 @@ def row(workload: str, side: str, runs: dict[str, list[dict]]) -> str:
              median(hit, lambda r: r["compile_s"]), median(hit, lambda r: r["compile_cpu_s"]),
              median(hit, lambda r: r["stages"].get("program_load_cpu"))]
     text = ["-" if c is None else f"{c:.3f}" for c in cells]
-    return f"| {workload} | {side} | " + " | ".join(text) + " |"
+    ran = "/".join(sorted({r.get("driver", "numba") for r in cold}))
+    return f"| {workload} | {side} ({ran}) | " + " | ".join(text) + " |"
 
 
 HEADER = ("| workload | checkout | cold wall s | cold CPU s | new model wall s | passes | lower (+autotune) | render | "
@@ -138,11 +140,11 @@ def main() -> None:
     parser.add_argument("--baseline", help="another checkout to compare with (e.g. a git worktree of the commit before)")
     parser.add_argument("--workloads", default="tiny,mlp,cnn")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--driver", default="numba", choices=("numba", "llvm"),
-                        help="compile(driver=) of this checkout's steps (a baseline keeps its default)")
+    parser.add_argument("--driver", default="auto", choices=("auto", "numba", "llvm"),
+                        help="compile(driver=) of this checkout's steps (a baseline compiles with 'numba')")
     parser.add_argument("--json", help="write the measurements here")
     args = parser.parse_args()
-    drivers = {"baseline": "numba", "this": args.driver}  # a baseline keeps its default
+    drivers = {"baseline": "numba", "this": args.driver}  # "numba": every checkout's default before "auto"
     roots = {"this": ROOT}
     if args.baseline:
         roots = {"baseline": Path(args.baseline).resolve(), "this": ROOT}

@@ -188,7 +188,7 @@ def graphc_step(workload: str, weights, cache_dir: str):
     t0 = time.perf_counter()
     exe = graphc.compile(loss, inputs=[x, y], backend="cpu", cache_dir=cache_dir, threads=graphc_threads(),
                          parallel_loops=getattr(args, "parallel_loops", False),
-                         **({"driver": args.graphc_driver} if getattr(args, "graphc_driver", "numba") != "numba" else {}))
+                         **({"driver": args.graphc_driver} if getattr(args, "graphc_driver", "auto") != "auto" else {}))
     compile_s = time.perf_counter() - t0
 
     def step(xb, yb):
@@ -199,7 +199,7 @@ def graphc_step(workload: str, weights, cache_dir: str):
 
     if workload == "mlp" and args.graphc_epoch == "fit":
         epoch = graphc_fit_epoch(weights, cache_dir)
-    stats = {k: exe.stats.get(k) for k in ("cache", "cache_problems", "cache_key", "codegen_s", "numba_compile_s",
+    stats = {k: exe.stats.get(k) for k in ("cache", "cache_problems", "cache_key", "codegen_s", "numba_compile_s", "driver",
                                            "threads_others_busy")}
     stats["graphc_threads"] = exe.stats.get("threads")  # the count graphc chose (``threads`` is the benchmark's)
     return step, epoch, compile_s, stats
@@ -241,8 +241,8 @@ def graphc_resnet_step(cache_dir: str):
     os.environ["GRAPHC_CACHE_DIR"] = cache_dir
     example = resnet_module()
     net = example.model(seed=0)
-    driver = getattr(args, "graphc_driver", "numba")
-    trainer = graphc.train.Trainer(net, example.optimizer, backend="cpu", **({"driver": driver} if driver != "numba" else {}))
+    driver = getattr(args, "graphc_driver", "auto")
+    trainer = graphc.train.Trainer(net, example.optimizer, backend="cpu", **({"driver": driver} if driver != "auto" else {}))
     t0 = time.perf_counter()
     exe = trainer.step_executable(WORKLOADS["resnet"]["batch"])
     compile_s = time.perf_counter() - t0
@@ -256,7 +256,7 @@ def graphc_resnet_step(cache_dir: str):
         feeds = trainer._feeds(xb, yb, np.float64(2e-3), np.int64(next(keys)))
         return float(trainer.run_step(exe, feeds)[0])
 
-    stats = {k: exe.stats.get(k) for k in ("cache", "cache_problems", "cache_key", "codegen_s", "numba_compile_s")}
+    stats = {k: exe.stats.get(k) for k in ("cache", "cache_problems", "cache_key", "codegen_s", "numba_compile_s", "driver")}
     return step, None, compile_s, stats
 
 
@@ -486,7 +486,7 @@ def run_worker(framework: str, workload: str, threads: int, cache_dir: str) -> d
         cmd.append("--contended")
     if args.parallel_loops:
         cmd.append("--parallel-loops")
-    if args.graphc_driver != "numba" and not framework.startswith("graphc-base"):
+    if args.graphc_driver != "auto" and not framework.startswith("graphc-base"):
         cmd += ["--graphc-driver", args.graphc_driver]
     with busy_core(args.contended):
         proc = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads, root), timeout=900)
@@ -575,8 +575,9 @@ def main() -> None:
                         help="mlp epoch: through graphc.fit (the default) or one bare Executable.run_epoch call")
     parser.add_argument("--contended", action="store_true",
                         help="a busy process pinned to the last core during every measurement")
-    parser.add_argument("--graphc-driver", default="numba", choices=("numba", "llvm"),
-                        help="graphc's compile(driver=): how the step's kernels are compiled (the baseline keeps its default)")
+    parser.add_argument("--graphc-driver", default="auto", choices=("auto", "numba", "llvm"),
+                        help="graphc's compile(driver=): how the step's kernels are compiled (auto: compile's "
+                             "default; the baseline keeps its default)")
     parser.add_argument("--parallel-loops", action="store_true",
                         help="graphc's step with parallel_loops=True (prange loops; off by default)")
     parser.add_argument("--baseline", help="another checkout of graphc, measured as framework graphc-base")

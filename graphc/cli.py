@@ -414,13 +414,17 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     stats = exe.stats
     print(f"compiled {graph.name} ({len(graph.nodes)} nodes) for backend {args.backend} in {seconds:.2f} s")
-    optimized = stats.get("optimize")
+    optimized, stages = stats.get("optimize"), stats.get("stages") or {}
     timings = [("passes", optimized.seconds if optimized is not None else None),
                ("code generation", stats.get("codegen_s")), ("import", stats.get("import_s")),
-               ("Numba compile (or cache load)", stats.get("numba_compile_s")), ("total", stats.get("trace_to_build_s"))]
+               ("Numba compile (or cache load)", stats.get("numba_compile_s")),
+               ("llvm driver: kernels", stages.get("llvm")), ("llvm driver: load", stages.get("load")),
+               ("total", stats.get("trace_to_build_s"))]
     for name, value in timings:
         if value is not None:
             print(f"  {name:<30} {value:8.3f} s")
+    if "driver" in stats:  # backend cpu: the driver compile's default ("auto") chose
+        print(f"driver: {stats['driver']}")
     if "cache" in stats:
         print(f"cache: {stats['cache']}, entry {stats.get('cache_dir', '-')}")
     if args.source:

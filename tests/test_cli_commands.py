@@ -209,6 +209,7 @@ def test_compile_reports_timings_and_the_cache_entry_and_writes_the_source(work)
     assert re.search(r"^compiled train_step \(56 nodes\) for backend cpu in [\d.]+ s$", first, re.M)
     for stage in ("passes", "code generation", "Numba compile", "total"):
         assert re.search(rf"^  {stage}.* [\d.]+ s$", first, re.M), (stage, first)
+    assert re.search(r"^driver: numba$", first, re.M) and "llvm driver" not in first  # a small step: numba
     entry = Path(re.search(r"^cache: (?:miss|hit|numba-miss), entry (\S+)$", first, re.M).group(1))
     assert entry.parent == work / "cache"
     assert (work / "step.py").read_text() == (entry / "graph.py").read_text()  # the cache's module, as compiled

@@ -151,7 +151,7 @@ def test_a_collective_call_and_an_unknown_driver_are_refused_by_name():
     from graphc.backends.lowering.ir import Call, Kernel, Ref
 
     loss, inputs = mlp_step(dtype="float32", name="llvm_driver_refused")
-    with pytest.raises(graphc.GraphcError, match="driver must be one of 'numba', 'llvm', got 'llvmlite'"):
+    with pytest.raises(graphc.GraphcError, match="driver must be one of 'auto', 'numba', 'llvm', got 'llvmlite'"):
         graphc.compile(loss, inputs=inputs, backend="cpu", driver="llvmlite")
     program = numba_cpu.lower_program(loss.graph, [t.node for t in inputs], driver="llvm")
     buf = program.outputs[0]
@@ -204,3 +204,59 @@ def test_fit_trains_through_the_llvm_driver_as_the_reference_backend():
         np.testing.assert_allclose(got_values[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
     with pytest.raises(graphc.HyperparameterError, match="driver='llvm' applies to backend 'cpu', not 'reference'"):
         trained(backend="reference", driver="llvm")
+
+
+# -- driver="auto", the default: the llvm driver where a step does enough work to hide its call's overhead --------
+
+def test_step_work_counts_gemm_products_library_calls_and_loop_statements():
+    """Closed forms: a GEMM's m*n*k; a convolution's N*O*Ho*Wo*C*kh*kw multiply-adds and a pooling's
+    planes*Ho*Wo*kh*kw window reads; a loop's extent times its statements (an unfused elementwise op: a load
+    and a store per element)."""
+    from graphc.backends.lowering import lower
+    from graphc.backends.lowering.ir import step_work
+
+    with graphc.Graph("work_matmul") as g:
+        x = graphc.input("x", (8, 16))
+        g.output(graphc.matmul(x, graphc.param("w", np.ones((16, 4), np.float32))))
+    assert step_work(lower(g)) == 8 * 4 * 16
+    with graphc.Graph("work_conv_pool") as g:
+        x = graphc.input("x", (2, 3, 10, 10))
+        conv = graphc.conv2d(x, graphc.param("w", np.ones((5, 3, 3, 3), np.float32)))
+        g.output(graphc.max_pool2d(conv, 2))
+    assert step_work(lower(g)) == 2 * 5 * 8 * 8 * 3 * 3 * 3 + 2 * 5 * 4 * 4 * 2 * 2
+    with graphc.Graph("work_elementwise") as g:
+        x = graphc.input("x", (6, 5))
+        g.output(graphc.relu(-x))
+    assert step_work(lower(g)) == 2 * 6 * 5 * 2
+
+
+def test_auto_compiles_a_large_step_with_the_llvm_driver_and_a_small_one_with_numba(graphc_cache_dir):
+    """The default driver: the llvm driver from LLVM_MIN_WORK of work per step, with the reference backend's
+    numbers; a step under it, and what only the Numba driver runs (bounds checks, prange loops, a collective
+    call), with Numba. A cache hit (the entry keyed by "auto") keeps the driver chosen."""
+    from graphc.backends.lowering.ir import Call, Kernel, Ref, step_work
+
+    small, small_inputs = mlp_step(dtype="float32", name="auto_small")
+    large, large_inputs = mlp_step(batch=64, sizes=(256, 128, 10), dtype="float64", name="auto_large")
+    exe, ref = compile_both(large, large_inputs, graphc_cache_dir, optimize=2)
+    assert exe.stats["driver"] == exe.program.options["driver"] == "llvm"
+    assert step_work(exe.program) >= numba_cpu.LLVM_MIN_WORK
+    r = rng(5)
+    x, y = r.standard_normal((64, 256)), r.integers(0, 10, 64)
+    np.testing.assert_allclose(exe(x, y), ref(x, y), rtol=1e-12)
+    for k in exe.params:
+        np.testing.assert_allclose(exe.params[k], ref.params[k], rtol=1e-12, atol=1e-15)
+    hit = graphc.compile(large, inputs=large_inputs, backend="cpu", cache_dir=graphc_cache_dir, optimize=2)
+    assert hit.stats["cache"] == "hit" and hit.stats["driver"] == "llvm"
+
+    tiny = graphc.compile(small, inputs=small_inputs, backend="cpu", cache_dir=graphc_cache_dir)
+    assert tiny.stats["driver"] == "numba" and step_work(tiny.program) < numba_cpu.LLVM_MIN_WORK
+    nodes = [t.node for t in large_inputs]
+    for options in ({"boundscheck": True}, {"parallel_loops": True}):
+        assert numba_cpu.lower_program(large.graph, nodes, **options).options["driver"] == "numba", options
+    program = numba_cpu.lower_program(large.graph, nodes, driver="numba")
+    assert numba_cpu.choose_driver(program) == "llvm"
+    buf = program.outputs[0]
+    program.kernels.append(Kernel(node=99, op="allreduce_mean", rule="collective", where="train.py:12",
+                                  body=[Call("allreduce_mean", (Ref(buf), Ref(buf), buf.size))]))
+    assert numba_cpu.choose_driver(program) == "numba"

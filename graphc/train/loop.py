@@ -653,8 +653,9 @@ def fit(model: Module, train_data: tuple[np.ndarray, np.ndarray], epochs: int,
     epoch, so that a machine shared with a busy process trains on 1 thread instead of collapsing; an int
     fixes the count. ``history.threads`` holds each epoch's (graphc.backends.threads).
 
-    ``driver`` (backend "cpu"): how the steps' kernels are compiled, as ``graphc.compile(driver=)``: ``"numba"``
-    (None: the default) or ``"llvm"`` (graphc's llvm target: a cold compile several times faster; not with
+    ``driver`` (backend "cpu"): how the steps' kernels are compiled, as ``graphc.compile(driver=)``: ``"auto"``
+    (None: compile's default: the llvm driver for steps of 2M element operations and more, else Numba),
+    ``"numba"`` or ``"llvm"`` (graphc's llvm target: a cold compile several times faster; not with
     ``distributed``). See docs/performance.md, "The llvm driver".
 
     >>> import graphc, numpy as np

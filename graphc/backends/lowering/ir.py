@@ -198,6 +198,20 @@ LIBRARY: dict[str, str] = {
     "allreduce_mean": "*x, *y, size",
 }
 
+#: A library call's work (see :func:`step_work`): the operands whose product counts its element operations
+#: (a convolution's multiply-adds, a pooling's window reads, col2im's additions, an allreduce's elements).
+LIBRARY_WORK: dict[str, tuple[str, ...]] = {
+    "conv2d_im2col": ("N", "O", "Ho", "Wo", "C", "kh", "kw"),
+    "conv2d_direct": ("N", "O", "Ho", "Wo", "C", "kh", "kw"),
+    "col2im_add": ("O", "kh", "kw", "Ho", "Wo"),
+    "max_pool": ("planes", "Ho", "Wo", "kh", "kw"),
+    "avg_pool": ("planes", "Ho", "Wo", "kh", "kw"),
+    "max_pool_backward": ("planes", "Ho", "Wo", "kh", "kw"),
+    "max_pool_gather": ("planes", "Ho", "Wo", "kh", "kw"),
+    "allreduce_sum": ("size",),
+    "allreduce_mean": ("size",),
+}
+
 
 # -- the program ----------------------------------------------------------------------------------
 
@@ -329,6 +343,38 @@ def walk(body: Sequence):
 def draws(program: Program) -> bool:
     """Whether ``program`` draws random numbers (a target then keeps a generator's state for it)."""
     return any(isinstance(s, Draw) for kernel in program.kernels for s in walk(kernel.body))
+
+
+def step_work(program: Program) -> int:
+    """The element operations one run of ``program`` does, roughly: each loop's body times its extent (a load,
+    an assignment, a store, a check: one each), a GEMM's m*n*k multiply-adds, a library call's
+    :data:`LIBRARY_WORK`. What a target weighs a call's fixed overhead against (the cpu backend's driver choice).
+
+    >>> import graphc
+    >>> from graphc.backends.lowering import lower
+    >>> with graphc.Graph("double") as g:
+    ...     x = graphc.input("x", (4,))
+    ...     y = g.output(graphc.relu(x * 2.0))
+    >>> step_work(lower(g))  # two kernels (unoptimized: no fusion), each 4 x (a load, a store)
+    16
+    """
+    return sum(_work(kernel.body) for kernel in program.checks + program.kernels)
+
+
+def _work(body: Sequence) -> int:
+    work = 0
+    for s in body:
+        if isinstance(s, Loop):
+            work += s.extent * _work(s.body)
+        elif isinstance(s, Gemm):
+            work += s.m * s.n * s.k
+        elif isinstance(s, Call):
+            names = [n.strip().lstrip("*") for n in LIBRARY[s.name].split(",")]
+            operands = dict(zip(names, s.args))
+            work += int(np.prod([int(operands[n]) for n in LIBRARY_WORK[s.name]]))
+        else:
+            work += 1
+    return work
 
 
 def library_calls(program: Program) -> list[Call]:

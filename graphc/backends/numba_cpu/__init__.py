@@ -11,7 +11,8 @@ contraction, which keep NaN/Inf semantics), ``cache_dir`` (default ``$GRAPHC_CAC
 ``~/.cache/graphc``), ``conv`` (conv2d as "im2col" + GEMM, a "direct" loop nest, or "auto": the
 faster on this machine for each node's shapes, measured once and remembered in the cache directory),
 ``driver`` ("numba": the kernels in the generated Python, compiled by Numba; "llvm": compiled by graphc's
-llvm target, which skips Numba's typing: a cold compile several times faster; see llvm_driver.py).
+llvm target, which skips Numba's typing: a cold compile several times faster, see llvm_driver.py; "auto",
+the default: :func:`choose_driver` picks one per Program).
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ from ..cache import (
     write_record,
 )
 from ..lowering import Program, has_rule, lower
+from ..lowering.ir import library_calls, step_work
+from ..lowering.library import COLLECTIVES
 from .executable import NumbaExecutable
 from .render import render
 
@@ -51,13 +54,19 @@ DEFAULT_FASTMATH = ("contract", "reassoc")
 
 _CODEGEN_OPTIONS = ("boundscheck", "fastmath", "part_lines", "conv_methods", "driver")
 #: How a step's kernels are compiled (see the module docstring).
-DRIVERS = ("numba", "llvm")
+DRIVERS = ("auto", "numba", "llvm")
+
+#: driver="auto" picks the llvm driver for a Program doing at least this much work per step (ir.step_work).
+#: Its call costs ~3 us more than Numba's dispatcher (ctypes, the arrays' addresses: the 64-32-10 step, 178K,
+#: takes 10.8 us against 8.2); from 2M, ~100 us at that step's rate, the difference is under 3%, and the
+#: cold compile several times faster (docs/performance.md, "The llvm driver").
+LLVM_MIN_WORK = 2_000_000
 
 
 def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check_finite: bool = False,
           strict: bool = False, boundscheck: bool = False, fastmath: Sequence[str] | None = None,
           cache_dir: str | None = None, part_lines: int | None = None, conv: str = "auto",
-          parallel_loops: bool = False, driver: str = "numba", plan=None) -> NumbaExecutable:
+          parallel_loops: bool = False, driver: str = "auto", plan=None) -> NumbaExecutable:
     """Lower ``graph`` and build it (see :func:`build_program`).
 
     ``check_finite``: raise on NaN/Inf in inputs and parameters (before the call) and in outputs
@@ -68,7 +77,8 @@ def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check
     ``conv``: how conv2d nodes are computed ("auto", "im2col" or "direct"; see ``autotune``).
     ``parallel_loops``: run the large independent loops on all threads (``prange``, see docs/performance.md);
     off by default: Numba's parallel pipeline doubles the cold compile (MLP step 2.1 -> 4.2 s measured).
-    ``driver``: "numba" or "llvm" (see the module docstring; "llvm" runs no collective calls).
+    ``driver``: "auto", "numba" or "llvm" (see the module docstring and :func:`choose_driver`; "llvm" runs no
+    collective calls).
     ``plan``: the graph's buffer plan when the passes made one (else it is made here).
     """
     if isinstance(graph, Program):
@@ -84,13 +94,27 @@ def build(graph: Graph | Program, inputs: Sequence[Node] | None = None, *, check
 
 def lower_program(graph: Graph, inputs: Sequence[Node] | None = None, *, boundscheck: bool = False,
                   fastmath: Sequence[str] | None = None, cache_dir: str | None = None, part_lines: int | None = None,
-                  conv: str = "auto", parallel_loops: bool = False, driver: str = "numba", plan=None) -> Program:
+                  conv: str = "auto", parallel_loops: bool = False, driver: str = "auto", plan=None) -> Program:
     """The Program this target renders for ``graph`` (the options as in :func:`build`; ``conv="auto"``
-    autotunes each conv2d's method on this machine)."""
+    autotunes each conv2d's method on this machine; ``driver="auto"`` is decided here, from the Program)."""
     options = {"boundscheck": bool(boundscheck), "part_lines": part_lines, "parallel_loops": bool(parallel_loops),
                "fastmath": tuple(sorted(DEFAULT_FASTMATH if fastmath is None else fastmath)),
                "driver": _checked_driver(driver)}
-    return lower(graph, inputs, options, plan=plan, choose_conv=conv_chooser(conv, cache_dir))
+    program = lower(graph, inputs, options, plan=plan, choose_conv=conv_chooser(conv, cache_dir))
+    if driver == "auto":
+        program.options["driver"] = choose_driver(program)
+    return program
+
+
+def choose_driver(program: Program) -> str:
+    """``driver="auto"``: "llvm" for a Program with at least LLVM_MIN_WORK of work per step (ir.step_work), else
+    "numba"; "numba" also for what only the Numba driver does: collective calls (data-parallel steps),
+    ``boundscheck`` and ``parallel_loops`` (its index checks and prange loops are Numba's)."""
+    opts = program.options
+    if opts.get("boundscheck") or opts.get("parallel_loops") or any(
+            c.name in COLLECTIVES for c in library_calls(program)):
+        return "numba"
+    return "llvm" if step_work(program) >= LLVM_MIN_WORK else "numba"
 
 
 def _checked_driver(driver: str) -> str:
@@ -166,7 +190,7 @@ LOWER_OPTIONS = _SOURCE_OPTIONS + ("cache_dir",)
 def build_graph(built: Graph, key: str, make_program: Callable[[Stages], Program], *,
                 check_finite: bool = False, strict: bool = False, cache_dir: str | None = None,
                 boundscheck: bool = False, fastmath: Sequence[str] | None = None, part_lines: int | None = None,
-                conv: str = "auto", parallel_loops: bool = False, driver: str = "numba") -> NumbaExecutable:
+                conv: str = "auto", parallel_loops: bool = False, driver: str = "auto") -> NumbaExecutable:
     """``graphc.compile``'s path: the entry ``key`` (:func:`source_key` of ``built``, the graph as the user
     built it) holds the Program; a hit unpickles it and loads the machine code, skipping the passes, the
     lowering and the rendering. On a miss (or a damaged entry) ``make_program(stages)`` runs the passes and
@@ -240,7 +264,8 @@ def _build_entry(key: str, make_program: Callable[[Stages], Program], built: Gra
         with stages.timed("import"):
             module = entry.import_module(reuse=not problems)
         t2 = time.perf_counter()
-        llvm = program.options.get("driver") == "llvm"
+        stats["driver"] = program.options.get("driver")  # the one "auto" chose
+        llvm = stats["driver"] == "llvm"
         numba_cpu_s = time.process_time()
         before = None if llvm else _counts(module.step)
         try:
