@@ -47,6 +47,11 @@ def test_a_draw_is_the_numba_drivers_draw(graphc_cache_dir):
            for d in ("llvm", "numba")]
     for a, b in zip(got[0](feeds[0], feeds[-1]), got[1](feeds[0], feeds[-1])):
         np.testing.assert_array_equal(a, b)
+    # exe.llvm_ir shows what was loaded: the generator's functions internal to the object, as each object's own
+    defined = re.findall(r"^define (.*?)@\"?(graphc_\w+)", got[0].llvm_ir, re.M)
+    assert {name for linkage, name in defined if "graphc_mt_" in name and "internal" in linkage} >= {"graphc_mt_next"}
+    exported = [name for linkage, name in defined if "internal" not in linkage]
+    assert len(exported) == 1 and exported[0].startswith("graphc_step_")  # the entry alone
 
 
 @pytest.fixture(scope="module")

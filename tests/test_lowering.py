@@ -475,3 +475,25 @@ def test_program_text_of_mlp_training_step_is_pinned(golden):
     program = lowered([loss], inputs, DEFAULT_LEVEL)  # what graphc.compile(..., backend="cpu") lowers
     # Locations are test_numba_cpu.py's lines (mlp_step's): keep the file name only.
     golden("lowering_mlp_step.txt", re.sub(r"test_numba_cpu\.py:\d+", "test_numba_cpu.py:N", str(program)) + "\n")
+
+
+def test_inputs_given_as_tensors_lower_as_their_nodes_and_a_foreign_input_is_named():
+    """``lower(graph, inputs)`` takes the call order as nodes or as the user's Tensors (the same Program, run by
+    the interpreter against NumPy); a node of another graph, or anything else, is a GraphcError naming it (it
+    was a bare KeyError from the layout)."""
+    with graphc.Graph("tensor_inputs") as g:
+        a = graphc.input("a", (3,))
+        b = graphc.input("b", (3,))
+        g.output(a * 2.0 - b)
+    with graphc.Graph("elsewhere"):
+        c = graphc.input("c", (3,))
+    x, y = np.arange(3.0), np.ones(3)
+    for inputs in ([b, a], [b.node, a.node]):
+        program = lower(g, inputs)
+        assert [n.name for n in program.inputs] == ["b", "a"]
+        np.testing.assert_array_equal(interpret(program, y, x)[0][0], x * 2.0 - y)
+    with pytest.raises(graphc.GraphcError, match=r"lower: input 1 \(node %\d+ input 'c'\) is not a node of graph "
+                                                 r"'tensor_inputs'"):
+        lower(g, [a, c])
+    with pytest.raises(graphc.GraphcError, match=r"input 0 \(str\) is not a node"):
+        lower(g, ["a"])

@@ -200,3 +200,15 @@ def test_unwritable_cache_dir_falls_back_to_a_temporary_one(tmp_path):
     assert exe.stats["cache_dir"].startswith(os.path.join(tempfile.gettempdir(), "graphc-cache-"))
     x = np.linspace(-3, 3, 5, dtype=np.float32)
     np.testing.assert_allclose(exe(x), sigmoid_plus_one(x, 1.0), rtol=1e-6)
+
+
+def test_key_covers_the_sources_of_every_package_the_backend_compiles_with(monkeypatch):
+    """numba_cpu's machine code comes from its own package, the lowering and the llvm target (the llvm driver
+    renders with it; the runtime's float32 exp/tanh are built by llvm/mathf.py): a change to any file of them is
+    a new key, so a cached entry never runs code an edit of those files replaced."""
+    hashed = []
+    monkeypatch.setattr(cache_module, "_SOURCES", {})
+    monkeypatch.setattr(cache_module, "_FINGERPRINT", {})  # versions and CPU: not what this test is about
+    monkeypatch.setattr(cache_module, "_sources_hash", lambda directory: hashed.append(directory.name) or "h")
+    cache_module.environment("numba_cpu")
+    assert hashed == ["numba_cpu", "lowering", "llvm"]

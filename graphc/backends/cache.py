@@ -96,6 +96,9 @@ def writable_root(root: Path) -> tuple[Path, str | None]:
 
 _FINGERPRINT: dict[str, Any] | None = None
 _SOURCES: dict[str, str] = {}
+#: The other packages of graphc/backends whose code a backend's machine code comes from: numba_cpu's llvm
+#: driver renders with the llvm target, and its runtime builds float32 exp/tanh with llvm/mathf.py.
+COMPILES_WITH: dict[str, tuple[str, ...]] = {"numba_cpu": ("llvm",)}
 
 
 def environment(backend: str = "numba_cpu") -> dict[str, Any]:
@@ -122,8 +125,10 @@ def environment(backend: str = "numba_cpu") -> dict[str, Any]:
         }
     if backend not in _SOURCES:
         here = Path(__file__).parent
-        # The renderer, the lowering it renders and the scalar printer: a change to any changes the code.
-        _SOURCES[backend] = _sources_hash(here / backend) + _sources_hash(here / "lowering") + \
+        # The renderer, the lowering it renders, the scalar printer and the targets the backend compiles with:
+        # a change to any changes the code.
+        _SOURCES[backend] = "".join(_sources_hash(here / package) for package in
+                                    (backend, "lowering", *COMPILES_WITH.get(backend, ()))) + \
             hashlib.sha256((here / "numba_scalar.py").read_bytes()).hexdigest()
     return {"backend": backend, "backend_source": _SOURCES[backend], **_FINGERPRINT}
 

@@ -332,13 +332,19 @@ def render_text(program: Program, symbol: str, blas: str = "generated") -> str:
     return render_module_and_text(program, symbol, blas)[1]
 
 
-def render_module_and_text(program: Program, symbol: str, blas: str = "generated") -> tuple[ir.Module, str]:
-    """:func:`render_module` and :func:`render_text` of one rendering."""
+def render_module_and_text(program: Program, symbol: str, blas: str = "generated",
+                           internal: bool = False) -> tuple[ir.Module, str]:
+    """:func:`render_module` and :func:`render_text` of one rendering. ``internal``: every function the module
+    defines but the entry is internal (the MT19937 functions: each object loaded in one process keeps its own)."""
     from ..._version import __version__
 
     module = ir.Module(name=program.name)
     renderer = Renderer(program, module, symbol, blas)
     renderer.render()
+    if internal:
+        for fn in module.functions:
+            if fn.name != symbol and not fn.is_declaration:
+                fn.linkage = "internal"
     text, titles = str(module), renderer.titles
     lines = [f"; graphc {__version__} llvm backend: graph {program.name}",
              f"; {program.summary()}",

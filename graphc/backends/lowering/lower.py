@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from ...ir import Graph, Node
+from ...ir import Graph, GraphcError, Node
 from ...ops import registry
 from ...passes import plan_buffers
 from . import (  # noqa: F401
@@ -44,7 +44,7 @@ def lower(graph: Graph, inputs: Sequence[Node] | None = None, options: dict[str,
     ['fused[mul, relu]']
     """
     options = dict(options or {})
-    inputs = list(graph.inputs if inputs is None else inputs)
+    inputs = _input_nodes(graph, graph.inputs if inputs is None else inputs)
     lw = Lowering(graph, inputs, options, choose_conv)
     lw.plan = plan if plan is not None else plan_buffers(graph)
     classify(lw)
@@ -70,6 +70,18 @@ def lower(graph: Graph, inputs: Sequence[Node] | None = None, options: dict[str,
         state=state, state_bytes=state_bytes, workspace_bytes=aligned(lw.scratch_high),
         outputs=outputs, updates=updates, checks=lw.checks, kernels=lw.kernels, errors=lw.errors,
         batched=batched_inputs(inputs), options=options)
+
+
+def _input_nodes(graph: Graph, inputs: Sequence) -> list[Node]:
+    """``inputs`` as nodes of ``graph`` (a Tensor stands for its node); anything else is a GraphcError naming it."""
+    nodes = [getattr(x, "node", x) for x in inputs]
+    members = {id(n) for n in graph.nodes}
+    for k, node in enumerate(nodes):
+        if id(node) not in members:
+            what = f"node %{node.id} {node.op} {node.name!r}" if isinstance(node, Node) else type(node).__name__
+            raise GraphcError(f"lower: input {k} ({what}) is not a node of graph {graph.name!r}; pass the graph's "
+                              f"input nodes (or their Tensors) in call order")
+    return nodes
 
 
 def _check_input_labels(lw: Lowering) -> None:

@@ -51,12 +51,9 @@ def kernels_object(program: Program, symbol: str) -> tuple[bytes, str]:
     """The object file of ``program``'s entry ``symbol`` (the llvm target's ABI, GEMMs external, every other
     function internal) for this machine, and its .ll text with each kernel's title (for ``exe.llvm_ir``)."""
     try:
-        module, text = render_module_and_text(program, symbol, blas="external")
+        module, text = render_module_and_text(program, symbol, blas="external", internal=True)
     except UnsupportedCallError as err:
         raise LLVMDriverError(f"{err}; compile with driver='numba' to run it") from None
-    for fn in module.functions:
-        if fn.name != symbol and not fn.is_declaration:
-            fn.linkage = "internal"  # the MT19937 functions: each object keeps its own
     tm = target_machine("native")
     return tm.emit_object(optimize(module, "native", OPT_LEVEL)), text
 
