@@ -26,6 +26,7 @@ import numpy as np
 import sympy as sp
 
 from ..lowering.ir import (
+    COLLECTIVES,
     Assign,
     Buffer,
     Call,
@@ -48,8 +49,6 @@ from .scalar import I1, I8, I32, I64, MEMORY_TYPE, LLVMRenderError, ScalarBuilde
 
 #: The entry's parameters, in order.
 ARGS = ("state", "workspace", "inputs", "outputs", "status", "rng")
-#: Collective library calls: no MPI in an exported artifact.
-COLLECTIVE_CALLS = ("allreduce_sum", "allreduce_mean")
 #: A fused kernel's op lists every op it absorbed: its block name keeps the start (the title has it all).
 BLOCK_OP_CHARS = 24
 
@@ -303,7 +302,7 @@ class Renderer:
         self.b.call(fn, args)
 
     def call(self, s: Call) -> None:
-        if s.name in COLLECTIVE_CALLS:
+        if s.name in COLLECTIVES:  # no MPI in an exported artifact
             k = self.kernel
             raise UnsupportedCallError(
                 f"{self.program.name}: {s.name} (node %{k.node} {k.op}"
@@ -358,5 +357,5 @@ def render_module_and_text(program: Program, symbol: str, blas: str = "generated
     return module, "\n".join(lines) + "\n"
 
 
-__all__ = ["ARGS", "COLLECTIVE_CALLS", "UnsupportedCallError", "block_name", "entry_type", "render_module",
+__all__ = ["ARGS", "UnsupportedCallError", "block_name", "entry_type", "render_module",
            "render_module_and_text", "render_text"]

@@ -197,6 +197,15 @@ LIBRARY: dict[str, str] = {
     "allreduce_sum": "*x, *y, size",
     "allreduce_mean": "*x, *y, size",
 }
+#: The library calls that are collectives across the processes of an MPI job: no loops compute them, and only a
+#: target with MPI (the cpu backend's Numba driver) provides them.
+COLLECTIVES = ("allreduce_sum", "allreduce_mean")
+
+
+def signature(name: str) -> list[str]:
+    """Library call ``name``'s operand names, in order (a Ref's marked "*"), as :data:`LIBRARY` lists them."""
+    return [n.strip() for n in LIBRARY[name].split(",")]
+
 
 #: A library call's work (see :func:`step_work`): the operands whose product counts its element operations
 #: (a convolution's multiply-adds, a pooling's window reads, col2im's additions, an allreduce's elements).
@@ -369,8 +378,7 @@ def _work(body: Sequence) -> int:
         elif isinstance(s, Gemm):
             work += s.m * s.n * s.k
         elif isinstance(s, Call):
-            names = [n.strip().lstrip("*") for n in LIBRARY[s.name].split(",")]
-            operands = dict(zip(names, s.args))
+            operands = dict(zip((n.lstrip("*") for n in signature(s.name)), s.args))
             work += int(np.prod([int(operands[n]) for n in LIBRARY_WORK[s.name]]))
         else:
             work += 1

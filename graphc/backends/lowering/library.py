@@ -36,6 +36,7 @@ import sympy as sp
 from ...ir import GraphcError
 from ...ops.elementwise import IsNaN
 from .ir import (
+    COLLECTIVES,
     LIBRARY,
     Assign,
     Call,
@@ -52,10 +53,8 @@ from .ir import (
     linear,
     nest,
     scalar_var,
+    signature,
 )
-
-#: Library calls no loops compute: collectives across the processes of an MPI job.
-COLLECTIVES = ("allreduce_sum", "allreduce_mean")
 
 
 class LibraryCallError(GraphcError):
@@ -109,7 +108,7 @@ def _expanded_body(body: Sequence, kernel: Kernel) -> list:
 def operands(call: Call) -> dict:
     """The call's operands by their ``ir.LIBRARY`` names (Refs where the signature marks ``*``, Python ints
     elsewhere), checked against the signature."""
-    names = [_PARAMETER.get(n.strip(), n.strip()) for n in LIBRARY[call.name].split(",")]
+    names = [_PARAMETER.get(n, n) for n in signature(call.name)]
     if len(call.args) != len(names):
         raise LibraryCallError(f"library call {call.name!r} takes {len(names)} operands ({LIBRARY[call.name]}), "
                                f"got {len(call.args)}")

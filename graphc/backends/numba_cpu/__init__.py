@@ -43,8 +43,7 @@ from ..cache import (
     write_record,
 )
 from ..lowering import Program, has_rule, lower
-from ..lowering.ir import library_calls, step_work
-from ..lowering.library import COLLECTIVES
+from ..lowering.ir import COLLECTIVES, library_calls, step_work
 from .executable import NumbaExecutable
 from .render import render
 

@@ -18,6 +18,7 @@ import sympy as sp
 
 from ..llvm.random import MT_WORDS
 from ..lowering.ir import (
+    COLLECTIVES,
     Assign,
     Call,
     Check,
@@ -66,13 +67,10 @@ NJIT = dict(cache={cache}, error_model="numpy", fastmath={fastmath}, boundscheck
 '''
 
 
-#: The library calls numba_cpu/collective.py provides (it imports numba-mpi, an extra): a module imports
-#: them only when its program calls them, and is then compiled in every process (see that module).
-COLLECTIVE_CALLS = ("allreduce_mean", "allreduce_sum")
-
-
 def _collective_import(program: Program) -> str:
-    used = sorted({c.name for c in library_calls(program)} & set(COLLECTIVE_CALLS))
+    """The import of the collectives ``program`` calls, from numba_cpu/collective.py (it imports numba-mpi, an
+    extra): a module imports them only when its program calls them, and is then compiled in every process."""
+    used = sorted({c.name for c in library_calls(program)} & set(COLLECTIVES))
     if not used:
         return ""
     return (f"# MPI through numba-mpi (this step has an allreduce): Numba cannot cache it, so NJIT's cache is off.\n"
@@ -305,9 +303,9 @@ def _entry_module(program: Program, version: str, entry: str) -> str:
     lines += [f"    ins[{k}] = {arg}.ctypes.data" for k, arg in enumerate(program.input_args)]
     lines.append(f"    outs = np.empty({max(len(program.outputs), 1)}, i64)")
     lines += [f"    outs[{k}] = {o.name}.ctypes.data" for k, o in enumerate(program.outputs)]
-    if draws(program):
-        lines.append(f"    rng = np.empty({MT_WORDS}, np.uint32)  # MT19937: every draw follows a seed of this call")
     rng = "rng.ctypes.data" if draws(program) else "0"
+    if rng != "0":
+        lines.append(f"    rng = np.empty({MT_WORDS}, np.uint32)  # MT19937: every draw follows a seed of this call")
     lines.append(f"    ENTRY(state.ctypes.data, ws.ctypes.data, ins.ctypes.data, outs.ctypes.data, status.ctypes.data, {rng})")
     lines += [f"    return {_outputs_tuple(program)}", "", ""]
     lines.append(_epoch_source(program))
