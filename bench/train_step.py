@@ -156,6 +156,13 @@ def graphc_threads() -> int | None:
     return None if args.contended else args.threads
 
 
+def driver_option() -> dict:
+    """graphc's ``driver=`` from --graphc-driver; none for "auto", so that a baseline checkout older than "auto"
+    (bench/compile_time.py's workers pass their own) compiles with its default."""
+    driver = getattr(args, "graphc_driver", "auto")
+    return {} if driver == "auto" else {"driver": driver}
+
+
 def graphc_step(workload: str, weights, cache_dir: str):
     import graphc
 
@@ -188,7 +195,7 @@ def graphc_step(workload: str, weights, cache_dir: str):
     t0 = time.perf_counter()
     exe = graphc.compile(loss, inputs=[x, y], backend="cpu", cache_dir=cache_dir, threads=graphc_threads(),
                          parallel_loops=getattr(args, "parallel_loops", False),
-                         **({"driver": args.graphc_driver} if getattr(args, "graphc_driver", "auto") != "auto" else {}))
+                         **driver_option())
     compile_s = time.perf_counter() - t0
 
     def step(xb, yb):
@@ -241,8 +248,7 @@ def graphc_resnet_step(cache_dir: str):
     os.environ["GRAPHC_CACHE_DIR"] = cache_dir
     example = resnet_module()
     net = example.model(seed=0)
-    driver = getattr(args, "graphc_driver", "auto")
-    trainer = graphc.train.Trainer(net, example.optimizer, backend="cpu", **({"driver": driver} if driver != "auto" else {}))
+    trainer = graphc.train.Trainer(net, example.optimizer, backend="cpu", **driver_option())
     t0 = time.perf_counter()
     exe = trainer.step_executable(WORKLOADS["resnet"]["batch"])
     compile_s = time.perf_counter() - t0
