@@ -259,6 +259,17 @@ def test_outputs_of_two_graphs_are_refused_with_both_names():
             graphc.compile([a, b], backend=backend)
 
 
+def test_an_output_that_is_not_a_tensor_is_named():
+    """A graph's node (``g.outputs`` holds Nodes) or a name is a GraphcError, not an AttributeError."""
+    with graphc.Graph("nodes") as g:
+        y = g.output(graphc.input("x", (2,)) * 2.0)
+    for outputs, what in (([y, g.outputs[0]], r"output 1 is a graph node \(mul, \S*test_ieee_semantics.py:\d+\)"),
+                          (["y"], "output 0 is a str")):
+        with pytest.raises(graphc.GraphcError, match=what + ", not a Tensor"):
+            graphc.compile(outputs)
+    np.testing.assert_array_equal(graphc.compile(g)(np.array([1.0, -2.0], np.float32)), [2.0, -4.0])
+
+
 def test_fusion_does_not_merge_what_sympy_would_simplify():
     """SymPy's automatic x - x -> 0, (x + 1) - x -> 1, x*0 -> 0, 2(x + y) -> 2x + 2y are not taken
     inside fused expressions by default; with fast_math they are."""

@@ -105,13 +105,18 @@ def _build_cpu(tensors: list, inputs: Sequence[Any] | None, name: str | None, op
 
 def _tensors(outputs: Any) -> list:
     """The output Tensors of one graph: ``outputs`` (a Tensor, a list of them, or a Graph: all its outputs)."""
-    if isinstance(outputs, Graph):
-        from ..dsl import Tensor
+    from ..dsl import Tensor
 
+    if isinstance(outputs, Graph):
         outputs = [Tensor(o, outputs) for o in outputs.outputs]
     tensors = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
     if not tensors:
         raise GraphcError("compile: nothing to compile (no outputs)")
+    for k, t in enumerate(tensors):
+        if not isinstance(t, Tensor):  # a Node of g.outputs, say: an AttributeError deeper in otherwise
+            what = f"graph node ({t.op}{f', {t.loc}' if t.loc else ''})" if isinstance(t, Node) else type(t).__name__
+            raise GraphcError(f"compile: output {k} is a {what}, not a Tensor; pass the Tensors graphc's "
+                              f"functions return (g.output(...)), or the Graph for all its outputs")
     _check_one_graph(tensors, tensors[0].graph)
     return tensors
 
