@@ -102,7 +102,7 @@ def test_gemms_of_two_threads_at_once_are_both_right(shared):
 def test_stop_ends_the_helper_and_gemms_go_to_blas_again():
     sharing.start()
     assert sharing.active() and sharing.BLOCK[sharing.ENTRY] != 0
-    helper = [t for t in threading.enumerate() if t.name == "graphc-gemm-helper"]
+    helper = [t for t in threading.enumerate() if t.name == "graphc-helper"]
     assert len(helper) == 1
     sharing.stop()
     assert not sharing.active() and sharing.BLOCK[sharing.ENTRY] == 0 and not helper[0].is_alive()
@@ -124,7 +124,7 @@ def test_the_helper_runs_on_the_busy_cores_else_off_the_callers():
     assert sharing.helper_cores(frozenset({10_000})) == sharing.helper_cores(frozenset())  # not ours: ignored
     sharing.start(frozenset(busy))
     try:
-        helper = next(t for t in threading.enumerate() if t.name == "graphc-gemm-helper")
+        helper = next(t for t in threading.enumerate() if t.name == "graphc-helper")
         assert sharing.cores() == busy
         others = cores - busy
         sharing.start(frozenset(others))  # the busy core moved: so does the helper
@@ -153,6 +153,7 @@ def test_a_compiled_step_with_shared_gemms_equals_the_step_without(driver):
                 g.update(p, p - 0.1 * d)
         exe = graphc.compile(loss, inputs=[xi, yi], backend="cpu", threads=1, driver=driver)
         exe.share_gemm = share
+        exe._decide_helper()
         before = sharing.helped()
         losses = [float(exe(x, y)) for _ in range(12)]  # the helper may miss the first GEMMs while it starts
         assert sharing.active() == share and (sharing.helped() > before) == share

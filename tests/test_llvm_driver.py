@@ -265,3 +265,55 @@ def test_auto_compiles_a_large_step_with_the_llvm_driver_and_a_small_one_with_nu
     program.kernels.append(Kernel(node=99, op="allreduce_mean", rule="collective", where="train.py:12",
                                   body=[Call("allreduce_mean", (Ref(buf), Ref(buf), buf.size))]))
     assert numba_cpu.choose_driver(program) == "numba"
+
+
+# -- a convolution's chunks: outlined, and shared with the helper thread ------------------------------------------
+
+def test_a_convolutions_chunks_run_on_the_helper_thread_and_give_the_same_bits(graphc_cache_dir):
+    """The chunk loops of the convolutions (the forward's chunks of images, the weight gradient's chunks of
+    channels, the input gradient's chunks of images) become internal functions called through
+    graphc_parallel_for; an export (no driver runtime) keeps them inline. With two threads the helper, sharing
+    loops only (GEMMs stay with BLAS), takes chunks; the step equals the reference backend's, and one thread's
+    step the same bits (a chunk's partial sums do not depend on the thread that ran it)."""
+    from graphc.backends import llvm as llvm_target
+    from graphc.backends.lowering.ir import runs_chunks_in_parallel
+    from graphc.backends.numba_cpu import sharing
+
+    r = rng(8)
+    w0 = (r.standard_normal((8, 3, 5, 5)) * 0.2).astype(np.float32)
+    x0 = r.standard_normal((8, 3, 24, 24)).astype(np.float32)
+
+    def step(backend, **options):
+        with graphc.Graph("llvm_conv_chunks") as g:
+            x = graphc.input("x", x0.shape, "float32")
+            w = graphc.param("w", w0)
+            h = graphc.relu(graphc.conv2d(x, w, padding=2))
+            loss = g.output(graphc.sum(h * h) * 1e-3)
+            dx, dw = graphc.grad(loss, [x, w])
+            outs = [loss, g.output(dx)]
+            g.update(w, w - 1e-3 * dw)
+        return graphc.compile(outs, inputs=[x], backend=backend, **options)
+
+    exe = step("cpu", cache_dir=graphc_cache_dir, driver="llvm", threads=2)
+    chunked = [k for k in exe.program.kernels if any(runs_chunks_in_parallel(s, llvm_driver.CHUNK_MIN_WORK)
+                                                     for s in k.body)]
+    assert [k.op for k in chunked] == ["conv_transpose2d"]  # at the rule; the conv2d calls' chunks are expanded
+    ranges = re.findall(r"^define internal void @\"?graphc_step_\w+\.range(\d+)", exe.llvm_ir, re.M)
+    assert len(ranges) == 3 and exe.llvm_ir.count('call void @"graphc_parallel_for"') == 3
+    assert "iterations lo..hi-1 of" in exe.llvm_ir  # each outlined loop is headed by its kernel
+    assert "graphc_parallel_for" not in llvm_target.render_text(exe.program, "exported")
+    want = step("reference")(x0)
+    try:
+        assert exe.stats["helper"] == "loops"
+        before = sharing.helped()
+        got = [exe(x0) for _ in range(30)][0]  # the helper may miss the first chunks while it wakes
+        assert sharing.MODE[0] == "loops" and sharing.BLOCK[sharing.ENTRY] == 0 and sharing.helped() > before
+        alone = step("cpu", cache_dir=graphc_cache_dir, driver="llvm", threads=1)
+        assert alone.stats["helper"] is None
+        first = alone(x0)
+        assert sharing.MODE[0] is None  # a step with chunks to share, on one thread, stops the helper
+    finally:
+        sharing.stop()
+    assert_same(got, want, ["loss", "dx"], "float32")
+    for a, b in zip(first, got):
+        np.testing.assert_array_equal(a, b)

@@ -34,7 +34,14 @@ from graphc.backends.lowering.ir import (
     scalar_var,
     walk,
 )
-from graphc.backends.lowering.library import EXPANSIONS, LibraryCallError, expand_call, expand_calls
+from graphc.backends.lowering.library import (
+    EXPANSIONS,
+    LibraryCallError,
+    _im2col_split,
+    expand_call,
+    expand_calls,
+    im2col_scratch,
+)
 from graphc.nn import AvgPool2D, Conv2D, ConvTranspose2D, Dense, Flatten, MaxPool2D, Sequential
 from graphc.ops.conv import conv_output_size
 from graphc.optim import SGD
@@ -241,6 +248,8 @@ CONVS = [
     (1, 3, 8, 7, 2, 3, 2, 2, 1, 2, 2, 2, 2),
     (3, 1, 5, 6, 2, 1, 1, 2, 2, 1, 0, 1, 1),
     (2, 2, 6, 5, 3, 2, 3, 1, 2, 1, 2, 2, 1),
+    (4, 1, 6, 6, 2, 3, 3, 1, 1, 1, 1, 1, 1),
+    (1, 4, 60, 60, 2, 3, 3, 1, 1, 1, 1, 1, 1),
 ]
 
 
@@ -263,7 +272,7 @@ def conv_call(case, kernel: str, dtype: str, seed: int) -> tuple[CallHarness, Ca
     feeds and the size of its column scratch (0 for conv2d_direct)."""
     geometry = conv_operands(case)
     N, C, H, W, Co, kh, kw, *_, Ho, Wo = geometry
-    col = C * kh * kw * Ho * Wo if kernel == "conv2d_im2col" else 0
+    col = im2col_scratch(*geometry) if kernel == "conv2d_im2col" else 0
     h = harness(dtype, {"x": N * C * H * W, "w": Co * C * kh * kw}, N * Co * Ho * Wo, col)
     r = rng(seed)
     feeds = {"x": r.standard_normal(N * C * H * W).astype(dtype), "w": r.standard_normal(Co * C * kh * kw).astype(dtype),
@@ -279,12 +288,22 @@ def test_conv2d_expansions_equal_the_library_call(case, kernel, dtype):
     h, call, feeds, col = conv_call(case, kernel, dtype, seed=4)
     _, C, _, _, Co, kh, kw, *_, Ho, Wo = conv_operands(case)
     statements = assert_expansion_matches(h, call, feeds, exact=False, **TOL[dtype])
-    if col:  # the product is a Gemm over the call's own scratch, so a target's GEMM does it; the images
-        # share that scratch, so their loop is sequential (the interpreter runs a loop around a GEMM one
-        # iteration at a time and would not see the race)
-        assert isinstance(statements[0], Loop) and not statements[0].parallel
-        (gemm,) = [s for s in walk(statements) if isinstance(s, Gemm)]
-        assert gemm.b.buffer is h.refs["col"].buffer and (gemm.m, gemm.n, gemm.k) == (Co, Ho * Wo, C * kh * kw)
+    if col:  # the products are GEMMs over the call's own scratch, so a target's GEMM does them
+        N = case[0]
+        split, chunks = _im2col_split(N, C, kh, kw, Ho * Wo)
+        chunk_loop = statements[0]
+        assert isinstance(chunk_loop, Loop)
+        gemms = [s for s in walk(statements) if isinstance(s, Gemm)]
+        assert {id(g.b.buffer) for g in gemms} == {id(h.refs["col"].buffer)} and gemms[0].m == Co
+        # The chunks run in parallel, each on its own block of the scratch; inside a chunk the images (and blocks)
+        # share that block, so their loops are sequential (the interpreter runs a loop around a GEMM one iteration
+        # at a time and would not see the race).
+        assert chunk_loop.parallel == (chunks > 1) and chunk_loop.extent == (chunks if chunks > 1 else N)
+        assert not any(s.parallel for s in walk(chunk_loop.body) if isinstance(s, Loop) and
+                       any(isinstance(g, Gemm) for g in walk(s.body)))
+        assert split == ("images" if N % 2 == 0 else "channels" if case == CONVS[-1] else "none")
+        if split == "channels":  # then the partial outputs summed into y, every element in parallel
+            assert statements[1].parallel and statements[1].extent == N * Co * Ho * Wo
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -41,6 +41,8 @@ from ..lowering.ir import (
     Seed,
     Store,
     is_condition,
+    outside_variables,
+    runs_chunks_in_parallel,
 )
 from ..lowering.library import expand_call
 from .gemm import define_gemm
@@ -51,6 +53,23 @@ from .scalar import I1, I8, I32, I64, MEMORY_TYPE, LLVMRenderError, ScalarBuilde
 ARGS = ("state", "workspace", "inputs", "outputs", "status", "rng")
 #: A fused kernel's op lists every op it absorbed: its block name keeps the start (the title has it all).
 BLOCK_OP_CHARS = 24
+#: The function a module rendered with parallel chunk loops calls for each of them (the cpu backend's llvm driver
+#: defines it: numba_cpu/sharing.py): ``graphc_parallel_for(range, state, workspace, inputs, outputs, n)`` runs
+#: ``range(state, workspace, inputs, outputs, lo, hi)`` over [lo, hi) of [0, n), on the calling thread and, while
+#: one runs, on a helper thread, each taking whole iterations.
+PARALLEL_FOR = "graphc_parallel_for"
+
+
+def range_type() -> ir.FunctionType:
+    """An outlined parallel loop: ``void range(state, workspace, inputs, outputs, lo, hi)``."""
+    i8p = I8.as_pointer()
+    return ir.FunctionType(ir.VoidType(), [i8p, i8p, i8p.as_pointer(), i8p.as_pointer(), I64, I64])
+
+
+def parallel_for_type() -> ir.FunctionType:
+    i8p = I8.as_pointer()
+    return ir.FunctionType(ir.VoidType(), [range_type().as_pointer(), i8p, i8p, i8p.as_pointer(), i8p.as_pointer(),
+                                           I64])
 
 
 class UnsupportedCallError(LLVMRenderError):
@@ -71,8 +90,13 @@ def block_name(kernel: Kernel) -> str:
 class Renderer:
     """Builds one Program's entry function into ``module``."""
 
-    def __init__(self, program: Program, module: ir.Module, symbol: str, blas: str = "generated"):
+    def __init__(self, program: Program, module: ir.Module, symbol: str, blas: str = "generated",
+                 parallel_min_work: int | None = None):
         self.program = program
+        #: The cost rule's threshold (ir.runs_chunks_in_parallel) when the loader provides PARALLEL_FOR; None:
+        #: every loop runs inline, on the calling thread.
+        self.parallel_min_work = parallel_min_work
+        self.ranges = 0  # the parallel loops outlined so far
         self.module = module
         self.blas = blas
         self.fastmath = tuple(sorted(program.options.get("fastmath") or ()))
@@ -105,7 +129,7 @@ class Renderer:
                 self.b.branch(block)
             self.b.position_at_end(block)
             self.kernel, self.slots, self.counters = kernel, {}, {}
-            self.block(kernel.body)
+            self.outer(kernel.body)
         done = self.fn.append_basic_block("done")
         if first is None:
             first = done
@@ -170,6 +194,44 @@ class Renderer:
         return self.scalar.build(sp.sympify(expr), I64)
 
     # -- statements --------------------------------------------------------------------------------------
+    def outer(self, body: Sequence) -> None:
+        """A kernel's outer statements (a library call's expansion's too): a loop of chunks the cost rule runs
+        in parallel, reading no variable from before it, is outlined (:meth:`parallel`); the rest inline."""
+        if self.parallel_min_work is None:
+            return self.block(body)
+        for s in body:
+            if type(s) is Call and s.name not in COLLECTIVES:
+                self.outer(expand_call(s))
+            elif runs_chunks_in_parallel(s, self.parallel_min_work) and not outside_variables([s]):
+                self.parallel(s)
+            else:
+                self.block([s])
+
+    def parallel(self, s: Loop) -> None:
+        """``s`` as an internal function ``<entry>.range<k>(state, workspace, inputs, outputs, lo, hi)`` running
+        iterations lo..hi-1 (with its own buffer addresses and stack slots), called through PARALLEL_FOR."""
+        fn = ir.Function(self.module, range_type(), f"{self.fn.name}.range{self.ranges}")
+        fn.linkage = "internal"
+        for arg, name in zip(fn.args, ARGS[:4] + ("lo", "hi")):
+            arg.name = name
+        for arg in fn.args[:4]:
+            arg.add_attribute("noalias")
+            arg.add_attribute("captures(none)")
+        caller = self.fn, self.setup, self.pointers, self.slots, self.b.block
+        self.fn, self.pointers, self.slots = fn, {}, {}
+        self.setup = ir.IRBuilder(fn.append_basic_block("entry"))
+        first = fn.append_basic_block(f"k{self.kernel.node}_range{self.ranges}")
+        self.titles[first.name] = f"{self.kernel.title}: iterations lo..hi-1 of {s.var}, run in parallel"
+        self.ranges += 1
+        self.b.position_at_end(first)
+        self.counted(s.var, fn.args[4], fn.args[5], s.body)
+        self.b.ret_void()
+        self.setup.branch(first)
+        self.fn, self.setup, self.pointers, self.slots, block = caller
+        self.b.position_at_end(block)
+        runtime = self.module.globals.get(PARALLEL_FOR) or ir.Function(self.module, parallel_for_type(), PARALLEL_FOR)
+        self.b.call(runtime, [fn, *self.fn.args[:4], ir.Constant(I64, s.extent)])
+
     def block(self, body: Sequence) -> None:
         for s in body:
             kind = type(s)
@@ -199,28 +261,31 @@ class Renderer:
 
     def loop(self, s: Loop) -> None:
         """A counted loop: ``var`` a phi from 0 to ``extent`` (nothing runs when extent <= 0)."""
-        if s.extent <= 0:
-            return
+        if s.extent > 0:
+            self.counted(s.var, ir.Constant(I64, 0), ir.Constant(I64, s.extent), s.body)
+
+    def counted(self, var: sp.Symbol, start: ir.Value, stop: ir.Value, body: Sequence) -> None:
+        """``for var in range(start, stop): body``, for start < stop: ``var`` a phi."""
         b = self.b
-        name = str(s.var)
+        name = str(var)
         before = b.block
         head = b.append_basic_block(f"{name}.loop")
         b.branch(head)
         b.position_at_end(head)
         counter = b.phi(I64, name=name)
-        counter.add_incoming(ir.Constant(I64, 0), before)
-        outer = self.counters.get(s.var)
-        self.counters[s.var] = counter
-        self.block(s.body)
+        counter.add_incoming(start, before)
+        outer = self.counters.get(var)
+        self.counters[var] = counter
+        self.block(body)
         following = b.add(counter, ir.Constant(I64, 1), name=f"{name}.next", flags=("nuw", "nsw"))
         counter.add_incoming(following, b.block)
         end = b.append_basic_block(f"{name}.end")
-        b.cbranch(b.icmp_signed("<", following, ir.Constant(I64, s.extent)), head, end)
+        b.cbranch(b.icmp_signed("<", following, stop), head, end)
         b.position_at_end(end)
         if outer is None:
-            del self.counters[s.var]
+            del self.counters[var]
         else:
-            self.counters[s.var] = outer
+            self.counters[var] = outer
 
     def load(self, s: Load) -> None:
         buf = s.buffer
@@ -331,14 +396,16 @@ def render_text(program: Program, symbol: str, blas: str = "generated") -> str:
     return render_module_and_text(program, symbol, blas)[1]
 
 
-def render_module_and_text(program: Program, symbol: str, blas: str = "generated",
-                           internal: bool = False) -> tuple[ir.Module, str]:
+def render_module_and_text(program: Program, symbol: str, blas: str = "generated", internal: bool = False,
+                           parallel_min_work: int | None = None) -> tuple[ir.Module, str]:
     """:func:`render_module` and :func:`render_text` of one rendering. ``internal``: every function the module
-    defines but the entry is internal (the MT19937 functions: each object loaded in one process keeps its own)."""
+    defines but the entry is internal (the MT19937 functions: each object loaded in one process keeps its own).
+    ``parallel_min_work``: loops of chunks of at least this much work (ir.runs_chunks_in_parallel) run through
+    PARALLEL_FOR, which whoever loads the module provides (the cpu backend's llvm driver); None: all inline."""
     from ..._version import __version__
 
     module = ir.Module(name=program.name)
-    renderer = Renderer(program, module, symbol, blas)
+    renderer = Renderer(program, module, symbol, blas, parallel_min_work)
     renderer.render()
     if internal:
         for fn in module.functions:
@@ -357,5 +424,5 @@ def render_module_and_text(program: Program, symbol: str, blas: str = "generated
     return module, "\n".join(lines) + "\n"
 
 
-__all__ = ["ARGS", "UnsupportedCallError", "block_name", "entry_type", "render_module",
-           "render_module_and_text", "render_text"]
+__all__ = ["ARGS", "PARALLEL_FOR", "UnsupportedCallError", "block_name", "entry_type", "parallel_for_type",
+           "range_type", "render_module", "render_module_and_text", "render_text"]

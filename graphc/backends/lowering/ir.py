@@ -179,8 +179,8 @@ class Draw:
 Statement = Union[Loop, Load, Assign, Store, Check, Gemm, Call, Seed, Draw]
 
 #: The library kernels a target provides besides GEMM, with their operands (Refs marked "*"), all
-#: row-major: x [N, C, H, W], w [O, C, kh, kw], y [N, O, Ho, Wo]; im2col's col [C*kh*kw, Ho*Wo] (scratch);
-#: col2im's cols [O*kh*kw, H*W] scattered into y [O, Ho, Wo] (one image); pooling on planes = N*C, no
+#: row-major: x [N, C, H, W], w [O, C, kh, kw], y [N, O, Ho, Wo]; im2col's col, a scratch of at least one
+#: image's columns [C*kh*kw, Ho*Wo] (library.im2col_scratch: what the expansion's chunks need); col2im's cols [O*kh*kw, H*W] scattered into y [O, Ho, Wo] (one image); pooling on planes = N*C, no
 #: dilation. conv and pooling overwrite y, col2im_add adds into it, max_pool_backward zeroes y first and
 #: routes each gradient to its window's first maximum (padding counts as -inf, the first NaN wins).
 #: allreduce_sum / allreduce_mean: y [size] = the element-wise sum (mean: the sum / the number of ranks) of x
@@ -383,6 +383,59 @@ def _work(body: Sequence) -> int:
         else:
             work += 1
     return work
+
+
+def runs_chunks_in_parallel(loop, min_work: int) -> bool:
+    """The cost rule of a target that runs chunks of work on several threads (the cpu backend's llvm driver):
+    ``loop`` (a kernel's outer statement) is split among threads when its iterations are independent
+    (``Loop.parallel``), there is more than one, each runs a GEMM (a chunk of images of a convolution, see
+    library.conv2d_im2col: the loops of plain statements between them measured no gain, docs/performance.md),
+    none checks, draws or calls a collective, and the whole does at least ``min_work`` element operations
+    (:func:`step_work`'s count: waking a thread and joining it costs microseconds)."""
+    if not (isinstance(loop, Loop) and loop.parallel and loop.extent > 1):
+        return False
+    inside = list(walk(loop.body))
+    return (any(isinstance(s, Gemm) for s in inside)
+            and not any(isinstance(s, (Check, Seed, Draw)) or (isinstance(s, Call) and s.name in COLLECTIVES)
+                        for s in inside)
+            and _work([loop]) >= min_work)
+
+
+def outside_variables(body: Sequence) -> set[sp.Symbol]:
+    """The variables ``body`` reads before it assigns them itself (in statement order; its loop counters, loads
+    and assignments are its own): what a renderer must hand a loop it moves into a function of its own.
+
+    >>> i, a, lr = index_var("i"), scalar_var("a"), scalar_var("lr")
+    >>> buf = Buffer("V0", "workspace", 0, 4, "float32", (4,))
+    >>> sorted(map(str, outside_variables([Loop(i, 4, [Load(a, buf, i), Store(buf, i, a * lr)])])))
+    ['lr']
+    """
+    own: set = set()
+    read: set = set()
+
+    def symbols(value) -> set:  # of an expression, a Ref's offset, a tuple of operands
+        if isinstance(value, Ref):
+            return symbols(value.offset)
+        if isinstance(value, (tuple, list)):
+            return set().union(*map(symbols, value))
+        return set(getattr(value, "free_symbols", ()))
+
+    def visit(stmts: Sequence) -> None:
+        for s in stmts:
+            if isinstance(s, Loop):
+                own.add(s.var)
+                visit(s.body)
+            elif isinstance(s, Load):
+                read.update((symbols(s.index) | symbols(s.guard)) - own)
+                own.add(s.var)
+            elif isinstance(s, Assign):
+                read.update(symbols(s.value) - own)
+                own.add(s.var)
+            else:  # a store, a GEMM, a call: every field is read
+                for value in vars(s).values():
+                    read.update(symbols(value) - own)
+    visit(body)
+    return read
 
 
 def library_calls(program: Program) -> list[Call]:

@@ -242,36 +242,105 @@ def conv2d_direct(x: Ref, w: Ref, N: int, C: int, H: int, W: int, Co: int, kh: i
 #: needs more than one block (a weight gradient's convolution: a LeNet conv1's has 64 "channels" of 28x28 windows).
 COL_BLOCK = 32768
 
+#: The chunks conv2d_im2col cuts its work into, the first count that divides it: iterations of a parallel loop,
+#: each with columns of its own, that a target may run on several threads (the cpu backend's llvm driver shares
+#: them with a helper thread). Four, so that a thread that joins late still takes its share; two where four do not
+#: divide the images.
+CONV_CHUNKS = (4, 2)
+
+
+def conv_chunks(count: int) -> int:
+    """How many chunks ``count`` images (or blocks of channels) are cut into: 1 when no CONV_CHUNKS divides it."""
+    return next((c for c in CONV_CHUNKS if count % c == 0), 1)
+
+
+def _col_blocks(C: int, kh: int, kw: int, P: int) -> tuple[int, int]:
+    """(channels per block of columns, blocks): blocks of one size (a loop over them), each at most COL_BLOCK
+    elements where one channel fits."""
+    target = min(C, max(1, COL_BLOCK // (kh * kw * P)))
+    cb = max(d for d in range(1, target + 1) if C % d == 0)
+    return cb, C // cb
+
+
+def _im2col_split(N: int, C: int, kh: int, kw: int, P: int) -> tuple[str, int]:
+    """How conv2d_im2col's work is chunked: ("images", k) for k chunks of images; ("channels", k) for one
+    image's blocks of channels in k chunks, each summed into a partial output of its own (a weight gradient's
+    convolution: one "image" per input channel); ("none", 1)."""
+    if conv_chunks(N) > 1:
+        return "images", conv_chunks(N)
+    blocks = _col_blocks(C, kh, kw, P)[1]
+    return ("channels", conv_chunks(blocks)) if conv_chunks(blocks) > 1 else ("none", 1)
+
+
+def im2col_scratch(N: int, C: int, H: int, W: int, Co: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
+                   dh: int, dw: int, Ho: int, Wo: int) -> int:
+    """Elements of conv2d_im2col's ``col`` scratch (ir.LIBRARY: at least one image's columns, C*kh*kw*Ho*Wo, which
+    the interpreter fills): a block of columns per chunk, and the chunks' partial outputs when they split the
+    channels (:func:`_im2col_split`)."""
+    P = Ho * Wo
+    split, chunks = _im2col_split(N, C, kh, kw, P)
+    used = chunks * _col_blocks(C, kh, kw, P)[0] * kh * kw * P + (chunks * N * Co * P if split == "channels" else 0)
+    return max(C * kh * kw * P, used)
+
 
 def conv2d_im2col(x: Ref, w: Ref, N: int, C: int, H: int, W: int, Co: int, kh: int, kw: int, sh: int, sw: int,
                   ph: int, pw: int, dh: int, dw: int, Ho: int, Wo: int, col: Ref, y: Ref) -> list[Statement]:
-    """Per image n (sequentially: the images share ``col``), per block of ``cb`` channels (sequentially, see
-    COL_BLOCK): col [cb*kh*kw, Ho*Wo] = the block's patches (0 in the padding), then the GEMM y[n] [Co, Ho*Wo]
-    (+)= w[:, block] @ col, the first block overwriting y[n] (beta 0), the others adding to it."""
-    n, c, i, j, blk = (_index(v) for v in ("n", "c", "i", "j", "blk"))
-    K, P = C * kh * kw, Ho * Wo
-    target = min(C, max(1, COL_BLOCK // (kh * kw * P)))
-    cb = max(d for d in range(1, target + 1) if C % d == 0)  # blocks of one size: a loop over them
-    blocks = C // cb
-    if blocks == 1:
-        blk = sp.Integer(0)
+    """Per image n, per block of ``cb`` channels (sequentially, see COL_BLOCK): col [cb*kh*kw, Ho*Wo] = the
+    block's patches (0 in the padding), then the GEMM y[n] [Co, Ho*Wo] (+)= w[:, block] @ col, the first block
+    overwriting y[n] (beta 0), the others adding to it.
+
+    The work is a parallel loop over chunks (:func:`_im2col_split`), each with its own block of ``col``
+    (sized by :func:`im2col_scratch`): chunks of images, whose outputs are the unchunked ones bit for bit; or, for
+    one image, chunks of its blocks, each into a partial output in ``col``, then y = the partials summed in chunk
+    order (a sum in another order: equal to rounding)."""
+    c, i, j, t, m, b = (_index(v) for v in ("c", "i", "j", "t", "m", "b"))
+    P = Ho * Wo
+    K = C * kh * kw
+    cb, blocks = _col_blocks(C, kh, kw, P)
+    split, chunks = _im2col_split(N, C, kh, kw, P)
+    span = cb * kh * kw * P  # one block of columns
     xv = _scalar("x")
+    cols = Ref(col.buffer, col.offset + t * span) if chunks > 1 else col
 
-    def patch(at: dict[str, sp.Expr], extents: dict[str, int]) -> list[Statement]:
-        h, q = at["ho"] * sh - ph + i * dh, at["wo"] * sw - pw + j * dw
-        return [_load(xv, x, n * (C * H * W) + ((blk * cb + c) * H + h) * W + q,
-                      _inside(h, q, H, W, dict(extents, i=kh, j=kw))),
-                _store(col, linear([c, i, j], [cb, kh, kw]) * P + at["ho"] * Wo + at["wo"], xv, x.buffer.dtype)]
+    def image_block(n: sp.Expr, blk: sp.Expr, beta: sp.Expr, out: Ref) -> list[Statement]:
+        """Block ``blk`` of image ``n``'s columns filled, then multiplied into ``out``[n]."""
+        def patch(at: dict[str, sp.Expr], extents: dict[str, int]) -> list[Statement]:
+            h, q = at["ho"] * sh - ph + i * dh, at["wo"] * sw - pw + j * dw
+            return [_load(xv, x, n * (C * H * W) + ((blk * cb + c) * H + h) * W + q,
+                          _inside(h, q, H, W, dict(extents, i=kh, j=kw))),
+                    _store(cols, linear([c, i, j], [cb, kh, kw]) * P + at["ho"] * Wo + at["wo"], xv, x.buffer.dtype)]
 
-    # Windows in the padding at the plane's edges, the rest unguarded (contiguous rows a target vectorizes).
-    runs = [_runs(Ho, -(-ph // sh), (H - 1 + ph - (kh - 1) * dh) // sh + 1),
-            _runs(Wo, -(-pw // sw), (W - 1 + pw - (kw - 1) * dw) // sw + 1)]
-    fill = _nest([cb, kh, kw], ["c", "i", "j"], _region_nests(["ho", "wo"], runs, patch))
-    product = Gemm(Co, P, cb * kh * kw, sp.Integer(1), Ref(w.buffer, w.offset + blk * (cb * kh * kw)), False, K,
-                   col, False, P, sp.Min(blk, 1), Ref(y.buffer, y.offset + n * (Co * P)), P)
-    block = [*fill, product]
-    image = block if blocks == 1 else _nest([blocks], ["blk"], block, parallel=False)
-    return _nest([N], ["n"], image, parallel=False)
+        # Windows in the padding at the plane's edges, the rest unguarded (contiguous rows a target vectorizes).
+        runs = [_runs(Ho, -(-ph // sh), (H - 1 + ph - (kh - 1) * dh) // sh + 1),
+                _runs(Wo, -(-pw // sw), (W - 1 + pw - (kw - 1) * dw) // sw + 1)]
+        fill = _nest([cb, kh, kw], ["c", "i", "j"], _region_nests(["ho", "wo"], runs, patch))
+        product = Gemm(Co, P, cb * kh * kw, sp.Integer(1), Ref(w.buffer, w.offset + blk * (cb * kh * kw)), False, K,
+                       cols, False, P, beta, Ref(out.buffer, out.offset + n * (Co * P)), P)
+        return [*fill, product]
+
+    def each_block(n: sp.Expr, first: sp.Expr, count: int, out: Ref) -> list[Statement]:
+        """Blocks first..first+count-1 of image ``n`` into ``out``[n], the first of them overwriting it."""
+        if count == 1:
+            return image_block(n, first, sp.Integer(0), out)
+        return _nest([count], ["b"], image_block(n, first + b, sp.Min(b, 1), out), parallel=False)
+
+    if split == "images":
+        per = N // chunks
+        return _nest([chunks], ["t"], _nest([per], ["m"], each_block(t * per + m, sp.Integer(0), blocks, y),
+                                            parallel=False))
+    if split == "channels":
+        per, size = blocks // chunks, N * Co * P
+        partials = Ref(col.buffer, col.offset + chunks * span)
+        mine = Ref(partials.buffer, partials.offset + t * size)
+        n = _index("n")
+        work = _nest([chunks], ["t"], _nest([N], ["n"], each_block(n, t * per, per, mine), parallel=False))
+        e, acc, v = _index("e"), _scalar("acc"), _scalar("v")
+        total: list[Statement] = []
+        for k in range(chunks):
+            total += [_load(v, partials, k * size + e), Assign(acc, v if k == 0 else acc + v, y.buffer.dtype)]
+        return work + _nest([size], ["e"], [*total, _store(y, e, acc, y.buffer.dtype)])
+    n = _index("n")
+    return _nest([N], ["n"], each_block(n, sp.Integer(0), blocks, y), parallel=False)
 
 
 def col2im_add(cols: Ref, Co: int, kh: int, kw: int, H: int, W: int, sh: int, sw: int, ph: int, pw: int, dh: int,

@@ -6,6 +6,7 @@ from ...ir import Node
 from .context import Lowering, Operand, rule
 from .geometry import ConvGeometry
 from .ir import Call, Ref, index_var, nest
+from .library import conv_chunks, im2col_scratch
 from .rules_linalg import epilogue, flagged, gemm
 
 
@@ -19,8 +20,8 @@ def conv_geometry(node: Node, x: Node, w: Node) -> ConvGeometry:
 
 def conv2d_product(lw: Lowering, node: Node, x: Node, w: Node) -> list:
     """A pointwise conv is one GEMM per image: out[n] [O, H*W] = W [O, C] @ x[n] [C, H*W]; otherwise
-    the library kernel the target chose: im2col + one GEMM per image (a scratch column matrix of
-    C*kh*kw x Ho*Wo), or the direct loop nest."""
+    the library kernel the target chose: im2col + one GEMM per image (a scratch column matrix of at
+    least C*kh*kw x Ho*Wo: see library.im2col_scratch), or the direct loop nest."""
     Xc, Wc = lw.converted(x, node.dtype), lw.converted(w, node.dtype)
     g = conv_geometry(node, x, w)
     method = lw.conv_method(node, g)  # recorded even for a pointwise conv, as the compile options are
@@ -32,7 +33,7 @@ def conv2d_product(lw: Lowering, node: Node, x: Node, w: Node) -> list:
                                         c_plus=n * (g.Co * P))])
     if method == "direct":
         return [Call("conv2d_direct", (Xc.ref(), Wc.ref(), *g, y))]
-    col = lw.scratch(g.C * g.kh * g.kw * g.Ho * g.Wo, node.dtype)
+    col = lw.scratch(im2col_scratch(*g), node.dtype)
     return [Call("conv2d_im2col", (Xc.ref(), Wc.ref(), *g, Ref(col), y))]
 
 
@@ -50,21 +51,26 @@ def lower_conv2d_epilogue(lw: Lowering, node: Node) -> None:
 @rule("conv_transpose2d")
 def lower_conv_transpose2d(lw: Lowering, node: Node) -> None:
     """GEMM + col2im per image: cols [O*kh*kw, H*W] = W^T @ x[n]; cols scatter-added into the zeroed
-    output. The images share the scratch cols: the loop over them is sequential."""
+    output. The images run in a parallel loop over chunks of them (library.conv_chunks), each chunk's
+    images in sequence over a cols scratch of its own."""
     x, w = node.inputs
     N, C, H, W = x.shape
     _, Co, kh, kw = w.shape
     _, _, Ho, Wo = node.shape
     (sh, sw), (ph, pw), (dh, dw) = node.attrs["stride"], node.attrs["padding"], node.attrs["dilation"]
     K, P = Co * kh * kw, H * W
+    chunks = conv_chunks(N)
+    per = N // chunks
     Xc, Wc = lw.converted(x, node.dtype), lw.converted(w, node.dtype)
-    cols = lw.scratch(K * P, node.dtype)
-    n = index_var("n")
+    scratch = lw.scratch(chunks * K * P, node.dtype)
+    t, m = index_var("t"), index_var("m")
+    n = t * per + m
+    cols = Ref(scratch, t * (K * P))
     # W is stored [C, O*kh*kw]: the GEMM reads it transposed.
-    body = [gemm(flagged(Wc, True), Xc, Operand(cols), K, P, C, b_plus=n * (C * P)),
-            Call("col2im_add", (Ref(cols), Co, kh, kw, H, W, sh, sw, ph, pw, dh, dw, Ho, Wo,
+    body = [gemm(flagged(Wc, True), Xc, Operand(scratch), K, P, C, b_plus=n * (C * P), c_plus=cols.offset),
+            Call("col2im_add", (cols, Co, kh, kw, H, W, sh, sw, ph, pw, dh, dw, Ho, Wo,
                                 Ref(lw.buffer(node), n * (Co * Ho * Wo))))]
-    lw.emit(lw.fill(node, 0) + nest([N], ["n"], body, parallel=False))
+    lw.emit(lw.fill(node, 0) + nest([chunks], ["t"], nest([per], ["m"], body, parallel=False)))
 
 
 def pool_geometry(node: Node, x: Node) -> tuple[int, ...]:

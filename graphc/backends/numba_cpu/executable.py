@@ -11,17 +11,17 @@ from ..native import NativeExecutable, ParamStore, aligned_bytes
 from . import sharing
 
 _CURRENT = _threads._current  # the count both pools run with now: read on every call, so bound once
-_HELPER = sharing.HELPER  # the helper thread while GEMMs are shared (likewise)
+_MODE = sharing.MODE  # what the helper thread shares now (likewise)
 
 
-def _apply(threads: int, policy: "_threads.ThreadPolicy | None") -> None:
-    """Both pools at ``threads``; GEMMs shared with the helper thread when ``policy`` (the policy that decided
-    on sharing) is given, on the cores it found busy."""
+def _apply(threads: int, policy: "_threads.ThreadPolicy", helper: str | None) -> None:
+    """Both pools at ``threads``, and the helper thread as ``helper`` says (sharing.MODE): "gemms" (GEMMs and
+    parallel loops, on the cores ``policy`` found busy), "loops" (parallel loops only) or None (no helper)."""
     _threads.apply(threads)
-    if policy is not None:
-        sharing.start(policy.busy_cores)
-    else:
+    if helper is None:
         sharing.stop()
+    else:
+        sharing.start(policy.busy_cores, gemms=helper == "gemms")
 
 
 class NumbaExecutable(NativeExecutable):
@@ -59,6 +59,10 @@ class NumbaExecutable(NativeExecutable):
         self.threads_policy = _threads.ThreadPolicy(None)
         self.threads = _threads.usable(self.threads_policy.threads)  # the thread count each call runs with (see use_threads)
         self.share_gemm = False  # whether its GEMMs are shared with a helper thread (the policy's ``share``)
+        #: The llvm driver's steps run their parallel loops through sharing.py (the Numba driver's use prange).
+        self._shares_loops = program.options.get("driver") == "llvm"
+        self.helper: str | None = None  # what the helper thread shares for its calls (sharing.MODE)
+        self._modes: frozenset = frozenset({None})  # the helper modes its calls run correctly under
 
     # -- threads ------------------------------------------------------------------------------------
     def use_threads(self, policy: "_threads.ThreadPolicy") -> int:
@@ -67,7 +71,7 @@ class NumbaExecutable(NativeExecutable):
         self.threads_policy = policy
         self.recheck_threads()
         self.stats["threads"], self.stats["threads_others_busy"] = self.threads, round(policy.others, 2)
-        self.stats["gemm_helper"] = self.share_gemm
+        self.stats["gemm_helper"], self.stats["helper"] = self.share_gemm, self.helper
         return self.threads
 
     def recheck_threads(self) -> int:
@@ -75,11 +79,21 @@ class NumbaExecutable(NativeExecutable):
         reads of /proc/stat); a fixed ``threads=`` stays."""
         self.threads = _threads.usable(self.threads_policy.recheck())
         self.share_gemm = self.threads_policy.share and sharing.SUPPORTED
+        self._decide_helper()
         return self.threads
 
+    def _decide_helper(self) -> None:
+        """What the helper thread shares for this executable's calls, from ``share_gemm`` and the thread count:
+        GEMMs and loops under contention, the llvm driver's parallel loops with two threads or more."""
+        loops = self._shares_loops and self.threads > 1 and sharing.SUPPORTED
+        self.helper = "gemms" if self.share_gemm else "loops" if loops else None
+        # A step without loops to share runs as well beside a helper that shares only loops (no thread restarts
+        # when a process alternates between such steps); one that has them runs them on one thread only alone.
+        self._modes = frozenset({self.helper} | ({"loops"} if self.helper is None and not self._shares_loops else set()))
+
     def _apply_threads(self) -> None:
-        if _CURRENT[0] != self.threads or bool(_HELPER) != self.share_gemm:  # else the pools already run so
-            _apply(self.threads, self.threads_policy if self.share_gemm else None)
+        if _CURRENT[0] != self.threads or _MODE[0] not in self._modes:  # else the pools already run so
+            _apply(self.threads, self.threads_policy, self.helper)
 
     # -- running ----------------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any):
@@ -95,8 +109,8 @@ class NumbaExecutable(NativeExecutable):
                 if not flags.owndata and np.may_share_memory(a, self._written):  # run() copies it
                     break
             else:
-                if _CURRENT[0] != self.threads or bool(_HELPER) != self.share_gemm:
-                    _apply(self.threads, self.threads_policy if self.share_gemm else None)
+                if _CURRENT[0] != self.threads or _MODE[0] not in self._modes:
+                    _apply(self.threads, self.threads_policy, self.helper)
                 outs = self._step(*args, self._state, self._ws, self._status)
                 if self._status[0]:
                     self._raise_status(list(args))
@@ -126,7 +140,7 @@ class NumbaExecutable(NativeExecutable):
 
         epoch = compile_function(self, "epoch", tuple(_numba_type(a) for a in arrays) + _epoch_tail())
         self.recheck_threads()  # an epoch is long: the load may have changed since the last decision,
-        _apply(self.threads, self.threads_policy if self.share_gemm else None)  # and the busy cores may have moved
+        _apply(self.threads, self.threads_policy, self.helper)  # and the busy cores may have moved
         return epoch(*arrays, perm, steps, self._state, self._ws, self._status)
 
     # -- inspection ---------------------------------------------------------------------------------

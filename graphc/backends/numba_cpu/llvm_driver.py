@@ -12,6 +12,10 @@ target renders the same Program as LLVM IR directly: the MLP step's kernels comp
 The entry's GEMMs call ``graphc_sgemm`` / ``graphc_dgemm`` (the llvm target's ``blas="external"``), defined
 once per process here: Numba's ``numba_xxgemm`` (SciPy's BLAS), or the shared GEMM while the thread policy
 shares GEMMs with a helper thread (sharing.py's control block), exactly as ``runtime.gemm`` chooses.
+Loops of chunks of at least CHUNK_MIN_WORK element operations (the cost rule,
+``lowering.ir.runs_chunks_in_parallel``: a convolution's chunks of images) are outlined and called through
+``graphc_parallel_for``, defined here too: their iterations are shared with sharing.py's helper thread, which
+runs whenever the executable has two threads or more; without it the caller runs them all.
 The entry's symbol is registered with LLVM (``add_symbol``), so the module's Numba ``step`` wrapper, which
 ``epoch`` calls, links against it in every process, from Numba's cache too.
 """
@@ -28,11 +32,20 @@ from llvmlite import ir
 from ...ir import GraphcError
 from ..llvm.gemm import define_gemm, gemm_symbol
 from ..llvm.random import MT_WORDS
-from ..llvm.render import UnsupportedCallError, render_module_and_text
+from ..llvm.render import (
+    PARALLEL_FOR,
+    UnsupportedCallError,
+    parallel_for_type,
+    render_module_and_text,
+)
 from ..llvm.target import optimize, target_machine
 from ..lowering import Program
 from ..lowering.ir import draws
 from . import sharing
+
+#: A loop of chunks is shared with the helper thread from this much work on (ir.step_work's count, mostly
+#: multiply-adds: ~0.1 ms); waking the helper and joining it costs a few microseconds.
+CHUNK_MIN_WORK = 1_000_000
 
 #: LLVM's level for the kernels (as for the Numba driver: see DRIVER_OPT_LEVEL in __init__.py).
 OPT_LEVEL = 2
@@ -51,7 +64,8 @@ def kernels_object(program: Program, symbol: str) -> tuple[bytes, str]:
     """The object file of ``program``'s entry ``symbol`` (the llvm target's ABI, GEMMs external, every other
     function internal) for this machine, and its .ll text with each kernel's title (for ``exe.llvm_ir``)."""
     try:
-        module, text = render_module_and_text(program, symbol, blas="external", internal=True)
+        module, text = render_module_and_text(program, symbol, blas="external", internal=True,
+                                              parallel_min_work=CHUNK_MIN_WORK)
     except UnsupportedCallError as err:
         raise LLVMDriverError(f"{err}; compile with driver='numba' to run it") from None
     tm = target_machine("native")
@@ -60,9 +74,9 @@ def kernels_object(program: Program, symbol: str) -> tuple[bytes, str]:
 
 def load_entry(obj: bytes, symbol: str) -> int:
     """Load ``obj`` into a new execution engine and return ``symbol``'s address, registered with LLVM so that
-    Numba code calling it by name links. The GEMMs it calls are defined first (once per process)."""
+    Numba code calling it by name links. The GEMMs and PARALLEL_FOR it calls are defined first (once per process)."""
     with _LOCK:
-        _define_gemms()
+        _define_runtime()
         _check_header(obj)
         engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target_machine("native"))
         engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
@@ -90,8 +104,9 @@ def _check_header(obj: bytes) -> None:
         raise LLVMDriverError("llvm driver: the cached kernels are not an object file for this machine")
 
 
-def _define_gemms() -> None:
-    """``graphc_sgemm`` / ``graphc_dgemm`` for every object of this process (see the module docstring)."""
+def _define_runtime() -> None:
+    """``graphc_sgemm`` / ``graphc_dgemm`` and PARALLEL_FOR for every object of this process (see the module
+    docstring)."""
     if _ENGINES:  # their engine is the first one
         return
     from numba import _helperlib
@@ -102,16 +117,17 @@ def _define_gemms() -> None:
     module = ir.Module("graphc_gemms")
     for dtype in ("float32", "float64"):
         _define_runtime_gemm(module, dtype)
+    sharing.define_parallel_for(module, PARALLEL_FOR, parallel_for_type())
     engine = llvm.create_mcjit_compiler(optimize(module, "native", OPT_LEVEL), target_machine("native"))
     engine.finalize_object()
     _ENGINES.append(engine)
-    for dtype in ("float32", "float64"):
-        llvm.add_symbol(gemm_symbol(dtype), engine.get_function_address(gemm_symbol(dtype)))
+    for name in (gemm_symbol("float32"), gemm_symbol("float64"), PARALLEL_FOR):
+        llvm.add_symbol(name, engine.get_function_address(name))
 
 
 def _define_runtime_gemm(module: ir.Module, dtype: str) -> None:
     """``graphc_?gemm`` (row-major, the llvm target's contract) calling BLAS as ``runtime.gemm`` does
-    (``sharing.call_gemm``). Its status is not read: it fails only without SciPy's BLAS, which _define_gemms
+    (``sharing.call_gemm``). Its status is not read: it fails only without SciPy's BLAS, which _define_runtime
     required."""
     fn = define_gemm(ir.Module("declaration"), dtype, "external")
     fn = ir.Function(module, fn.function_type, fn.name)

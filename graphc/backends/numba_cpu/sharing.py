@@ -1,4 +1,5 @@
-"""GEMM work sharing: a helper thread takes panels of the step's GEMMs while the calling thread takes the rest.
+"""Work sharing: a helper thread takes panels of the step's GEMMs, and chunks of its parallel loops, while the
+calling thread takes the rest.
 
 The thread policy's answer to a machine where another process keeps a core busy (see
 ``graphc.backends.threads``). OpenBLAS on two threads splits a GEMM in two fixed halves and waits for the
@@ -13,6 +14,12 @@ How the driver gets here: ``runtime.gemm`` loads the first slot of this module's
 symbol ``graphc_gemm_sharing``, resolved when the machine code is linked, so cached drivers find it in every
 process). Zero means no sharing and the call goes to Numba's ``numba_xxgemm`` as before; otherwise the slot
 holds the address of :func:`_shared_gemm`'s C entry (a ``cfunc``), which takes the same arguments.
+
+Parallel loops (the llvm driver's, see llvm/render.py's PARALLEL_FOR): ``graphc_parallel_for``
+(:func:`define_parallel_for`) loads the LOOPS slot the same way: zero runs the outlined loop on the calling
+thread; otherwise its iterations are cut into LOOP_CHUNKS chunks that the caller and the helper claim as GEMM
+panels are. The helper runs with two or more threads on an idle machine (the GEMMs then stay with OpenBLAS's
+own threads: ``start(gemms=False)``) and under contention, where it shares the GEMMs as well.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ SYMBOL = "graphc_gemm_sharing"
 
 # Slots of the control block (int64). Words written by both threads sit on cache lines of their own.
 ENTRY = 0     # shared_gemm's address while sharing is on, else 0 (read by every gemm call)
+LOOPS = 1     # shared_loop's address while a helper runs, else 0 (read by every parallel loop)
 OWNER = 8     # 1 while a thread shares a GEMM (another thread's GEMMs meanwhile run alone)
 GEN = 16      # the last job published (the helper's futex word: its low 32 bits)
 CLAIM = 24    # job << 32 | the next panel to claim
@@ -45,6 +53,8 @@ STOP = 40     # 1: the helper returns
 HELPED = 41   # panels the helper has run since it started (diagnostics, tests)
 FAILED = 42   # a nonzero BLAS status from a helper's panel
 JOB = 48      # the job: kind, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, axis, panels
+#             # (a loop: kind LOOP_KIND, range, state, workspace, inputs, outputs, n, ..., chunks at JOB + 15)
+LOOP_KIND = ord("l")
 SLOTS = 64
 
 #: A GEMM is shared from this many multiply-adds (m*n*k) on: below it the claims and the wake-up (a few
@@ -59,6 +69,10 @@ MIN_PANEL = 64
 
 #: How long the helper polls for the next job before it sleeps (iterations of an atomic load, ~20 us).
 HELPER_SPINS = 2000
+
+#: Chunks a parallel loop is cut into (fewer when it has fewer iterations): the caller takes chunks until none
+#: is left, so a helper that wakes late costs at most the chunk it started.
+LOOP_CHUNKS = 8
 
 _storage = np.zeros(SLOTS + 8, np.int64)
 BLOCK = _storage[(-_storage.ctypes.data % 64) // 8:][:SLOTS]  # starts on a 64-byte boundary
@@ -180,12 +194,35 @@ def _xxgemm(typingctx, kind, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ld
     return sig, codegen
 
 
+def _range_type() -> ir.FunctionType:
+    """An outlined loop's type (llvm/render.py's range_type: state, workspace, inputs, outputs, lo, hi)."""
+    return ir.FunctionType(ir.VoidType(), [_void_p, _void_p, _void_p.as_pointer(), _void_p.as_pointer(), _i64, _i64])
+
+
+@intrinsic
+def _call_range(typingctx, fn, state, ws, ins, outs, lo, hi):
+    """Iterations lo..hi-1 of the outlined loop at address ``fn`` (every operand an int64)."""
+    sig = types.void(*([types.int64] * 7))
+
+    def codegen(context, builder, signature, args):
+        fnty = _range_type()
+        operands = [builder.inttoptr(v, t) for v, t in zip(args[1:5], fnty.args[:4])]
+        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), operands + list(args[5:]))
+        return context.get_dummy_value()
+    return sig, codegen
+
+
 # -- the work ------------------------------------------------------------------------------------------------
 
 @_cached
 def _run_panel(p):
-    """Panel ``p`` of the published job: a band of rows (axis 0) or columns (axis 1) of column-major C."""
+    """Panel ``p`` of the published job: a chunk of a loop's iterations, or a band of a GEMM's rows (axis 0) or
+    columns (axis 1) of column-major C."""
     kind, ta, tb = _load(JOB), _load(JOB + 1), _load(JOB + 2)
+    if kind == LOOP_KIND:
+        n, chunks = _load(JOB + 6), _load(JOB + 15)
+        _call_range(ta, tb, _load(JOB + 3), _load(JOB + 4), _load(JOB + 5), n * p // chunks, n * (p + 1) // chunks)
+        return 0
     m, n, k = _load(JOB + 3), _load(JOB + 4), _load(JOB + 5)
     alpha, a, lda, b, ldb = _load(JOB + 6), _load(JOB + 7), _load(JOB + 8), _load(JOB + 9), _load(JOB + 10)
     beta, c, ldc, axis, panels = _load(JOB + 11), _load(JOB + 12), _load(JOB + 13), _load(JOB + 14), _load(JOB + 15)
@@ -237,6 +274,30 @@ def _shared_gemm(kind, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     _store(JOB + 13, ldc)
     _store(JOB + 14, axis)
     _store(JOB + 15, panels)
+    return _run_job(panels)
+
+
+@_cached
+def _shared_loop(fn, state, ws, ins, outs, n):
+    """Iterations 0..n-1 of the outlined loop ``fn`` in chunks the caller and the helper claim."""
+    if n < 2 or not _cas(OWNER, 0, 1):  # one iteration, or another thread is sharing a job
+        _call_range(fn, state, ws, ins, outs, 0, n)
+        return 0
+    _store(JOB, LOOP_KIND)
+    _store(JOB + 1, fn)
+    _store(JOB + 2, state)
+    _store(JOB + 3, ws)
+    _store(JOB + 4, ins)
+    _store(JOB + 5, outs)
+    _store(JOB + 6, n)
+    _store(JOB + 15, min(n, LOOP_CHUNKS))
+    return _run_job(min(n, LOOP_CHUNKS))
+
+
+@_cached
+def _run_job(panels):
+    """Publish the job in the JOB slots (the caller owns them), wake the helper, run panels until none is left,
+    wait for the helper's last one; the job's status (a GEMM panel's BLAS error), and OWNER released."""
     job = (_load(GEN) + 1) & 0x7FFFFFFF
     _store(DONE, 0)
     _store(FAILED, 0)
@@ -269,8 +330,10 @@ def _helper_loop(spins):
     return 0
 
 
-_entry: list = []          # the compiled C entry (kept alive while its address is published)
-HELPER: list[threading.Thread] = []  # the helper thread while GEMMs are shared (the executables read it on every call)
+_entry: list = []          # the compiled C entries (kept alive while their addresses are published)
+HELPER: list[threading.Thread] = []  # the helper thread while it runs (the executables read it on every call)
+#: What the running helper shares: "gemms" (GEMMs and loops) or "loops" (loops only); None without a helper.
+MODE: list = [None]
 _lock = threading.Lock()
 _at_exit: list = []
 
@@ -286,8 +349,29 @@ def _compiled_entry():
             return _shared_gemm(np.int64(kind), np.int64(ta), np.int64(tb), m, n, k, alpha, a, lda, b, ldb, beta,
                                 c, ldc)
 
+        def loop_entry(fn, state, ws, ins, outs, n):
+            _shared_loop(fn, state, ws, ins, outs, n)
+
         _entry.append(cached(entry, lambda cache: cfunc(sig, nopython=True, cache=cache)))
-    return _entry[0]
+        _entry.append(cached(loop_entry, lambda cache: cfunc(types.void(*([i64] * 6)), nopython=True, cache=cache)))
+    return _entry
+
+
+def define_parallel_for(module: ir.Module, name: str, fnty: ir.FunctionType) -> None:
+    """``name`` (llvm/render.py's PARALLEL_FOR, of type ``fnty``) in ``module``: the outlined loop on the calling
+    thread while the LOOPS slot is 0, else through :func:`_shared_loop`'s C entry at the slot's address."""
+    fn = ir.Function(module, fnty, name)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    entry = b.load_atomic(block_slot(b, ir.Constant(_i64, LOOPS)), "monotonic", 8)
+    alone, shared = fn.append_basic_block("alone"), fn.append_basic_block("shared")
+    b.cbranch(b.icmp_unsigned("==", entry, ir.Constant(_i64, 0)), alone, shared)
+    b.position_at_end(alone)
+    b.call(fn.args[0], [*fn.args[1:5], ir.Constant(_i64, 0), fn.args[5]])
+    b.ret_void()
+    b.position_at_end(shared)
+    c_entry = ir.FunctionType(ir.VoidType(), [_i64] * 6)
+    b.call(b.inttoptr(entry, c_entry.as_pointer()), [b.ptrtoint(a, _i64) for a in fn.args[:5]] + [fn.args[5]])
+    b.ret_void()
 
 
 def helper_cores(busy: frozenset[int] | set[int] = frozenset()) -> set[int]:
@@ -308,20 +392,22 @@ def helper_cores(busy: frozenset[int] | set[int] = frozenset()) -> set[int]:
     return (cores - {here}) or cores
 
 
-def start(busy: frozenset[int] | set[int] = frozenset()) -> None:
-    """Share the GEMMs of every compiled step in this process with one helper thread, run on
-    :func:`helper_cores` of ``busy`` (the cores other processes keep busy); a running helper moves there.
-    Nothing happens where sharing is not SUPPORTED."""
+def start(busy: frozenset[int] | set[int] = frozenset(), gemms: bool = True) -> None:
+    """Share the parallel loops and (``gemms``) the GEMMs of every compiled step in this process with one helper
+    thread, run on :func:`helper_cores` of ``busy`` (the cores other processes keep busy); a running helper
+    moves there. Nothing happens where sharing is not SUPPORTED."""
     if not SUPPORTED:
         return
     with _lock:
+        gemm_entry, loop_entry = _compiled_entry()
         if not HELPER:
-            entry = _compiled_entry()
             BLOCK[STOP] = 0
-            helper = threading.Thread(target=_helper_loop, args=(HELPER_SPINS,), name="graphc-gemm-helper", daemon=True)
+            helper = threading.Thread(target=_helper_loop, args=(HELPER_SPINS,), name="graphc-helper", daemon=True)
             helper.start()
             HELPER.append(helper)
-            BLOCK[ENTRY] = entry.address
+        BLOCK[ENTRY] = gemm_entry.address if gemms else 0
+        BLOCK[LOOPS] = loop_entry.address
+        MODE[0] = "gemms" if gemms else "loops"
         # the helper thread's affinity only: the caller's own is the user's
         os.sched_setaffinity(HELPER[0].native_id, helper_cores(busy))
         if not _at_exit:
@@ -334,6 +420,8 @@ def stop() -> None:
         if not HELPER:
             return
         BLOCK[ENTRY] = 0
+        BLOCK[LOOPS] = 0
+        MODE[0] = None
         BLOCK[STOP] = 1
         _bump_and_wake()
         HELPER.pop().join()
@@ -348,7 +436,7 @@ def _bump_and_wake():
 
 def active() -> bool:
     """Whether GEMMs are shared now."""
-    return bool(HELPER)
+    return MODE[0] == "gemms"
 
 
 def cores() -> set[int]:
