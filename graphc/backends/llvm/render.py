@@ -18,6 +18,7 @@ unless ``program.options["fastmath"]`` names LLVM fast-math flags.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Sequence
 
@@ -43,6 +44,7 @@ from ..lowering.ir import (
     is_condition,
     outside_variables,
     runs_chunks_in_parallel,
+    walk,
 )
 from ..lowering.library import expand_call
 from .gemm import define_gemm
@@ -209,28 +211,77 @@ class Renderer:
 
     def parallel(self, s: Loop) -> None:
         """``s`` as an internal function ``<entry>.range<k>(state, workspace, inputs, outputs, lo, hi)`` running
-        iterations lo..hi-1 (with its own buffer addresses and stack slots), called through PARALLEL_FOR."""
-        fn = ir.Function(self.module, range_type(), f"{self.fn.name}.range{self.ranges}")
+        iterations lo..hi-1, called through PARALLEL_FOR."""
+        k = self.ranges
+        self.ranges += 1
+        fn = self.function(f"range{k}", ("lo", "hi"), f"{self.kernel.title}: iterations lo..hi-1 of {s.var}, "
+                                                      f"run in parallel")
+        with self.inside(fn, {}):
+            self.counted(s.var, fn.args[4], fn.args[5], lambda: self.chunk(s))
+        runtime = self.module.globals.get(PARALLEL_FOR) or ir.Function(self.module, parallel_for_type(), PARALLEL_FOR)
+        self.b.call(runtime, [fn, *self.fn.args[:4], ir.Constant(I64, s.extent)])
+
+    def chunk(self, s: Loop) -> None:
+        """One iteration of the parallel loop ``s``: a sequential loop of GEMMs in it (a chunk's images) calls a
+        function per iteration (:meth:`iterations`), the rest inline."""
+        for inner in s.body:
+            if type(inner) is Loop and not inner.parallel and any(type(x) is Gemm for x in walk(inner.body)):
+                self.iterations(inner, s, str(inner.var))
+            else:
+                self.block([inner])
+
+    def iterations(self, loop: Loop, chunks: Loop, name: str) -> None:
+        """``loop`` (inside the parallel loop ``chunks``) calling ``<entry>.<name>(state, workspace, inputs,
+        outputs, chunk, iteration)``, a function of its body, once per iteration.
+
+        Inline, every address of the body that depends on the chunk but not the iteration is an invariant of
+        the loop (one per nest of an expanded im2col or col2im): LLVM kept dozens of them live across the loop
+        and spilled them, which cost the LeNet-like step's compile +35% in LLVM (docs/performance.md). As a
+        function, the body's addresses are computed from its arguments as a loop's are from its counter."""
+        fn = self.function(name, (str(chunks.var), str(loop.var)), f"{self.kernel.title}: one iteration of "
+                                                                     f"{loop.var} of a chunk")
+        fn.attributes.add("noinline")  # inlined, its addresses would be the loop's invariants again
+        # Each counter modulo its extent (itself): LLVM then knows its range, as a loop counter's, and tells the
+        # buffers addressed through it apart; without it, col2im's loops were not vectorized.
+        entry = ir.IRBuilder(fn.blocks[0])
+        known = {var: entry.urem(arg, ir.Constant(I64, extent), name=str(var))
+                 for var, extent, arg in ((chunks.var, chunks.extent, fn.args[4]), (loop.var, loop.extent, fn.args[5]))}
+        with self.inside(fn, known):
+            self.block(loop.body)
+        self.counted(loop.var, ir.Constant(I64, 0), ir.Constant(I64, loop.extent),
+                     lambda: self.b.call(fn, [*self.fn.args[:4], self.counters[chunks.var], self.counters[loop.var]]))
+
+    def function(self, suffix: str, counters: Sequence[str], title: str) -> ir.Function:
+        """A new internal function ``<entry>.<suffix>(state, workspace, inputs, outputs, *counters)`` (i64
+        counters), its entry block (for its buffer addresses and stack slots) and a first block headed by
+        ``title`` in the .ll text."""
+        i8p = I8.as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i8p, i8p.as_pointer(), i8p.as_pointer()] + [I64] * len(counters))
+        fn = ir.Function(self.module, fnty, f"{self.fn.name}.{suffix}")
         fn.linkage = "internal"
-        for arg, name in zip(fn.args, ARGS[:4] + ("lo", "hi")):
+        for arg, name in zip(fn.args, ARGS[:4] + tuple(f"{c}.arg" for c in counters)):
             arg.name = name
         for arg in fn.args[:4]:
             arg.add_attribute("noalias")
             arg.add_attribute("captures(none)")
-        caller = self.fn, self.setup, self.pointers, self.slots, self.b.block
-        self.fn, self.pointers, self.slots = fn, {}, {}
-        self.setup = ir.IRBuilder(fn.append_basic_block("entry"))
-        first = fn.append_basic_block(f"k{self.kernel.node}_range{self.ranges}")
-        self.titles[first.name] = f"{self.kernel.title}: iterations lo..hi-1 of {s.var}, run in parallel"
-        self.ranges += 1
-        self.b.position_at_end(first)
-        self.counted(s.var, fn.args[4], fn.args[5], s.body)
+        fn.append_basic_block("entry")
+        first = fn.append_basic_block(f"k{self.kernel.node}_{suffix.replace('.', '_')}")
+        self.titles[first.name] = title
+        return fn
+
+    @contextlib.contextmanager
+    def inside(self, fn: ir.Function, counters: dict):
+        """Render into ``fn`` (made by :meth:`function`) with ``counters`` (a counter of the caller's loops
+        that ``fn`` reads is an argument), then back to where the caller was."""
+        caller = self.fn, self.setup, self.pointers, self.slots, self.counters, self.b.block
+        self.fn, self.pointers, self.slots, self.counters = fn, {}, {}, dict(counters)
+        self.setup = ir.IRBuilder(fn.blocks[0])  # at its end: after what the caller put there
+        self.b.position_at_end(fn.blocks[1])
+        yield
         self.b.ret_void()
-        self.setup.branch(first)
-        self.fn, self.setup, self.pointers, self.slots, block = caller
+        self.setup.branch(fn.blocks[1])
+        self.fn, self.setup, self.pointers, self.slots, self.counters, block = caller
         self.b.position_at_end(block)
-        runtime = self.module.globals.get(PARALLEL_FOR) or ir.Function(self.module, parallel_for_type(), PARALLEL_FOR)
-        self.b.call(runtime, [fn, *self.fn.args[:4], ir.Constant(I64, s.extent)])
 
     def block(self, body: Sequence) -> None:
         for s in body:
@@ -276,7 +327,10 @@ class Renderer:
         counter.add_incoming(start, before)
         outer = self.counters.get(var)
         self.counters[var] = counter
-        self.block(body)
+        if callable(body):
+            body()
+        else:
+            self.block(body)
         following = b.add(counter, ir.Constant(I64, 1), name=f"{name}.next", flags=("nuw", "nsw"))
         counter.add_incoming(following, b.block)
         end = b.append_basic_block(f"{name}.end")
