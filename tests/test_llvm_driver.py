@@ -272,11 +272,12 @@ def test_auto_compiles_a_large_step_with_the_llvm_driver_and_a_small_one_with_nu
 def test_a_convolutions_chunks_run_on_the_helper_thread_and_give_the_same_bits(graphc_cache_dir):
     """The chunk loops of the convolutions (the forward's chunks of images, the weight gradient's chunks of
     channels, the input gradient's chunks of images) become internal functions called through
-    graphc_parallel_for; an export (no driver runtime) keeps them inline. With two threads the helper, sharing
-    loops only (GEMMs stay with BLAS), takes chunks; the step equals the reference backend's, and one thread's
-    step the same bits (a chunk's partial sums do not depend on the thread that ran it)."""
+    graphc_parallel_for; an export (no driver runtime) keeps them inline. With two threads the helper takes chunks
+    (BLAS at one thread); the step equals the reference backend's, and one thread's steps give the same bits (a
+    chunk's partial sums do not depend on the thread that ran it)."""
     from graphc.backends import llvm as llvm_target
-    from graphc.backends.lowering.ir import runs_chunks_in_parallel
+    from graphc.backends import threads
+    from graphc.backends.lowering.library import runs_in_parallel_chunks
     from graphc.backends.numba_cpu import sharing
 
     r = rng(8)
@@ -295,9 +296,10 @@ def test_a_convolutions_chunks_run_on_the_helper_thread_and_give_the_same_bits(g
         return graphc.compile(outs, inputs=[x], backend=backend, **options)
 
     exe = step("cpu", cache_dir=graphc_cache_dir, driver="llvm", threads=2)
-    chunked = [k for k in exe.program.kernels if any(runs_chunks_in_parallel(s, llvm_driver.CHUNK_MIN_WORK)
-                                                     for s in k.body)]
-    assert [k.op for k in chunked] == ["conv_transpose2d"]  # at the rule; the conv2d calls' chunks are expanded
+    chunked = [k.op for k in exe.program.kernels if any(runs_in_parallel_chunks(s, llvm_driver.CHUNK_MIN_WORK)
+                                                        for s in k.body)]
+    assert chunked == ["conv2d_epilogue[conv2d, relu]", "conv_transpose2d", "conv2d"]  # forward, input and weight
+    assert llvm_driver.shares_chunks(exe.program)                                   # gradients
     defined = re.findall(r"^define internal void @\"?graphc_step_\w+?\.(range\d+(?:\.\w+)?)\"?\(", exe.llvm_ir, re.M)
     # the chunk loops (the forward's images, the input gradient's images, the weight gradient's channels: its
     # "images" are the 3 input channels), and a function per image of a chunk
@@ -307,16 +309,20 @@ def test_a_convolutions_chunks_run_on_the_helper_thread_and_give_the_same_bits(g
     assert "graphc_parallel_for" not in llvm_target.render_text(exe.program, "exported")
     want = step("reference")(x0)
     try:
-        assert exe.stats["helper"] == "loops"
+        assert exe.stats["threads"] == 2 and exe.stats["gemm_helper"]
         before = sharing.helped()
-        got = [exe(x0) for _ in range(30)][0]  # the helper may miss the first chunks while it wakes
-        assert sharing.MODE[0] == "loops" and sharing.BLOCK[sharing.ENTRY] == 0 and sharing.helped() > before
+        steps = [exe(x0)]
+        while sharing.helped() == before and len(steps) < 500:  # the helper may miss a step's chunks while it
+            steps.append(exe(x0))                                 # wakes (a futex: ~20-50 us)
+        # the helper shares the chunks (and GEMMs outside them), BLAS runs at one thread
+        assert sharing.active() and threads.current() == 1 and sharing.helped() > before
         alone = step("cpu", cache_dir=graphc_cache_dir, driver="llvm", threads=1)
-        assert alone.stats["helper"] is None
-        first = alone(x0)
-        assert sharing.MODE[0] is None  # a step with chunks to share, on one thread, stops the helper
+        assert not alone.stats["gemm_helper"]
+        alone_steps = [alone(x0) for _ in steps]
+        assert not sharing.active()  # on one thread, the helper stops
     finally:
         sharing.stop()
-    assert_same(got, want, ["loss", "dx"], "float32")
-    for a, b in zip(first, got):
+    assert_same(steps[0], want, ["loss", "dx"], "float32")
+    for a, b in zip(alone_steps[-1], steps[-1]):  # after as many updates, the last with the helper's chunks
         np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(alone.params["w"], exe.params["w"])

@@ -43,10 +43,9 @@ from ..lowering.ir import (
     Store,
     is_condition,
     outside_variables,
-    runs_chunks_in_parallel,
     walk,
 )
-from ..lowering.library import expand_call
+from ..lowering.library import expand_call, runs_in_parallel_chunks
 from .gemm import define_gemm
 from .random import define_mt19937
 from .scalar import I1, I8, I32, I64, MEMORY_TYPE, LLVMRenderError, ScalarBuilder, compute_type, is_float
@@ -55,7 +54,7 @@ from .scalar import I1, I8, I32, I64, MEMORY_TYPE, LLVMRenderError, ScalarBuilde
 ARGS = ("state", "workspace", "inputs", "outputs", "status", "rng")
 #: A fused kernel's op lists every op it absorbed: its block name keeps the start (the title has it all).
 BLOCK_OP_CHARS = 24
-#: The function a module rendered with parallel chunk loops calls for each of them (the cpu backend's llvm driver
+#: The function a module rendered with loops of chunks in parallel calls for each of them (the cpu backend's llvm driver
 #: defines it: numba_cpu/sharing.py): ``graphc_parallel_for(range, state, workspace, inputs, outputs, n)`` runs
 #: ``range(state, workspace, inputs, outputs, lo, hi)`` over [lo, hi) of [0, n), on the calling thread and, while
 #: one runs, on a helper thread, each taking whole iterations.
@@ -197,14 +196,17 @@ class Renderer:
 
     # -- statements --------------------------------------------------------------------------------------
     def outer(self, body: Sequence) -> None:
-        """A kernel's outer statements (a library call's expansion's too): a loop of chunks the cost rule runs
-        in parallel, reading no variable from before it, is outlined (:meth:`parallel`); the rest inline."""
-        if self.parallel_min_work is None:
-            return self.block(body)
+        """A kernel's outer statements: a loop of chunks the cost rule runs in parallel
+        (``library.runs_in_parallel_chunks``: a convolution's, or the one its library call expands to first),
+        reading no variable from before it, is outlined (:meth:`parallel`); the rest inline."""
         for s in body:
-            if type(s) is Call and s.name not in COLLECTIVES:
-                self.outer(expand_call(s))
-            elif runs_chunks_in_parallel(s, self.parallel_min_work) and not outside_variables([s]):
+            if self.parallel_min_work is None or not runs_in_parallel_chunks(s, self.parallel_min_work):
+                self.block([s])
+            elif type(s) is Call:
+                chunks, *rest = expand_call(s)
+                self.parallel(chunks)
+                self.block(rest)
+            elif not outside_variables([s]):
                 self.parallel(s)
             else:
                 self.block([s])
@@ -224,6 +226,8 @@ class Renderer:
     def chunk(self, s: Loop) -> None:
         """One iteration of the parallel loop ``s``: a sequential loop of GEMMs in it (a chunk's images) calls a
         function per iteration (:meth:`iterations`), the rest inline."""
+        # The counter modulo the extent (itself): its range known, LLVM tells the chunk's buffers apart (below).
+        self.counters[s.var] = self.b.urem(self.counters[s.var], ir.Constant(I64, s.extent), name=f"{s.var}.known")
         for inner in s.body:
             if type(inner) is Loop and not inner.parallel and any(type(x) is Gemm for x in walk(inner.body)):
                 self.iterations(inner, s, str(inner.var))

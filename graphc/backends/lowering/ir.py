@@ -367,38 +367,39 @@ def step_work(program: Program) -> int:
     >>> step_work(lower(g))  # two kernels (unoptimized: no fusion), each 4 x (a load, a store)
     16
     """
-    return sum(_work(kernel.body) for kernel in program.checks + program.kernels)
+    return sum(work(kernel.body) for kernel in program.checks + program.kernels)
 
 
-def _work(body: Sequence) -> int:
-    work = 0
+def work(body: Sequence) -> int:
+    """The element operations of ``body`` (statements), counted as :func:`step_work` counts a Program's."""
+    total = 0
     for s in body:
         if isinstance(s, Loop):
-            work += s.extent * _work(s.body)
+            total += s.extent * work(s.body)
         elif isinstance(s, Gemm):
-            work += s.m * s.n * s.k
+            total += s.m * s.n * s.k
         elif isinstance(s, Call):
             operands = dict(zip((n.lstrip("*") for n in signature(s.name)), s.args))
-            work += int(np.prod([int(operands[n]) for n in LIBRARY_WORK[s.name]]))
+            total += int(np.prod([int(operands[n]) for n in LIBRARY_WORK[s.name]]))
         else:
-            work += 1
-    return work
+            total += 1
+    return total
 
 
 def runs_chunks_in_parallel(loop, min_work: int) -> bool:
     """The cost rule of a target that runs chunks of work on several threads (the cpu backend's llvm driver):
     ``loop`` (a kernel's outer statement) is split among threads when its iterations are independent
-    (``Loop.parallel``), there is more than one, each runs a GEMM (a chunk of images of a convolution, see
-    library.conv2d_im2col: the loops of plain statements between them measured no gain, docs/performance.md),
-    none checks, draws or calls a collective, and the whole does at least ``min_work`` element operations
-    (:func:`step_work`'s count: waking a thread and joining it costs microseconds)."""
+    (``Loop.parallel``), there is more than one, each runs a GEMM or a library call (a chunk of a convolution's
+    images, of a pooling's planes: the loops of plain statements between them measured no gain,
+    docs/performance.md), none checks, draws or calls a collective, and the whole does at least ``min_work``
+    element operations (:func:`step_work`'s count: waking a thread and joining it costs microseconds)."""
     if not (isinstance(loop, Loop) and loop.parallel and loop.extent > 1):
         return False
     inside = list(walk(loop.body))
-    return (any(isinstance(s, Gemm) for s in inside)
+    return (any(isinstance(s, (Gemm, Call)) for s in inside)
             and not any(isinstance(s, (Check, Seed, Draw)) or (isinstance(s, Call) and s.name in COLLECTIVES)
                         for s in inside)
-            and _work([loop]) >= min_work)
+            and work([loop]) >= min_work)
 
 
 def outside_variables(body: Sequence) -> set[sp.Symbol]:

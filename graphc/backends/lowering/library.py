@@ -52,8 +52,10 @@ from .ir import (
     index_var,
     linear,
     nest,
+    runs_chunks_in_parallel,
     scalar_var,
     signature,
+    work,
 )
 
 
@@ -242,16 +244,16 @@ def conv2d_direct(x: Ref, w: Ref, N: int, C: int, H: int, W: int, Co: int, kh: i
 #: needs more than one block (a weight gradient's convolution: a LeNet conv1's has 64 "channels" of 28x28 windows).
 COL_BLOCK = 32768
 
-#: The chunks conv2d_im2col cuts its work into, the first count that divides it: iterations of a parallel loop,
-#: each with columns of its own, that a target may run on several threads (the cpu backend's llvm driver shares
-#: them with a helper thread). Four, so that a thread that joins late still takes its share; two where four do not
-#: divide the images.
-CONV_CHUNKS = (4, 2)
+#: The chunks a convolution or a pooling cuts its images (planes, blocks of channels) into, the first count that
+#: divides them: iterations of a parallel loop, each with its own scratch (and partial sums) where it needs one,
+#: that a target may run on several threads (the cpu backend's llvm driver shares them with a helper thread). Four,
+#: so that a thread that joins late still takes its share; two where four do not divide the images.
+CHUNKS = (4, 2)
 
 
-def conv_chunks(count: int) -> int:
-    """How many chunks ``count`` images (or blocks of channels) are cut into: 1 when no CONV_CHUNKS divides it."""
-    return next((c for c in CONV_CHUNKS if count % c == 0), 1)
+def chunk_count(count: int) -> int:
+    """How many chunks ``count`` images (planes, blocks of channels) are cut into: 1 when no CHUNKS divides it."""
+    return next((c for c in CHUNKS if count % c == 0), 1)
 
 
 def _col_blocks(C: int, kh: int, kw: int, P: int) -> tuple[int, int]:
@@ -266,10 +268,24 @@ def _im2col_split(N: int, C: int, kh: int, kw: int, P: int) -> tuple[str, int]:
     """How conv2d_im2col's work is chunked: ("images", k) for k chunks of images; ("channels", k) for one
     image's blocks of channels in k chunks, each summed into a partial output of its own (a weight gradient's
     convolution: one "image" per input channel); ("none", 1)."""
-    if conv_chunks(N) > 1:
-        return "images", conv_chunks(N)
+    if chunk_count(N) > 1:
+        return "images", chunk_count(N)
     blocks = _col_blocks(C, kh, kw, P)[1]
-    return ("channels", conv_chunks(blocks)) if conv_chunks(blocks) > 1 else ("none", 1)
+    return ("channels", chunk_count(blocks)) if chunk_count(blocks) > 1 else ("none", 1)
+
+
+def runs_in_parallel_chunks(s: Statement, min_work: int) -> bool:
+    """The cost rule of parallel chunks (``ir.runs_chunks_in_parallel``) for a kernel's outer statement: a loop by
+    the rule itself; a conv2d_im2col call by what its expansion does, decided without expanding it (a cache hit
+    must not pay SymPy's time for it): its work cut into chunks (:func:`_im2col_split`), at least ``min_work``
+    multiply-adds. Its expansion's first statement is then the loop of chunks."""
+    if isinstance(s, Call):
+        if s.name != "conv2d_im2col":
+            return False
+        o = operands(s)
+        return (_im2col_split(o["N"], o["C"], o["kh"], o["kw"], o["Ho"] * o["Wo"])[1] > 1
+                and work([s]) >= min_work)
+    return runs_chunks_in_parallel(s, min_work)
 
 
 def im2col_scratch(N: int, C: int, H: int, W: int, Co: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,

@@ -2,11 +2,13 @@
 convolution method (``lw.conv_method``: im2col + GEMM or the direct loop nest)."""
 from __future__ import annotations
 
+import sympy as sp
+
 from ...ir import Node
 from .context import Lowering, Operand, rule
 from .geometry import ConvGeometry
 from .ir import Call, Ref, index_var, nest
-from .library import conv_chunks, im2col_scratch
+from .library import chunk_count, im2col_scratch
 from .rules_linalg import epilogue, flagged, gemm
 
 
@@ -51,7 +53,7 @@ def lower_conv2d_epilogue(lw: Lowering, node: Node) -> None:
 @rule("conv_transpose2d")
 def lower_conv_transpose2d(lw: Lowering, node: Node) -> None:
     """GEMM + col2im per image: cols [O*kh*kw, H*W] = W^T @ x[n]; cols scatter-added into the zeroed
-    output. The images run in a parallel loop over chunks of them (library.conv_chunks), each chunk's
+    output. The images run in a parallel loop over chunks of them (library.chunk_count), each chunk's
     images in sequence over a cols scratch of its own."""
     x, w = node.inputs
     N, C, H, W = x.shape
@@ -59,7 +61,7 @@ def lower_conv_transpose2d(lw: Lowering, node: Node) -> None:
     _, _, Ho, Wo = node.shape
     (sh, sw), (ph, pw), (dh, dw) = node.attrs["stride"], node.attrs["padding"], node.attrs["dilation"]
     K, P = Co * kh * kw, H * W
-    chunks = conv_chunks(N)
+    chunks = chunk_count(N)
     per = N // chunks
     Xc, Wc = lw.converted(x, node.dtype), lw.converted(w, node.dtype)
     scratch = lw.scratch(chunks * K * P, node.dtype)
@@ -83,19 +85,34 @@ def pool_geometry(node: Node, x: Node) -> tuple[int, ...]:
     return N * C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo
 
 
+def pool_chunks(lw: Lowering, node: Node, kernel: str, x: Node, refs: list[Ref], sizes: str) -> None:
+    """The pooling call ``kernel`` over ``x``'s planes into ``node``, as a parallel loop over chunks of planes
+    (library.chunk_count), each a call on its planes (the planes are independent). ``sizes`` names each operand's
+    plane, ``refs`` then the output's: "i" a plane of the input (H x W), "o" of the output (Ho x Wo)."""
+    planes, H, W, *window, Ho, Wo = pool_geometry(node, x)
+    chunks = chunk_count(planes)
+    per, t = planes // chunks, index_var("t")
+    first = t * per if chunks > 1 else sp.Integer(0)
+    plane = {"i": H * W, "o": Ho * Wo}
+    at = [Ref(r.buffer, r.offset + first * plane[s]) for r, s in zip([*refs, Ref(lw.buffer(node))], sizes)]
+    call = Call(kernel, (*at[:-1], per, H, W, *window, Ho, Wo, at[-1]))
+    lw.emit(nest([chunks], ["t"], [call]) if chunks > 1 else [call])
+
+
 @rule("max_pool2d", "avg_pool2d")
 def lower_pool(lw: Lowering, node: Node) -> None:
     (x,) = node.inputs
     X = lw.converted(x, node.dtype)
-    kernel = "max_pool" if node.op == "max_pool2d" else "avg_pool"
-    lw.emit([Call(kernel, (X.ref(), *pool_geometry(node, x), Ref(lw.buffer(node))))])
+    pool_chunks(lw, node, "max_pool" if node.op == "max_pool2d" else "avg_pool", x, [X.ref()], "io")
 
 
 @rule("max_pool2d_backward", "max_pool2d_gather")
 def lower_max_pool2d_backward(lw: Lowering, node: Node) -> None:
-    """Windows' first maxima found in x (as it is), values taken from g (in the node's dtype)."""
+    """Windows' first maxima found in x (as it is), values taken from g (in the node's dtype): the gradient
+    routed back into x's planes, or gathered from g (x's shape) into the windows' (ir.LIBRARY)."""
     x, g = node.inputs
     X, G = lw.operand(x), lw.converted(g, node.dtype)
-    kernel = "max_pool_backward" if node.op == "max_pool2d_backward" else "max_pool_gather"
-    lw.emit([Call(kernel, (X.ref(), G.ref(), *pool_geometry(node, x), Ref(lw.buffer(node))))])
-
+    if node.op == "max_pool2d_backward":
+        pool_chunks(lw, node, "max_pool_backward", x, [X.ref(), G.ref()], "ioi")
+    else:
+        pool_chunks(lw, node, "max_pool_gather", x, [X.ref(), G.ref()], "iio")

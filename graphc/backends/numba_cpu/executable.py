@@ -9,19 +9,20 @@ from .. import threads as _threads
 from ..lowering import Program, aligned
 from ..native import NativeExecutable, ParamStore, aligned_bytes
 from . import sharing
+from .llvm_driver import shares_chunks
 
 _CURRENT = _threads._current  # the count both pools run with now: read on every call, so bound once
-_MODE = sharing.MODE  # what the helper thread shares now (likewise)
+_HELPER = sharing.HELPER  # the helper thread while it shares GEMMs and chunks (likewise)
 
 
-def _apply(threads: int, policy: "_threads.ThreadPolicy", helper: str | None) -> None:
-    """Both pools at ``threads``, and the helper thread as ``helper`` says (sharing.MODE): "gemms" (GEMMs and
-    parallel loops, on the cores ``policy`` found busy), "loops" (parallel loops only) or None (no helper)."""
-    _threads.apply(threads)
-    if helper is None:
-        sharing.stop()
+def _apply(pools: int, policy: "_threads.ThreadPolicy | None") -> None:
+    """Both pools at ``pools`` threads; GEMMs and chunks shared with the helper thread when ``policy`` (the policy
+    that decided) is given, on the cores it found busy."""
+    _threads.apply(pools)
+    if policy is not None:
+        sharing.start(policy.busy_cores)
     else:
-        sharing.start(policy.busy_cores, gemms=helper == "gemms")
+        sharing.stop()
 
 
 class NumbaExecutable(NativeExecutable):
@@ -59,10 +60,11 @@ class NumbaExecutable(NativeExecutable):
         self.threads_policy = _threads.ThreadPolicy(None)
         self.threads = _threads.usable(self.threads_policy.threads)  # the thread count each call runs with (see use_threads)
         self.share_gemm = False  # whether its GEMMs are shared with a helper thread (the policy's ``share``)
-        #: The llvm driver's steps run their parallel loops through sharing.py (the Numba driver's use prange).
-        self._shares_loops = program.options.get("driver") == "llvm"
-        self.helper: str | None = None  # what the helper thread shares for its calls (sharing.MODE)
-        self._modes: frozenset = frozenset({None})  # the helper modes its calls run correctly under
+        #: Whether the step has loops of chunks for the helper (the llvm driver's convolutions, shares_chunks).
+        self._chunks = program.options.get("driver") == "llvm" and shares_chunks(program)
+        #: Whether the helper thread runs for its calls: to share GEMMs (``share_gemm``), or its chunks on two
+        #: threads or more; BLAS then runs at one thread (``_pools``), each chunk's GEMMs on the chunk's thread.
+        self._decide_helper()
 
     # -- threads ------------------------------------------------------------------------------------
     def use_threads(self, policy: "_threads.ThreadPolicy") -> int:
@@ -71,7 +73,7 @@ class NumbaExecutable(NativeExecutable):
         self.threads_policy = policy
         self.recheck_threads()
         self.stats["threads"], self.stats["threads_others_busy"] = self.threads, round(policy.others, 2)
-        self.stats["gemm_helper"], self.stats["helper"] = self.share_gemm, self.helper
+        self.stats["gemm_helper"] = self.helper
         return self.threads
 
     def recheck_threads(self) -> int:
@@ -83,17 +85,13 @@ class NumbaExecutable(NativeExecutable):
         return self.threads
 
     def _decide_helper(self) -> None:
-        """What the helper thread shares for this executable's calls, from ``share_gemm`` and the thread count:
-        GEMMs and loops under contention, the llvm driver's parallel loops with two threads or more."""
-        loops = self._shares_loops and self.threads > 1 and sharing.SUPPORTED
-        self.helper = "gemms" if self.share_gemm else "loops" if loops else None
-        # A step without loops to share runs as well beside a helper that shares only loops (no thread restarts
-        # when a process alternates between such steps); one that has them runs them on one thread only alone.
-        self._modes = frozenset({self.helper} | ({"loops"} if self.helper is None and not self._shares_loops else set()))
+        """``helper`` and ``_pools`` from ``share_gemm``, the chunks and the thread count."""
+        self.helper = self.share_gemm or (self._chunks and self.threads > 1 and sharing.SUPPORTED)
+        self._pools = 1 if self.helper else self.threads
 
     def _apply_threads(self) -> None:
-        if _CURRENT[0] != self.threads or _MODE[0] not in self._modes:  # else the pools already run so
-            _apply(self.threads, self.threads_policy, self.helper)
+        if _CURRENT[0] != self._pools or bool(_HELPER) != self.helper:  # else the pools already run so
+            _apply(self._pools, self.threads_policy if self.helper else None)
 
     # -- running ----------------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any):
@@ -109,8 +107,8 @@ class NumbaExecutable(NativeExecutable):
                 if not flags.owndata and np.may_share_memory(a, self._written):  # run() copies it
                     break
             else:
-                if _CURRENT[0] != self.threads or _MODE[0] not in self._modes:
-                    _apply(self.threads, self.threads_policy, self.helper)
+                if _CURRENT[0] != self._pools or bool(_HELPER) != self.helper:
+                    _apply(self._pools, self.threads_policy if self.helper else None)
                 outs = self._step(*args, self._state, self._ws, self._status)
                 if self._status[0]:
                     self._raise_status(list(args))
@@ -140,7 +138,7 @@ class NumbaExecutable(NativeExecutable):
 
         epoch = compile_function(self, "epoch", tuple(_numba_type(a) for a in arrays) + _epoch_tail())
         self.recheck_threads()  # an epoch is long: the load may have changed since the last decision,
-        _apply(self.threads, self.threads_policy, self.helper)  # and the busy cores may have moved
+        _apply(self._pools, self.threads_policy if self.helper else None)  # and the busy cores may have moved
         return epoch(*arrays, perm, steps, self._state, self._ws, self._status)
 
     # -- inspection ---------------------------------------------------------------------------------

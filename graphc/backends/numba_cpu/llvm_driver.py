@@ -41,11 +41,13 @@ from ..llvm.render import (
 from ..llvm.target import optimize, target_machine
 from ..lowering import Program
 from ..lowering.ir import draws
+from ..lowering.library import runs_in_parallel_chunks
 from . import sharing
 
-#: A loop of chunks is shared with the helper thread from this much work on (ir.step_work's count, mostly
-#: multiply-adds: ~0.1 ms); waking the helper and joining it costs a few microseconds.
-CHUNK_MIN_WORK = 1_000_000
+#: A loop of chunks is shared with the helper thread from this much work on (ir.step_work's count: a
+#: convolution's multiply-adds, a pooling's window reads; 0.05-0.2 ms on the LeNet-like step); waking the helper
+#: and joining it costs a few microseconds.
+CHUNK_MIN_WORK = 200_000
 
 #: LLVM's level for the kernels (as for the Numba driver: see DRIVER_OPT_LEVEL in __init__.py).
 OPT_LEVEL = 2
@@ -70,6 +72,12 @@ def kernels_object(program: Program, symbol: str) -> tuple[bytes, str]:
         raise LLVMDriverError(f"{err}; compile with driver='numba' to run it") from None
     tm = target_machine("native")
     return tm.emit_object(optimize(module, "native", OPT_LEVEL)), text
+
+
+def shares_chunks(program: Program) -> bool:
+    """Whether ``program``'s kernels, as this driver renders them, run a loop of chunks in parallel (through
+    PARALLEL_FOR): what the executable starts the helper thread for."""
+    return any(runs_in_parallel_chunks(s, CHUNK_MIN_WORK) for kernel in program.kernels for s in kernel.body)
 
 
 def load_entry(obj: bytes, symbol: str) -> int:

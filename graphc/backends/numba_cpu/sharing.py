@@ -15,11 +15,11 @@ symbol ``graphc_gemm_sharing``, resolved when the machine code is linked, so cac
 process). Zero means no sharing and the call goes to Numba's ``numba_xxgemm`` as before; otherwise the slot
 holds the address of :func:`_shared_gemm`'s C entry (a ``cfunc``), which takes the same arguments.
 
-Parallel loops (the llvm driver's, see llvm/render.py's PARALLEL_FOR): ``graphc_parallel_for``
+Parallel loops (the llvm driver's loops of chunks, see llvm/render.py's PARALLEL_FOR): ``graphc_parallel_for``
 (:func:`define_parallel_for`) loads the LOOPS slot the same way: zero runs the outlined loop on the calling
-thread; otherwise its iterations are cut into LOOP_CHUNKS chunks that the caller and the helper claim as GEMM
-panels are. The helper runs with two or more threads on an idle machine (the GEMMs then stay with OpenBLAS's
-own threads: ``start(gemms=False)``) and under contention, where it shares the GEMMs as well.
+thread; otherwise its iterations (at most LOOP_CHUNKS panels of them) are claimed by the caller and the helper
+as GEMM panels are. A GEMM inside a chunk runs alone, on the thread that runs the chunk (the job's owner
+shares one job at a time).
 """
 from __future__ import annotations
 
@@ -332,8 +332,6 @@ def _helper_loop(spins):
 
 _entry: list = []          # the compiled C entries (kept alive while their addresses are published)
 HELPER: list[threading.Thread] = []  # the helper thread while it runs (the executables read it on every call)
-#: What the running helper shares: "gemms" (GEMMs and loops) or "loops" (loops only); None without a helper.
-MODE: list = [None]
 _lock = threading.Lock()
 _at_exit: list = []
 
@@ -392,22 +390,21 @@ def helper_cores(busy: frozenset[int] | set[int] = frozenset()) -> set[int]:
     return (cores - {here}) or cores
 
 
-def start(busy: frozenset[int] | set[int] = frozenset(), gemms: bool = True) -> None:
-    """Share the parallel loops and (``gemms``) the GEMMs of every compiled step in this process with one helper
-    thread, run on :func:`helper_cores` of ``busy`` (the cores other processes keep busy); a running helper
-    moves there. Nothing happens where sharing is not SUPPORTED."""
+def start(busy: frozenset[int] | set[int] = frozenset()) -> None:
+    """Share the GEMMs and the parallel loops of every compiled step in this process with one helper thread, run
+    on :func:`helper_cores` of ``busy`` (the cores other processes keep busy); a running helper moves there.
+    Nothing happens where sharing is not SUPPORTED."""
     if not SUPPORTED:
         return
     with _lock:
-        gemm_entry, loop_entry = _compiled_entry()
         if not HELPER:
+            gemm_entry, loop_entry = _compiled_entry()
             BLOCK[STOP] = 0
             helper = threading.Thread(target=_helper_loop, args=(HELPER_SPINS,), name="graphc-helper", daemon=True)
             helper.start()
             HELPER.append(helper)
-        BLOCK[ENTRY] = gemm_entry.address if gemms else 0
-        BLOCK[LOOPS] = loop_entry.address
-        MODE[0] = "gemms" if gemms else "loops"
+            BLOCK[ENTRY] = gemm_entry.address
+            BLOCK[LOOPS] = loop_entry.address
         # the helper thread's affinity only: the caller's own is the user's
         os.sched_setaffinity(HELPER[0].native_id, helper_cores(busy))
         if not _at_exit:
@@ -421,7 +418,6 @@ def stop() -> None:
             return
         BLOCK[ENTRY] = 0
         BLOCK[LOOPS] = 0
-        MODE[0] = None
         BLOCK[STOP] = 1
         _bump_and_wake()
         HELPER.pop().join()
@@ -435,8 +431,8 @@ def _bump_and_wake():
 
 
 def active() -> bool:
-    """Whether GEMMs are shared now."""
-    return MODE[0] == "gemms"
+    """Whether GEMMs and parallel loops are shared now."""
+    return bool(HELPER)
 
 
 def cores() -> set[int]:
