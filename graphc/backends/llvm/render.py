@@ -8,7 +8,9 @@ buffer of either is a ``getelementptr`` on the i8* base by its byte offset, bitc
 ``inputs[i]`` / ``outputs[i]`` are C-contiguous arrays. A failed Check writes (code, index, value) into
 status[0..2] and returns the code; 0 is success. Seed/Draw call the module's MT19937 (random.py), a
 Gemm the module's GEMM (gemm.py, one per dtype), a library Call is expanded into loops
-(``lowering.library.expand_call``).
+(``lowering.library.expand_call``). With ``parallel_min_work`` (the cpu backend's llvm driver), a loop of chunks
+(a convolution's, a pooling's: ``library.runs_in_parallel_chunks``) becomes an internal function of an
+iteration range called through PARALLEL_FOR, which the loader defines and runs on several threads.
 
 Scalars: every Assign/Load/Draw variable is a stack slot (``alloca`` in the entry block), which LLVM's
 SROA turns into SSA values and loop phis (a variable may be assigned again: loop-carried accumulators);
@@ -229,7 +231,8 @@ class Renderer:
         # The counter modulo the extent (itself): its range known, LLVM tells the chunk's buffers apart (below).
         self.counters[s.var] = self.b.urem(self.counters[s.var], ir.Constant(I64, s.extent), name=f"{s.var}.known")
         for inner in s.body:
-            if type(inner) is Loop and not inner.parallel and any(type(x) is Gemm for x in walk(inner.body)):
+            if (type(inner) is Loop and not inner.parallel and any(type(x) is Gemm for x in walk(inner.body))
+                    and outside_variables(inner.body) <= {s.var, inner.var}):
                 self.iterations(inner, s, str(inner.var))
             else:
                 self.block([inner])

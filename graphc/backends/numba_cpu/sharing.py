@@ -37,6 +37,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ..llvm.render import range_type
 from .kernel_cache import cached
 
 #: The control block's symbol: the driver's gemm calls and the code below address it by this name.
@@ -194,18 +195,13 @@ def _xxgemm(typingctx, kind, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ld
     return sig, codegen
 
 
-def _range_type() -> ir.FunctionType:
-    """An outlined loop's type (llvm/render.py's range_type: state, workspace, inputs, outputs, lo, hi)."""
-    return ir.FunctionType(ir.VoidType(), [_void_p, _void_p, _void_p.as_pointer(), _void_p.as_pointer(), _i64, _i64])
-
-
 @intrinsic
 def _call_range(typingctx, fn, state, ws, ins, outs, lo, hi):
     """Iterations lo..hi-1 of the outlined loop at address ``fn`` (every operand an int64)."""
     sig = types.void(*([types.int64] * 7))
 
     def codegen(context, builder, signature, args):
-        fnty = _range_type()
+        fnty = range_type()
         operands = [builder.inttoptr(v, t) for v, t in zip(args[1:5], fnty.args[:4])]
         builder.call(builder.inttoptr(args[0], fnty.as_pointer()), operands + list(args[5:]))
         return context.get_dummy_value()
