@@ -6,8 +6,9 @@ that compute what the interpreter's implementation of the call computes (its ora
 max pooling, its gradients and col2im_add; to rounding where a sum's order differs (the convolutions,
 and avg_pool's window sum, which the loops add in row-major tap order, NumPy pairwise):
 
-* conv2d_direct / conv2d_im2col overwrite y; the im2col loops over images and over blocks of channels are
-  sequential (they share ``col``; see COL_BLOCK);
+* conv2d_direct / conv2d_im2col overwrite y; im2col runs a parallel loop over chunks of images (or of one
+  image's blocks of channels, with partial outputs), each chunk over a block of ``col`` of its own, its images
+  and blocks in sequence (they share that block; see COL_BLOCK, CHUNKS);
 * col2im_add adds into y. It is written as a gather, one parallel nest per (row, column) residue of the
   strides: the kernel taps that reach a target are known when expanding, so no integer division is left
   in the IR, every target is written by one iteration, and its taps are summed in (i, j) order from 0

@@ -87,8 +87,8 @@ def pool_geometry(node: Node, x: Node) -> tuple[int, ...]:
 
 def pool_chunks(lw: Lowering, node: Node, kernel: str, x: Node, refs: list[Ref], sizes: str) -> None:
     """The pooling call ``kernel`` over ``x``'s planes into ``node``, as a parallel loop over chunks of planes
-    (library.chunk_count), each a call on its planes (the planes are independent). ``sizes`` names each operand's
-    plane, ``refs`` then the output's: "i" a plane of the input (H x W), "o" of the output (Ho x Wo)."""
+    (library.chunk_count), each a call on its planes (the planes are independent). ``sizes`` has a letter for
+    each operand of ``refs`` and then one for the output: "i" when its planes are H x W, "o" when Ho x Wo."""
     planes, H, W, *window, Ho, Wo = pool_geometry(node, x)
     chunks = chunk_count(planes)
     per, t = planes // chunks, index_var("t")
