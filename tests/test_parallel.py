@@ -340,7 +340,7 @@ def test_fit_falls_back_to_one_thread_with_a_busy_process_on_a_core(tmp_path, mo
     monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
     core = sorted(os.sched_getaffinity(0))[-1]
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((512, 256)).astype(np.float32)
+    x = rng.standard_normal((2048, 256)).astype(np.float32)  # 16 steps an epoch: chances for a helper on a busy core
     y = (x[:, 0] > 0).astype(np.int64)
     # 128 x 256 x 512 multiply-adds: above SHARE_MIN_MACS, so the first layer's GEMMs are shared
     assert 128 * 256 * 512 >= sharing.SHARE_MIN_MACS
@@ -362,7 +362,11 @@ def test_fit_falls_back_to_one_thread_with_a_busy_process_on_a_core(tmp_path, mo
         h = graphc.fit(shared, (x, y), epochs=2, batch_size=128, backend="cpu", verbose=False)
         assert h.threads == [1, 1]
         assert h.executable.threads_policy.others >= T.FREED_SHARE
-        assert h.executable.share_gemm and sharing.active() and sharing.cores() == {core}
+        # the helper on the core(s) the policy found busy: the busy process's, and the other one too when the
+        # window measured others' load there as well (a CI run saw {0, 1}; the assertion was == {core})
+        policy = h.executable.threads_policy
+        assert h.executable.share_gemm and sharing.active() and core in policy.busy_cores
+        assert sharing.cores() == sharing.helper_cores(policy.busy_cores)
         assert sharing.helped() > helped  # the helper took panels
         h2 = graphc.fit(alone, (x, y), epochs=2, batch_size=128, backend="cpu", verbose=False, threads=1)
         assert h2.threads == [1, 1] and not h2.executable.share_gemm and not sharing.active()
