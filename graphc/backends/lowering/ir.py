@@ -180,9 +180,10 @@ Statement = Union[Loop, Load, Assign, Store, Check, Gemm, Call, Seed, Draw]
 
 #: The library kernels a target provides besides GEMM, with their operands (Refs marked "*"), all
 #: row-major: x [N, C, H, W], w [O, C, kh, kw], y [N, O, Ho, Wo]; im2col's col, a scratch of at least one
-#: image's columns [C*kh*kw, Ho*Wo] (library.im2col_scratch: what the expansion's chunks need); col2im's cols [O*kh*kw, H*W] scattered into y [O, Ho, Wo] (one image); pooling on planes = N*C, no
-#: dilation. conv and pooling overwrite y, col2im_add adds into it, max_pool_backward zeroes y first and
-#: routes each gradient to its window's first maximum (padding counts as -inf, the first NaN wins).
+#: image's columns [C*kh*kw, Ho*Wo] (library.im2col_scratch: what the expansion's chunks need); col2im's
+#: cols [O*kh*kw, H*W] scattered into y [O, Ho, Wo] (one image); pooling on planes = N*C, no dilation. conv
+#: and pooling overwrite y, col2im_add adds into it, max_pool_backward zeroes y first and routes each gradient
+#: to its window's first maximum (padding counts as -inf, the first NaN wins).
 #: allreduce_sum / allreduce_mean: y [size] = the element-wise sum (mean: the sum / the number of ranks) of x
 #: [size] over every MPI rank of the job (``x`` itself on one process); y does not overlap x; every rank makes
 #: the same calls in the same order (a collective).

@@ -350,12 +350,12 @@ def conv2d_im2col(x: Ref, w: Ref, N: int, C: int, H: int, W: int, Co: int, kh: i
         partials = Ref(col.buffer, col.offset + chunks * span)
         mine = Ref(partials.buffer, partials.offset + t * size)
         n = _index("n")
-        work = _nest([chunks], ["t"], _nest([N], ["n"], each_block(n, t * per, per, mine), parallel=False))
+        chunked = _nest([chunks], ["t"], _nest([N], ["n"], each_block(n, t * per, per, mine), parallel=False))
         e, acc, v = _index("e"), _scalar("acc"), _scalar("v")
         total: list[Statement] = []
         for k in range(chunks):
             total += [_load(v, partials, k * size + e), Assign(acc, v if k == 0 else acc + v, y.buffer.dtype)]
-        return work + _nest([size], ["e"], [*total, _store(y, e, acc, y.buffer.dtype)])
+        return chunked + _nest([size], ["e"], [*total, _store(y, e, acc, y.buffer.dtype)])
     n = _index("n")
     return _nest([N], ["n"], each_block(n, sp.Integer(0), blocks, y), parallel=False)
 
