@@ -32,12 +32,26 @@ another process keeps busy, and then GEMMs shared with a helper thread on the bu
 user on a shared machine gets.
 
 ``--contended``: one busy process (``while True: pass``) pinned to the last core runs during every
-framework's measurement (started before the worker, killed after it): the shared machine of issue 16.
+framework's measurement (started before the worker, killed after it): the shared machine of issue 16. For
+the mlp workload it adds ``graphc-idle``: graphc as the idle benchmark runs it (``threads=`` the count, no
+busy process), interleaved with the others in the same rounds, so that graphc's contended epoch over its
+own idle epoch is a ratio from one run (printed under the table, and ``epoch_ratio_to_idle`` in the JSON).
+
+Core placement: before and after every worker the parent measures the round trip of a cache line between
+cores 0 and 1 (bench/core_latency.py), ``core_to_core_ns`` in the JSON. On a virtual machine it says whether
+the host ran the two cores in one L3 cache (~50-65 ns on the AMD EPYC VM of docs/benchmarks.md) or in two
+(~310-380 ns), which the host changes while processes run. Each worker's ``placement`` is "one L3",
+"two L3s" (by the round trip right after it); the table counts them per framework, and the mlp epoch's medians are also given per
+placement (``epoch_s_by_placement``).
 
 Roofline: ``gemm_mflop`` is the workload's GEMM work per step (forward and backward GEMMs, convolutions as
 their GEMMs, the first layer's input gradient not computed), ``blas_gflops`` the float32 GEMM peak measured
 in the same run at the same thread count (SciPy's sgemm, 1024^3, best of 5, pinned like the workers), and
-``roofline_ms`` their ratio: the step's time if it were all GEMM at the peak.
+``roofline_ms`` their ratio: the step's time if it were all GEMM at the peak. For the dense workloads (mlp,
+tiny) ``gemm_ms_at_blas`` is sharper: the step's own GEMM shapes (forward, weight and input gradients), each
+timed with SciPy's sgemm at the same thread count in the same run, summed: what the step's GEMMs take at
+OpenBLAS's speed for those shapes, the least a step of OpenBLAS calls can take (operands untransposed and
+already in cache, so a little less than the step's GEMMs get).
 """
 from __future__ import annotations
 
@@ -56,6 +70,12 @@ from pathlib import Path
 START = time.perf_counter()
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # graphc from this checkout
+sys.path.insert(0, str(ROOT / "bench"))
+import core_latency  # noqa: E402  (bench/core_latency.py)
+
+#: A core-to-core round trip above this (ns) means the host ran the two cores in two L3 caches
+#: (core_latency.py: ~50-65 ns in one, ~310-380 ns in two).
+FAR_ROUND_TRIP_NS = 150
 LR = 0.01
 WORKLOADS = {
     "mlp": dict(batch=128, layers=(784, 512, 256, 10), act="relu", block=50, blocks=7),
@@ -130,6 +150,47 @@ def blas_peak_gflops(threads: int) -> float:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=thread_env(threads),
                          timeout=300, check=True)
     return float(out.stdout.strip())
+
+
+def dense_gemm_shapes(workload: str) -> list[tuple[int, int, int]]:
+    """(m, n, k) of each GEMM of a dense workload's step: per layer a -> b at batch B the forward (B, b, a), the
+    weight gradient (a, b, B) and, but for the first layer, the input gradient (B, a, b); [] for the others."""
+    spec = WORKLOADS[workload]
+    if "layers" not in spec:
+        return []
+    B, layers = spec["batch"], spec["layers"]
+    shapes = []
+    for i, (a, b) in enumerate(zip(layers[:-1], layers[1:])):
+        shapes += [(B, b, a), (a, b, B)] + ([(B, a, b)] if i else [])
+    return shapes
+
+
+def blas_shapes_ms(workload: str, threads: int) -> float | None:
+    """The step's GEMMs (``dense_gemm_shapes``) at the speed SciPy's sgemm runs each shape at ``threads`` (ms,
+    the sum of each shape's fastest of 7 loops of ~20 ms in a fresh pinned process, the least of 3 such processes:
+    the host's placement of the cores changes 2-thread GEMMs' speed): the least a step made
+    of these OpenBLAS calls can take. None for workloads without dense shapes."""
+    shapes = dense_gemm_shapes(workload)
+    if not shapes:
+        return None
+    code = ("import os, time, numpy as np\n"
+            f"os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:{threads}])\n"
+            "from scipy.linalg.blas import sgemm\n"
+            "total = 0.0\n"
+            f"for m, n, k in {shapes!r}:\n"
+            "    a = np.ones((m, k), np.float32, order='F'); b = np.ones((k, n), np.float32, order='F')\n"
+            "    reps = max(3, int(0.02 / (2 * m * n * k / 1e11)))\n"
+            "    sgemm(1.0, a, b)\n"
+            "    times = []\n"
+            "    for _ in range(7):\n"
+            "        t = time.perf_counter()\n"
+            "        for _ in range(reps):\n"
+            "            sgemm(1.0, a, b)\n"
+            "        times.append((time.perf_counter() - t) / reps)\n"
+            "    total += min(times)\n"
+            "print(total * 1e3)\n")
+    return min(float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=thread_env(threads),
+                                    timeout=300, check=True).stdout.strip()) for _ in range(3))
 
 
 def epoch_data():
@@ -483,31 +544,46 @@ def busy_core(on: bool):
 
 
 def run_worker(framework: str, workload: str, threads: int, cache_dir: str) -> dict:
-    """One measurement in a fresh process; ``graphc-base-*`` runs the baseline checkout's script and graphc."""
+    """One measurement in a fresh process; ``graphc-base-*`` runs the baseline checkout's script and graphc;
+    ``graphc-idle-*`` (``--contended`` only) runs graphc as the idle benchmark does, with no busy process."""
     root = Path(args.baseline).resolve() if framework.startswith("graphc-base") else ROOT
-    name = framework.replace("graphc-base", "graphc")
+    name = framework.replace("graphc-base", "graphc").replace("graphc-idle", "graphc")
+    contended = args.contended and not framework.startswith("graphc-idle")
     cmd = [sys.executable, str(root / "bench" / "train_step.py"), "--worker", name, "--workload", workload,
            "--threads", str(threads), "--cache-dir", cache_dir, "--graphc-epoch", args.graphc_epoch]
-    if args.contended:
+    if contended:
         cmd.append("--contended")
     if args.parallel_loops:
         cmd.append("--parallel-loops")
     if args.graphc_driver != "auto" and not framework.startswith("graphc-base"):
         cmd += ["--graphc-driver", args.graphc_driver]
-    with busy_core(args.contended):
+    before = core_latency.round_trip_ns()  # on the idle machine: the busy process is not running yet
+    with busy_core(contended):
         proc = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads, root), timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"{framework} worker failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["framework"] = framework
+    result["core_to_core_ns"] = [before, core_latency.round_trip_ns()]
+    result["placement"] = placement(result["core_to_core_ns"])
     return result
 
 
-def summarize(results: list[dict], frameworks: list[str], peaks: dict[int, float] | None = None) -> dict:
+def placement(round_trips: list) -> str:
+    """Where the host ran the two cores during a worker: "one L3" or "two L3s" by the round trip measured right
+    after it (the busy process just killed; the host had moved the cores apart only while both were busy), or
+    "-" where it could not be measured."""
+    after = round_trips[-1]
+    return "-" if after is None else "two L3s" if after > FAR_ROUND_TRIP_NS else "one L3"
+
+
+def summarize(results: list[dict], frameworks: list[str], peaks: dict[int, float] | None = None,
+              gemm_ms: dict[int, float | None] | None = None) -> dict:
     table = {}
     for threads in sorted({r["threads"] for r in results}):
         rows = {}
         peak = (peaks or {}).get(threads)
+        shapes_ms = (gemm_ms or {}).get(threads)
         for fw in frameworks:
             names = [f"{fw}-cold", f"{fw}-warm"] if fw.startswith("graphc") else [fw]
             runs = [r for r in results if r["threads"] == threads and r["framework"] in names]
@@ -528,14 +604,29 @@ def summarize(results: list[dict], frameworks: list[str], peaks: dict[int, float
             if "epoch_s" in runs[0]:
                 row["epoch_s"] = statistics.median(r["epoch_s"] for r in runs)
                 row["epoch_steps"] = runs[0]["epoch_steps"]
+                for where in ("one L3", "two L3s"):
+                    epochs = [r["epoch_s"] for r in runs if r.get("placement") == where]
+                    if epochs:
+                        row.setdefault("epoch_s_by_placement", {})[where] = statistics.median(epochs)
+            row["placements"] = {p: sum(r.get("placement") == p for r in runs)
+                                 for p in sorted({r.get("placement", "-") for r in runs})}
             row["losses"] = runs[0]["losses"]
-            if peak:
+            if peak and fw != "graphc-idle":  # the peak was measured under the run's load, not idle
                 row["gemm_mflop"] = gemm_mflop(runs[0]["workload"])
                 row["blas_gflops"] = peak
                 row["roofline_ms"] = row["gemm_mflop"] / peak
                 row["x_roofline"] = row["ms_per_step"] / row["roofline_ms"]
+                if shapes_ms:
+                    row["gemm_ms_at_blas"] = shapes_ms
+                    row["x_gemm_ms_at_blas"] = row["ms_per_step"] / shapes_ms
             rows[fw] = row
-        base = rows.get("graphc")
+        base, idle = rows.get("graphc"), rows.get("graphc-idle")
+        if base and idle and "epoch_s" in base:  # --contended: the contended epoch over the idle one, same run
+            base["epoch_ratio_to_idle"] = base["epoch_s"] / idle["epoch_s"]
+            for where, epoch in base.get("epoch_s_by_placement", {}).items():
+                if where in idle.get("epoch_s_by_placement", {}):
+                    base.setdefault("epoch_ratio_to_idle_by_placement", {})[where] = (
+                        epoch / idle["epoch_s_by_placement"][where])
         for row in rows.values():
             if base:
                 row["ratio_to_graphc"] = row["ms_per_step"] / base["ms_per_step"]
@@ -557,8 +648,11 @@ def print_table(workload: str, table: dict) -> None:
         if "roofline_ms" in first:
             print(f"roofline: {first['gemm_mflop']:.1f} MFLOP of GEMM at {first['blas_gflops']:.0f} GF/s "
                   f"= {first['roofline_ms']:.3f} ms/step")
-        print(f"{'framework':10s} {'ms/step':>10s} {'x graphc':>9s} {'x roofline':>10s} {'compile s':>22s} "
-              f"{'epoch s':>9s} {'loss diff':>10s}  procs")
+        if "gemm_ms_at_blas" in first:
+            print(f"the step's GEMMs at OpenBLAS's speed for their shapes: {first['gemm_ms_at_blas']:.3f} ms/step "
+                  f"(graphc's step: {first['x_gemm_ms_at_blas']:.2f}x that)")
+        print(f"{'framework':11s} {'ms/step':>10s} {'x graphc':>9s} {'x roofline':>10s} {'compile s':>22s} "
+              f"{'epoch s':>9s} {'loss diff':>10s}  procs (core placement)")
         for fw, row in rows.items():
             if fw.startswith("graphc"):
                 comp = f"{row['compile_cold_s']:.2f} cold/{row['compile_warm_s']:.3f} warm"
@@ -566,8 +660,16 @@ def print_table(workload: str, table: dict) -> None:
                 comp = f"{row['compile_s']:.2f} first step"
             epoch = f"{row['epoch_s']:.3f}" if "epoch_s" in row else "-"
             roof = f"{row['x_roofline']:.2f}" if "x_roofline" in row else "-"
-            print(f"{fw:10s} {row['ms_per_step']:10.4f} {row.get('ratio_to_graphc', 1):9.2f} {roof:>10s} {comp:>22s} "
-                  f"{epoch:>9s} {row.get('loss_rel_diff_vs_graphc', 0):10.1e}  {row['processes']}")
+            where = ", ".join(f"{n} {p}" for p, n in row["placements"].items())
+            print(f"{fw:11s} {row['ms_per_step']:10.4f} {row.get('ratio_to_graphc', 1):9.2f} {roof:>10s} {comp:>22s} "
+                  f"{epoch:>9s} {row.get('loss_rel_diff_vs_graphc', 0):10.1e}  {row['processes']} ({where})")
+        base = rows.get("graphc", {})
+        if "epoch_ratio_to_idle" in base:
+            by = "; ".join(f"{where}: {base['epoch_s_by_placement'][where]:.3f} / "
+                           f"{rows['graphc-idle']['epoch_s_by_placement'][where]:.3f} s = {ratio:.2f}x"
+                           for where, ratio in base.get("epoch_ratio_to_idle_by_placement", {}).items())
+            print(f"graphc's contended epoch / its idle epoch (graphc-idle), this run: {base['epoch_s']:.3f} / "
+                  f"{rows['graphc-idle']['epoch_s']:.3f} s = {base['epoch_ratio_to_idle']:.2f}x" + (f" ({by})" if by else ""))
 
 
 def main() -> None:
@@ -600,6 +702,8 @@ def main() -> None:
         parser.error("the resnet workload runs graphc and torch only (--frameworks graphc,torch)")
     if args.baseline:
         frameworks.insert(1, "graphc-base")
+    if args.contended and "graphc" in frameworks and args.workload == "mlp":
+        frameworks.insert(frameworks.index("graphc") + 1, "graphc-idle")  # the own-idle ratio from this run
     results = []
     for threads in [int(t) for t in args.threads.split(",")]:
         for round_ in range(args.procs):
@@ -609,19 +713,27 @@ def main() -> None:
                     names = [f"{fw}-cold", f"{fw}-warm"] if fw.startswith("graphc") else [fw]
                     for name in names:
                         r = run_worker(name, args.workload, threads, cache_dir)
+                        epoch = f", epoch {r['epoch_s']:.3f} s" if "epoch_s" in r else ""
+                        trips = "/".join("-" if ns is None else f"{ns:.0f}" for ns in r["core_to_core_ns"])
                         print(f"  {threads} thr, round {round_ + 1}: {name:12s} {r['ms_per_step']:.4f} ms/step, "
-                              f"compile {r['compile_s']:.3f} s", file=sys.stderr, flush=True)
+                              f"compile {r['compile_s']:.3f} s{epoch}, core-to-core {trips} ns before/after",
+                              file=sys.stderr, flush=True)
                         results.append(r)
-    peaks = {}
+    peaks, gemm_ms = {}, {}
     for threads in sorted({r["threads"] for r in results}):
         with busy_core(args.contended):
             peaks[threads] = blas_peak_gflops(threads)
-    table = summarize(results, frameworks, peaks)
+            gemm_ms[threads] = blas_shapes_ms(args.workload, threads)
+    trips = core_latency.round_trip_ns()
+    if trips is not None:
+        print(f"\nafter SciPy's sgemm was timed the cores ran in {placement([trips])} (core-to-core {trips:.0f} ns)")
+    table = summarize(results, frameworks, peaks, gemm_ms)
     agree = all(row.get("loss_rel_diff_vs_graphc", 0) < 1e-3 for rows in table.values() for row in rows.values())
     print_table(args.workload, table)
     print(f"\nlosses after 10 steps agree across frameworks (relative difference < 1e-3): {agree}")
     if args.json:
-        info = {"workload": args.workload, "contended": args.contended, "blas_gflops": peaks, "command": " ".join(sys.argv), "python": platform.python_version(),
+        info = {"workload": args.workload, "contended": args.contended, "blas_gflops": peaks, "gemm_ms_at_blas": gemm_ms,
+                "command": " ".join(sys.argv), "python": platform.python_version(),
                 "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                 "losses_agree": agree, "table": table, "runs": results}
         Path(args.json).write_text(json.dumps(info, indent=1, default=str))
