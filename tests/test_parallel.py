@@ -235,6 +235,12 @@ def test_apply_sets_numba_and_openblas_to_one_count():
 def test_spin_defaults_are_set_before_the_pools_start():
     for var in T.SPIN_DEFAULTS:
         assert var in os.environ
+    # OpenBLAS reads its timeout once, when it loads: a fresh process that imports graphc first has it
+    env = {k: v for k, v in os.environ.items() if k not in T.SPIN_DEFAULTS}
+    code = ("import ctypes, graphc\nfrom graphc.backends import threads as T\n"
+            "get = T._scipy_openblas().openblas_thread_timeout\nget.restype = ctypes.c_int\nprint(get())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert int(out.stdout) == int(T.SPIN_DEFAULTS["OPENBLAS_THREAD_TIMEOUT"]) == 20
 
 
 # -- the policy --------------------------------------------------------------------------------------------

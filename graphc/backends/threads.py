@@ -36,8 +36,10 @@ from ..ir import GraphcError
 #: ``OPENBLAS_THREAD_TIMEOUT`` (2**value cycles). Their defaults (300,000 spins; 2**28 cycles, ~0.1 s)
 #: keep each pool's threads spinning while the other pool works: with 2 threads on the 2-core dev machine,
 #: the MLP 784-512-256-10 step took 30 ms instead of 2 ms (the GEMM waited for a core an OpenMP thread
-#: spun on). With these values the same step took 1.9-2.1 ms at 1 and 2 threads (machine load ~1.9).
-SPIN_DEFAULTS = {"GOMP_SPINCOUNT": "1000", "OPENBLAS_THREAD_TIMEOUT": "4"}
+#: spun on). OpenBLAS's 2**20 cycles (~0.4 ms) keep its threads awake between the GEMMs of a step (tens of
+#: microseconds apart) and let them sleep soon after: the MLP step at 2 threads took 1.81-1.85 ms against
+#: 1.87-1.94 ms with 2**4 (they slept after every GEMM), and with ``parallel_loops=True`` no step collapsed.
+SPIN_DEFAULTS = {"GOMP_SPINCOUNT": "1000", "OPENBLAS_THREAD_TIMEOUT": "20"}
 for _var, _value in SPIN_DEFAULTS.items():
     os.environ.setdefault(_var, _value)
 
