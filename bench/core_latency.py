@@ -5,11 +5,11 @@
 Two threads, pinned to two cores, hand one cache line back and forth (an atomic store, then a spin on an
 atomic load until the other thread answers); printed: the median round trip over blocks of trips, in
 nanoseconds. On a virtual machine the number says where the host put its virtual CPUs. Measured on the
-2-core AMD EPYC VM of docs/benchmarks.md: ~50-65 ns when both ran in one L3 cache (one CCX), ~310-380 ns when
-they ran in two, and the host moved them from one placement to the other while processes ran. A GEMM shared
-between the cores (performance.md, "GEMM work sharing") moves its operands and results from one core's cache
-to the other's, so its gain follows this number; bench/train_step.py records it before and after every
-worker (``core_to_core_ns``).
+2-core AMD EPYC VM of docs/benchmarks.md: ~50-100 ns when both ran in one L3 cache (one CCX), ~310-400 ns when
+they ran in two, and the host moved them from one placement to the other while processes ran (mostly while
+both cores were busy). A GEMM shared between the cores (performance.md, "GEMM work sharing") moves its
+operands and results from one core's cache to the other's, so its gain follows this number;
+bench/train_step.py records it before and after every worker (``core_to_core_ns``).
 
 The threads are llvmlite-compiled loops (no Python between trips), called through ctypes, which releases
 the GIL.

@@ -39,10 +39,10 @@ own idle epoch is a ratio from one run (printed under the table, and ``epoch_rat
 
 Core placement: before and after every worker the parent measures the round trip of a cache line between
 cores 0 and 1 (bench/core_latency.py), ``core_to_core_ns`` in the JSON. On a virtual machine it says whether
-the host ran the two cores in one L3 cache (~50-65 ns on the AMD EPYC VM of docs/benchmarks.md) or in two
-(~310-380 ns), which the host changes while processes run. Each worker's ``placement`` is "one L3",
-"two L3s" (by the round trip right after it); the table counts them per framework, and the mlp epoch's medians are also given per
-placement (``epoch_s_by_placement``).
+the host ran the two cores in one L3 cache (~50-100 ns on the AMD EPYC VM of docs/benchmarks.md) or in two
+(~310-400 ns), which the host changes while processes run. Each worker's ``placement`` is "one L3" or
+"two L3s" by the round trip right after it; the table counts them per framework, and gives the mlp epoch's
+medians per placement too (``epoch_s_by_placement``).
 
 Roofline: ``gemm_mflop`` is the workload's GEMM work per step (forward and backward GEMMs, convolutions as
 their GEMMs, the first layer's input gradient not computed), ``blas_gflops`` the float32 GEMM peak measured
@@ -74,7 +74,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import core_latency  # noqa: E402  (bench/core_latency.py)
 
 #: A core-to-core round trip above this (ns) means the host ran the two cores in two L3 caches
-#: (core_latency.py: ~50-65 ns in one, ~310-380 ns in two).
+#: (core_latency.py: ~50-100 ns in one, ~310-400 ns in two).
 FAR_ROUND_TRIP_NS = 150
 LR = 0.01
 WORKLOADS = {
@@ -571,7 +571,7 @@ def run_worker(framework: str, workload: str, threads: int, cache_dir: str) -> d
 
 def placement(round_trips: list) -> str:
     """Where the host ran the two cores during a worker: "one L3" or "two L3s" by the round trip measured right
-    after it (the busy process just killed; the host had moved the cores apart only while both were busy), or
+    after it (the busy process just killed; the host moved the cores apart mostly while both were busy), or
     "-" where it could not be measured."""
     after = round_trips[-1]
     return "-" if after is None else "two L3s" if after > FAR_ROUND_TRIP_NS else "one L3"
