@@ -138,18 +138,23 @@ def gemm_mflop(workload: str) -> float:
     return 2 * (3 * sum(products) - products[0]) / 1e6
 
 
+def sgemm_process(code: str, threads: int) -> float:
+    """The number ``code`` prints, run in a fresh process pinned to ``threads`` cores with SciPy's ``sgemm`` (the
+    BLAS Numba calls), ``np`` and ``time`` imported and the benchmark's thread environment."""
+    preamble = ("import os, time, numpy as np\n"
+                f"os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:{threads}])\n"
+                "from scipy.linalg.blas import sgemm\n")
+    out = subprocess.run([sys.executable, "-c", preamble + code], capture_output=True, text=True,
+                         env=thread_env(threads), timeout=300, check=True)
+    return float(out.stdout.strip())
+
+
 def blas_peak_gflops(threads: int) -> float:
     """float32 GEMM GF/s of SciPy's BLAS (the one Numba calls) at ``threads``, in a fresh pinned process."""
-    code = ("import os, time, numpy as np\n"
-            f"os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:{threads}])\n"
-            "from scipy.linalg.blas import sgemm\n"
-            "a = np.ones((1024, 1024), np.float32, order='F'); sgemm(1.0, a, a)\n"
-            "best = min(((lambda t: (sgemm(1.0, a, a), time.perf_counter() - t)[1])(time.perf_counter()))"
-            " for _ in range(5))\n"
-            "print(2 * 1024 ** 3 / best / 1e9)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=thread_env(threads),
-                         timeout=300, check=True)
-    return float(out.stdout.strip())
+    return sgemm_process("a = np.ones((1024, 1024), np.float32, order='F'); sgemm(1.0, a, a)\n"
+                         "best = min(((lambda t: (sgemm(1.0, a, a), time.perf_counter() - t)[1])(time.perf_counter()))"
+                         " for _ in range(5))\n"
+                         "print(2 * 1024 ** 3 / best / 1e9)\n", threads)
 
 
 def dense_gemm_shapes(workload: str) -> list[tuple[int, int, int]]:
@@ -173,10 +178,7 @@ def blas_shapes_ms(workload: str, threads: int) -> float | None:
     shapes = dense_gemm_shapes(workload)
     if not shapes:
         return None
-    code = ("import os, time, numpy as np\n"
-            f"os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:{threads}])\n"
-            "from scipy.linalg.blas import sgemm\n"
-            "total = 0.0\n"
+    code = ("total = 0.0\n"
             f"for m, n, k in {shapes!r}:\n"
             "    a = np.ones((m, k), np.float32, order='F'); b = np.ones((k, n), np.float32, order='F')\n"
             "    reps = max(3, int(0.02 / (2 * m * n * k / 1e11)))\n"
@@ -189,8 +191,7 @@ def blas_shapes_ms(workload: str, threads: int) -> float | None:
             "        times.append((time.perf_counter() - t) / reps)\n"
             "    total += min(times)\n"
             "print(total * 1e3)\n")
-    return min(float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=thread_env(threads),
-                                    timeout=300, check=True).stdout.strip()) for _ in range(3))
+    return min(sgemm_process(code, threads) for _ in range(3))
 
 
 def epoch_data():
@@ -565,16 +566,15 @@ def run_worker(framework: str, workload: str, threads: int, cache_dir: str) -> d
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["framework"] = framework
     result["core_to_core_ns"] = [before, core_latency.round_trip_ns()]
-    result["placement"] = placement(result["core_to_core_ns"])
+    result["placement"] = placement(result["core_to_core_ns"][-1])
     return result
 
 
-def placement(round_trips: list) -> str:
-    """Where the host ran the two cores during a worker: "one L3" or "two L3s" by the round trip measured right
-    after it (the busy process just killed; the host moved the cores apart mostly while both were busy), or
-    "-" where it could not be measured."""
-    after = round_trips[-1]
-    return "-" if after is None else "two L3s" if after > FAR_ROUND_TRIP_NS else "one L3"
+def placement(round_trip_ns: float | None) -> str:
+    """Where the host ran the two cores, by a round trip between them: "one L3" or "two L3s", or "-" where it
+    could not be measured. A worker's is the round trip right after it (the busy process just killed; the host
+    moved the cores apart mostly while both were busy)."""
+    return "-" if round_trip_ns is None else "two L3s" if round_trip_ns > FAR_ROUND_TRIP_NS else "one L3"
 
 
 def summarize(results: list[dict], frameworks: list[str], peaks: dict[int, float] | None = None,
@@ -726,7 +726,7 @@ def main() -> None:
             gemm_ms[threads] = blas_shapes_ms(args.workload, threads)
     trips = core_latency.round_trip_ns()
     if trips is not None:
-        print(f"\nafter SciPy's sgemm was timed the cores ran in {placement([trips])} (core-to-core {trips:.0f} ns)")
+        print(f"\nafter SciPy's sgemm was timed the cores ran in {placement(trips)} (core-to-core {trips:.0f} ns)")
     table = summarize(results, frameworks, peaks, gemm_ms)
     agree = all(row.get("loss_rel_diff_vs_graphc", 0) < 1e-3 for rows in table.values() for row in rows.values())
     print_table(args.workload, table)
